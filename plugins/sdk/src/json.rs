@@ -1,0 +1,672 @@
+//! Lean JSON reading and writing for plugins.
+//!
+//! Plugins pay for every instruction (fuel), so these helpers avoid building
+//! a tree: [`Value`] is a validated slice of the input, [`Value::members`]
+//! walks an object's members lazily, and values can be copied to the output
+//! verbatim with [`Value::raw`]. Everything is validated as it is walked, so
+//! a raw slice that reaches the output is always well-formed JSON.
+//!
+//! ```
+//! use pillowtop_sdk::json::{Value, Kind};
+//!
+//! let doc = Value::parse(r#"{"name": "Ada", "age": 36}"#).unwrap();
+//! assert_eq!(doc.get("name").unwrap().as_str().unwrap(), "Ada");
+//! assert_eq!(doc.get("age").unwrap().kind(), Kind::Number);
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Nesting deeper than this is rejected, so hostile input cannot exhaust the stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Why some text is not valid JSON, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error {
+    /// Byte offset in the text where the problem was found.
+    pub offset: usize,
+    /// What was expected or found.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid JSON at byte {}: {}", self.offset, self.reason)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The kind of a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `null`
+    Null,
+    /// `true` or `false`
+    Bool,
+    /// A number, e.g. `-1.5e3`
+    Number,
+    /// A string
+    String,
+    /// An array
+    Array,
+    /// An object
+    Object,
+}
+
+/// A validated JSON value: a slice of the input and its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Value<'a> {
+    raw: &'a str,
+    kind: Kind,
+}
+
+/// An object member's key, kept as written (with quotes and escapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key<'a> {
+    raw: &'a str,
+}
+
+impl<'a> Value<'a> {
+    /// Validate `text` as exactly one JSON value (surrounding whitespace allowed).
+    ///
+    /// # Errors
+    ///
+    /// Returns where and why `text` is not a single valid JSON value.
+    pub fn parse(text: &'a str) -> Result<Value<'a>, Error> {
+        let mut s = Scanner::new(text);
+        s.skip_ws();
+        let value = s.value(0)?;
+        s.skip_ws();
+        if s.pos != s.bytes.len() {
+            return Err(s.error("trailing characters after the value"));
+        }
+        Ok(value)
+    }
+
+    /// The value exactly as written in the input.
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+
+    /// The value's kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// True for `null`.
+    pub fn is_null(&self) -> bool {
+        self.kind == Kind::Null
+    }
+
+    /// The boolean, if this is `true` or `false`.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.raw {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The number as `f64`, if this is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        (self.kind == Kind::Number).then(|| self.raw.parse().ok()).flatten()
+    }
+
+    /// The number as `i64`, if this is an integer that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        (self.kind == Kind::Number).then(|| self.raw.parse().ok()).flatten()
+    }
+
+    /// The unescaped string, if this is a string. Borrows when there is
+    /// nothing to unescape.
+    pub fn as_str(&self) -> Option<Cow<'a, str>> {
+        (self.kind == Kind::String).then(|| unescape(self.raw))
+    }
+
+    /// The members of an object, in input order (empty for other kinds).
+    pub fn members(&self) -> Members<'a> {
+        let mut scanner = Scanner::new(self.raw);
+        if self.kind == Kind::Object {
+            scanner.pos = 1; // past `{`
+        } else {
+            scanner.pos = scanner.bytes.len();
+        }
+        Members { scanner, first: true, done: self.kind != Kind::Object }
+    }
+
+    /// The elements of an array, in order (empty for other kinds).
+    pub fn elements(&self) -> Elements<'a> {
+        let mut scanner = Scanner::new(self.raw);
+        scanner.pos = if self.kind == Kind::Array { 1 } else { scanner.bytes.len() };
+        Elements { scanner, first: true, done: self.kind != Kind::Array }
+    }
+
+    /// The value of the first member named `key`, if this is an object that has one.
+    pub fn get(&self, key: &str) -> Option<Value<'a>> {
+        self.members().find(|(k, _)| k.is(key)).map(|(_, v)| v)
+    }
+}
+
+impl<'a> Key<'a> {
+    /// The key as written, with its quotes and escapes: ready to copy into JSON output.
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+
+    /// The unescaped key.
+    pub fn decoded(&self) -> Cow<'a, str> {
+        unescape(self.raw)
+    }
+
+    /// Whether the key equals `name` (compares without allocating when the
+    /// key has no escapes).
+    pub fn is(&self, name: &str) -> bool {
+        let inner = &self.raw[1..self.raw.len() - 1];
+        if inner.as_bytes().contains(&b'\\') {
+            self.decoded() == name
+        } else {
+            inner == name
+        }
+    }
+}
+
+/// Walk the members of the object in `text`, validating as it goes.
+///
+/// This is the one-pass way to read a document: each member is validated
+/// when it is reached, and the end of the object and anything after it are
+/// checked when the walk reaches them. Stop at the first `Err`.
+///
+/// # Errors
+///
+/// Returns an error at once if `text` does not start with an object;
+/// errors inside the object are yielded by the iterator.
+pub fn walk_object(text: &str) -> Result<Walk<'_>, Error> {
+    let mut scanner = Scanner::new(text);
+    scanner.skip_ws();
+    if scanner.peek() != Some(b'{') {
+        return Err(scanner.error("expected a JSON object"));
+    }
+    scanner.pos += 1;
+    Ok(Walk { scanner, first: true, done: false })
+}
+
+/// The validating member iterator returned by [`walk_object`].
+#[derive(Debug, Clone)]
+pub struct Walk<'a> {
+    scanner: Scanner<'a>,
+    first: bool,
+    done: bool,
+}
+
+impl<'a> Iterator for Walk<'a> {
+    type Item = Result<(Key<'a>, Value<'a>), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.scanner.next_member(&mut self.first, 1) {
+            Ok(Some(item)) => Some(Ok(item)),
+            Ok(None) => {
+                self.done = true;
+                self.scanner.skip_ws();
+                if self.scanner.pos != self.scanner.bytes.len() {
+                    return Some(Err(self.scanner.error("trailing characters after the object")));
+                }
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Iterator over an object's members. Stops at the end of the object.
+#[derive(Debug, Clone)]
+pub struct Members<'a> {
+    scanner: Scanner<'a>,
+    first: bool,
+    done: bool,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (Key<'a>, Value<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        // The object was validated when its `Value` was made, so a failure
+        // here cannot happen; end the iteration rather than panic.
+        let item = self.scanner.next_member(&mut self.first, 1);
+        match item {
+            Ok(Some(item)) => Some(item),
+            _ => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+/// Iterator over an array's elements.
+#[derive(Debug, Clone)]
+pub struct Elements<'a> {
+    scanner: Scanner<'a>,
+    first: bool,
+    done: bool,
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Value<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.scanner.next_element(&mut self.first, 1) {
+            Ok(Some(item)) => Some(item),
+            _ => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scanner<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Self {
+        Scanner { text, bytes: text.as_bytes(), pos: 0 }
+    }
+
+    fn error(&self, reason: &'static str) -> Error {
+        Error { offset: self.pos, reason }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, Error> {
+        let start = self.pos;
+        let kind = match self.peek() {
+            Some(b'{') => {
+                self.object(depth + 1)?;
+                Kind::Object
+            }
+            Some(b'[') => {
+                self.array(depth + 1)?;
+                Kind::Array
+            }
+            Some(b'"') => {
+                self.string()?;
+                Kind::String
+            }
+            Some(b't') => {
+                self.literal("true")?;
+                Kind::Bool
+            }
+            Some(b'f') => {
+                self.literal("false")?;
+                Kind::Bool
+            }
+            Some(b'n') => {
+                self.literal("null")?;
+                Kind::Null
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                self.number()?;
+                Kind::Number
+            }
+            Some(_) => return Err(self.error("expected a value")),
+            None => return Err(self.error("unexpected end of input, expected a value")),
+        };
+        Ok(Value { raw: &self.text[start..self.pos], kind })
+    }
+
+    fn literal(&mut self, word: &'static str) -> Result<(), Error> {
+        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(self.error("expected true, false or null"))
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    fn number(&mut self) -> Result<(), Error> {
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.error("expected a digit")),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(self.error("expected a digit after the decimal point"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.error("expected a digit in the exponent"));
+            }
+        }
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<(), Error> {
+        self.pos += 1; // opening quote
+        loop {
+            // Fast path: plain bytes. Multi-byte UTF-8 is already valid (&str).
+            while let Some(&b) = self.bytes.get(self.pos) {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.pos += 1;
+            }
+            match self.peek() {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.pos += 1;
+                    match self.peek() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
+                        Some(b'u') => {
+                            self.pos += 1;
+                            for _ in 0..4 {
+                                match self.peek() {
+                                    Some(b) if b.is_ascii_hexdigit() => self.pos += 1,
+                                    _ => return Err(self.error("expected four hex digits after \\u")),
+                                }
+                            }
+                        }
+                        _ => return Err(self.error("invalid escape in string")),
+                    }
+                }
+                Some(_) => return Err(self.error("control character in string")),
+                None => return Err(self.error("unterminated string")),
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), Error> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nesting too deep"));
+        }
+        self.pos += 1;
+        let mut first = true;
+        while self.next_member(&mut first, depth)?.is_some() {}
+        Ok(())
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), Error> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("nesting too deep"));
+        }
+        self.pos += 1;
+        let mut first = true;
+        while self.next_element(&mut first, depth)?.is_some() {}
+        Ok(())
+    }
+
+    /// Read the next member of an object whose `{` has been consumed;
+    /// `Ok(None)` after consuming the closing `}`.
+    fn next_member(&mut self, first: &mut bool, depth: usize) -> Result<Option<(Key<'a>, Value<'a>)>, Error> {
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(None);
+        }
+        if !*first {
+            if self.peek() != Some(b',') {
+                return Err(self.error("expected ',' or '}' in object"));
+            }
+            self.pos += 1;
+            self.skip_ws();
+        }
+        *first = false;
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a string key in object"));
+        }
+        let start = self.pos;
+        self.string()?;
+        let key = Key { raw: &self.text[start..self.pos] };
+        self.skip_ws();
+        if self.peek() != Some(b':') {
+            return Err(self.error("expected ':' after object key"));
+        }
+        self.pos += 1;
+        self.skip_ws();
+        let value = self.value(depth)?;
+        Ok(Some((key, value)))
+    }
+
+    fn next_element(&mut self, first: &mut bool, depth: usize) -> Result<Option<Value<'a>>, Error> {
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(None);
+        }
+        if !*first {
+            if self.peek() != Some(b',') {
+                return Err(self.error("expected ',' or ']' in array"));
+            }
+            self.pos += 1;
+            self.skip_ws();
+        }
+        *first = false;
+        self.value(depth).map(Some)
+    }
+}
+
+/// Unescape a validated JSON string literal (with its quotes).
+fn unescape(raw: &str) -> Cow<'_, str> {
+    let inner = &raw[1..raw.len() - 1];
+    if !inner.as_bytes().contains(&b'\\') {
+        return Cow::Borrowed(inner);
+    }
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let hi = hex4(&mut chars);
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    // A surrogate pair: `\uD83D\uDE00`.
+                    let mut look = chars.clone();
+                    if look.next() == Some('\\') && look.next() == Some('u') {
+                        let lo = hex4(&mut look);
+                        if (0xDC00..0xE000).contains(&lo) {
+                            chars = look;
+                            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                        } else {
+                            0xFFFD
+                        }
+                    } else {
+                        0xFFFD
+                    }
+                } else {
+                    hi
+                };
+                out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+            }
+            Some(other) => out.push(other), // `"`, `\`, `/`
+            None => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn hex4(chars: &mut std::str::Chars<'_>) -> u32 {
+    (0..4).fold(0, |acc, _| acc * 16 + chars.next().and_then(|c| c.to_digit(16)).unwrap_or(0))
+}
+
+/// Append `s` to `out` as a JSON string literal, quotes included.
+pub fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    write_escaped(out, s);
+    out.push('"');
+}
+
+/// Append `s` to `out` escaped for use inside a JSON string (no quotes).
+pub fn write_escaped(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_documents() {
+        for text in [
+            "null",
+            " true ",
+            "-0.5e+10",
+            r#""a\u00e9\n""#,
+            r#"{"a": [1, 2, {"b": null}], "c": "d"}"#,
+            "[]",
+            "{}",
+        ] {
+            assert!(Value::parse(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_documents_with_position() {
+        for (text, offset) in [
+            ("{", 1),
+            (r#"{"a" 1}"#, 5),
+            ("[1,]", 3),
+            ("01", 1),
+            ("1.", 2),
+            ("\"abc", 4),
+            ("\"a\u{1}\"", 2),
+            (r#""\x""#, 2),
+            ("{} x", 3),
+            ("tru", 0),
+            (r#"{"a":1,}"#, 7),
+        ] {
+            let err = Value::parse(text).unwrap_err();
+            assert_eq!(err.offset, offset, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_deep_nesting() {
+        let text = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert_eq!(Value::parse(&text).unwrap_err().reason, "nesting too deep");
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(Value::parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn walks_members_and_elements() {
+        let v = Value::parse(r#"{"a": 1, "b\"c": [true, "x"], "d": {}}"#).unwrap();
+        let keys: Vec<_> = v.members().map(|(k, _)| k.decoded().into_owned()).collect();
+        assert_eq!(keys, ["a", "b\"c", "d"]);
+        let b = v.get("b\"c").unwrap();
+        assert_eq!(b.kind(), Kind::Array);
+        let elems: Vec<_> = b.elements().map(|e| e.raw()).collect();
+        assert_eq!(elems, ["true", "\"x\""]);
+        assert_eq!(v.get("a").unwrap().as_i64(), Some(1));
+        assert!(v.get("missing").is_none());
+        assert_eq!(v.get("d").unwrap().members().count(), 0);
+    }
+
+    #[test]
+    fn walk_validates_lazily_and_checks_the_end() {
+        let members: Result<Vec<_>, _> = walk_object(r#" {"a": 1, "b": [2]} "#).unwrap().collect();
+        assert_eq!(members.unwrap().len(), 2);
+        let mut bad = walk_object(r#"{"a": 1, "b": [2,]}"#).unwrap();
+        assert!(bad.next().unwrap().is_ok());
+        assert_eq!(bad.next().unwrap().unwrap_err().offset, 17);
+        assert!(bad.next().is_none());
+        let trailing: Vec<_> = walk_object(r#"{"a": 1} x"#).unwrap().collect();
+        assert!(trailing.last().unwrap().is_err());
+        assert!(walk_object("[1]").is_err());
+    }
+
+    #[test]
+    fn unescapes_strings() {
+        let v = Value::parse(r#""tab\there \"q\" \u00e9 \ud83d\ude00 \/""#).unwrap();
+        assert_eq!(v.as_str().unwrap(), "tab\there \"q\" é 😀 /");
+        let plain = Value::parse(r#""plain""#).unwrap();
+        assert!(matches!(plain.as_str().unwrap(), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        let original = "quote \" backslash \\ newline \n bell \u{7} é";
+        let mut out = String::new();
+        write_str(&mut out, original);
+        assert_eq!(out, r#""quote \" backslash \\ newline \n bell \u0007 é""#);
+        assert_eq!(Value::parse(&out).unwrap().as_str().unwrap(), original);
+    }
+}
