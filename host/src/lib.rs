@@ -1,0 +1,50 @@
+//! pillowtop: runs change processors as sandboxed WebAssembly components.
+//!
+//! Data flows one way, and no module reaches back:
+//!
+//! ```text
+//! feed ──> pillow ──> wasm ──> sink ──> checkpoint
+//!  │         │          │        │
+//!  │         │          │        └ sink::sqlite (rows, documents), in the store transaction
+//!  │         │          └ wasm: engine, compile cache, limits, sandboxed WASI, host imports
+//!  │         └ pillow: chunks, dedupe, subscriptions, pillow errors, checkpoint policy
+//!  └ feed::embedded (SQLite log); Kafka slots in beside it
+//! ```
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the host config (`pillowtop.toml`) |
+//! | [`manifest`] | plugin manifests (`plugin.toml`) |
+//! | [`change`] | decoding feed messages into changes (CommCare `ChangeMeta`) |
+//! | [`action`] | what plugins return, in host types |
+//! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
+//! | [`feed`] | partitioned ordered logs: the embedded SQLite feed |
+//! | [`partition`] | which process reads which partitions |
+//! | [`checkpoint`] | when checkpoints are saved |
+//! | [`errors`] | pillow error records and retry backoff |
+//! | [`store`] | the SQLite store: checkpoints, pillow errors, sink tables, one transaction per chunk |
+//! | [`sink`] | writing actions into sink tables |
+//! | [`pillow`] | the run loop |
+//! | [`fixtures`] | golden fixtures: change in, actions out |
+//! | [`status`] | what `pillowtop status` shows |
+//! | [`generate`] | synthetic CommCare-like changes |
+//! | [`time`] | RFC 3339 timestamps without a date library |
+
+#![warn(missing_docs)]
+
+pub mod action;
+pub mod change;
+pub mod checkpoint;
+pub mod config;
+pub mod errors;
+pub mod feed;
+pub mod fixtures;
+pub mod generate;
+pub mod manifest;
+pub mod partition;
+pub mod pillow;
+pub mod sink;
+pub mod status;
+pub mod store;
+pub mod time;
+pub mod wasm;

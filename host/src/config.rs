@@ -1,0 +1,333 @@
+//! The host config (`pillowtop.toml`): the feed, the store, the runtime and
+//! the pillows. Relative paths are resolved against the config file's folder.
+//! `PILLOWTOP_FEED_PATH` and `PILLOWTOP_STORE_URL` override the file.
+//!
+//! ```toml
+//! [feed]
+//! type = "embedded"            # the SQLite log; no servers
+//! path = "../data/feed.db"
+//!
+//! [store]                      # checkpoints, pillow errors and sink tables
+//! url = "sqlite://../data/store.db"
+//!
+//! [runtime]
+//! compile_cache_dir = "../data/compile-cache"
+//!
+//! [[pillows]]
+//! name = "case-search"
+//! topics = ["case-sql"]
+//! processors = ["../plugins/case-search/plugin.toml"]
+//! chunk_size = 500
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why a host config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read host config {path}: {source}; pass --config FILE (see config/embedded.toml)")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Invalid TOML, or unknown or mistyped keys.
+    #[error("invalid host config {path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or two keys disagree.
+    #[error("invalid host config {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong and what would be valid.
+        message: String,
+    },
+}
+
+/// Where changes come from. A tagged enum: `type = "embedded"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FeedConfig {
+    /// The embedded SQLite log.
+    Embedded {
+        /// The log's database file.
+        path: PathBuf,
+    },
+}
+
+/// The store: checkpoints, pillow errors and sink tables.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (relative to the config file).
+    pub url: String,
+}
+
+/// Wasm runtime settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Compiled components are cached here, keyed by content hash and
+    /// engine, so a restart does not recompile.
+    #[serde(default = "default_cache_dir")]
+    pub compile_cache_dir: PathBuf,
+    /// Plugin log and stdout/stderr lines per second per plugin before the
+    /// rest are dropped (and counted).
+    #[serde(default = "default_log_lines_per_second")]
+    pub guest_log_lines_per_second: u32,
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("data/compile-cache")
+}
+fn default_log_lines_per_second() -> u32 {
+    100
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { compile_cache_dir: default_cache_dir(), guest_log_lines_per_second: default_log_lines_per_second() }
+    }
+}
+
+/// One pillow: topics, processors in order, chunking and checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PillowConfig {
+    /// Pillow name, unique in the config.
+    pub name: String,
+    /// Checkpoint id; defaults to the name. Changing it starts from scratch.
+    #[serde(default)]
+    pub checkpoint_id: Option<String>,
+    /// Topics read.
+    pub topics: Vec<String>,
+    /// Plugin manifests, run in this order for every change.
+    pub processors: Vec<PathBuf>,
+    /// Changes per chunk (one transaction per chunk).
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// How long to wait for a chunk to fill before processing what arrived.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Save the checkpoint after this many changes...
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ...or after this many seconds, whichever comes first.
+    #[serde(default = "default_checkpoint_max_delay_seconds")]
+    pub checkpoint_max_delay_seconds: u64,
+    /// Processes the pillow's partitions are split across.
+    #[serde(default = "default_num_processes")]
+    pub num_processes: u32,
+    /// Process 0 reads nothing (it runs migrations); the others split the partitions.
+    #[serde(default)]
+    pub dedicated_migration_process: bool,
+}
+
+fn default_chunk_size() -> usize {
+    500
+}
+fn default_max_wait_ms() -> u64 {
+    500
+}
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_max_delay_seconds() -> u64 {
+    300
+}
+fn default_num_processes() -> u32 {
+    1
+}
+
+impl PillowConfig {
+    /// The checkpoint id in use.
+    pub fn checkpoint_id(&self) -> &str {
+        self.checkpoint_id.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    feed: FeedConfig,
+    store: StoreConfig,
+    #[serde(default)]
+    runtime: RuntimeConfig,
+    #[serde(default)]
+    pillows: Vec<PillowConfig>,
+}
+
+/// A validated host config with resolved paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The feed.
+    pub feed: FeedConfig,
+    /// The store database file.
+    pub store_path: PathBuf,
+    /// Runtime settings.
+    pub runtime: RuntimeConfig,
+    /// The pillows.
+    pub pillows: Vec<PillowConfig>,
+}
+
+impl HostConfig {
+    /// Load `path`, applying `PILLOWTOP_*` environment overrides.
+    ///
+    /// # Errors
+    ///
+    /// See [`ConfigError`].
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        HostConfig::parse(&text, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parse `text` as if read from `path`, with `env` for overrides.
+    ///
+    /// # Errors
+    ///
+    /// See [`ConfigError`].
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<HostConfig, ConfigError> {
+        let mut raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid { path: path.to_owned(), key: key.into(), message };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { dir.join(p) };
+
+        if let Some(p) = env("PILLOWTOP_FEED_PATH") {
+            raw.feed = FeedConfig::Embedded { path: PathBuf::from(p) };
+        }
+        let feed = match raw.feed {
+            FeedConfig::Embedded { path } => FeedConfig::Embedded { path: resolve(&path) },
+        };
+        let url = env("PILLOWTOP_STORE_URL").unwrap_or(raw.store.url);
+        let Some(store_file) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+            return Err(invalid("store.url", format!("{url:?} is not supported; use sqlite://PATH, e.g. sqlite://data/store.db")));
+        };
+        if store_file.is_empty() {
+            return Err(invalid("store.url", "names no file; use sqlite://PATH".into()));
+        }
+        let mut runtime = raw.runtime;
+        runtime.compile_cache_dir = resolve(&runtime.compile_cache_dir);
+
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in raw.pillows.iter_mut().enumerate() {
+            let key = |k: &str| format!("pillows[{i}].{k}");
+            if p.name.is_empty() || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(invalid(&key("name"), format!("{:?} must be non-empty and use only letters, digits, '-' and '_'", p.name)));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(invalid(&key("name"), format!("{:?} is used by two pillows; names must be unique", p.name)));
+            }
+            if p.topics.is_empty() || p.topics.iter().any(|t| t.is_empty()) {
+                return Err(invalid(&key("topics"), "list at least one non-empty topic, e.g. [\"case-sql\"]".into()));
+            }
+            if p.processors.is_empty() {
+                return Err(invalid(&key("processors"), "list at least one plugin manifest, e.g. [\"plugins/case-search/plugin.toml\"]".into()));
+            }
+            if !(1..=100_000).contains(&p.chunk_size) {
+                return Err(invalid(&key("chunk_size"), format!("{} is out of range 1..=100000", p.chunk_size)));
+            }
+            if p.checkpoint_every == 0 {
+                return Err(invalid(&key("checkpoint_every"), "must be at least 1".into()));
+            }
+            if p.num_processes == 0 {
+                return Err(invalid(&key("num_processes"), "must be at least 1".into()));
+            }
+            if p.dedicated_migration_process && p.num_processes < 2 {
+                return Err(invalid(
+                    &key("dedicated_migration_process"),
+                    format!("needs num_processes >= 2 (process 0 only migrates), but {} is {}", key("num_processes"), p.num_processes),
+                ));
+            }
+            for m in &mut p.processors {
+                *m = resolve(m);
+            }
+        }
+        Ok(HostConfig { path: path.to_owned(), feed, store_path: resolve(Path::new(store_file)), runtime, pillows: raw.pillows })
+    }
+
+    /// The pillow named `name`.
+    pub fn pillow(&self, name: &str) -> Option<&PillowConfig> {
+        self.pillows.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [feed]
+        type = "embedded"
+        path = "feed.db"
+        [store]
+        url = "sqlite://store.db"
+        [[pillows]]
+        name = "case-search"
+        topics = ["case-sql"]
+        processors = ["../plugins/case-search/plugin.toml"]
+        num_processes = 2
+    "#;
+
+    fn parse(text: &str) -> Result<HostConfig, ConfigError> {
+        HostConfig::parse(text, Path::new("/etc/pt/pillowtop.toml"), |_| None)
+    }
+
+    #[test]
+    fn parses_with_defaults_and_resolved_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.feed, FeedConfig::Embedded { path: "/etc/pt/feed.db".into() });
+        assert_eq!(c.store_path, Path::new("/etc/pt/store.db"));
+        assert_eq!(c.runtime.compile_cache_dir, Path::new("/etc/pt/data/compile-cache"));
+        let p = &c.pillows[0];
+        assert_eq!((p.chunk_size, p.checkpoint_every, p.checkpoint_max_delay_seconds), (500, 1000, 300));
+        assert_eq!(p.checkpoint_id(), "case-search");
+        assert_eq!(p.processors[0], Path::new("/etc/pt/../plugins/case-search/plugin.toml"));
+    }
+
+    #[test]
+    fn environment_overrides_urls() {
+        let c = HostConfig::parse(GOOD, Path::new("/etc/pt/pillowtop.toml"), |k| match k {
+            "PILLOWTOP_STORE_URL" => Some("sqlite:///tmp/other.db".into()),
+            "PILLOWTOP_FEED_PATH" => Some("/tmp/feed.db".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.store_path, Path::new("/tmp/other.db"));
+        assert_eq!(c.feed, FeedConfig::Embedded { path: "/tmp/feed.db".into() });
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("type = \"embedded\"", "type = \"kafkaa\"", &["unknown variant `kafkaa`", "`embedded`"]),
+            ("url = \"sqlite://store.db\"", "url = \"mysql://x\"", &["key `store.url`", "sqlite://PATH"]),
+            ("num_processes = 2", "num_processes = 2\nchunk_sise = 3", &["unknown field `chunk_sise`", "`chunk_size`"]),
+            ("num_processes = 2", "num_processes = 1\ndedicated_migration_process = true", &["pillows[0].dedicated_migration_process", "pillows[0].num_processes is 1"]),
+            ("num_processes = 2", "chunk_size = 0", &["pillows[0].chunk_size", "1..=100000"]),
+            ("topics = [\"case-sql\"]", "topics = []", &["pillows[0].topics"]),
+        ];
+        for (from, to, needles) in cases {
+            let text = GOOD.replace(from, to);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("/etc/pt/pillowtop.toml"), "{err}");
+            for n in *needles {
+                assert!(err.contains(n), "expected {n:?} in: {err}");
+            }
+        }
+        let two = format!("{GOOD}\n[[pillows]]\nname = \"case-search\"\ntopics = [\"a\"]\nprocessors = [\"p\"]");
+        assert!(parse(&two).unwrap_err().to_string().contains("used by two pillows"));
+    }
+}

@@ -1,0 +1,148 @@
+//! Pillow errors: a change that failed in a processor, kept for the retry
+//! queue, and the backoff that decides when it is tried again.
+//!
+//! A pillow error is unique per (document id, pillow, processor). A change
+//! that fails again updates the same record: attempts go up, the message and
+//! the change are replaced, and the next attempt moves out.
+
+use std::fmt;
+
+/// What kind of failure a pillow error records. The names are stable: they
+/// are stored, shown by `status` and used as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The feed message is not a valid change (bad JSON, missing `document_id`).
+    Decode,
+    /// The plugin ran out of fuel (`limits.fuel`).
+    Fuel,
+    /// The plugin exceeded its wall-clock deadline (`limits.timeout_ms`).
+    Timeout,
+    /// The plugin tried to grow memory beyond `limits.memory_mb`.
+    Memory,
+    /// The plugin trapped: a panic, an `unreachable`, a stack overflow.
+    Trap,
+    /// The plugin used a table, index or lookup it did not declare.
+    Capability,
+    /// The plugin returned a malformed action (bad JSON, wrong row shape).
+    Malformed,
+    /// The plugin said the change might succeed later.
+    Retryable,
+    /// The plugin said the change can never succeed.
+    Permanent,
+    /// A fresh instance could not be created or initialised.
+    Instantiate,
+}
+
+impl ErrorKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::Decode,
+        ErrorKind::Fuel,
+        ErrorKind::Timeout,
+        ErrorKind::Memory,
+        ErrorKind::Trap,
+        ErrorKind::Capability,
+        ErrorKind::Malformed,
+        ErrorKind::Retryable,
+        ErrorKind::Permanent,
+        ErrorKind::Instantiate,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Decode => "decode",
+            ErrorKind::Fuel => "fuel",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Trap => "trap",
+            ErrorKind::Capability => "capability",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Retryable => "retryable",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Instantiate => "instantiate",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether retrying can help. A permanent plugin error and a malformed
+    /// message will fail the same way every time; everything else may pass
+    /// with a fixed plugin, a bigger budget or on a quieter machine.
+    pub fn retryable(self) -> bool {
+        !matches!(self, ErrorKind::Permanent | ErrorKind::Decode)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a failed change is tried again.
+///
+/// CommCare's schedule: after attempt `a` (1-based) the next try is
+/// `5 min × a²` later for the first three attempts (5, 20, 45 minutes);
+/// later attempts wait the capped 45 minutes; after `max_attempts` attempts
+/// in total (CommCare: 9) the error is parked and only an operator re-queues
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Base delay in milliseconds (CommCare: 5 minutes).
+    pub base_ms: i64,
+    /// Attempts after which the delay stops growing (CommCare: 3).
+    pub growth_attempts: u32,
+    /// Attempts after which the error is parked (CommCare: 9).
+    pub max_attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { base_ms: 5 * 60 * 1000, growth_attempts: 3, max_attempts: 9 }
+    }
+}
+
+impl Backoff {
+    /// The next attempt time after `attempts` attempts, the last at
+    /// `last_ms`; `None` when the error is parked.
+    pub fn next_attempt_ms(&self, attempts: u32, last_ms: i64) -> Option<i64> {
+        if attempts == 0 {
+            return Some(last_ms);
+        }
+        if attempts >= self.max_attempts {
+            return None;
+        }
+        let a = attempts.min(self.growth_attempts) as i64;
+        Some(last_ms + self.base_ms * a * a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commcare_schedule() {
+        let b = Backoff::default();
+        let min = 60_000;
+        assert_eq!(b.next_attempt_ms(1, 0), Some(5 * min));
+        assert_eq!(b.next_attempt_ms(2, 0), Some(20 * min));
+        assert_eq!(b.next_attempt_ms(3, 0), Some(45 * min));
+        assert_eq!(b.next_attempt_ms(8, 1000), Some(1000 + 45 * min));
+        assert_eq!(b.next_attempt_ms(9, 0), None);
+    }
+
+    #[test]
+    fn kinds_round_trip_and_classify() {
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+        }
+        assert!(!ErrorKind::Permanent.retryable());
+        assert!(ErrorKind::Fuel.retryable());
+        assert_eq!(ErrorKind::parse("nope"), None);
+    }
+}

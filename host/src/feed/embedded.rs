@@ -1,0 +1,243 @@
+//! The embedded feed: a partitioned, ordered log in one SQLite file.
+//!
+//! Offsets are dense and start at 0 per partition. Appends take SQLite's
+//! write lock (`BEGIN IMMEDIATE`), so concurrent publishers serialize and
+//! offsets never collide. Readers poll; the file is in WAL mode so reads
+//! never block the writer.
+
+use super::{FeedError, Message, TopicPartition, Watermarks, partition_for_key};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Messages appended per transaction by [`EmbeddedFeed::publish`] (5
+/// bound values each, well under SQLite's 32766-variable limit).
+const PUBLISH_BATCH: usize = 2000;
+/// How long an idle reader sleeps between polls of the log.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// The embedded feed.
+#[derive(Clone)]
+pub struct EmbeddedFeed {
+    pool: SqlitePool,
+    path: Arc<PathBuf>,
+}
+
+fn db_error(path: &Path) -> impl Fn(sqlx::Error) -> FeedError + '_ {
+    move |source| FeedError::Database { path: path.display().to_string(), source }
+}
+
+impl EmbeddedFeed {
+    /// Open (creating if needed) the feed at `path`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or migrated.
+    pub async fn open(path: &Path) -> Result<EmbeddedFeed, FeedError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| FeedError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_error(path))?;
+        sqlx::migrate!("../migrations/sqlite-feed")
+            .run(&pool)
+            .await
+            .map_err(|e| FeedError::Invalid(format!("embedded feed {}: migration failed: {e}", path.display())))?;
+        Ok(EmbeddedFeed { pool, path: Arc::new(path.to_owned()) })
+    }
+
+    /// The feed file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Create `topic` with `partitions` if missing; check the count if present.
+    /// Returns the partition count.
+    ///
+    /// # Errors
+    ///
+    /// [`FeedError::PartitionMismatch`] when it exists with another count.
+    pub async fn create_topic(&self, topic: &str, partitions: Option<u32>) -> Result<u32, FeedError> {
+        if topic.is_empty() || topic.len() > 249 || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(FeedError::Invalid(format!("topic name {topic:?} must be 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-' (as in Kafka)")));
+        }
+        if partitions == Some(0) {
+            return Err(FeedError::Invalid("--partitions must be at least 1".into()));
+        }
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?").bind(topic).fetch_optional(&self.pool).await.map_err(db_error(&self.path))?;
+        match (existing, partitions) {
+            (Some(n), Some(p)) if n as u32 != p => Err(FeedError::PartitionMismatch { topic: topic.into(), existing: n as u32, requested: p }),
+            (Some(n), _) => Ok(n as u32),
+            (None, p) => {
+                let p = p.unwrap_or(DEFAULT_PARTITIONS);
+                sqlx::query("INSERT INTO topics (name, partitions, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+                    .bind(topic)
+                    .bind(p as i64)
+                    .bind(crate::time::now_ms())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error(&self.path))?;
+                Ok(p)
+            }
+        }
+    }
+
+    /// Topics and their partition counts.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn topics(&self) -> Result<Vec<(String, u32)>, FeedError> {
+        let rows = sqlx::query("SELECT name, partitions FROM topics ORDER BY name").fetch_all(&self.pool).await.map_err(db_error(&self.path))?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u32)).collect())
+    }
+
+    /// Append `messages` (key, value) to `topic`, each to the partition its
+    /// key hashes to (a message without a key goes to partition 0). Returns
+    /// how many were appended.
+    ///
+    /// # Errors
+    ///
+    /// When the topic is missing or the database fails; batches appended
+    /// before the failure stay.
+    pub async fn publish(&self, topic: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) -> Result<usize, FeedError> {
+        let partitions: Option<i64> =
+            sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?").bind(topic).fetch_optional(&self.pool).await.map_err(db_error(&self.path))?;
+        let partitions = partitions.ok_or_else(|| FeedError::UnknownTopic(topic.into()))? as u32;
+        let now = crate::time::now_ms();
+        let mut written = 0;
+        for batch in messages.chunks(PUBLISH_BATCH) {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error(&self.path))?;
+            let rows = sqlx::query(r#"SELECT partition, MAX("offset") + 1 FROM messages WHERE topic = ? GROUP BY partition"#)
+                .bind(topic)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error(&self.path))?;
+            let mut next: HashMap<u32, i64> = rows.iter().map(|r| (r.get::<i64, _>(0) as u32, r.get::<i64, _>(1))).collect();
+            let mut qb = QueryBuilder::new(r#"INSERT INTO messages (topic, partition, "offset", key, value, timestamp_ms) "#);
+            qb.push_values(batch, |mut b, (key, value)| {
+                let p = key.as_deref().map_or(0, |k| partition_for_key(k, partitions));
+                let offset = next.entry(p).or_insert(0);
+                b.push_bind(topic).push_bind(p as i64).push_bind(*offset).push_bind(key.clone()).push_bind(value.clone()).push_bind(now);
+                *offset += 1;
+            });
+            qb.build().execute(&mut *tx).await.map_err(db_error(&self.path))?;
+            tx.commit().await.map_err(db_error(&self.path))?;
+            written += batch.len();
+        }
+        Ok(written)
+    }
+
+    /// Every partition of `topics`.
+    ///
+    /// # Errors
+    ///
+    /// [`FeedError::UnknownTopic`] for a missing topic.
+    pub async fn partitions(&self, topics: &[String]) -> Result<Vec<TopicPartition>, FeedError> {
+        let mut out = Vec::new();
+        for topic in topics {
+            let n: Option<i64> =
+                sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?").bind(topic).fetch_optional(&self.pool).await.map_err(db_error(&self.path))?;
+            let n = n.ok_or_else(|| FeedError::UnknownTopic(topic.clone()))?;
+            out.extend((0..n as u32).map(|p| TopicPartition::new(topic, p)));
+        }
+        Ok(out)
+    }
+
+    /// Watermarks of one partition.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn watermarks(&self, tp: &TopicPartition) -> Result<Watermarks, FeedError> {
+        let row = sqlx::query(r#"SELECT MIN("offset"), MAX("offset") FROM messages WHERE topic = ? AND partition = ?"#)
+            .bind(&*tp.topic)
+            .bind(tp.partition as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error(&self.path))?;
+        let (low, high): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(match (low, high) {
+            (Some(l), Some(h)) => Watermarks { low: l as u64, high: h as u64 + 1 },
+            _ => Watermarks { low: 0, high: 0 },
+        })
+    }
+
+    /// A reader of `positions`.
+    pub fn reader(&self, positions: Vec<(TopicPartition, u64)>) -> EmbeddedReader {
+        EmbeddedReader { feed: self.clone(), positions, next_partition: 0 }
+    }
+}
+
+/// Partitions of a topic created by `publish` without `--partitions`.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
+/// Polls assigned partitions of the embedded feed.
+pub struct EmbeddedReader {
+    feed: EmbeddedFeed,
+    positions: Vec<(TopicPartition, u64)>,
+    /// Round-robin start, so no partition is starved when chunks fill up.
+    next_partition: usize,
+}
+
+impl EmbeddedReader {
+    /// See [`super::FeedReader::poll`].
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Message>, FeedError> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let out = self.read_once(max).await?;
+            if !out.is_empty() || self.positions.is_empty() {
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(IDLE_POLL.min(deadline - now)).await;
+        }
+    }
+
+    async fn read_once(&mut self, max: usize) -> Result<Vec<Message>, FeedError> {
+        let mut out = Vec::new();
+        let n = self.positions.len();
+        for i in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let idx = (self.next_partition + i) % n;
+            let (tp, position) = &mut self.positions[idx];
+            let rows = sqlx::query(
+                r#"SELECT "offset", key, value, timestamp_ms FROM messages
+                   WHERE topic = ? AND partition = ? AND "offset" >= ? ORDER BY "offset" LIMIT ?"#,
+            )
+            .bind(&*tp.topic)
+            .bind(tp.partition as i64)
+            .bind(*position as i64)
+            .bind((max - out.len()) as i64)
+            .fetch_all(&self.feed.pool)
+            .await
+            .map_err(db_error(&self.feed.path))?;
+            for r in rows {
+                let offset = r.get::<i64, _>(0) as u64;
+                *position = offset + 1;
+                out.push(Message { tp: tp.clone(), offset, key: r.get(1), value: r.get(2), timestamp_ms: Some(r.get(3)) });
+            }
+        }
+        self.next_partition = (self.next_partition + 1) % n.max(1);
+        Ok(out)
+    }
+}

@@ -1,0 +1,343 @@
+//! Plugin manifests (`plugin.toml`).
+//!
+//! A manifest names the component, its version, per-call limits, which
+//! changes it wants (subscription), what it may write or read
+//! (capabilities), its retry policy, its golden fixtures and the `[config]`
+//! handed to `init`. Unknown keys are errors; every error names the file,
+//! the key and what would be valid.
+//!
+//! ```toml
+//! name = "case-search"
+//! version = "0.1.0"
+//! component = "case_search.wasm"   # relative to this file
+//! fixtures = "fixtures"            # optional: golden fixtures directory
+//!
+//! [limits]
+//! fuel = 20_000_000     # instructions (roughly) per change
+//! memory_mb = 64        # linear memory cap
+//! timeout_ms = 1000     # wall-clock deadline per call
+//!
+//! [subscription]        # empty lists mean "all"
+//! topics = ["case-sql"]
+//! document_types = ["CommCareCase"]
+//! domains = []
+//!
+//! [capabilities]
+//! indices = ["case-search"]
+//! tables = []
+//! lookups = []
+//!
+//! [retry]
+//! max_attempts = 9
+//!
+//! [config]              # free-form, passed to init as JSON
+//! domains = "*"
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read plugin manifest {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown or mistyped keys.
+    #[error("invalid plugin manifest {path}: {message}")]
+    Parse {
+        /// The manifest path.
+        path: PathBuf,
+        /// The parser's message: line, key and the valid keys.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid plugin manifest {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The manifest path.
+        path: PathBuf,
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong and what would be valid.
+        message: String,
+    },
+}
+
+/// Per-call resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Fuel per call: Wasm instructions, roughly. An interpreted guest
+    /// (Python, JavaScript) needs 10-100x what a Rust guest does for the same work.
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Linear memory cap in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Wall-clock deadline per call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_fuel() -> u64 {
+    50_000_000
+}
+fn default_memory_mb() -> u32 {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { fuel: default_fuel(), memory_mb: default_memory_mb(), timeout_ms: default_timeout_ms() }
+    }
+}
+
+/// Which changes the plugin is called for; an empty list matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Topics, e.g. `case-sql`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Document types, e.g. `CommCareCase`.
+    #[serde(default)]
+    pub document_types: Vec<String>,
+    /// Domains.
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+impl Subscription {
+    /// Whether a change with these fields is wanted.
+    pub fn matches(&self, topic: &str, document_type: Option<&str>, domain: Option<&str>) -> bool {
+        fn ok(list: &[String], value: Option<&str>) -> bool {
+            list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v))
+        }
+        ok(&self.topics, Some(topic)) && ok(&self.document_types, document_type) && ok(&self.domains, domain)
+    }
+}
+
+/// What the plugin may write and read. Anything else is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Indices it may declare and write.
+    #[serde(default)]
+    pub indices: Vec<String>,
+    /// Tables it may declare and write.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Lookup resources it may read.
+    #[serde(default)]
+    pub lookups: Vec<String>,
+}
+
+/// How failed changes are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts before a pillow error is parked (CommCare: 9).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    9
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: default_max_attempts() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    version: String,
+    component: PathBuf,
+    #[serde(default)]
+    fixtures: Option<PathBuf>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    subscription: Subscription,
+    #[serde(default)]
+    capabilities: Capabilities,
+    #[serde(default)]
+    retry: RetryPolicy,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+/// A validated manifest. Paths are resolved against the manifest's folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Plugin name: lower-case letters, digits and `-`.
+    pub name: String,
+    /// The author's version string (shown beside the content hash).
+    pub version: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// The golden fixtures directory, if any.
+    pub fixtures: Option<PathBuf>,
+    /// Per-call limits.
+    pub limits: Limits,
+    /// Which changes it wants.
+    pub subscription: Subscription,
+    /// What it may touch.
+    pub capabilities: Capabilities,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// `[config]` as JSON text, as handed to `init`.
+    pub config_json: String,
+}
+
+/// Upper bounds that keep a typo from disabling a limit.
+const MAX_MEMORY_MB: u32 = 4096;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+impl Manifest {
+    /// Load and validate the manifest at `path`.
+    ///
+    /// # Errors
+    ///
+    /// See [`ManifestError`]; each names the file and key.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parse and validate manifest `text` as if read from `path`.
+    ///
+    /// # Errors
+    ///
+    /// See [`ManifestError`].
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        let invalid = |key: &str, message: String| ManifestError::Invalid { path: path.to_owned(), key: key.into(), message };
+        if raw.name.is_empty()
+            || !raw.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !raw.name.as_bytes()[0].is_ascii_lowercase()
+        {
+            return Err(invalid("name", format!("{:?} must start with a-z and use only a-z, 0-9 and '-', e.g. \"case-search\"", raw.name)));
+        }
+        if raw.version.trim().is_empty() {
+            return Err(invalid("version", "must not be empty, e.g. \"0.1.0\"".into()));
+        }
+        let l = raw.limits;
+        if l.fuel == 0 {
+            return Err(invalid("limits.fuel", "must be at least 1; 20_000_000 suits a Rust plugin doing JSON work".into()));
+        }
+        if l.memory_mb == 0 || l.memory_mb > MAX_MEMORY_MB {
+            return Err(invalid("limits.memory_mb", format!("{} is out of range 1..={MAX_MEMORY_MB}", l.memory_mb)));
+        }
+        if l.timeout_ms == 0 || l.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(invalid("limits.timeout_ms", format!("{} is out of range 1..={MAX_TIMEOUT_MS}", l.timeout_ms)));
+        }
+        if raw.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1 (CommCare uses 9)".into()));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let config_json = serde_json::to_string(&raw.config).map_err(|e| invalid("config", format!("cannot be expressed as JSON: {e}")))?;
+        Ok(Manifest {
+            path: path.to_owned(),
+            name: raw.name,
+            version: raw.version,
+            component: dir.join(raw.component),
+            fixtures: raw.fixtures.map(|f| dir.join(f)),
+            limits: l,
+            subscription: raw.subscription,
+            capabilities: raw.capabilities,
+            retry: raw.retry,
+            config_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("plugins/x/plugin.toml"))
+    }
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = parse(
+            r#"
+            name = "case-search"
+            version = "1.2.0"
+            component = "cs.wasm"
+            fixtures = "fixtures"
+            [limits]
+            fuel = 1000
+            memory_mb = 16
+            timeout_ms = 50
+            [subscription]
+            document_types = ["CommCareCase"]
+            [capabilities]
+            indices = ["case-search"]
+            [retry]
+            max_attempts = 3
+            [config]
+            domains = ["a", "b"]
+            nested = { k = 1 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.component, Path::new("plugins/x/cs.wasm"));
+        assert_eq!(m.fixtures.as_deref(), Some(Path::new("plugins/x/fixtures")));
+        assert_eq!(m.limits, Limits { fuel: 1000, memory_mb: 16, timeout_ms: 50 });
+        assert_eq!(m.retry.max_attempts, 3);
+        assert_eq!(m.config_json, r#"{"domains":["a","b"],"nested":{"k":1}}"#);
+        assert!(m.subscription.matches("any", Some("CommCareCase"), None));
+        assert!(!m.subscription.matches("any", Some("XFormInstance"), None));
+        assert!(!m.subscription.matches("any", None, None));
+    }
+
+    #[test]
+    fn defaults() {
+        let m = parse("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"").unwrap();
+        assert_eq!(m.limits, Limits::default());
+        assert_eq!(m.config_json, "{}");
+        assert!(m.subscription.matches("t", None, None));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_valid_values() {
+        let cases = [
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfule = 3", vec!["plugins/x/plugin.toml", "unknown field `fule`", "`fuel`, `memory_mb`, `timeout_ms`"]),
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\ncolour = 1", vec!["unknown field `colour`", "`component`"]),
+            ("version = \"1\"\ncomponent = \"a.wasm\"", vec!["missing field `name`"]),
+            ("name = \"A b\"\nversion = \"1\"\ncomponent = \"a.wasm\"", vec!["key `name`", "a-z"]),
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nmemory_mb = 0", vec!["key `limits.memory_mb`", "1..=4096"]),
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfuel = 0", vec!["key `limits.fuel`"]),
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\ntimeout_ms = \"fast\"", vec!["timeout_ms", "invalid type"]),
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[subscription]\ndoc_types = []", vec!["unknown field `doc_types`", "`document_types`"]),
+            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nmax_attempts = 0", vec!["key `retry.max_attempts`"]),
+        ];
+        for (text, needles) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("plugins/x/plugin.toml"), "{err}");
+            for n in needles {
+                assert!(err.contains(n), "expected {n:?} in: {err}");
+            }
+        }
+        let err = Manifest::load(Path::new("/nonexistent/plugin.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read plugin manifest /nonexistent/plugin.toml"), "{err}");
+    }
+}

@@ -1,0 +1,202 @@
+//! The SQLite sink: document indices and row tables in the store database.
+//!
+//! Each declared index is a table `"doc_<index>"` with `id`, `document`
+//! (JSON text; NULL marks a deleted document) and `version`. Each declared
+//! row table is created from its spec under its own name. Writes happen
+//! inside the caller's transaction.
+
+use super::{RowOp, WritePlan};
+use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+/// Why the sink could not prepare or write.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A table exists with other columns than the spec asks for.
+    #[error("table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin")]
+    Mismatch {
+        /// Table.
+        table: String,
+        /// Which column differs and how.
+        detail: String,
+    },
+    /// The database failed.
+    #[error("sqlite sink: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Most bound values per statement (SQLite allows 32766).
+const MAX_BINDS: usize = 30_000;
+
+/// The table holding the documents of `index`.
+pub fn index_table(index: &str) -> String {
+    format!("doc_{index}")
+}
+
+/// Quote an identifier (names are validated by the contract checks, but
+/// quoting keeps '-' in index names and reserved words safe).
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn sql_type(kind: ColumnType) -> &'static str {
+    match kind {
+        ColumnType::Integer | ColumnType::Boolean => "INTEGER",
+        ColumnType::Float => "REAL",
+        ColumnType::Text | ColumnType::Date | ColumnType::Timestamp | ColumnType::Json => "TEXT",
+    }
+}
+
+/// Create the document table of an index if missing.
+///
+/// # Errors
+///
+/// When the database fails.
+pub async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Result<(), SinkError> {
+    let table = quote(&index_table(&spec.name));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, document TEXT, version INTEGER NOT NULL) WITHOUT ROWID"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO sink_indices (name, mappings) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET mappings = excluded.mappings")
+        .bind(&spec.name)
+        .bind(&spec.mappings)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Create a row table if missing, or check that the existing one matches.
+///
+/// # Errors
+///
+/// [`SinkError::Mismatch`] naming the table and column when they differ.
+pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(), SinkError> {
+    let existing = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA table_info({})", quote(&spec.name)))).fetch_all(&mut *conn).await?;
+    if existing.is_empty() {
+        let mut ddl = format!("CREATE TABLE {} (", quote(&spec.name));
+        for c in &spec.columns {
+            ddl.push_str(&format!("{} {}{}, ", quote(&c.name), sql_type(c.kind), if c.nullable { "" } else { " NOT NULL" }));
+        }
+        let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
+        ddl.push_str(&format!("PRIMARY KEY ({}))", pk.join(", ")));
+        sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut *conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} (doc_id)",
+            quote(&format!("{}_doc_id", spec.name)),
+            quote(&spec.name)
+        )))
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        // (cid, name, type, notnull, dflt_value, pk)
+        let found: Vec<(String, String, bool, i64)> =
+            existing.iter().map(|r| (r.get::<String, _>(1), r.get::<String, _>(2), r.get::<i64, _>(3) != 0, r.get::<i64, _>(5))).collect();
+        let mismatch = |detail: String| SinkError::Mismatch { table: spec.name.clone(), detail };
+        for c in &spec.columns {
+            let Some((_, ty, notnull, _)) = found.iter().find(|(n, ..)| n == &c.name) else {
+                return Err(mismatch(format!("column {:?} is missing", c.name)));
+            };
+            if !ty.eq_ignore_ascii_case(sql_type(c.kind)) {
+                return Err(mismatch(format!("column {:?} is {ty}, the spec needs {} ({})", c.name, sql_type(c.kind), c.kind.as_str())));
+            }
+            if *notnull == c.nullable {
+                return Err(mismatch(format!("column {:?} is {}, the spec says {}", c.name, if *notnull { "NOT NULL" } else { "nullable" }, if c.nullable { "nullable" } else { "NOT NULL" })));
+            }
+        }
+        for (name, ..) in &found {
+            if !spec.columns.iter().any(|c| &c.name == name) {
+                return Err(mismatch(format!("column {name:?} is not in the spec")));
+            }
+        }
+        let mut pk: Vec<_> = found.iter().filter(|f| f.3 > 0).map(|f| (f.3, f.0.clone())).collect();
+        pk.sort();
+        let pk: Vec<_> = pk.into_iter().map(|(_, n)| n).collect();
+        if pk != spec.primary_key {
+            return Err(mismatch(format!("primary key is {pk:?}, the spec says {:?}", spec.primary_key)));
+        }
+    }
+    let spec_text = describe_spec(spec);
+    sqlx::query("INSERT INTO sink_tables (name, spec) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
+        .bind(&spec.name)
+        .bind(spec_text)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn describe_spec(spec: &TableSpec) -> String {
+    let cols: Vec<_> = spec.columns.iter().map(|c| format!("{} {}{}", c.name, c.kind.as_str(), if c.nullable { "?" } else { "" })).collect();
+    format!("({}) primary key ({})", cols.join(", "), spec.primary_key.join(", "))
+}
+
+/// Write `plan` on `conn` (inside the caller's transaction).
+///
+/// # Errors
+///
+/// When the database fails; the caller rolls back.
+pub async fn apply(conn: &mut SqliteConnection, plan: &WritePlan, tables: &dyn Fn(&str) -> Option<TableSpec>) -> Result<(), SinkError> {
+    for (index, writes) in &plan.documents {
+        let table = quote(&index_table(index));
+        let writes: Vec<_> = writes.values().collect();
+        for batch in writes.chunks(MAX_BINDS / 3) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO {table} (id, document, version) "));
+            qb.push_values(batch, |mut b, w| {
+                b.push_bind(&w.id).push_bind(w.document.as_deref()).push_bind(w.version as i64);
+            });
+            // An older version never replaces a newer one (replay safety).
+            qb.push(format!(
+                " ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version WHERE excluded.version >= {table}.version"
+            ));
+            qb.build().execute(&mut *conn).await?;
+        }
+    }
+    for (name, ops) in &plan.rows {
+        let spec = tables(name).ok_or_else(|| sqlx::Error::Protocol(format!("no spec for table {name}")))?;
+        let quoted = quote(name);
+        for op in ops {
+            match op {
+                RowOp::Delete(ids) => {
+                    for batch in ids.chunks(MAX_BINDS) {
+                        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("DELETE FROM {quoted} WHERE doc_id IN ("));
+                        let mut sep = qb.separated(", ");
+                        for id in batch {
+                            sep.push_bind(id);
+                        }
+                        qb.push(")");
+                        qb.build().execute(&mut *conn).await?;
+                    }
+                }
+                RowOp::Upsert(rows) => {
+                    let cols: Vec<_> = spec.columns.iter().map(|c| quote(&c.name)).collect();
+                    let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
+                    let updates: Vec<_> = spec
+                        .columns
+                        .iter()
+                        .filter(|c| !spec.primary_key.contains(&c.name))
+                        .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
+                        .collect();
+                    let conflict = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+                    for batch in rows.chunks((MAX_BINDS / spec.columns.len().max(1)).max(1)) {
+                        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO {quoted} ({}) ", cols.join(", ")));
+                        qb.push_values(batch, |mut b, row| {
+                            for cell in row {
+                                match cell {
+                                    Cell::Null => b.push_bind(None::<i64>),
+                                    Cell::Boolean(v) => b.push_bind(i64::from(*v)),
+                                    Cell::Integer(v) => b.push_bind(*v),
+                                    Cell::Float(v) => b.push_bind(*v),
+                                    Cell::Text(v) => b.push_bind(v.as_str()),
+                                };
+                            }
+                        });
+                        qb.push(format!(" ON CONFLICT ({}) {conflict}", pk.join(", ")));
+                        qb.build().execute(&mut *conn).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! Contract checks on what a plugin declares and returns.
+//!
+//! The canonical ABI guarantees the shapes; these checks cover the rest:
+//! names, capabilities, JSON validity and row types. A plugin that fails
+//! them gets a precise error for that change (or, at load, for the plugin).
+
+use crate::action::{Action, Cell, ColumnType, PluginInfo, TableSpec};
+use crate::errors::ErrorKind;
+use crate::manifest::Manifest;
+use std::collections::{HashMap, HashSet};
+
+/// A failed check: the error kind and what exactly is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckError {
+    /// `capability` or `malformed`.
+    pub kind: ErrorKind,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn malformed(message: String) -> CheckError {
+    CheckError { kind: ErrorKind::Malformed, message }
+}
+
+/// Longest document id accepted (Elasticsearch's limit is 512 bytes).
+pub const MAX_ID_BYTES: usize = 512;
+
+/// What a plugin may write, from its validated `init` output.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// Tables by name.
+    pub tables: HashMap<String, TableSpec>,
+    /// Index names.
+    pub indices: HashSet<String>,
+}
+
+fn valid_table_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.as_bytes()[0].is_ascii_lowercase() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn valid_index_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && (s.as_bytes()[0].is_ascii_lowercase() || s.as_bytes()[0].is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Validate `init`'s declaration against the manifest.
+///
+/// # Errors
+///
+/// Returns the first problem, naming the table/index and the manifest key to change.
+pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, String> {
+    let mut declared = Declared::default();
+    for index in &info.indices {
+        if !valid_index_name(&index.name) {
+            return Err(format!("init declared index {:?}: index names use a-z, 0-9, '-' and '_' and start with a letter or digit", index.name));
+        }
+        if !manifest.capabilities.indices.contains(&index.name) {
+            return Err(format!(
+                "init declared index {:?}, which the manifest does not grant; add it to capabilities.indices in {}",
+                index.name,
+                manifest.path.display()
+            ));
+        }
+        match serde_json::from_str::<serde_json::Value>(&index.mappings) {
+            Ok(serde_json::Value::Object(_)) => {}
+            _ => return Err(format!("init declared index {:?} with mappings that are not a JSON object", index.name)),
+        }
+        if !declared.indices.insert(index.name.clone()) {
+            return Err(format!("init declared index {:?} twice", index.name));
+        }
+    }
+    for table in &info.tables {
+        let name = &table.name;
+        if !valid_table_name(name) {
+            return Err(format!("init declared table {name:?}: table names use a-z, 0-9 and '_', start with a letter, at most 63 bytes"));
+        }
+        if !manifest.capabilities.tables.contains(name) {
+            return Err(format!(
+                "init declared table {name:?}, which the manifest does not grant; add it to capabilities.tables in {}",
+                manifest.path.display()
+            ));
+        }
+        let mut columns = HashSet::new();
+        for c in &table.columns {
+            if !valid_table_name(&c.name) {
+                return Err(format!("table {name:?}: column {:?} must use a-z, 0-9 and '_' and start with a letter", c.name));
+            }
+            if !columns.insert(c.name.as_str()) {
+                return Err(format!("table {name:?}: column {:?} appears twice", c.name));
+            }
+        }
+        match table.columns.iter().find(|c| c.name == "doc_id") {
+            Some(c) if c.kind == ColumnType::Text && !c.nullable => {}
+            _ => return Err(format!("table {name:?} needs a non-nullable text column `doc_id` linking rows to their document")),
+        }
+        if table.primary_key.is_empty() {
+            return Err(format!("table {name:?} declares no primary key; upserts need one (e.g. [\"doc_id\"])"));
+        }
+        for k in &table.primary_key {
+            match table.columns.iter().find(|c| &c.name == k) {
+                None => return Err(format!("table {name:?}: primary key column {k:?} is not among its columns")),
+                Some(c) if c.nullable => return Err(format!("table {name:?}: primary key column {k:?} must not be nullable")),
+                Some(_) => {}
+            }
+        }
+        if declared.tables.insert(name.clone(), table.clone()).is_some() {
+            return Err(format!("init declared table {name:?} twice"));
+        }
+    }
+    Ok(declared)
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), CheckError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(malformed(format!("{what} id must be 1..={MAX_ID_BYTES} bytes, got {} bytes", id.len())));
+    }
+    Ok(())
+}
+
+fn check_index(declared: &Declared, index: &str) -> Result<(), CheckError> {
+    if declared.indices.contains(index) {
+        Ok(())
+    } else {
+        Err(CheckError {
+            kind: ErrorKind::Capability,
+            message: format!("action targets index {index:?}, which init did not declare (declared: {:?})", sorted(&declared.indices)),
+        })
+    }
+}
+
+fn table<'a>(declared: &'a Declared, table: &str) -> Result<&'a TableSpec, CheckError> {
+    declared.tables.get(table).ok_or_else(|| CheckError {
+        kind: ErrorKind::Capability,
+        message: format!("action targets table {table:?}, which init did not declare (declared: {:?})", sorted(declared.tables.keys())),
+    })
+}
+
+fn sorted<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
+    let mut v: Vec<_> = names.into_iter().map(String::as_str).collect();
+    v.sort();
+    v
+}
+
+/// Check every action a plugin returned for one change.
+///
+/// # Errors
+///
+/// The first action that is outside the declaration (`capability`) or
+/// malformed (`malformed`), by position.
+pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), CheckError> {
+    for (i, action) in actions.iter().enumerate() {
+        let at = |e: CheckError| CheckError { kind: e.kind, message: format!("action {i} ({}): {}", action.kind(), e.message) };
+        match action {
+            Action::IndexDocument { index, id, document } => {
+                check_index(declared, index).map_err(at)?;
+                check_id("document", id).map_err(at)?;
+                let is_object = document.trim_start().starts_with('{');
+                if !is_object || serde_json::from_str::<serde::de::IgnoredAny>(document).is_err() {
+                    let detail = serde_json::from_str::<serde::de::IgnoredAny>(document).err().map(|e| e.to_string()).unwrap_or_else(|| "not an object".into());
+                    return Err(at(malformed(format!("document {id:?} is not a JSON object: {detail}"))));
+                }
+            }
+            Action::DeleteDocument { index, id } => {
+                check_index(declared, index).map_err(at)?;
+                check_id("document", id).map_err(at)?;
+            }
+            Action::UpsertRows { table: name, rows } => {
+                let spec = table(declared, name).map_err(at)?;
+                for (r, row) in rows.iter().enumerate() {
+                    check_row(spec, row).map_err(|m| at(malformed(format!("row {r}: {m}"))))?;
+                }
+            }
+            Action::DeleteRows { table: name, doc_id } => {
+                table(declared, name).map_err(at)?;
+                check_id("doc", doc_id).map_err(at)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_row(spec: &TableSpec, row: &[Cell]) -> Result<(), String> {
+    if row.len() != spec.columns.len() {
+        return Err(format!("has {} values but table {:?} has {} columns", row.len(), spec.name, spec.columns.len()));
+    }
+    for (cell, col) in row.iter().zip(&spec.columns) {
+        let ok = match (cell, col.kind) {
+            (Cell::Null, _) => col.nullable,
+            (Cell::Boolean(_), ColumnType::Boolean) => true,
+            (Cell::Integer(_), ColumnType::Integer) => true,
+            (Cell::Float(f), ColumnType::Float) => f.is_finite(),
+            (Cell::Integer(_), ColumnType::Float) => true,
+            (Cell::Text(t), ColumnType::Json) => serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok(),
+            (Cell::Text(t), ColumnType::Date) => is_date(t),
+            (Cell::Text(t), ColumnType::Timestamp) => crate::time::parse_rfc3339_ms(t).is_some(),
+            (Cell::Text(_), ColumnType::Text) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("column {:?} ({}{}) cannot hold {}", col.name, col.kind.as_str(), if col.nullable { ", nullable" } else { "" }, describe(cell)));
+        }
+    }
+    Ok(())
+}
+
+fn is_date(s: &str) -> bool {
+    s.len() == 10 && crate::time::parse_rfc3339_ms(&format!("{s}T00:00:00Z")).is_some()
+}
+
+fn describe(cell: &Cell) -> String {
+    match cell {
+        Cell::Null => "null".into(),
+        Cell::Boolean(b) => format!("boolean {b}"),
+        Cell::Integer(i) => format!("integer {i}"),
+        Cell::Float(f) => format!("float {f}"),
+        Cell::Text(t) => format!("text {:?}", crate::wasm::check::short(t)),
+    }
+}
+
+/// At most 40 characters of `s`, for error messages.
+pub fn short(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::{Column, IndexSpec};
+    use std::path::Path;
+
+    fn manifest() -> Manifest {
+        Manifest::parse(
+            "name = \"p\"\nversion = \"1\"\ncomponent = \"p.wasm\"\n[capabilities]\nindices = [\"docs\"]\ntables = [\"rows\"]",
+            Path::new("p/plugin.toml"),
+        )
+        .unwrap()
+    }
+
+    fn rows_spec() -> TableSpec {
+        TableSpec {
+            name: "rows".into(),
+            columns: vec![
+                Column { name: "doc_id".into(), kind: ColumnType::Text, nullable: false },
+                Column { name: "n".into(), kind: ColumnType::Integer, nullable: true },
+                Column { name: "day".into(), kind: ColumnType::Date, nullable: true },
+            ],
+            primary_key: vec!["doc_id".into()],
+        }
+    }
+
+    fn info() -> PluginInfo {
+        PluginInfo { tables: vec![rows_spec()], indices: vec![IndexSpec { name: "docs".into(), mappings: "{}".into() }] }
+    }
+
+    #[test]
+    fn declarations_must_be_granted_and_well_formed() {
+        assert!(check_info(&info(), &manifest()).is_ok());
+        let mut i = info();
+        i.indices[0].name = "other".into();
+        assert!(check_info(&i, &manifest()).unwrap_err().contains("add it to capabilities.indices in p/plugin.toml"));
+        let mut i = info();
+        i.tables[0].columns.remove(0);
+        i.tables[0].primary_key = vec!["n".into()];
+        assert!(check_info(&i, &manifest()).unwrap_err().contains("`doc_id`"));
+        let mut i = info();
+        i.tables[0].primary_key = vec!["n".into()];
+        assert!(check_info(&i, &manifest()).unwrap_err().contains("must not be nullable"));
+        let mut i = info();
+        i.indices[0].mappings = "[1]".into();
+        assert!(check_info(&i, &manifest()).unwrap_err().contains("not a JSON object"));
+    }
+
+    #[test]
+    fn actions_are_checked_against_the_declaration() {
+        let d = check_info(&info(), &manifest()).unwrap();
+        let ok = vec![
+            Action::IndexDocument { index: "docs".into(), id: "a".into(), document: r#"{"x":1}"#.into() },
+            Action::DeleteDocument { index: "docs".into(), id: "a".into() },
+            Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Text("a".into()), Cell::Null, Cell::Text("2026-11-22".into())]] },
+            Action::DeleteRows { table: "rows".into(), doc_id: "a".into() },
+        ];
+        assert_eq!(check_actions(&d, &ok), Ok(()));
+
+        let cases = [
+            (Action::IndexDocument { index: "nope".into(), id: "a".into(), document: "{}".into() }, ErrorKind::Capability, "index \"nope\""),
+            (Action::UpsertRows { table: "secret".into(), rows: vec![] }, ErrorKind::Capability, "table \"secret\""),
+            (Action::IndexDocument { index: "docs".into(), id: "a".into(), document: "{\"a\":".into() }, ErrorKind::Malformed, "not a JSON object"),
+            (Action::IndexDocument { index: "docs".into(), id: "a".into(), document: "[1]".into() }, ErrorKind::Malformed, "not a JSON object"),
+            (Action::IndexDocument { index: "docs".into(), id: "".into(), document: "{}".into() }, ErrorKind::Malformed, "id must be"),
+            (Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Integer(1)]] }, ErrorKind::Malformed, "has 1 values but table \"rows\" has 3"),
+            (
+                Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Null, Cell::Null, Cell::Null]] },
+                ErrorKind::Malformed,
+                "column \"doc_id\" (text) cannot hold null",
+            ),
+            (
+                Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Text("a".into()), Cell::Null, Cell::Text("22/11/2026".into())]] },
+                ErrorKind::Malformed,
+                "column \"day\" (date, nullable)",
+            ),
+        ];
+        for (action, kind, needle) in cases {
+            let err = check_actions(&d, &[ok[0].clone(), action]).unwrap_err();
+            assert_eq!(err.kind, kind, "{}", err.message);
+            assert!(err.message.starts_with("action 1 ("), "{}", err.message);
+            assert!(err.message.contains(needle), "{needle:?} not in {}", err.message);
+        }
+    }
+}
