@@ -96,9 +96,15 @@ pub fn decode(message: &Message) -> Result<Change, DecodeError> {
         offset: message.offset,
         reason,
     };
-    let text = std::str::from_utf8(&message.value).map_err(|e| fail(format!("value is not UTF-8 ({e}); a change is ChangeMeta JSON")))?;
+    let text = std::str::from_utf8(&message.value).map_err(|e| {
+        fail(format!(
+            "value is not UTF-8 ({e}); a change is ChangeMeta JSON"
+        ))
+    })?;
     let wire: WireChange<'_> = serde_json::from_str(text).map_err(|e| {
-        fail(format!("value is not a ChangeMeta JSON object with a string `document_id`: {e}"))
+        fail(format!(
+            "value is not a ChangeMeta JSON object with a string `document_id`: {e}"
+        ))
     })?;
     if wire.document_id.is_empty() {
         return Err(fail("`document_id` is empty".into()));
@@ -137,7 +143,13 @@ mod tests {
     use crate::feed::TopicPartition;
 
     fn message(value: &str) -> Message {
-        Message { tp: TopicPartition::new("case-sql", 3), offset: 7, key: None, value: value.as_bytes().to_vec(), timestamp_ms: None }
+        Message {
+            tp: TopicPartition::new("case-sql", 3),
+            offset: 7,
+            key: None,
+            value: value.as_bytes().to_vec(),
+            timestamp_ms: None,
+        }
     }
 
     #[test]
@@ -154,12 +166,18 @@ mod tests {
         assert_eq!(c.document_subtype.as_deref(), Some("patient"));
         assert_eq!(c.publish_time_ms, Some(1_614_834_367_000));
         assert_eq!(c.attempts, 2);
-        assert_eq!(c.document.as_deref(), Some(r#"{"_id":"abc","case_json":{}}"#));
+        assert_eq!(
+            c.document.as_deref(),
+            Some(r#"{"_id":"abc","case_json":{}}"#)
+        );
     }
 
     #[test]
     fn minimal_and_deletion() {
-        let c = decode(&message(r#"{"document_id":"x","is_deletion":true,"document":null}"#)).unwrap();
+        let c = decode(&message(
+            r#"{"document_id":"x","is_deletion":true,"document":null}"#,
+        ))
+        .unwrap();
         assert!(c.is_deletion && c.document.is_none() && c.domain.is_none());
     }
 
@@ -169,14 +187,27 @@ mod tests {
             ("not json", "not a ChangeMeta JSON object"),
             (r#"{"domain":"d"}"#, "missing field `document_id`"),
             (r#"{"document_id":""}"#, "`document_id` is empty"),
-            (r#"{"document_id":"a","document":[1]}"#, "`document` must be a JSON object"),
-            (r#"{"document_id":"a","publish_timestamp":"yesterday"}"#, "not an RFC 3339 time"),
+            (
+                r#"{"document_id":"a","document":[1]}"#,
+                "`document` must be a JSON object",
+            ),
+            (
+                r#"{"document_id":"a","publish_timestamp":"yesterday"}"#,
+                "not an RFC 3339 time",
+            ),
         ] {
             let err = decode(&message(value)).unwrap_err();
             assert!(err.to_string().contains(needle), "{value}: {err}");
-            assert!(err.to_string().starts_with("case-sql:3 offset 7: "), "{err}");
+            assert!(
+                err.to_string().starts_with("case-sql:3 offset 7: "),
+                "{err}"
+            );
         }
-        let err = decode(&Message { value: vec![0xff, 0xfe], ..message("") }).unwrap_err();
+        let err = decode(&Message {
+            value: vec![0xff, 0xfe],
+            ..message("")
+        })
+        .unwrap_err();
         assert!(err.reason.contains("not UTF-8"));
     }
 }

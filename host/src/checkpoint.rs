@@ -31,7 +31,11 @@ pub struct CheckpointTracker {
 impl CheckpointTracker {
     /// A tracker whose last save is `now`.
     pub fn new(policy: CheckpointPolicy, now: Instant) -> Self {
-        CheckpointTracker { policy, since_save: 0, last_save: now }
+        CheckpointTracker {
+            policy,
+            since_save: 0,
+            last_save: now,
+        }
     }
 
     /// Count `n` processed changes.
@@ -46,7 +50,9 @@ impl CheckpointTracker {
 
     /// Whether a save is due at `now`.
     pub fn due(&self, now: Instant) -> bool {
-        self.dirty() && (self.since_save >= self.policy.every || now.duration_since(self.last_save) >= self.policy.max_delay)
+        self.dirty()
+            && (self.since_save >= self.policy.every
+                || now.duration_since(self.last_save) >= self.policy.max_delay)
     }
 
     /// Note a save at `now`.
@@ -63,7 +69,13 @@ mod tests {
     #[test]
     fn due_by_count_or_delay_never_when_clean() {
         let t0 = Instant::now();
-        let mut t = CheckpointTracker::new(CheckpointPolicy { every: 10, max_delay: Duration::from_secs(5) }, t0);
+        let mut t = CheckpointTracker::new(
+            CheckpointPolicy {
+                every: 10,
+                max_delay: Duration::from_secs(5),
+            },
+            t0,
+        );
         assert!(!t.due(t0 + Duration::from_secs(60)), "nothing to save");
         t.record(9);
         assert!(!t.due(t0 + Duration::from_secs(1)));

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read host config {path}: {source}; pass --config FILE (see config/embedded.toml)")]
+    #[error(
+        "cannot read host config {path}: {source}; pass --config FILE (see config/embedded.toml)"
+    )]
     Read {
         /// The config path.
         path: PathBuf,
@@ -96,7 +98,10 @@ fn default_log_lines_per_second() -> u32 {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { compile_cache_dir: default_cache_dir(), guest_log_lines_per_second: default_log_lines_per_second() }
+        RuntimeConfig {
+            compile_cache_dir: default_cache_dir(),
+            guest_log_lines_per_second: default_log_lines_per_second(),
+        }
     }
 }
 
@@ -189,7 +194,10 @@ impl HostConfig {
     ///
     /// See [`ConfigError`].
     pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         HostConfig::parse(&text, path, |k| std::env::var(k).ok())
     }
 
@@ -198,25 +206,54 @@ impl HostConfig {
     /// # Errors
     ///
     /// See [`ConfigError`].
-    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<HostConfig, ConfigError> {
-        let mut raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
-        let invalid = |key: &str, message: String| ConfigError::Invalid { path: path.to_owned(), key: key.into(), message };
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<HostConfig, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.into(),
+            message,
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { dir.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                dir.join(p)
+            }
+        };
 
         if let Some(p) = env("PILLOWTOP_FEED_PATH") {
-            raw.feed = FeedConfig::Embedded { path: PathBuf::from(p) };
+            raw.feed = FeedConfig::Embedded {
+                path: PathBuf::from(p),
+            };
         }
         let feed = match raw.feed {
-            FeedConfig::Embedded { path } => FeedConfig::Embedded { path: resolve(&path) },
+            FeedConfig::Embedded { path } => FeedConfig::Embedded {
+                path: resolve(&path),
+            },
         };
         let url = env("PILLOWTOP_STORE_URL").unwrap_or(raw.store.url);
-        let Some(store_file) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
-            return Err(invalid("store.url", format!("{url:?} is not supported; use sqlite://PATH, e.g. sqlite://data/store.db")));
+        let Some(store_file) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        else {
+            return Err(invalid(
+                "store.url",
+                format!("{url:?} is not supported; use sqlite://PATH, e.g. sqlite://data/store.db"),
+            ));
         };
         if store_file.is_empty() {
-            return Err(invalid("store.url", "names no file; use sqlite://PATH".into()));
+            return Err(invalid(
+                "store.url",
+                "names no file; use sqlite://PATH".into(),
+            ));
         }
         let mut runtime = raw.runtime;
         runtime.compile_cache_dir = resolve(&runtime.compile_cache_dir);
@@ -224,23 +261,50 @@ impl HostConfig {
         let mut names = std::collections::HashSet::new();
         for (i, p) in raw.pillows.iter_mut().enumerate() {
             let key = |k: &str| format!("pillows[{i}].{k}");
-            if p.name.is_empty() || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(invalid(&key("name"), format!("{:?} must be non-empty and use only letters, digits, '-' and '_'", p.name)));
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!(
+                        "{:?} must be non-empty and use only letters, digits, '-' and '_'",
+                        p.name
+                    ),
+                ));
             }
             if !names.insert(p.name.clone()) {
-                return Err(invalid(&key("name"), format!("{:?} is used by two pillows; names must be unique", p.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used by two pillows; names must be unique", p.name),
+                ));
             }
             if p.topics.is_empty() || p.topics.iter().any(|t| t.is_empty()) {
-                return Err(invalid(&key("topics"), "list at least one non-empty topic, e.g. [\"case-sql\"]".into()));
+                return Err(invalid(
+                    &key("topics"),
+                    "list at least one non-empty topic, e.g. [\"case-sql\"]".into(),
+                ));
             }
             if p.processors.is_empty() {
-                return Err(invalid(&key("processors"), "list at least one plugin manifest, e.g. [\"plugins/case-search/plugin.toml\"]".into()));
+                return Err(invalid(
+                    &key("processors"),
+                    "list at least one plugin manifest, e.g. [\"plugins/case-search/plugin.toml\"]"
+                        .into(),
+                ));
             }
             if !(1..=100_000).contains(&p.chunk_size) {
-                return Err(invalid(&key("chunk_size"), format!("{} is out of range 1..=100000", p.chunk_size)));
+                return Err(invalid(
+                    &key("chunk_size"),
+                    format!("{} is out of range 1..=100000", p.chunk_size),
+                ));
             }
             if p.checkpoint_every == 0 {
-                return Err(invalid(&key("checkpoint_every"), "must be at least 1".into()));
+                return Err(invalid(
+                    &key("checkpoint_every"),
+                    "must be at least 1".into(),
+                ));
             }
             if p.num_processes == 0 {
                 return Err(invalid(&key("num_processes"), "must be at least 1".into()));
@@ -248,14 +312,24 @@ impl HostConfig {
             if p.dedicated_migration_process && p.num_processes < 2 {
                 return Err(invalid(
                     &key("dedicated_migration_process"),
-                    format!("needs num_processes >= 2 (process 0 only migrates), but {} is {}", key("num_processes"), p.num_processes),
+                    format!(
+                        "needs num_processes >= 2 (process 0 only migrates), but {} is {}",
+                        key("num_processes"),
+                        p.num_processes
+                    ),
                 ));
             }
             for m in &mut p.processors {
                 *m = resolve(m);
             }
         }
-        Ok(HostConfig { path: path.to_owned(), feed, store_path: resolve(Path::new(store_file)), runtime, pillows: raw.pillows })
+        Ok(HostConfig {
+            path: path.to_owned(),
+            feed,
+            store_path: resolve(Path::new(store_file)),
+            runtime,
+            pillows: raw.pillows,
+        })
     }
 
     /// The pillow named `name`.
@@ -288,13 +362,31 @@ mod tests {
     #[test]
     fn parses_with_defaults_and_resolved_paths() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.feed, FeedConfig::Embedded { path: "/etc/pt/feed.db".into() });
+        assert_eq!(
+            c.feed,
+            FeedConfig::Embedded {
+                path: "/etc/pt/feed.db".into()
+            }
+        );
         assert_eq!(c.store_path, Path::new("/etc/pt/store.db"));
-        assert_eq!(c.runtime.compile_cache_dir, Path::new("/etc/pt/data/compile-cache"));
+        assert_eq!(
+            c.runtime.compile_cache_dir,
+            Path::new("/etc/pt/data/compile-cache")
+        );
         let p = &c.pillows[0];
-        assert_eq!((p.chunk_size, p.checkpoint_every, p.checkpoint_max_delay_seconds), (500, 1000, 300));
+        assert_eq!(
+            (
+                p.chunk_size,
+                p.checkpoint_every,
+                p.checkpoint_max_delay_seconds
+            ),
+            (500, 1000, 300)
+        );
         assert_eq!(p.checkpoint_id(), "case-search");
-        assert_eq!(p.processors[0], Path::new("/etc/pt/../plugins/case-search/plugin.toml"));
+        assert_eq!(
+            p.processors[0],
+            Path::new("/etc/pt/../plugins/case-search/plugin.toml")
+        );
     }
 
     #[test]
@@ -306,18 +398,50 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.store_path, Path::new("/tmp/other.db"));
-        assert_eq!(c.feed, FeedConfig::Embedded { path: "/tmp/feed.db".into() });
+        assert_eq!(
+            c.feed,
+            FeedConfig::Embedded {
+                path: "/tmp/feed.db".into()
+            }
+        );
     }
 
     #[test]
     fn bad_configs_name_the_key() {
         let cases: &[(&str, &str, &[&str])] = &[
-            ("type = \"embedded\"", "type = \"kafkaa\"", &["unknown variant `kafkaa`", "`embedded`"]),
-            ("url = \"sqlite://store.db\"", "url = \"mysql://x\"", &["key `store.url`", "sqlite://PATH"]),
-            ("num_processes = 2", "num_processes = 2\nchunk_sise = 3", &["unknown field `chunk_sise`", "`chunk_size`"]),
-            ("num_processes = 2", "num_processes = 1\ndedicated_migration_process = true", &["pillows[0].dedicated_migration_process", "pillows[0].num_processes is 1"]),
-            ("num_processes = 2", "chunk_size = 0", &["pillows[0].chunk_size", "1..=100000"]),
-            ("topics = [\"case-sql\"]", "topics = []", &["pillows[0].topics"]),
+            (
+                "type = \"embedded\"",
+                "type = \"kafkaa\"",
+                &["unknown variant `kafkaa`", "`embedded`"],
+            ),
+            (
+                "url = \"sqlite://store.db\"",
+                "url = \"mysql://x\"",
+                &["key `store.url`", "sqlite://PATH"],
+            ),
+            (
+                "num_processes = 2",
+                "num_processes = 2\nchunk_sise = 3",
+                &["unknown field `chunk_sise`", "`chunk_size`"],
+            ),
+            (
+                "num_processes = 2",
+                "num_processes = 1\ndedicated_migration_process = true",
+                &[
+                    "pillows[0].dedicated_migration_process",
+                    "pillows[0].num_processes is 1",
+                ],
+            ),
+            (
+                "num_processes = 2",
+                "chunk_size = 0",
+                &["pillows[0].chunk_size", "1..=100000"],
+            ),
+            (
+                "topics = [\"case-sql\"]",
+                "topics = []",
+                &["pillows[0].topics"],
+            ),
         ];
         for (from, to, needles) in cases {
             let text = GOOD.replace(from, to);
@@ -327,7 +451,14 @@ mod tests {
                 assert!(err.contains(n), "expected {n:?} in: {err}");
             }
         }
-        let two = format!("{GOOD}\n[[pillows]]\nname = \"case-search\"\ntopics = [\"a\"]\nprocessors = [\"p\"]");
-        assert!(parse(&two).unwrap_err().to_string().contains("used by two pillows"));
+        let two = format!(
+            "{GOOD}\n[[pillows]]\nname = \"case-search\"\ntopics = [\"a\"]\nprocessors = [\"p\"]"
+        );
+        assert!(
+            parse(&two)
+                .unwrap_err()
+                .to_string()
+                .contains("used by two pillows")
+        );
     }
 }

@@ -102,7 +102,11 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { base_ms: 5 * 60 * 1000, growth_attempts: 3, max_attempts: 9 }
+        Backoff {
+            base_ms: 5 * 60 * 1000,
+            growth_attempts: 3,
+            max_attempts: 9,
+        }
     }
 }
 

@@ -1,1 +1,309 @@
-//! TODO
+//! Golden fixtures: a change in, the exact actions (or error) out.
+//!
+//! A plugin's `fixtures` directory holds one JSON file per case:
+//!
+//! ```json
+//! {
+//!   "description": "a closed case becomes a case-search document",
+//!   "topic": "case-sql", "partition": 0, "offset": 42,
+//!   "change": { "document_id": "c1", "document_type": "CommCareCase", "domain": "demo", "document": { ... } },
+//!   "expect": [ { "index_document": { "index": "case-search", "id": "c1", "document": { ... } } } ]
+//! }
+//! ```
+//!
+//! `expect` lists actions as `index_document`, `delete_document`,
+//! `upsert_rows` (rows of JSON scalars) or `delete_rows`; documents are
+//! compared as JSON values (member order does not matter, array order
+//! does). Instead of `expect`, `expect_error` names the error kind. Each
+//! fixture runs twice: both runs must give the same result (plugins must
+//! be deterministic).
+
+use crate::action::{Action, Cell};
+use crate::feed::{Message, TopicPartition};
+use crate::wasm::Processor;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One fixture file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Topic the change appears on (default `fixtures`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Partition (default 0).
+    #[serde(default)]
+    pub partition: u32,
+    /// Offset (default 0); it is the version of written documents.
+    #[serde(default)]
+    pub offset: u64,
+    /// The feed message value: ChangeMeta plus `document`, kept as written
+    /// (member order matters to plugins that preserve it).
+    pub change: Box<serde_json::value::RawValue>,
+    /// Expected actions.
+    #[serde(default)]
+    pub expect: Option<Vec<Value>>,
+    /// Expected error kind instead (`permanent`, `retryable`, `trap`, ...).
+    #[serde(default)]
+    pub expect_error: Option<String>,
+}
+
+fn default_topic() -> String {
+    "fixtures".into()
+}
+
+/// The result of one fixture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixtureResult {
+    /// File name.
+    pub name: String,
+    /// What went wrong, if anything.
+    pub failure: Option<String>,
+    /// Fuel used by the first run.
+    pub fuel_used: u64,
+}
+
+/// Why fixtures could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    /// The directory or a file could not be read.
+    #[error("cannot read fixtures {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// A file is not a valid fixture.
+    #[error("invalid fixture {path}: {message}")]
+    Invalid {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Load every `*.json` fixture under `dir`, sorted by name.
+///
+/// # Errors
+///
+/// See [`FixtureError`].
+pub fn load(dir: &Path) -> Result<Vec<(String, Fixture)>, FixtureError> {
+    let read = |source| FixtureError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(|source| FixtureError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let fixture: Fixture =
+                serde_json::from_str(&text).map_err(|e| FixtureError::Invalid {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            if fixture.expect.is_some() == fixture.expect_error.is_some() {
+                return Err(FixtureError::Invalid {
+                    path,
+                    message: "give exactly one of `expect` and `expect_error`".into(),
+                });
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((name, fixture))
+        })
+        .collect()
+}
+
+/// Run one fixture through `processor`.
+pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureResult {
+    let message = Message {
+        tp: TopicPartition::new(&fixture.topic, fixture.partition),
+        offset: fixture.offset,
+        key: None,
+        value: fixture.change.get().as_bytes().to_vec(),
+        timestamp_ms: None,
+    };
+    let fail = |failure: String, fuel_used| FixtureResult {
+        name: name.to_owned(),
+        failure: Some(failure),
+        fuel_used,
+    };
+    let change = match crate::change::decode(&message) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("the fixture's change does not decode: {e}"), 0),
+    };
+    let first = processor.process(&change);
+    let fuel_used = processor.last_fuel_used();
+    let second = processor.process(&change);
+    if first != second {
+        return fail(
+            format!("not deterministic: the same change gave {first:?} and then {second:?}"),
+            fuel_used,
+        );
+    }
+    let failure = match (&fixture.expect, &fixture.expect_error, first) {
+        (Some(expected), _, Ok(actions)) => compare(expected, &actions).err(),
+        (Some(_), _, Err(f)) => Some(format!("expected actions, got error {f}")),
+        (None, Some(kind), Err(f)) if f.kind.as_str() == kind => None,
+        (None, Some(kind), Err(f)) => Some(format!("expected error kind {kind}, got {f}")),
+        (None, Some(kind), Ok(actions)) => Some(format!(
+            "expected error kind {kind}, got {} actions",
+            actions.len()
+        )),
+        (None, None, _) => Some("fixture has neither expect nor expect_error".into()),
+    };
+    FixtureResult {
+        name: name.to_owned(),
+        failure,
+        fuel_used,
+    }
+}
+
+/// An action as fixture JSON.
+pub fn action_json(action: &Action) -> Value {
+    let cell = |c: &Cell| match c {
+        Cell::Null => Value::Null,
+        Cell::Boolean(b) => Value::Bool(*b),
+        Cell::Integer(i) => Value::from(*i),
+        Cell::Float(f) => Value::from(*f),
+        Cell::Text(t) => Value::String(t.clone()),
+    };
+    match action {
+        Action::IndexDocument {
+            index,
+            id,
+            document,
+        } => serde_json::json!({"index_document": {
+            "index": index, "id": id,
+            "document": serde_json::from_str::<Value>(document).unwrap_or_else(|_| Value::String(document.clone())),
+        }}),
+        Action::DeleteDocument { index, id } => {
+            serde_json::json!({"delete_document": {"index": index, "id": id}})
+        }
+        Action::UpsertRows { table, rows } => serde_json::json!({"upsert_rows": {
+            "table": table,
+            "rows": rows.iter().map(|r| r.iter().map(cell).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        }}),
+        Action::DeleteRows { table, doc_id } => {
+            serde_json::json!({"delete_rows": {"table": table, "doc_id": doc_id}})
+        }
+    }
+}
+
+fn compare(expected: &[Value], actual: &[Action]) -> Result<(), String> {
+    let actual: Vec<Value> = actual.iter().map(action_json).collect();
+    if expected.len() != actual.len() {
+        return Err(format!(
+            "expected {} actions, got {}: {}",
+            expected.len(),
+            actual.len(),
+            Value::from(actual.clone())
+        ));
+    }
+    for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
+        if e != a {
+            return Err(format!(
+                "action {i} differs{}\n  expected: {e}\n  actual:   {a}",
+                first_difference(e, a, "")
+                    .map(|p| format!(" at {p}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The JSON path of the first difference, to point the author at it.
+fn first_difference(e: &Value, a: &Value, path: &str) -> Option<String> {
+    match (e, a) {
+        (Value::Object(eo), Value::Object(ao)) => {
+            for (k, ev) in eo {
+                match ao.get(k) {
+                    None => return Some(format!("{path}.{k} (missing)")),
+                    Some(av) if av != ev => {
+                        return first_difference(ev, av, &format!("{path}.{k}"));
+                    }
+                    _ => {}
+                }
+            }
+            ao.keys()
+                .find(|k| !eo.contains_key(*k))
+                .map(|k| format!("{path}.{k} (unexpected)"))
+        }
+        (Value::Array(ea), Value::Array(aa)) => {
+            for (i, (ev, av)) in ea.iter().zip(aa).enumerate() {
+                if ev != av {
+                    return first_difference(ev, av, &format!("{path}[{i}]"));
+                }
+            }
+            (ea.len() != aa.len()).then(|| format!("{path} (length {} vs {})", ea.len(), aa.len()))
+        }
+        _ => (e != a).then(|| {
+            if path.is_empty() {
+                "the top level".into()
+            } else {
+                path.to_owned()
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn points_at_the_first_difference() {
+        let e = json!({"a": {"b": [1, {"c": 2}]}});
+        let a = json!({"a": {"b": [1, {"c": 3}]}});
+        assert_eq!(first_difference(&e, &a, "").as_deref(), Some(".a.b[1].c"));
+        assert_eq!(
+            first_difference(&json!({"x": 1}), &json!({}), "").as_deref(),
+            Some(".x (missing)")
+        );
+        assert_eq!(
+            first_difference(&json!({}), &json!({"y": 1}), "").as_deref(),
+            Some(".y (unexpected)")
+        );
+        assert_eq!(first_difference(&json!(1), &json!(1), ""), None);
+    }
+
+    #[test]
+    fn compares_documents_as_json() {
+        let actual = vec![Action::IndexDocument {
+            index: "i".into(),
+            id: "a".into(),
+            document: r#"{"y":2,"x":1}"#.into(),
+        }];
+        assert!(compare(&[json!({"index_document": {"index": "i", "id": "a", "document": {"x": 1, "y": 2}}})], &actual).is_ok());
+        let err = compare(
+            &[json!({"index_document": {"index": "i", "id": "a", "document": {"x": 1, "y": 3}}})],
+            &actual,
+        )
+        .unwrap_err();
+        assert!(err.contains("at .index_document.document.y"), "{err}");
+        assert!(
+            compare(&[], &actual)
+                .unwrap_err()
+                .contains("expected 0 actions, got 1")
+        );
+    }
+}

@@ -1,1 +1,548 @@
-fn main() {}
+//! The `pillowtop` command: parse the CLI, set up logging, load and check
+//! the config, then call into the library.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use pillowtop::config::{FeedConfig, HostConfig};
+use pillowtop::feed::Feed;
+use pillowtop::feed::embedded::EmbeddedFeed;
+use pillowtop::manifest::Manifest;
+use pillowtop::pillow::{self, Pillow, RunOptions, RunSummary};
+use pillowtop::store::Store;
+use pillowtop::wasm::{Runtime, RuntimeOptions};
+use pillowtop::{fixtures, generate, status};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Run change processors as sandboxed WebAssembly components.
+///
+/// pillowtop reads change feeds, runs every change through the pillow's
+/// plugins (Wasm components) under fuel, memory and time limits, and writes
+/// the resulting documents and rows with checkpoints in one transaction.
+#[derive(Parser)]
+#[command(name = "pillowtop", version, propagate_version = true)]
+struct Cli {
+    /// Host config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "PILLOWTOP_CONFIG",
+        default_value = "pillowtop.toml"
+    )]
+    config: PathBuf,
+
+    /// Log filter (e.g. `info`, `pillowtop=debug`).
+    #[arg(long, global = true, env = "PILLOWTOP_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pillows: read, process, write, checkpoint. Stops on Ctrl-C or
+    /// SIGTERM after finishing the chunk in hand and saving checkpoints.
+    Run {
+        /// Run only this pillow (default: every pillow in the config).
+        #[arg(long)]
+        pillow: Option<String>,
+        /// Stop once every partition reaches the end offset it had at start.
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Split the pillow's partitions across this many processes
+        /// (default: the config's `num_processes`).
+        #[arg(long)]
+        num_processes: Option<u32>,
+        /// This process's number, 0-based.
+        #[arg(long, default_value_t = 0)]
+        process_num: u32,
+    },
+    /// Append changes (JSON lines on stdin, ChangeMeta with an inline
+    /// `document`) to a topic of the embedded feed, keyed by `document_id`.
+    Publish {
+        /// Topic to append to.
+        #[arg(long)]
+        topic: String,
+        /// Partitions, when the topic is created (default 4).
+        #[arg(long)]
+        partitions: Option<u32>,
+    },
+    /// Show checkpoints, end offsets, need-processing, checkpoint age,
+    /// errors and plugin versions per pillow and partition.
+    Status {
+        /// Only this pillow.
+        #[arg(long)]
+        pillow: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Print deterministic synthetic CommCare-like changes as JSON lines.
+    Gen {
+        /// What to generate.
+        #[arg(long, value_enum, default_value_t = GenKind::Case)]
+        kind: GenKind,
+        /// How many changes.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Seed; the same seed gives the same output.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Number of domains to spread changes over.
+        #[arg(long, default_value_t = 4)]
+        domains: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a plugin, check its declaration against the manifest and run
+    /// its golden fixtures (each twice, to check determinism).
+    Check {
+        /// The plugin's manifest (`plugin.toml`).
+        manifest: PathBuf,
+        /// Compile cache directory.
+        #[arg(long, default_value = "data/compile-cache")]
+        compile_cache: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenKind {
+    /// CommCareCase changes (topic case-sql in CommCare).
+    Case,
+    /// XFormInstance changes (topic form-sql in CommCare).
+    Form,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(dispatch(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Gen {
+            kind,
+            count,
+            seed,
+            domains,
+        } => generate_changes(kind, count, seed, domains),
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    manifest,
+                    compile_cache,
+                },
+        } => plugin_check(&manifest, compile_cache).await,
+        Command::Publish { topic, partitions } => {
+            let config = HostConfig::load(&cli.config)?;
+            publish(&config, &topic, partitions).await
+        }
+        Command::Status { pillow, json } => {
+            let config = HostConfig::load(&cli.config)?;
+            let statuses = statuses(&config, pillow.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", status::render(&statuses));
+            }
+            Ok(())
+        }
+        Command::Run {
+            pillow,
+            until_caught_up,
+            num_processes,
+            process_num,
+        } => {
+            let config = HostConfig::load(&cli.config)?;
+            run(
+                &config,
+                pillow.as_deref(),
+                RunOptions {
+                    until_caught_up,
+                    process_num,
+                    num_processes,
+                    progress: true,
+                },
+            )
+            .await
+        }
+    }
+}
+
+async fn open_feed(config: &HostConfig) -> Result<Feed> {
+    match &config.feed {
+        FeedConfig::Embedded { path } => Ok(Feed::Embedded(EmbeddedFeed::open(path).await?)),
+    }
+}
+
+fn generate_changes(kind: GenKind, count: u64, seed: u64, domains: u32) -> Result<()> {
+    let kind = match kind {
+        GenKind::Case => generate::Kind::Case,
+        GenKind::Form => generate::Kind::Form,
+    };
+    let mut g = generate::Generator::new(generate::GenOptions {
+        seed,
+        domains,
+        kind,
+    });
+    let bar = indicatif::ProgressBar::new(count);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("gen [{bar:40}] {pos}/{len} ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for i in 0..count {
+        let line = g.next_line();
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+        if i % 1000 == 999 {
+            bar.inc(1000);
+        }
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn publish(config: &HostConfig, topic: &str, partitions: Option<u32>) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        document_id: Option<String>,
+    }
+    let Feed::Embedded(feed) = open_feed(config).await?;
+    let partitions = feed.create_topic(topic, partitions).await?;
+    let stdin = std::io::stdin();
+    let mut batch = Vec::with_capacity(2000);
+    let (mut total, mut unkeyed) = (0usize, 0usize);
+    let bar = indicatif::ProgressBar::no_length();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("publish {spinner} {pos} changes ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    for line in stdin.lock().lines() {
+        let line = line.context("reading changes from stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // The key keeps one document's changes in one partition. A line
+        // without a document_id is still published (the pillow records it
+        // as a decode error), on partition 0.
+        let key = serde_json::from_str::<Key>(&line)
+            .ok()
+            .and_then(|k| k.document_id)
+            .map(String::into_bytes);
+        if key.is_none() {
+            unkeyed += 1;
+        }
+        batch.push((key, line.into_bytes()));
+        if batch.len() == 2000 {
+            total += feed.publish(topic, std::mem::take(&mut batch)).await?;
+            bar.set_position(total as u64);
+        }
+    }
+    total += feed.publish(topic, batch).await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "published {total} changes to {topic} ({partitions} partitions) in {}",
+        feed.path().display()
+    );
+    if unkeyed > 0 {
+        eprintln!(
+            "warning: {unkeyed} lines had no document_id; they went to partition 0 and will be recorded as decode errors"
+        );
+    }
+    Ok(())
+}
+
+async fn statuses(config: &HostConfig, only: Option<&str>) -> Result<Vec<status::PillowStatus>> {
+    let feed = open_feed(config).await?;
+    let store = Store::open(&config.store_path).await?;
+    let mut out = Vec::new();
+    for p in selected(config, only)? {
+        out.push(status::pillow_status(p, &feed, &store).await?);
+    }
+    Ok(out)
+}
+
+fn selected<'a>(
+    config: &'a HostConfig,
+    only: Option<&str>,
+) -> Result<Vec<&'a pillowtop::config::PillowConfig>> {
+    match only {
+        Some(name) => match config.pillow(name) {
+            Some(p) => Ok(vec![p]),
+            None => {
+                let names: Vec<_> = config.pillows.iter().map(|p| p.name.as_str()).collect();
+                bail!(
+                    "no pillow named {name:?} in {}; pillows: {}",
+                    config.path.display(),
+                    names.join(", ")
+                )
+            }
+        },
+        None if config.pillows.is_empty() => bail!(
+            "{} defines no pillows; add a [[pillows]] table",
+            config.path.display()
+        ),
+        None => Ok(config.pillows.iter().collect()),
+    }
+}
+
+fn runtime_for(config: &HostConfig) -> Result<Arc<Runtime>> {
+    Ok(Arc::new(Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(config.runtime.compile_cache_dir.clone()),
+        guest_log_lines_per_second: config.runtime.guest_log_lines_per_second,
+        ..RuntimeOptions::default()
+    })?))
+}
+
+/// Cancel `token` on Ctrl-C or SIGTERM.
+fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stopping: finishing the current chunk and saving checkpoints");
+        token.cancel();
+    });
+}
+
+async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Result<()> {
+    let pillows = selected(config, only)?;
+    let feed = open_feed(config).await?;
+    let store = Store::open(&config.store_path).await?;
+    let runtime = runtime_for(config)?;
+    let shutdown = CancellationToken::new();
+    stop_on_signals(shutdown.clone());
+
+    let mut tasks = Vec::new();
+    for p in pillows {
+        let started = Instant::now();
+        let loaded = pillow::load_processors(runtime.clone(), p).await?;
+        for (processor, t) in &loaded {
+            tracing::info!(
+                pillow = %p.name,
+                plugin = %processor.plugin().manifest().name,
+                version = %processor.plugin().version(),
+                cache = ?t.cache,
+                compile_ms = t.compile.as_secs_f64() * 1e3,
+                instantiate_ms = t.instantiate.as_secs_f64() * 1e3,
+                "plugin loaded"
+            );
+        }
+        let processors = loaded.into_iter().map(|(p, _)| p).collect();
+        let pillow = Pillow::new(p.clone(), feed.clone(), store.clone(), processors).await?;
+        tracing::info!(pillow = %p.name, startup_ms = started.elapsed().as_secs_f64() * 1e3, "pillow ready");
+        tasks.push(tokio::spawn(pillow.run(options.clone(), shutdown.clone())));
+    }
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    let mut failed = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(s)) => summaries.push(s),
+            Ok(Err(e)) => {
+                // One pillow failing stops the others gracefully.
+                shutdown.cancel();
+                failed.get_or_insert(anyhow::Error::new(e));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                failed.get_or_insert(anyhow::anyhow!("pillow task failed: {e}"));
+            }
+        }
+    }
+    print_summary(config, &summaries, &store, &feed).await?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn print_summary(
+    config: &HostConfig,
+    summaries: &[RunSummary],
+    store: &Store,
+    feed: &Feed,
+) -> Result<()> {
+    for s in summaries {
+        let secs = s.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "pillow {}: {} changes read, {} processed ({} superseded in their chunk) in {:.2} s ({:.0} changes/s), {} chunks",
+            s.pillow,
+            s.messages,
+            s.changes,
+            s.deduplicated,
+            secs,
+            s.messages as f64 / secs,
+            s.chunks
+        );
+        let actions: Vec<_> = s.actions.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!(
+            "  actions: {}",
+            if actions.is_empty() {
+                "none".into()
+            } else {
+                actions.join(", ")
+            }
+        );
+        let errors: Vec<_> = s.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!(
+            "  new pillow errors: {}",
+            if errors.is_empty() {
+                "none".into()
+            } else {
+                errors.join(", ")
+            }
+        );
+        println!(
+            "  time: decode {:.2} s, transform (wasm) {:.2} s, load (store) {:.2} s",
+            s.decode_time.as_secs_f64(),
+            s.transform_time.as_secs_f64(),
+            s.load_time.as_secs_f64()
+        );
+    }
+    let counts = store.sink_counts().await?;
+    println!("sinks (sqlite store {}):", config.store_path.display());
+    for (index, n) in &counts.documents {
+        println!("  index {index}: {n} documents");
+    }
+    for (table, n) in &counts.rows {
+        println!("  table {table}: {n} rows");
+    }
+    for s in summaries {
+        if let Some(p) = config.pillow(&s.pillow) {
+            let st = status::pillow_status(p, feed, store).await?;
+            let errors: u64 = st.errors.iter().map(|(_, n)| n).sum();
+            println!(
+                "pillow {}: lag (need-processing) {} over {} partitions; pillow errors stored: {errors}",
+                s.pillow,
+                st.need_processing,
+                st.partitions.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn plugin_check(manifest_path: &Path, compile_cache: PathBuf) -> Result<()> {
+    let manifest = Manifest::load(manifest_path)?;
+    let runtime = Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(compile_cache),
+        ..RuntimeOptions::default()
+    })?;
+    let m = manifest.clone();
+    let (result, runtime) = tokio::task::spawn_blocking(move || {
+        let r = runtime.load(&m);
+        (r, runtime)
+    })
+    .await?;
+    let (mut processor, timings) = result?;
+    let plugin = processor.plugin().clone();
+    println!(
+        "plugin {} {} ({}): loaded in {:.0} ms ({:?}), instantiated in {:.2} ms, init {:.2} ms",
+        manifest.name,
+        plugin.version(),
+        manifest.component.display(),
+        timings.compile.as_secs_f64() * 1e3,
+        timings.cache,
+        timings.instantiate.as_secs_f64() * 1e3,
+        timings.init.as_secs_f64() * 1e3,
+    );
+    let info = plugin.info();
+    let indices: Vec<_> = info.indices.iter().map(|i| i.name.as_str()).collect();
+    let tables: Vec<_> = info.tables.iter().map(|t| t.name.as_str()).collect();
+    println!(
+        "  declares indices {indices:?}, tables {tables:?} (within the manifest's capabilities)"
+    );
+    let Some(dir) = &manifest.fixtures else {
+        println!(
+            "  no fixtures: add `fixtures = \"fixtures\"` to the manifest and golden files to that directory"
+        );
+        return Ok(());
+    };
+    let fixtures = fixtures::load(dir)?;
+    if fixtures.is_empty() {
+        bail!("fixtures directory {} has no *.json files", dir.display());
+    }
+    let (results, _runtime) = tokio::task::spawn_blocking(move || {
+        let results: Vec<_> = fixtures
+            .iter()
+            .map(|(name, f)| fixtures::run(&mut processor, name, f))
+            .collect();
+        (results, runtime)
+    })
+    .await?;
+    let mut failed = 0;
+    for r in &results {
+        match &r.failure {
+            None => println!("  ok    {:<40} fuel {}", r.name, r.fuel_used),
+            Some(why) => {
+                failed += 1;
+                println!("  FAIL  {:<40} {why}", r.name);
+            }
+        }
+    }
+    println!(
+        "fixtures: {} passed, {failed} failed",
+        results.len() - failed
+    );
+    if failed > 0 {
+        bail!(
+            "{failed} of {} fixtures failed for {}",
+            results.len(),
+            manifest.name
+        );
+    }
+    Ok(())
+}

@@ -96,7 +96,11 @@ fn default_timeout_ms() -> u64 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { fuel: default_fuel(), memory_mb: default_memory_mb(), timeout_ms: default_timeout_ms() }
+        Limits {
+            fuel: default_fuel(),
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+        }
     }
 }
 
@@ -121,7 +125,9 @@ impl Subscription {
         fn ok(list: &[String], value: Option<&str>) -> bool {
             list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v))
         }
-        ok(&self.topics, Some(topic)) && ok(&self.document_types, document_type) && ok(&self.domains, domain)
+        ok(&self.topics, Some(topic))
+            && ok(&self.document_types, document_type)
+            && ok(&self.domains, domain)
     }
 }
 
@@ -155,7 +161,9 @@ fn default_max_attempts() -> u32 {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: default_max_attempts() }
+        RetryPolicy {
+            max_attempts: default_max_attempts(),
+        }
     }
 }
 
@@ -215,7 +223,10 @@ impl Manifest {
     ///
     /// See [`ManifestError`]; each names the file and key.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Manifest::parse(&text, path)
     }
 
@@ -225,33 +236,64 @@ impl Manifest {
     ///
     /// See [`ManifestError`].
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest =
-            toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
-        let invalid = |key: &str, message: String| ManifestError::Invalid { path: path.to_owned(), key: key.into(), message };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &str, message: String| ManifestError::Invalid {
+            path: path.to_owned(),
+            key: key.into(),
+            message,
+        };
         if raw.name.is_empty()
-            || !raw.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             || !raw.name.as_bytes()[0].is_ascii_lowercase()
         {
-            return Err(invalid("name", format!("{:?} must start with a-z and use only a-z, 0-9 and '-', e.g. \"case-search\"", raw.name)));
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} must start with a-z and use only a-z, 0-9 and '-', e.g. \"case-search\"",
+                    raw.name
+                ),
+            ));
         }
         if raw.version.trim().is_empty() {
-            return Err(invalid("version", "must not be empty, e.g. \"0.1.0\"".into()));
+            return Err(invalid(
+                "version",
+                "must not be empty, e.g. \"0.1.0\"".into(),
+            ));
         }
         let l = raw.limits;
         if l.fuel == 0 {
-            return Err(invalid("limits.fuel", "must be at least 1; 20_000_000 suits a Rust plugin doing JSON work".into()));
+            return Err(invalid(
+                "limits.fuel",
+                "must be at least 1; 20_000_000 suits a Rust plugin doing JSON work".into(),
+            ));
         }
         if l.memory_mb == 0 || l.memory_mb > MAX_MEMORY_MB {
-            return Err(invalid("limits.memory_mb", format!("{} is out of range 1..={MAX_MEMORY_MB}", l.memory_mb)));
+            return Err(invalid(
+                "limits.memory_mb",
+                format!("{} is out of range 1..={MAX_MEMORY_MB}", l.memory_mb),
+            ));
         }
         if l.timeout_ms == 0 || l.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(invalid("limits.timeout_ms", format!("{} is out of range 1..={MAX_TIMEOUT_MS}", l.timeout_ms)));
+            return Err(invalid(
+                "limits.timeout_ms",
+                format!("{} is out of range 1..={MAX_TIMEOUT_MS}", l.timeout_ms),
+            ));
         }
         if raw.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1 (CommCare uses 9)".into()));
+            return Err(invalid(
+                "retry.max_attempts",
+                "must be at least 1 (CommCare uses 9)".into(),
+            ));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
-        let config_json = serde_json::to_string(&raw.config).map_err(|e| invalid("config", format!("cannot be expressed as JSON: {e}")))?;
+        let config_json = serde_json::to_string(&raw.config)
+            .map_err(|e| invalid("config", format!("cannot be expressed as JSON: {e}")))?;
         Ok(Manifest {
             path: path.to_owned(),
             name: raw.name,
@@ -301,7 +343,14 @@ mod tests {
         .unwrap();
         assert_eq!(m.component, Path::new("plugins/x/cs.wasm"));
         assert_eq!(m.fixtures.as_deref(), Some(Path::new("plugins/x/fixtures")));
-        assert_eq!(m.limits, Limits { fuel: 1000, memory_mb: 16, timeout_ms: 50 });
+        assert_eq!(
+            m.limits,
+            Limits {
+                fuel: 1000,
+                memory_mb: 16,
+                timeout_ms: 50
+            }
+        );
         assert_eq!(m.retry.max_attempts, 3);
         assert_eq!(m.config_json, r#"{"domains":["a","b"],"nested":{"k":1}}"#);
         assert!(m.subscription.matches("any", Some("CommCareCase"), None));
@@ -320,15 +369,46 @@ mod tests {
     #[test]
     fn errors_name_file_key_and_valid_values() {
         let cases = [
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfule = 3", vec!["plugins/x/plugin.toml", "unknown field `fule`", "`fuel`, `memory_mb`, `timeout_ms`"]),
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\ncolour = 1", vec!["unknown field `colour`", "`component`"]),
-            ("version = \"1\"\ncomponent = \"a.wasm\"", vec!["missing field `name`"]),
-            ("name = \"A b\"\nversion = \"1\"\ncomponent = \"a.wasm\"", vec!["key `name`", "a-z"]),
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nmemory_mb = 0", vec!["key `limits.memory_mb`", "1..=4096"]),
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfuel = 0", vec!["key `limits.fuel`"]),
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\ntimeout_ms = \"fast\"", vec!["timeout_ms", "invalid type"]),
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[subscription]\ndoc_types = []", vec!["unknown field `doc_types`", "`document_types`"]),
-            ("name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nmax_attempts = 0", vec!["key `retry.max_attempts`"]),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfule = 3",
+                vec![
+                    "plugins/x/plugin.toml",
+                    "unknown field `fule`",
+                    "`fuel`, `memory_mb`, `timeout_ms`",
+                ],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\ncolour = 1",
+                vec!["unknown field `colour`", "`component`"],
+            ),
+            (
+                "version = \"1\"\ncomponent = \"a.wasm\"",
+                vec!["missing field `name`"],
+            ),
+            (
+                "name = \"A b\"\nversion = \"1\"\ncomponent = \"a.wasm\"",
+                vec!["key `name`", "a-z"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nmemory_mb = 0",
+                vec!["key `limits.memory_mb`", "1..=4096"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfuel = 0",
+                vec!["key `limits.fuel`"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\ntimeout_ms = \"fast\"",
+                vec!["timeout_ms", "invalid type"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[subscription]\ndoc_types = []",
+                vec!["unknown field `doc_types`", "`document_types`"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nmax_attempts = 0",
+                vec!["key `retry.max_attempts`"],
+            ),
         ];
         for (text, needles) in cases {
             let err = parse(text).unwrap_err().to_string();
@@ -337,7 +417,12 @@ mod tests {
                 assert!(err.contains(n), "expected {n:?} in: {err}");
             }
         }
-        let err = Manifest::load(Path::new("/nonexistent/plugin.toml")).unwrap_err().to_string();
-        assert!(err.starts_with("cannot read plugin manifest /nonexistent/plugin.toml"), "{err}");
+        let err = Manifest::load(Path::new("/nonexistent/plugin.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot read plugin manifest /nonexistent/plugin.toml"),
+            "{err}"
+        );
     }
 }

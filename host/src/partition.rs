@@ -19,7 +19,9 @@ pub enum AssignmentError {
         num_processes: u32,
     },
     /// A dedicated migration process needs at least one other process.
-    #[error("dedicated_migration_process needs num_processes >= 2 (process 0 migrates, the others read partitions); got {0}")]
+    #[error(
+        "dedicated_migration_process needs num_processes >= 2 (process 0 migrates, the others read partitions); got {0}"
+    )]
     MigrationNeedsTwo(u32),
     /// `num_processes` is zero.
     #[error("num_processes must be at least 1")]
@@ -41,7 +43,10 @@ pub fn assign(
         return Err(AssignmentError::NoProcesses);
     }
     if process_num >= num_processes {
-        return Err(AssignmentError::OutOfRange { process_num, num_processes });
+        return Err(AssignmentError::OutOfRange {
+            process_num,
+            num_processes,
+        });
     }
     pairs.sort();
     pairs.dedup();
@@ -56,11 +61,20 @@ pub fn assign(
     } else {
         (process_num, num_processes)
     };
-    Ok(pairs.into_iter().skip(k as usize).step_by(n as usize).collect())
+    Ok(pairs
+        .into_iter()
+        .skip(k as usize)
+        .step_by(n as usize)
+        .collect())
 }
 
 /// Which process owns `tp` in the layout (the inverse of [`assign`]).
-pub fn owner(pairs: &[TopicPartition], tp: &TopicPartition, num_processes: u32, dedicated_migration_process: bool) -> Option<u32> {
+pub fn owner(
+    pairs: &[TopicPartition],
+    tp: &TopicPartition,
+    num_processes: u32,
+    dedicated_migration_process: bool,
+) -> Option<u32> {
     let mut sorted: Vec<_> = pairs.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -82,20 +96,34 @@ mod tests {
 
     fn pairs() -> Vec<TopicPartition> {
         // Deliberately unsorted: assignment must not depend on input order.
-        vec![tp("form", 1), tp("case", 2), tp("case", 0), tp("form", 0), tp("case", 1)]
+        vec![
+            tp("form", 1),
+            tp("case", 2),
+            tp("case", 0),
+            tp("form", 0),
+            tp("case", 1),
+        ]
     }
 
     #[test]
     fn strided_over_sorted_pairs() {
-        assert_eq!(assign(pairs(), 2, 0, false).unwrap(), [tp("case", 0), tp("case", 2), tp("form", 1)]);
-        assert_eq!(assign(pairs(), 2, 1, false).unwrap(), [tp("case", 1), tp("form", 0)]);
+        assert_eq!(
+            assign(pairs(), 2, 0, false).unwrap(),
+            [tp("case", 0), tp("case", 2), tp("form", 1)]
+        );
+        assert_eq!(
+            assign(pairs(), 2, 1, false).unwrap(),
+            [tp("case", 1), tp("form", 0)]
+        );
         assert_eq!(assign(pairs(), 1, 0, false).unwrap().len(), 5);
     }
 
     #[test]
     fn processes_cover_every_pair_exactly_once() {
         for n in 1..=7 {
-            let mut seen: Vec<_> = (0..n).flat_map(|k| assign(pairs(), n, k, false).unwrap()).collect();
+            let mut seen: Vec<_> = (0..n)
+                .flat_map(|k| assign(pairs(), n, k, false).unwrap())
+                .collect();
             seen.sort();
             let mut expected = pairs();
             expected.sort();
@@ -110,16 +138,31 @@ mod tests {
     #[test]
     fn dedicated_migration_process_gets_nothing() {
         assert!(assign(pairs(), 3, 0, true).unwrap().is_empty());
-        assert_eq!(assign(pairs(), 3, 1, true).unwrap(), [tp("case", 0), tp("case", 2), tp("form", 1)]);
-        assert_eq!(assign(pairs(), 3, 2, true).unwrap(), [tp("case", 1), tp("form", 0)]);
+        assert_eq!(
+            assign(pairs(), 3, 1, true).unwrap(),
+            [tp("case", 0), tp("case", 2), tp("form", 1)]
+        );
+        assert_eq!(
+            assign(pairs(), 3, 2, true).unwrap(),
+            [tp("case", 1), tp("form", 0)]
+        );
         assert_eq!(owner(&pairs(), &tp("form", 0), 3, true), Some(2));
-        assert_eq!(assign(pairs(), 1, 0, true), Err(AssignmentError::MigrationNeedsTwo(1)));
+        assert_eq!(
+            assign(pairs(), 1, 0, true),
+            Err(AssignmentError::MigrationNeedsTwo(1))
+        );
     }
 
     #[test]
     fn bad_layouts_are_errors() {
-        assert_eq!(assign(pairs(), 0, 0, false), Err(AssignmentError::NoProcesses));
+        assert_eq!(
+            assign(pairs(), 0, 0, false),
+            Err(AssignmentError::NoProcesses)
+        );
         let err = assign(pairs(), 2, 2, false).unwrap_err();
-        assert_eq!(err.to_string(), "process_num 2 is out of range: num_processes is 2, so use 0..=1");
+        assert_eq!(
+            err.to_string(),
+            "process_num 2 is out of range: num_processes is 2, so use 0..=1"
+        );
     }
 }

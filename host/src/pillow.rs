@@ -1,1 +1,535 @@
-//! TODO
+//! The pillow run loop.
+//!
+//! ```text
+//! poll feed (up to chunk_size, or max_wait) ─> decode ─> dedupe by document id (last wins)
+//!   ─> processors in manifest order (blocking thread) ─> compact writes
+//!   ─> one store transaction: sink writes + pillow errors + checkpoint (when due)
+//! ```
+//!
+//! A message that does not decode, and a change a processor fails on,
+//! become pillow errors in the same transaction; the partition goes on.
+//! On shutdown the loop finishes the chunk in hand, saves the checkpoint
+//! and returns.
+
+use crate::change::{self, Change};
+use crate::checkpoint::{CheckpointPolicy, CheckpointTracker};
+use crate::config::PillowConfig;
+use crate::errors::{Backoff, ErrorKind};
+use crate::feed::{Feed, FeedError, Message, TopicPartition};
+use crate::partition::{self, AssignmentError};
+use crate::sink::{VersionedAction, WritePlan};
+use crate::store::{ChunkCommit, PillowErrorRecord, Store, StoreError};
+use crate::wasm::{LoadError, LoadTimings, Processor, Runtime};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why a pillow stopped with an error. Nothing past the last committed
+/// chunk is lost: the checkpoint never passes an uncommitted change.
+#[derive(Debug, thiserror::Error)]
+pub enum PillowError {
+    /// The feed failed.
+    #[error("pillow {pillow}: {source}")]
+    Feed {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: FeedError,
+    },
+    /// The store failed.
+    #[error("pillow {pillow}: {source}")]
+    Store {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: StoreError,
+    },
+    /// The process layout is impossible.
+    #[error("pillow {pillow}: {source}")]
+    Assignment {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: AssignmentError,
+    },
+    /// A plugin failed to load.
+    #[error("pillow {pillow}: {source}")]
+    Load {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: LoadError,
+    },
+    /// A manifest failed to load.
+    #[error("pillow {pillow}: {source}")]
+    Manifest {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: crate::manifest::ManifestError,
+    },
+    /// A worker thread panicked (a host bug).
+    #[error("pillow {pillow}: processing thread failed: {message}")]
+    Worker {
+        /// Pillow.
+        pillow: String,
+        /// The panic.
+        message: String,
+    },
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once every assigned partition reaches the end offset it had at start.
+    pub until_caught_up: bool,
+    /// This process's number (0-based).
+    pub process_num: u32,
+    /// Override the config's `num_processes`.
+    pub num_processes: Option<u32>,
+    /// Draw a progress bar on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    /// Pillow name.
+    pub pillow: String,
+    /// Partitions this process read.
+    pub partitions: Vec<TopicPartition>,
+    /// Messages read from the feed.
+    pub messages: u64,
+    /// Changes run through processors (after dedupe).
+    pub changes: u64,
+    /// Changes skipped because a later change of the same document was in the chunk.
+    pub deduplicated: u64,
+    /// Chunks committed.
+    pub chunks: u64,
+    /// Actions by kind.
+    pub actions: BTreeMap<&'static str, u64>,
+    /// Pillow errors recorded, by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Time spent decoding.
+    pub decode_time: Duration,
+    /// Time spent in processors (Wasm).
+    pub transform_time: Duration,
+    /// Time spent committing to the store.
+    pub load_time: Duration,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// Load every processor of a pillow, in order, on a blocking thread
+/// (compiling can take seconds).
+///
+/// # Errors
+///
+/// The first manifest or plugin that fails to load.
+pub async fn load_processors(
+    runtime: Arc<Runtime>,
+    config: &PillowConfig,
+) -> Result<Vec<(Processor, LoadTimings)>, PillowError> {
+    let manifests: Vec<PathBuf> = config.processors.clone();
+    let pillow = config.name.clone();
+    tokio::task::spawn_blocking(move || {
+        manifests
+            .iter()
+            .map(|path| {
+                let manifest = crate::manifest::Manifest::load(path).map_err(|source| {
+                    PillowError::Manifest {
+                        pillow: pillow.clone(),
+                        source,
+                    }
+                })?;
+                runtime.load(&manifest).map_err(|source| PillowError::Load {
+                    pillow: pillow.clone(),
+                    source,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| PillowError::Worker {
+        pillow: config.name.clone(),
+        message: e.to_string(),
+    })?
+}
+
+/// A configured pillow, ready to run.
+pub struct Pillow {
+    config: PillowConfig,
+    feed: Feed,
+    store: Store,
+    processors: Vec<Processor>,
+}
+
+/// The result of running one chunk through the processors.
+#[derive(Default)]
+struct ChunkOutcome {
+    actions: Vec<VersionedAction>,
+    errors: Vec<PillowErrorRecord>,
+}
+
+impl Pillow {
+    /// Prepare a pillow: create the tables and indices its processors declared.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot create or match them.
+    pub async fn new(
+        config: PillowConfig,
+        feed: Feed,
+        store: Store,
+        processors: Vec<Processor>,
+    ) -> Result<Pillow, PillowError> {
+        for p in &processors {
+            store
+                .ensure_outputs(p.plugin().info())
+                .await
+                .map_err(|source| PillowError::Store {
+                    pillow: config.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(Pillow {
+            config,
+            feed,
+            store,
+            processors,
+        })
+    }
+
+    /// Run until `shutdown` fires (or, with `until_caught_up`, until caught up).
+    ///
+    /// # Errors
+    ///
+    /// Feed or store failures stop the pillow; everything committed before stays.
+    pub async fn run(
+        self,
+        options: RunOptions,
+        shutdown: CancellationToken,
+    ) -> Result<RunSummary, PillowError> {
+        // Destructured so the future holds no borrow of `Processor` (not
+        // `Sync`) across awaits: processors only ever move to and from the
+        // blocking thread that runs them.
+        let Pillow {
+            config,
+            feed,
+            store,
+            mut processors,
+        } = self;
+        let started = Instant::now();
+        let name = config.name.clone();
+        let feed_err = |source| PillowError::Feed {
+            pillow: name.clone(),
+            source,
+        };
+        let store_err = |source| PillowError::Store {
+            pillow: name.clone(),
+            source,
+        };
+        let checkpoint_id = config.checkpoint_id().to_owned();
+        let pairs = feed.partitions(&config.topics).await.map_err(feed_err)?;
+        let num_processes = options.num_processes.unwrap_or(config.num_processes);
+        let assigned = partition::assign(
+            pairs,
+            num_processes,
+            options.process_num,
+            config.dedicated_migration_process,
+        )
+        .map_err(|source| PillowError::Assignment {
+            pillow: name.clone(),
+            source,
+        })?;
+        let saved: HashMap<TopicPartition, u64> = store
+            .checkpoints(&checkpoint_id)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|c| (c.tp, c.next_offset))
+            .collect();
+        let positions: Vec<(TopicPartition, u64)> = assigned
+            .iter()
+            .map(|tp| (tp.clone(), saved.get(tp).copied().unwrap_or(0)))
+            .collect();
+        let mut targets = HashMap::new();
+        if options.until_caught_up {
+            for tp in &assigned {
+                targets.insert(
+                    tp.clone(),
+                    feed.watermarks(tp).await.map_err(feed_err)?.high,
+                );
+            }
+        }
+        let mut next: HashMap<TopicPartition, u64> = positions.iter().cloned().collect();
+        let mut committed = next.clone();
+        let mut reader = feed.reader(positions.clone());
+        let policy = CheckpointPolicy {
+            every: config.checkpoint_every,
+            max_delay: Duration::from_secs(config.checkpoint_max_delay_seconds),
+        };
+        let mut tracker = CheckpointTracker::new(policy, Instant::now());
+        let max_wait = Duration::from_millis(config.max_wait_ms);
+        let mut summary = RunSummary {
+            pillow: name.clone(),
+            partitions: assigned.clone(),
+            ..Default::default()
+        };
+        let versions: Vec<String> = processors
+            .iter()
+            .map(|p| format!("{}@{}", p.plugin().manifest().name, p.plugin().version()))
+            .collect();
+        tracing::info!(pillow = %name, partitions = assigned.len(), processors = ?versions, "pillow started");
+
+        let backlog: u64 = targets
+            .iter()
+            .map(|(tp, t)| t.saturating_sub(next[tp]))
+            .sum();
+        let bar = progress_bar(options.progress, options.until_caught_up, backlog, &name);
+
+        loop {
+            if options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t) {
+                break;
+            }
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                polled = reader.poll(config.chunk_size, max_wait) => polled.map_err(feed_err)?,
+            };
+            if polled.is_empty() {
+                if tracker.due(Instant::now()) {
+                    save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
+                        .await
+                        .map_err(store_err)?;
+                }
+                continue;
+            }
+            let n = polled.len() as u64;
+            summary.messages += n;
+            let t0 = Instant::now();
+            let (changes, mut decode_errors, skipped) = decode_chunk(&name, polled, &mut next);
+            summary.deduplicated += skipped;
+            summary.changes += changes.len() as u64;
+            summary.decode_time += t0.elapsed();
+
+            let t1 = Instant::now();
+            let pillow = name.clone();
+            let (back, outcome) =
+                tokio::task::spawn_blocking(move || run_chunk(&pillow, processors, changes))
+                    .await
+                    .map_err(|e| PillowError::Worker {
+                        pillow: name.clone(),
+                        message: e.to_string(),
+                    })?;
+            processors = back;
+            summary.transform_time += t1.elapsed();
+
+            let t2 = Instant::now();
+            tracker.record(n);
+            let mut errors = outcome.errors;
+            errors.append(&mut decode_errors);
+            for a in &outcome.actions {
+                *summary.actions.entry(a.action.kind()).or_default() += 1;
+            }
+            for e in &errors {
+                *summary.errors.entry(e.kind).or_default() += 1;
+                tracing::warn!(pillow = %name, tp = %e.tp, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
+            }
+            let caught_up = options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t);
+            let checkpoints = if tracker.due(Instant::now()) || caught_up {
+                changed(&next, &committed)
+            } else {
+                vec![]
+            };
+            let commit = ChunkCommit {
+                plan: WritePlan::build(outcome.actions),
+                errors,
+                checkpoints,
+            };
+            store
+                .commit(&checkpoint_id, &commit)
+                .await
+                .map_err(store_err)?;
+            if !commit.checkpoints.is_empty() {
+                committed.extend(commit.checkpoints);
+                tracker.saved(Instant::now());
+            }
+            summary.chunks += 1;
+            summary.load_time += t2.elapsed();
+            bar.inc(n);
+        }
+        // Graceful stop: everything processed is committed; save where we are.
+        save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
+            .await
+            .map_err(store_err)?;
+        bar.finish_and_clear();
+        summary.elapsed = started.elapsed();
+        tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
+        Ok(summary)
+    }
+}
+
+async fn save_checkpoints(
+    store: &Store,
+    checkpoint_id: &str,
+    next: &HashMap<TopicPartition, u64>,
+    committed: &mut HashMap<TopicPartition, u64>,
+    tracker: &mut CheckpointTracker,
+) -> Result<(), StoreError> {
+    let checkpoints = changed(next, committed);
+    if !checkpoints.is_empty() {
+        store.set_checkpoints(checkpoint_id, &checkpoints).await?;
+        committed.extend(checkpoints);
+    }
+    tracker.saved(Instant::now());
+    Ok(())
+}
+
+/// Decode messages, advance positions, and keep only the last change of
+/// each document. Returns (changes with their raw values, decode errors,
+/// changes skipped by dedupe).
+#[allow(clippy::type_complexity)]
+fn decode_chunk(
+    pillow: &str,
+    messages: Vec<Message>,
+    next: &mut HashMap<TopicPartition, u64>,
+) -> (Vec<(Change, Vec<u8>)>, Vec<PillowErrorRecord>, u64) {
+    let now = crate::time::now_ms();
+    let mut changes = Vec::with_capacity(messages.len());
+    let mut errors = Vec::new();
+    for m in messages {
+        if let Some(pos) = next.get_mut(&m.tp) {
+            *pos = (*pos).max(m.offset + 1);
+        }
+        match change::decode(&m) {
+            Ok(c) => changes.push((c, m.value)),
+            Err(e) => {
+                let doc_id = m
+                    .key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .filter(|k| !k.is_empty())
+                    .map_or_else(|| format!("{}:{}", m.tp, m.offset), str::to_owned);
+                errors.push(PillowErrorRecord {
+                    doc_id,
+                    pillow: pillow.to_owned(),
+                    processor: String::new(),
+                    plugin_version: None,
+                    kind: ErrorKind::Decode,
+                    message: e.to_string(),
+                    tp: m.tp,
+                    offset: m.offset,
+                    domain: None,
+                    document_type: None,
+                    change: m.value,
+                    at_ms: now,
+                    backoff: Backoff::default(),
+                });
+            }
+        }
+    }
+    // Dedupe: walk backwards, keep the first (= last) change per id.
+    let before = changes.len();
+    let mut seen = HashSet::with_capacity(changes.len());
+    let mut kept: Vec<_> = changes
+        .into_iter()
+        .rev()
+        .filter(|(c, _)| seen.insert(c.id.clone()))
+        .collect();
+    kept.reverse();
+    let skipped = (before - kept.len()) as u64;
+    (kept, errors, skipped)
+}
+
+/// Partitions whose position moved past the saved checkpoint.
+fn changed(
+    next: &HashMap<TopicPartition, u64>,
+    committed: &HashMap<TopicPartition, u64>,
+) -> Vec<(TopicPartition, u64)> {
+    let mut out: Vec<_> = next
+        .iter()
+        .filter(|(tp, n)| committed.get(*tp) != Some(*n))
+        .map(|(tp, n)| (tp.clone(), *n))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Run a chunk through the processors (on a blocking thread: Wasm is CPU-bound).
+fn run_chunk(
+    pillow: &str,
+    mut processors: Vec<Processor>,
+    changes: Vec<(Change, Vec<u8>)>,
+) -> (Vec<Processor>, ChunkOutcome) {
+    let mut outcome = ChunkOutcome::default();
+    let now = crate::time::now_ms();
+    for (change, raw) in changes {
+        for p in processors.iter_mut() {
+            if !p.wants(&change) {
+                continue;
+            }
+            match p.process(&change) {
+                Ok(actions) => {
+                    outcome
+                        .actions
+                        .extend(actions.into_iter().map(|action| VersionedAction {
+                            action,
+                            version: change.offset,
+                        }))
+                }
+                Err(failure) => {
+                    let plugin = p.plugin();
+                    outcome.errors.push(PillowErrorRecord {
+                        doc_id: change.id.clone(),
+                        pillow: pillow.to_owned(),
+                        processor: plugin.manifest().name.clone(),
+                        plugin_version: Some(plugin.version().to_string()),
+                        kind: failure.kind,
+                        message: failure.message,
+                        tp: TopicPartition {
+                            topic: change.topic.clone(),
+                            partition: change.partition,
+                        },
+                        offset: change.offset,
+                        domain: change.domain.clone(),
+                        document_type: change.document_type.clone(),
+                        // Failures are rare; copying the raw change keeps it whole per error.
+                        change: raw.clone(),
+                        at_ms: now,
+                        backoff: Backoff {
+                            max_attempts: plugin.manifest().retry.max_attempts,
+                            ..Backoff::default()
+                        },
+                    });
+                }
+            }
+        }
+    }
+    (processors, outcome)
+}
+
+fn progress_bar(enabled: bool, bounded: bool, total: u64, name: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = if bounded {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::no_length()
+    };
+    let template = if bounded {
+        "{prefix} [{bar:40}] {pos}/{len} changes ({per_sec}, eta {eta})"
+    } else {
+        "{prefix} {spinner} {pos} changes ({per_sec})"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_owned());
+    bar
+}

@@ -1,1 +1,184 @@
-//! TODO
+//! What `pillowtop status` shows: per pillow and partition the checkpoint,
+//! the feed's end offset, need-processing (lag in changes), seconds since
+//! the last checkpoint and the owning process; error counts, recent errors
+//! and plugin versions. One screen for the firefighting guide.
+
+use crate::config::PillowConfig;
+use crate::feed::{Feed, FeedError, TopicPartition};
+use crate::manifest::Manifest;
+use crate::partition;
+use crate::store::{Store, StoreError, StoredError};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// One partition's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// `topic:partition`.
+    pub partition: String,
+    /// Process that owns it (of `num_processes`).
+    pub process: u32,
+    /// Saved checkpoint (next offset), if any.
+    pub checkpoint: Option<u64>,
+    /// The feed's end offset (next offset to be written).
+    pub end_offset: u64,
+    /// `end_offset - checkpoint`.
+    pub need_processing: u64,
+    /// Seconds since the checkpoint was saved.
+    pub seconds_since_checkpoint: Option<i64>,
+}
+
+/// One pillow's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PillowStatus {
+    /// Name.
+    pub pillow: String,
+    /// Checkpoint id.
+    pub checkpoint_id: String,
+    /// Partitions.
+    pub partitions: Vec<PartitionStatus>,
+    /// Total need-processing.
+    pub need_processing: u64,
+    /// Pillow errors by kind.
+    pub errors: Vec<(String, u64)>,
+    /// The latest errors.
+    #[serde(skip)]
+    pub recent_errors: Vec<StoredError>,
+    /// Processors: name and version (or why it cannot be read).
+    pub plugins: Vec<(String, String)>,
+}
+
+/// Why status could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Feed.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Gather one pillow's status.
+///
+/// # Errors
+///
+/// When the feed or store cannot be read.
+pub async fn pillow_status(
+    config: &PillowConfig,
+    feed: &Feed,
+    store: &Store,
+) -> Result<PillowStatus, StatusError> {
+    let pairs = feed.partitions(&config.topics).await?;
+    let checkpoints = store.checkpoints(config.checkpoint_id()).await?;
+    let now = crate::time::now_ms();
+    let mut partitions = Vec::new();
+    for tp in &pairs {
+        let end = feed.watermarks(tp).await?.high;
+        let saved = checkpoints.iter().find(|c| &c.tp == tp);
+        let checkpoint = saved.map(|c| c.next_offset);
+        partitions.push(PartitionStatus {
+            partition: tp.to_string(),
+            process: partition::owner(
+                &pairs,
+                tp,
+                config.num_processes,
+                config.dedicated_migration_process,
+            )
+            .unwrap_or(0),
+            checkpoint,
+            end_offset: end,
+            need_processing: end.saturating_sub(checkpoint.unwrap_or(0)),
+            seconds_since_checkpoint: saved.map(|c| (now - c.updated_at_ms).max(0) / 1000),
+        });
+    }
+    partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+    let plugins = config
+        .processors
+        .iter()
+        .map(|path| match Manifest::load(path) {
+            Ok(m) => match crate::wasm::plugin_version(&m) {
+                Ok(v) => (m.name, v.to_string()),
+                Err(e) => (m.name, format!("component unreadable: {e}")),
+            },
+            Err(e) => (path.display().to_string(), format!("manifest error: {e}")),
+        })
+        .collect();
+    Ok(PillowStatus {
+        pillow: config.name.clone(),
+        checkpoint_id: config.checkpoint_id().to_owned(),
+        need_processing: partitions.iter().map(|p| p.need_processing).sum(),
+        partitions,
+        errors: store.error_counts(&config.name).await?,
+        recent_errors: store.recent_errors(&config.name, 5).await?,
+        plugins,
+    })
+}
+
+/// Render statuses as text.
+pub fn render(statuses: &[PillowStatus]) -> String {
+    let mut out = String::new();
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "pillow {} (checkpoint id {}): need-processing {}",
+            s.pillow, s.checkpoint_id, s.need_processing
+        );
+        for (name, version) in &s.plugins {
+            let _ = writeln!(out, "  processor {name} {version}");
+        }
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>7} {:>12} {:>12} {:>15} {:>14}",
+            "partition", "process", "checkpoint", "end offset", "need-processing", "checkpoint age"
+        );
+        for p in &s.partitions {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>7} {:>12} {:>12} {:>15} {:>14}",
+                p.partition,
+                p.process,
+                p.checkpoint.map_or("-".into(), |c| c.to_string()),
+                p.end_offset,
+                p.need_processing,
+                p.seconds_since_checkpoint
+                    .map_or("never".into(), |s| format!("{s}s")),
+            );
+        }
+        let total: u64 = s.errors.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            let _ = writeln!(out, "  errors: none");
+        } else {
+            let kinds: Vec<_> = s.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(out, "  errors: {total} ({})", kinds.join(", "));
+            for e in &s.recent_errors {
+                let _ = writeln!(
+                    out,
+                    "    {} {}@{} doc {} [{}{}] attempts {}: {}",
+                    e.kind,
+                    e.tp,
+                    e.offset,
+                    e.doc_id,
+                    if e.processor.is_empty() {
+                        "decode"
+                    } else {
+                        &e.processor
+                    },
+                    e.plugin_version
+                        .as_deref()
+                        .map(|v| format!(" {v}"))
+                        .unwrap_or_default(),
+                    e.attempts,
+                    crate::wasm::check::clip(&e.message.replace('\n', " "), 200),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// For tests: a partition's status by `topic:partition`.
+pub fn find<'a>(s: &'a PillowStatus, tp: &TopicPartition) -> Option<&'a PartitionStatus> {
+    let name = tp.to_string();
+    s.partitions.iter().find(|p| p.partition == name)
+}

@@ -138,7 +138,10 @@ impl Store {
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Migrate { path: path.to_owned(), message: format!("cannot create {}: {e}", dir.display()) })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Migrate {
+                path: path.to_owned(),
+                message: format!("cannot create {}: {e}", dir.display()),
+            })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -148,20 +151,40 @@ impl Store {
             // OS crash or power loss can lose the last commits.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|source| StoreError::Database { path: path.to_owned(), source })?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Database {
+                path: path.to_owned(),
+                source,
+            })?;
         sqlx::migrate!("../migrations/sqlite-store")
             .run(&pool)
             .await
-            .map_err(|e| StoreError::Migrate { path: path.to_owned(), message: e.to_string() })?;
-        Ok(Store { pool, path: Arc::new(path.to_owned()), tables: Arc::default() })
+            .map_err(|e| StoreError::Migrate {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Store {
+            pool,
+            path: Arc::new(path.to_owned()),
+            tables: Arc::default(),
+        })
     }
 
     fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-        |source| StoreError::Database { path: (*self.path).clone(), source }
+        |source| StoreError::Database {
+            path: (*self.path).clone(),
+            source,
+        }
     }
 
     fn sink(&self) -> impl Fn(SinkError) -> StoreError + '_ {
-        |source| StoreError::Sink { path: (*self.path).clone(), source }
+        |source| StoreError::Sink {
+            path: (*self.path).clone(),
+            source,
+        }
     }
 
     /// The pool, for status queries and tests.
@@ -178,10 +201,14 @@ impl Store {
     pub async fn ensure_outputs(&self, info: &PluginInfo) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         for index in &info.indices {
-            sqlite_sink::ensure_index(&mut tx, index).await.map_err(self.sink())?;
+            sqlite_sink::ensure_index(&mut tx, index)
+                .await
+                .map_err(self.sink())?;
         }
         for table in &info.tables {
-            sqlite_sink::ensure_table(&mut tx, table).await.map_err(self.sink())?;
+            sqlite_sink::ensure_table(&mut tx, table)
+                .await
+                .map_err(self.sink())?;
         }
         tx.commit().await.map_err(self.db())?;
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
@@ -220,8 +247,14 @@ impl Store {
     pub async fn commit(&self, checkpoint_id: &str, chunk: &ChunkCommit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         if !chunk.plan.is_empty() {
-            let tables = self.tables.read().unwrap_or_else(|e| e.into_inner()).clone();
-            sqlite_sink::apply(&mut tx, &chunk.plan, &|name| tables.get(name).cloned()).await.map_err(self.sink())?;
+            let tables = self
+                .tables
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            sqlite_sink::apply(&mut tx, &chunk.plan, &tables)
+                .await
+                .map_err(self.sink())?;
         }
         for e in &chunk.errors {
             let attempts: i64 = sqlx::query_scalar(
@@ -252,7 +285,11 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(self.db())?;
-            let next = if e.kind.retryable() { e.backoff.next_attempt_ms(attempts as u32, e.at_ms) } else { None };
+            let next = if e.kind.retryable() {
+                e.backoff.next_attempt_ms(attempts as u32, e.at_ms)
+            } else {
+                None
+            };
             sqlx::query("UPDATE pillow_errors SET next_attempt_ms = ? WHERE doc_id = ? AND pillow = ? AND processor = ?")
                 .bind(next)
                 .bind(&e.doc_id)
@@ -262,11 +299,17 @@ impl Store {
                 .await
                 .map_err(self.db())?;
         }
-        self.write_checkpoints(&mut tx, checkpoint_id, &chunk.checkpoints).await?;
+        self.write_checkpoints(&mut tx, checkpoint_id, &chunk.checkpoints)
+            .await?;
         tx.commit().await.map_err(self.db())
     }
 
-    async fn write_checkpoints(&self, conn: &mut sqlx::SqliteConnection, checkpoint_id: &str, checkpoints: &[(TopicPartition, u64)]) -> Result<(), StoreError> {
+    async fn write_checkpoints(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        checkpoint_id: &str,
+        checkpoints: &[(TopicPartition, u64)],
+    ) -> Result<(), StoreError> {
         let now = crate::time::now_ms();
         for (tp, next) in checkpoints {
             sqlx::query(
@@ -290,9 +333,14 @@ impl Store {
     /// # Errors
     ///
     /// When the database fails.
-    pub async fn set_checkpoints(&self, checkpoint_id: &str, checkpoints: &[(TopicPartition, u64)]) -> Result<(), StoreError> {
+    pub async fn set_checkpoints(
+        &self,
+        checkpoint_id: &str,
+        checkpoints: &[(TopicPartition, u64)],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
-        self.write_checkpoints(&mut tx, checkpoint_id, checkpoints).await?;
+        self.write_checkpoints(&mut tx, checkpoint_id, checkpoints)
+            .await?;
         tx.commit().await.map_err(self.db())
     }
 
@@ -302,12 +350,17 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn error_counts(&self, pillow: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, COUNT(*) FROM pillow_errors WHERE pillow = ? GROUP BY kind ORDER BY kind")
-            .bind(pillow)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.db())?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64)).collect())
+        let rows = sqlx::query(
+            "SELECT kind, COUNT(*) FROM pillow_errors WHERE pillow = ? GROUP BY kind ORDER BY kind",
+        )
+        .bind(pillow)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+            .collect())
     }
 
     /// The latest `limit` pillow errors of `pillow`, newest first.
@@ -315,7 +368,11 @@ impl Store {
     /// # Errors
     ///
     /// When the database fails.
-    pub async fn recent_errors(&self, pillow: &str, limit: u32) -> Result<Vec<StoredError>, StoreError> {
+    pub async fn recent_errors(
+        &self,
+        pillow: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredError>, StoreError> {
         let rows = sqlx::query(
             r#"SELECT doc_id, processor, plugin_version, kind, message, topic, partition, "offset", attempts, next_attempt_ms, change
                FROM pillow_errors WHERE pillow = ? ORDER BY last_attempt_ms DESC, id DESC LIMIT ?"#,
@@ -349,21 +406,33 @@ impl Store {
     /// When the database fails.
     pub async fn sink_counts(&self) -> Result<SinkCounts, StoreError> {
         let mut counts = SinkCounts::default();
-        let indices: Vec<String> = sqlx::query_scalar("SELECT name FROM sink_indices ORDER BY name").fetch_all(&self.pool).await.map_err(self.db())?;
+        let indices: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sink_indices ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.db())?;
         for index in indices {
             let table = sqlite_sink::quote(&sqlite_sink::index_table(&index));
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE document IS NOT NULL")))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(self.db())?;
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE document IS NOT NULL"
+            )))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db())?;
             counts.documents.push((index, n as u64));
         }
-        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sink_tables ORDER BY name").fetch_all(&self.pool).await.map_err(self.db())?;
+        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sink_tables ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
         for table in tables {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {}", sqlite_sink::quote(&table))))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(self.db())?;
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {}",
+                sqlite_sink::quote(&table)
+            )))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db())?;
             counts.rows.push((table, n as u64));
         }
         Ok(counts)
@@ -374,13 +443,19 @@ impl Store {
     /// # Errors
     ///
     /// When the database fails.
-    pub async fn document(&self, index: &str, id: &str) -> Result<Option<(Option<String>, u64)>, StoreError> {
+    pub async fn document(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<(Option<String>, u64)>, StoreError> {
         let table = sqlite_sink::quote(&sqlite_sink::index_table(index));
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT document, version FROM {table} WHERE id = ?")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(self.db())?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT document, version FROM {table} WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db())?;
         Ok(row.map(|r| (r.get::<Option<String>, _>(0), r.get::<i64, _>(1) as u64)))
     }
 }

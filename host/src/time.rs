@@ -34,9 +34,19 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
     };
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
@@ -100,24 +110,52 @@ mod tests {
     #[test]
     fn parses_known_instants() {
         // 2021-03-04T05:06:07Z = 1614834367 s (checked with `date -u -d @1614834367`).
-        assert_eq!(parse_rfc3339_ms("2021-03-04T05:06:07Z"), Some(1_614_834_367_000));
-        assert_eq!(parse_rfc3339_ms("2021-03-04T05:06:07.123456"), Some(1_614_834_367_123));
-        assert_eq!(parse_rfc3339_ms("2021-03-04T07:06:07.5+02:00"), Some(1_614_834_367_500));
+        assert_eq!(
+            parse_rfc3339_ms("2021-03-04T05:06:07Z"),
+            Some(1_614_834_367_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2021-03-04T05:06:07.123456"),
+            Some(1_614_834_367_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2021-03-04T07:06:07.5+02:00"),
+            Some(1_614_834_367_500)
+        );
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "2021-03-04", "2021-13-04T00:00:00Z", "2021-03-04T00:00:00+0200", "2021-03-04T00:00:00.Z", "abcd-03-04T00:00:00Z"] {
+        for s in [
+            "",
+            "2021-03-04",
+            "2021-13-04T00:00:00Z",
+            "2021-03-04T00:00:00+0200",
+            "2021-03-04T00:00:00.Z",
+            "abcd-03-04T00:00:00Z",
+        ] {
             assert_eq!(parse_rfc3339_ms(s), None, "{s}");
         }
     }
 
     #[test]
     fn formats_and_round_trips() {
-        assert_eq!(format_rfc3339_ms(1_614_834_367_123), "2021-03-04T05:06:07.123Z");
-        for ms in [0, 951_782_400_000, 1_614_834_367_123, 4_102_444_800_999, -86_400_000] {
+        assert_eq!(
+            format_rfc3339_ms(1_614_834_367_123),
+            "2021-03-04T05:06:07.123Z"
+        );
+        for ms in [
+            0,
+            951_782_400_000,
+            1_614_834_367_123,
+            4_102_444_800_999,
+            -86_400_000,
+        ] {
             assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
         }
     }

@@ -28,7 +28,10 @@ pub struct EmbeddedFeed {
 }
 
 fn db_error(path: &Path) -> impl Fn(sqlx::Error) -> FeedError + '_ {
-    move |source| FeedError::Database { path: path.display().to_string(), source }
+    move |source| FeedError::Database {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl EmbeddedFeed {
@@ -39,7 +42,8 @@ impl EmbeddedFeed {
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<EmbeddedFeed, FeedError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| FeedError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| FeedError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -47,12 +51,24 @@ impl EmbeddedFeed {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_error(path))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db_error(path))?;
         sqlx::migrate!("../migrations/sqlite-feed")
             .run(&pool)
             .await
-            .map_err(|e| FeedError::Invalid(format!("embedded feed {}: migration failed: {e}", path.display())))?;
-        Ok(EmbeddedFeed { pool, path: Arc::new(path.to_owned()) })
+            .map_err(|e| {
+                FeedError::Invalid(format!(
+                    "embedded feed {}: migration failed: {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(EmbeddedFeed {
+            pool,
+            path: Arc::new(path.to_owned()),
+        })
     }
 
     /// The feed file.
@@ -66,17 +82,36 @@ impl EmbeddedFeed {
     /// # Errors
     ///
     /// [`FeedError::PartitionMismatch`] when it exists with another count.
-    pub async fn create_topic(&self, topic: &str, partitions: Option<u32>) -> Result<u32, FeedError> {
-        if topic.is_empty() || topic.len() > 249 || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return Err(FeedError::Invalid(format!("topic name {topic:?} must be 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-' (as in Kafka)")));
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: Option<u32>,
+    ) -> Result<u32, FeedError> {
+        if topic.is_empty()
+            || topic.len() > 249
+            || !topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(FeedError::Invalid(format!(
+                "topic name {topic:?} must be 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-' (as in Kafka)"
+            )));
         }
         if partitions == Some(0) {
             return Err(FeedError::Invalid("--partitions must be at least 1".into()));
         }
         let existing: Option<i64> =
-            sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?").bind(topic).fetch_optional(&self.pool).await.map_err(db_error(&self.path))?;
+            sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+                .bind(topic)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error(&self.path))?;
         match (existing, partitions) {
-            (Some(n), Some(p)) if n as u32 != p => Err(FeedError::PartitionMismatch { topic: topic.into(), existing: n as u32, requested: p }),
+            (Some(n), Some(p)) if n as u32 != p => Err(FeedError::PartitionMismatch {
+                topic: topic.into(),
+                existing: n as u32,
+                requested: p,
+            }),
             (Some(n), _) => Ok(n as u32),
             (None, p) => {
                 let p = p.unwrap_or(DEFAULT_PARTITIONS);
@@ -98,8 +133,14 @@ impl EmbeddedFeed {
     ///
     /// When the database fails.
     pub async fn topics(&self) -> Result<Vec<(String, u32)>, FeedError> {
-        let rows = sqlx::query("SELECT name, partitions FROM topics ORDER BY name").fetch_all(&self.pool).await.map_err(db_error(&self.path))?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u32)).collect())
+        let rows = sqlx::query("SELECT name, partitions FROM topics ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error(&self.path))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u32))
+            .collect())
     }
 
     /// Append `messages` (key, value) to `topic`, each to the partition its
@@ -110,28 +151,55 @@ impl EmbeddedFeed {
     ///
     /// When the topic is missing or the database fails; batches appended
     /// before the failure stay.
-    pub async fn publish(&self, topic: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) -> Result<usize, FeedError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    ) -> Result<usize, FeedError> {
         let partitions: Option<i64> =
-            sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?").bind(topic).fetch_optional(&self.pool).await.map_err(db_error(&self.path))?;
+            sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+                .bind(topic)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error(&self.path))?;
         let partitions = partitions.ok_or_else(|| FeedError::UnknownTopic(topic.into()))? as u32;
         let now = crate::time::now_ms();
         let mut written = 0;
         for batch in messages.chunks(PUBLISH_BATCH) {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error(&self.path))?;
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db_error(&self.path))?;
             let rows = sqlx::query(r#"SELECT partition, MAX("offset") + 1 FROM messages WHERE topic = ? GROUP BY partition"#)
                 .bind(topic)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error(&self.path))?;
-            let mut next: HashMap<u32, i64> = rows.iter().map(|r| (r.get::<i64, _>(0) as u32, r.get::<i64, _>(1))).collect();
-            let mut qb = QueryBuilder::new(r#"INSERT INTO messages (topic, partition, "offset", key, value, timestamp_ms) "#);
+            let mut next: HashMap<u32, i64> = rows
+                .iter()
+                .map(|r| (r.get::<i64, _>(0) as u32, r.get::<i64, _>(1)))
+                .collect();
+            let mut qb = QueryBuilder::new(
+                r#"INSERT INTO messages (topic, partition, "offset", key, value, timestamp_ms) "#,
+            );
             qb.push_values(batch, |mut b, (key, value)| {
-                let p = key.as_deref().map_or(0, |k| partition_for_key(k, partitions));
+                let p = key
+                    .as_deref()
+                    .map_or(0, |k| partition_for_key(k, partitions));
                 let offset = next.entry(p).or_insert(0);
-                b.push_bind(topic).push_bind(p as i64).push_bind(*offset).push_bind(key.clone()).push_bind(value.clone()).push_bind(now);
+                b.push_bind(topic)
+                    .push_bind(p as i64)
+                    .push_bind(*offset)
+                    .push_bind(key.clone())
+                    .push_bind(value.clone())
+                    .push_bind(now);
                 *offset += 1;
             });
-            qb.build().execute(&mut *tx).await.map_err(db_error(&self.path))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error(&self.path))?;
             tx.commit().await.map_err(db_error(&self.path))?;
             written += batch.len();
         }
@@ -146,8 +214,11 @@ impl EmbeddedFeed {
     pub async fn partitions(&self, topics: &[String]) -> Result<Vec<TopicPartition>, FeedError> {
         let mut out = Vec::new();
         for topic in topics {
-            let n: Option<i64> =
-                sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?").bind(topic).fetch_optional(&self.pool).await.map_err(db_error(&self.path))?;
+            let n: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+                .bind(topic)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error(&self.path))?;
             let n = n.ok_or_else(|| FeedError::UnknownTopic(topic.clone()))?;
             out.extend((0..n as u32).map(|p| TopicPartition::new(topic, p)));
         }
@@ -168,14 +239,21 @@ impl EmbeddedFeed {
             .map_err(db_error(&self.path))?;
         let (low, high): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
         Ok(match (low, high) {
-            (Some(l), Some(h)) => Watermarks { low: l as u64, high: h as u64 + 1 },
+            (Some(l), Some(h)) => Watermarks {
+                low: l as u64,
+                high: h as u64 + 1,
+            },
             _ => Watermarks { low: 0, high: 0 },
         })
     }
 
     /// A reader of `positions`.
     pub fn reader(&self, positions: Vec<(TopicPartition, u64)>) -> EmbeddedReader {
-        EmbeddedReader { feed: self.clone(), positions, next_partition: 0 }
+        EmbeddedReader {
+            feed: self.clone(),
+            positions,
+            next_partition: 0,
+        }
     }
 }
 
@@ -196,7 +274,11 @@ impl EmbeddedReader {
     /// # Errors
     ///
     /// When the database fails.
-    pub async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Message>, FeedError> {
+    pub async fn poll(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Message>, FeedError> {
         let deadline = Instant::now() + max_wait;
         loop {
             let out = self.read_once(max).await?;
@@ -234,7 +316,13 @@ impl EmbeddedReader {
             for r in rows {
                 let offset = r.get::<i64, _>(0) as u64;
                 *position = offset + 1;
-                out.push(Message { tp: tp.clone(), offset, key: r.get(1), value: r.get(2), timestamp_ms: Some(r.get(3)) });
+                out.push(Message {
+                    tp: tp.clone(),
+                    offset,
+                    key: r.get(1),
+                    value: r.get(2),
+                    timestamp_ms: Some(r.get(3)),
+                });
             }
         }
         self.next_partition = (self.next_partition + 1) % n.max(1);

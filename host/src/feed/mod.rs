@@ -24,7 +24,10 @@ pub struct TopicPartition {
 impl TopicPartition {
     /// `topic:partition`.
     pub fn new(topic: &str, partition: u32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 }
 
@@ -61,10 +64,14 @@ pub enum FeedError {
         source: sqlx::Error,
     },
     /// A topic does not exist.
-    #[error("topic {0:?} does not exist in the feed; publish to it first (`pillowtop publish --topic {0}`)")]
+    #[error(
+        "topic {0:?} does not exist in the feed; publish to it first (`pillowtop publish --topic {0}`)"
+    )]
     UnknownTopic(String),
     /// A topic exists with another partition count.
-    #[error("topic {topic:?} has {existing} partitions, not {requested}; partition counts cannot change (as in Kafka): omit --partitions or use a new topic")]
+    #[error(
+        "topic {topic:?} has {existing} partitions, not {requested}; partition counts cannot change (as in Kafka): omit --partitions or use a new topic"
+    )]
     PartitionMismatch {
         /// Topic.
         topic: String,
@@ -140,7 +147,11 @@ impl FeedReader {
     /// # Errors
     ///
     /// When the feed is unreachable.
-    pub async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Message>, FeedError> {
+    pub async fn poll(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Message>, FeedError> {
         match self {
             FeedReader::Embedded(r) => r.poll(max, max_wait).await,
         }
@@ -197,12 +208,20 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
             (b"", 275_646_681),
         ];
         for (input, expected) in cases {
-            assert_eq!(murmur2(input) as i32, expected, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                murmur2(input) as i32,
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

@@ -61,11 +61,29 @@ impl WritePlan {
         let mut plan = WritePlan::default();
         for VersionedAction { action, version } in actions {
             match action {
-                Action::IndexDocument { index, id, document } => {
-                    plan.documents.entry(index).or_default().insert(id.clone(), DocumentWrite { id, document: Some(document), version });
+                Action::IndexDocument {
+                    index,
+                    id,
+                    document,
+                } => {
+                    plan.documents.entry(index).or_default().insert(
+                        id.clone(),
+                        DocumentWrite {
+                            id,
+                            document: Some(document),
+                            version,
+                        },
+                    );
                 }
                 Action::DeleteDocument { index, id } => {
-                    plan.documents.entry(index).or_default().insert(id.clone(), DocumentWrite { id, document: None, version });
+                    plan.documents.entry(index).or_default().insert(
+                        id.clone(),
+                        DocumentWrite {
+                            id,
+                            document: None,
+                            version,
+                        },
+                    );
                 }
                 Action::UpsertRows { table, rows } => {
                     let ops = plan.rows.entry(table).or_default();
@@ -103,17 +121,74 @@ mod tests {
     #[test]
     fn last_document_write_wins_and_row_order_is_kept() {
         let plan = WritePlan::build(vec![
-            va(Action::IndexDocument { index: "i".into(), id: "a".into(), document: "{\"v\":1}".into() }, 1),
-            va(Action::DeleteRows { table: "t".into(), doc_id: "a".into() }, 1),
-            va(Action::UpsertRows { table: "t".into(), rows: vec![vec![Cell::Integer(1)]] }, 1),
-            va(Action::UpsertRows { table: "t".into(), rows: vec![vec![Cell::Integer(2)]] }, 2),
-            va(Action::DeleteRows { table: "t".into(), doc_id: "b".into() }, 3),
-            va(Action::DeleteRows { table: "t".into(), doc_id: "c".into() }, 4),
-            va(Action::DeleteDocument { index: "i".into(), id: "a".into() }, 5),
-            va(Action::IndexDocument { index: "i".into(), id: "b".into(), document: "{}".into() }, 6),
+            va(
+                Action::IndexDocument {
+                    index: "i".into(),
+                    id: "a".into(),
+                    document: "{\"v\":1}".into(),
+                },
+                1,
+            ),
+            va(
+                Action::DeleteRows {
+                    table: "t".into(),
+                    doc_id: "a".into(),
+                },
+                1,
+            ),
+            va(
+                Action::UpsertRows {
+                    table: "t".into(),
+                    rows: vec![vec![Cell::Integer(1)]],
+                },
+                1,
+            ),
+            va(
+                Action::UpsertRows {
+                    table: "t".into(),
+                    rows: vec![vec![Cell::Integer(2)]],
+                },
+                2,
+            ),
+            va(
+                Action::DeleteRows {
+                    table: "t".into(),
+                    doc_id: "b".into(),
+                },
+                3,
+            ),
+            va(
+                Action::DeleteRows {
+                    table: "t".into(),
+                    doc_id: "c".into(),
+                },
+                4,
+            ),
+            va(
+                Action::DeleteDocument {
+                    index: "i".into(),
+                    id: "a".into(),
+                },
+                5,
+            ),
+            va(
+                Action::IndexDocument {
+                    index: "i".into(),
+                    id: "b".into(),
+                    document: "{}".into(),
+                },
+                6,
+            ),
         ]);
         let docs = &plan.documents["i"];
-        assert_eq!(docs["a"], DocumentWrite { id: "a".into(), document: None, version: 5 });
+        assert_eq!(
+            docs["a"],
+            DocumentWrite {
+                id: "a".into(),
+                document: None,
+                version: 5
+            }
+        );
         assert_eq!(docs["b"].version, 6);
         assert_eq!(
             plan.rows["t"],

@@ -8,12 +8,15 @@
 use super::{RowOp, WritePlan};
 use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use std::collections::HashMap;
 
 /// Why the sink could not prepare or write.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// A table exists with other columns than the spec asks for.
-    #[error("table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin")]
+    #[error(
+        "table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin"
+    )]
     Mismatch {
         /// Table.
         table: String,
@@ -73,15 +76,27 @@ pub async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Resu
 ///
 /// [`SinkError::Mismatch`] naming the table and column when they differ.
 pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(), SinkError> {
-    let existing = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA table_info({})", quote(&spec.name)))).fetch_all(&mut *conn).await?;
+    let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA table_info({})",
+        quote(&spec.name)
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
     if existing.is_empty() {
         let mut ddl = format!("CREATE TABLE {} (", quote(&spec.name));
         for c in &spec.columns {
-            ddl.push_str(&format!("{} {}{}, ", quote(&c.name), sql_type(c.kind), if c.nullable { "" } else { " NOT NULL" }));
+            ddl.push_str(&format!(
+                "{} {}{}, ",
+                quote(&c.name),
+                sql_type(c.kind),
+                if c.nullable { "" } else { " NOT NULL" }
+            ));
         }
         let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
         ddl.push_str(&format!("PRIMARY KEY ({}))", pk.join(", ")));
-        sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut *conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut *conn)
+            .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} (doc_id)",
             quote(&format!("{}_doc_id", spec.name)),
@@ -91,18 +106,40 @@ pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Resu
         .await?;
     } else {
         // (cid, name, type, notnull, dflt_value, pk)
-        let found: Vec<(String, String, bool, i64)> =
-            existing.iter().map(|r| (r.get::<String, _>(1), r.get::<String, _>(2), r.get::<i64, _>(3) != 0, r.get::<i64, _>(5))).collect();
-        let mismatch = |detail: String| SinkError::Mismatch { table: spec.name.clone(), detail };
+        let found: Vec<(String, String, bool, i64)> = existing
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(1),
+                    r.get::<String, _>(2),
+                    r.get::<i64, _>(3) != 0,
+                    r.get::<i64, _>(5),
+                )
+            })
+            .collect();
+        let mismatch = |detail: String| SinkError::Mismatch {
+            table: spec.name.clone(),
+            detail,
+        };
         for c in &spec.columns {
             let Some((_, ty, notnull, _)) = found.iter().find(|(n, ..)| n == &c.name) else {
                 return Err(mismatch(format!("column {:?} is missing", c.name)));
             };
             if !ty.eq_ignore_ascii_case(sql_type(c.kind)) {
-                return Err(mismatch(format!("column {:?} is {ty}, the spec needs {} ({})", c.name, sql_type(c.kind), c.kind.as_str())));
+                return Err(mismatch(format!(
+                    "column {:?} is {ty}, the spec needs {} ({})",
+                    c.name,
+                    sql_type(c.kind),
+                    c.kind.as_str()
+                )));
             }
             if *notnull == c.nullable {
-                return Err(mismatch(format!("column {:?} is {}, the spec says {}", c.name, if *notnull { "NOT NULL" } else { "nullable" }, if c.nullable { "nullable" } else { "NOT NULL" })));
+                return Err(mismatch(format!(
+                    "column {:?} is {}, the spec says {}",
+                    c.name,
+                    if *notnull { "NOT NULL" } else { "nullable" },
+                    if c.nullable { "nullable" } else { "NOT NULL" }
+                )));
             }
         }
         for (name, ..) in &found {
@@ -110,11 +147,18 @@ pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Resu
                 return Err(mismatch(format!("column {name:?} is not in the spec")));
             }
         }
-        let mut pk: Vec<_> = found.iter().filter(|f| f.3 > 0).map(|f| (f.3, f.0.clone())).collect();
+        let mut pk: Vec<_> = found
+            .iter()
+            .filter(|f| f.3 > 0)
+            .map(|f| (f.3, f.0.clone()))
+            .collect();
         pk.sort();
         let pk: Vec<_> = pk.into_iter().map(|(_, n)| n).collect();
         if pk != spec.primary_key {
-            return Err(mismatch(format!("primary key is {pk:?}, the spec says {:?}", spec.primary_key)));
+            return Err(mismatch(format!(
+                "primary key is {pk:?}, the spec says {:?}",
+                spec.primary_key
+            )));
         }
     }
     let spec_text = describe_spec(spec);
@@ -127,8 +171,23 @@ pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Resu
 }
 
 fn describe_spec(spec: &TableSpec) -> String {
-    let cols: Vec<_> = spec.columns.iter().map(|c| format!("{} {}{}", c.name, c.kind.as_str(), if c.nullable { "?" } else { "" })).collect();
-    format!("({}) primary key ({})", cols.join(", "), spec.primary_key.join(", "))
+    let cols: Vec<_> = spec
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}{}",
+                c.name,
+                c.kind.as_str(),
+                if c.nullable { "?" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "({}) primary key ({})",
+        cols.join(", "),
+        spec.primary_key.join(", ")
+    )
 }
 
 /// Write `plan` on `conn` (inside the caller's transaction).
@@ -136,14 +195,21 @@ fn describe_spec(spec: &TableSpec) -> String {
 /// # Errors
 ///
 /// When the database fails; the caller rolls back.
-pub async fn apply(conn: &mut SqliteConnection, plan: &WritePlan, tables: &dyn Fn(&str) -> Option<TableSpec>) -> Result<(), SinkError> {
+pub async fn apply(
+    conn: &mut SqliteConnection,
+    plan: &WritePlan,
+    tables: &HashMap<String, TableSpec>,
+) -> Result<(), SinkError> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
         let writes: Vec<_> = writes.values().collect();
         for batch in writes.chunks(MAX_BINDS / 3) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO {table} (id, document, version) "));
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO {table} (id, document, version) "));
             qb.push_values(batch, |mut b, w| {
-                b.push_bind(&w.id).push_bind(w.document.as_deref()).push_bind(w.version as i64);
+                b.push_bind(&w.id)
+                    .push_bind(w.document.as_deref())
+                    .push_bind(w.version as i64);
             });
             // An older version never replaces a newer one (replay safety).
             qb.push(format!(
@@ -153,13 +219,16 @@ pub async fn apply(conn: &mut SqliteConnection, plan: &WritePlan, tables: &dyn F
         }
     }
     for (name, ops) in &plan.rows {
-        let spec = tables(name).ok_or_else(|| sqlx::Error::Protocol(format!("no spec for table {name}")))?;
+        let spec = tables
+            .get(name)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("no spec for table {name}")))?;
         let quoted = quote(name);
         for op in ops {
             match op {
                 RowOp::Delete(ids) => {
                     for batch in ids.chunks(MAX_BINDS) {
-                        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("DELETE FROM {quoted} WHERE doc_id IN ("));
+                        let mut qb: QueryBuilder<Sqlite> =
+                            QueryBuilder::new(format!("DELETE FROM {quoted} WHERE doc_id IN ("));
                         let mut sep = qb.separated(", ");
                         for id in batch {
                             sep.push_bind(id);
@@ -177,9 +246,16 @@ pub async fn apply(conn: &mut SqliteConnection, plan: &WritePlan, tables: &dyn F
                         .filter(|c| !spec.primary_key.contains(&c.name))
                         .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
                         .collect();
-                    let conflict = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+                    let conflict = if updates.is_empty() {
+                        "DO NOTHING".to_string()
+                    } else {
+                        format!("DO UPDATE SET {}", updates.join(", "))
+                    };
                     for batch in rows.chunks((MAX_BINDS / spec.columns.len().max(1)).max(1)) {
-                        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO {quoted} ({}) ", cols.join(", ")));
+                        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                            "INSERT INTO {quoted} ({}) ",
+                            cols.join(", ")
+                        ));
                         qb.push_values(batch, |mut b, row| {
                             for cell in row {
                                 match cell {

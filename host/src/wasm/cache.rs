@@ -38,12 +38,17 @@ impl CompileCache {
     pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        CompileCache { dir, engine_key: format!("{:016x}", h.finish()) }
+        CompileCache {
+            dir,
+            engine_key: format!("{:016x}", h.finish()),
+        }
     }
 
     /// The entry path for a component with `content_hash`.
     pub fn entry(&self, content_hash: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{content_hash}-{}.cwasm", self.engine_key)))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{content_hash}-{}.cwasm", self.engine_key)))
     }
 
     /// Load the compiled component for `bytes` (hashed as `content_hash`),
@@ -52,17 +57,24 @@ impl CompileCache {
     /// # Errors
     ///
     /// Fails only when the component does not compile.
-    pub fn load(&self, engine: &Engine, bytes: &[u8], content_hash: &str) -> wasmtime::Result<(Component, CacheOutcome, Duration)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        content_hash: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome, Duration)> {
         let started = Instant::now();
-        if let Some(path) = self.entry(content_hash) {
-            if path.exists() {
+        if let Some(path) = self.entry(content_hash).filter(|p| p.exists()) {
+            {
                 // SAFETY: the file was produced by `Component::serialize` of an
                 // engine with the same compatibility hash (it is in the file
                 // name), written atomically by this cache. wasmtime still checks
                 // the header and refuses a mismatched or corrupt file.
                 match unsafe { Component::deserialize_file(engine, &path) } {
                     Ok(c) => return Ok((c, CacheOutcome::Hit, started.elapsed())),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "compile cache entry unusable; recompiling"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "compile cache entry unusable; recompiling")
+                    }
                 }
             }
         }
@@ -84,7 +96,11 @@ impl CompileCache {
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
+        std::process::id()
+    ));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }

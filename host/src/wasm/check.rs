@@ -19,7 +19,10 @@ pub struct CheckError {
 }
 
 fn malformed(message: String) -> CheckError {
-    CheckError { kind: ErrorKind::Malformed, message }
+    CheckError {
+        kind: ErrorKind::Malformed,
+        message,
+    }
 }
 
 /// Longest document id accepted (Elasticsearch's limit is 512 bytes).
@@ -35,14 +38,19 @@ pub struct Declared {
 }
 
 fn valid_table_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.as_bytes()[0].is_ascii_lowercase() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty()
+        && s.len() <= 63
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn valid_index_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && (s.as_bytes()[0].is_ascii_lowercase() || s.as_bytes()[0].is_ascii_digit())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Validate `init`'s declaration against the manifest.
@@ -54,7 +62,10 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
     let mut declared = Declared::default();
     for index in &info.indices {
         if !valid_index_name(&index.name) {
-            return Err(format!("init declared index {:?}: index names use a-z, 0-9, '-' and '_' and start with a letter or digit", index.name));
+            return Err(format!(
+                "init declared index {:?}: index names use a-z, 0-9, '-' and '_' and start with a letter or digit",
+                index.name
+            ));
         }
         if !manifest.capabilities.indices.contains(&index.name) {
             return Err(format!(
@@ -65,7 +76,12 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
         }
         match serde_json::from_str::<serde_json::Value>(&index.mappings) {
             Ok(serde_json::Value::Object(_)) => {}
-            _ => return Err(format!("init declared index {:?} with mappings that are not a JSON object", index.name)),
+            _ => {
+                return Err(format!(
+                    "init declared index {:?} with mappings that are not a JSON object",
+                    index.name
+                ));
+            }
         }
         if !declared.indices.insert(index.name.clone()) {
             return Err(format!("init declared index {:?} twice", index.name));
@@ -74,7 +90,9 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
     for table in &info.tables {
         let name = &table.name;
         if !valid_table_name(name) {
-            return Err(format!("init declared table {name:?}: table names use a-z, 0-9 and '_', start with a letter, at most 63 bytes"));
+            return Err(format!(
+                "init declared table {name:?}: table names use a-z, 0-9 and '_', start with a letter, at most 63 bytes"
+            ));
         }
         if !manifest.capabilities.tables.contains(name) {
             return Err(format!(
@@ -85,7 +103,10 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
         let mut columns = HashSet::new();
         for c in &table.columns {
             if !valid_table_name(&c.name) {
-                return Err(format!("table {name:?}: column {:?} must use a-z, 0-9 and '_' and start with a letter", c.name));
+                return Err(format!(
+                    "table {name:?}: column {:?} must use a-z, 0-9 and '_' and start with a letter",
+                    c.name
+                ));
             }
             if !columns.insert(c.name.as_str()) {
                 return Err(format!("table {name:?}: column {:?} appears twice", c.name));
@@ -93,19 +114,37 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
         }
         match table.columns.iter().find(|c| c.name == "doc_id") {
             Some(c) if c.kind == ColumnType::Text && !c.nullable => {}
-            _ => return Err(format!("table {name:?} needs a non-nullable text column `doc_id` linking rows to their document")),
+            _ => {
+                return Err(format!(
+                    "table {name:?} needs a non-nullable text column `doc_id` linking rows to their document"
+                ));
+            }
         }
         if table.primary_key.is_empty() {
-            return Err(format!("table {name:?} declares no primary key; upserts need one (e.g. [\"doc_id\"])"));
+            return Err(format!(
+                "table {name:?} declares no primary key; upserts need one (e.g. [\"doc_id\"])"
+            ));
         }
         for k in &table.primary_key {
             match table.columns.iter().find(|c| &c.name == k) {
-                None => return Err(format!("table {name:?}: primary key column {k:?} is not among its columns")),
-                Some(c) if c.nullable => return Err(format!("table {name:?}: primary key column {k:?} must not be nullable")),
+                None => {
+                    return Err(format!(
+                        "table {name:?}: primary key column {k:?} is not among its columns"
+                    ));
+                }
+                Some(c) if c.nullable => {
+                    return Err(format!(
+                        "table {name:?}: primary key column {k:?} must not be nullable"
+                    ));
+                }
                 Some(_) => {}
             }
         }
-        if declared.tables.insert(name.clone(), table.clone()).is_some() {
+        if declared
+            .tables
+            .insert(name.clone(), table.clone())
+            .is_some()
+        {
             return Err(format!("init declared table {name:?} twice"));
         }
     }
@@ -114,7 +153,10 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
 
 fn check_id(what: &str, id: &str) -> Result<(), CheckError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(malformed(format!("{what} id must be 1..={MAX_ID_BYTES} bytes, got {} bytes", id.len())));
+        return Err(malformed(format!(
+            "{what} id must be 1..={MAX_ID_BYTES} bytes, got {} bytes",
+            id.len()
+        )));
     }
     Ok(())
 }
@@ -125,7 +167,10 @@ fn check_index(declared: &Declared, index: &str) -> Result<(), CheckError> {
     } else {
         Err(CheckError {
             kind: ErrorKind::Capability,
-            message: format!("action targets index {index:?}, which init did not declare (declared: {:?})", sorted(&declared.indices)),
+            message: format!(
+                "action targets index {index:?}, which init did not declare (declared: {:?})",
+                sorted(&declared.indices)
+            ),
         })
     }
 }
@@ -133,7 +178,10 @@ fn check_index(declared: &Declared, index: &str) -> Result<(), CheckError> {
 fn table<'a>(declared: &'a Declared, table: &str) -> Result<&'a TableSpec, CheckError> {
     declared.tables.get(table).ok_or_else(|| CheckError {
         kind: ErrorKind::Capability,
-        message: format!("action targets table {table:?}, which init did not declare (declared: {:?})", sorted(declared.tables.keys())),
+        message: format!(
+            "action targets table {table:?}, which init did not declare (declared: {:?})",
+            sorted(declared.tables.keys())
+        ),
     })
 }
 
@@ -151,15 +199,27 @@ fn sorted<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
 /// malformed (`malformed`), by position.
 pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), CheckError> {
     for (i, action) in actions.iter().enumerate() {
-        let at = |e: CheckError| CheckError { kind: e.kind, message: format!("action {i} ({}): {}", action.kind(), e.message) };
+        let at = |e: CheckError| CheckError {
+            kind: e.kind,
+            message: format!("action {i} ({}): {}", action.kind(), e.message),
+        };
         match action {
-            Action::IndexDocument { index, id, document } => {
+            Action::IndexDocument {
+                index,
+                id,
+                document,
+            } => {
                 check_index(declared, index).map_err(at)?;
                 check_id("document", id).map_err(at)?;
                 let is_object = document.trim_start().starts_with('{');
                 if !is_object || serde_json::from_str::<serde::de::IgnoredAny>(document).is_err() {
-                    let detail = serde_json::from_str::<serde::de::IgnoredAny>(document).err().map(|e| e.to_string()).unwrap_or_else(|| "not an object".into());
-                    return Err(at(malformed(format!("document {id:?} is not a JSON object: {detail}"))));
+                    let detail = serde_json::from_str::<serde::de::IgnoredAny>(document)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "not an object".into());
+                    return Err(at(malformed(format!(
+                        "document {id:?} is not a JSON object: {detail}"
+                    ))));
                 }
             }
             Action::DeleteDocument { index, id } => {
@@ -172,7 +232,10 @@ pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), Chec
                     check_row(spec, row).map_err(|m| at(malformed(format!("row {r}: {m}"))))?;
                 }
             }
-            Action::DeleteRows { table: name, doc_id } => {
+            Action::DeleteRows {
+                table: name,
+                doc_id,
+            } => {
                 table(declared, name).map_err(at)?;
                 check_id("doc", doc_id).map_err(at)?;
             }
@@ -183,7 +246,12 @@ pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), Chec
 
 fn check_row(spec: &TableSpec, row: &[Cell]) -> Result<(), String> {
     if row.len() != spec.columns.len() {
-        return Err(format!("has {} values but table {:?} has {} columns", row.len(), spec.name, spec.columns.len()));
+        return Err(format!(
+            "has {} values but table {:?} has {} columns",
+            row.len(),
+            spec.name,
+            spec.columns.len()
+        ));
     }
     for (cell, col) in row.iter().zip(&spec.columns) {
         let ok = match (cell, col.kind) {
@@ -192,14 +260,22 @@ fn check_row(spec: &TableSpec, row: &[Cell]) -> Result<(), String> {
             (Cell::Integer(_), ColumnType::Integer) => true,
             (Cell::Float(f), ColumnType::Float) => f.is_finite(),
             (Cell::Integer(_), ColumnType::Float) => true,
-            (Cell::Text(t), ColumnType::Json) => serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok(),
+            (Cell::Text(t), ColumnType::Json) => {
+                serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
+            }
             (Cell::Text(t), ColumnType::Date) => is_date(t),
             (Cell::Text(t), ColumnType::Timestamp) => crate::time::parse_rfc3339_ms(t).is_some(),
             (Cell::Text(_), ColumnType::Text) => true,
             _ => false,
         };
         if !ok {
-            return Err(format!("column {:?} ({}{}) cannot hold {}", col.name, col.kind.as_str(), if col.nullable { ", nullable" } else { "" }, describe(cell)));
+            return Err(format!(
+                "column {:?} ({}{}) cannot hold {}",
+                col.name,
+                col.kind.as_str(),
+                if col.nullable { ", nullable" } else { "" },
+                describe(cell)
+            ));
         }
     }
     Ok(())
@@ -221,7 +297,12 @@ fn describe(cell: &Cell) -> String {
 
 /// At most 40 characters of `s`, for error messages.
 pub fn short(s: &str) -> String {
-    let mut out: String = s.chars().take(40).collect();
+    clip(s, 40)
+}
+
+/// At most `n` characters of `s`, with `…` when cut.
+pub fn clip(s: &str, n: usize) -> String {
+    let mut out: String = s.chars().take(n).collect();
     if out.len() < s.len() {
         out.push('…');
     }
@@ -246,16 +327,34 @@ mod tests {
         TableSpec {
             name: "rows".into(),
             columns: vec![
-                Column { name: "doc_id".into(), kind: ColumnType::Text, nullable: false },
-                Column { name: "n".into(), kind: ColumnType::Integer, nullable: true },
-                Column { name: "day".into(), kind: ColumnType::Date, nullable: true },
+                Column {
+                    name: "doc_id".into(),
+                    kind: ColumnType::Text,
+                    nullable: false,
+                },
+                Column {
+                    name: "n".into(),
+                    kind: ColumnType::Integer,
+                    nullable: true,
+                },
+                Column {
+                    name: "day".into(),
+                    kind: ColumnType::Date,
+                    nullable: true,
+                },
             ],
             primary_key: vec!["doc_id".into()],
         }
     }
 
     fn info() -> PluginInfo {
-        PluginInfo { tables: vec![rows_spec()], indices: vec![IndexSpec { name: "docs".into(), mappings: "{}".into() }] }
+        PluginInfo {
+            tables: vec![rows_spec()],
+            indices: vec![IndexSpec {
+                name: "docs".into(),
+                mappings: "{}".into(),
+            }],
+        }
     }
 
     #[test]
@@ -263,44 +362,133 @@ mod tests {
         assert!(check_info(&info(), &manifest()).is_ok());
         let mut i = info();
         i.indices[0].name = "other".into();
-        assert!(check_info(&i, &manifest()).unwrap_err().contains("add it to capabilities.indices in p/plugin.toml"));
+        assert!(
+            check_info(&i, &manifest())
+                .unwrap_err()
+                .contains("add it to capabilities.indices in p/plugin.toml")
+        );
         let mut i = info();
         i.tables[0].columns.remove(0);
         i.tables[0].primary_key = vec!["n".into()];
-        assert!(check_info(&i, &manifest()).unwrap_err().contains("`doc_id`"));
+        assert!(
+            check_info(&i, &manifest())
+                .unwrap_err()
+                .contains("`doc_id`")
+        );
         let mut i = info();
         i.tables[0].primary_key = vec!["n".into()];
-        assert!(check_info(&i, &manifest()).unwrap_err().contains("must not be nullable"));
+        assert!(
+            check_info(&i, &manifest())
+                .unwrap_err()
+                .contains("must not be nullable")
+        );
         let mut i = info();
         i.indices[0].mappings = "[1]".into();
-        assert!(check_info(&i, &manifest()).unwrap_err().contains("not a JSON object"));
+        assert!(
+            check_info(&i, &manifest())
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
     }
 
     #[test]
     fn actions_are_checked_against_the_declaration() {
         let d = check_info(&info(), &manifest()).unwrap();
         let ok = vec![
-            Action::IndexDocument { index: "docs".into(), id: "a".into(), document: r#"{"x":1}"#.into() },
-            Action::DeleteDocument { index: "docs".into(), id: "a".into() },
-            Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Text("a".into()), Cell::Null, Cell::Text("2026-11-22".into())]] },
-            Action::DeleteRows { table: "rows".into(), doc_id: "a".into() },
+            Action::IndexDocument {
+                index: "docs".into(),
+                id: "a".into(),
+                document: r#"{"x":1}"#.into(),
+            },
+            Action::DeleteDocument {
+                index: "docs".into(),
+                id: "a".into(),
+            },
+            Action::UpsertRows {
+                table: "rows".into(),
+                rows: vec![vec![
+                    Cell::Text("a".into()),
+                    Cell::Null,
+                    Cell::Text("2026-11-22".into()),
+                ]],
+            },
+            Action::DeleteRows {
+                table: "rows".into(),
+                doc_id: "a".into(),
+            },
         ];
         assert_eq!(check_actions(&d, &ok), Ok(()));
 
         let cases = [
-            (Action::IndexDocument { index: "nope".into(), id: "a".into(), document: "{}".into() }, ErrorKind::Capability, "index \"nope\""),
-            (Action::UpsertRows { table: "secret".into(), rows: vec![] }, ErrorKind::Capability, "table \"secret\""),
-            (Action::IndexDocument { index: "docs".into(), id: "a".into(), document: "{\"a\":".into() }, ErrorKind::Malformed, "not a JSON object"),
-            (Action::IndexDocument { index: "docs".into(), id: "a".into(), document: "[1]".into() }, ErrorKind::Malformed, "not a JSON object"),
-            (Action::IndexDocument { index: "docs".into(), id: "".into(), document: "{}".into() }, ErrorKind::Malformed, "id must be"),
-            (Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Integer(1)]] }, ErrorKind::Malformed, "has 1 values but table \"rows\" has 3"),
             (
-                Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Null, Cell::Null, Cell::Null]] },
+                Action::IndexDocument {
+                    index: "nope".into(),
+                    id: "a".into(),
+                    document: "{}".into(),
+                },
+                ErrorKind::Capability,
+                "index \"nope\"",
+            ),
+            (
+                Action::UpsertRows {
+                    table: "secret".into(),
+                    rows: vec![],
+                },
+                ErrorKind::Capability,
+                "table \"secret\"",
+            ),
+            (
+                Action::IndexDocument {
+                    index: "docs".into(),
+                    id: "a".into(),
+                    document: "{\"a\":".into(),
+                },
+                ErrorKind::Malformed,
+                "not a JSON object",
+            ),
+            (
+                Action::IndexDocument {
+                    index: "docs".into(),
+                    id: "a".into(),
+                    document: "[1]".into(),
+                },
+                ErrorKind::Malformed,
+                "not a JSON object",
+            ),
+            (
+                Action::IndexDocument {
+                    index: "docs".into(),
+                    id: "".into(),
+                    document: "{}".into(),
+                },
+                ErrorKind::Malformed,
+                "id must be",
+            ),
+            (
+                Action::UpsertRows {
+                    table: "rows".into(),
+                    rows: vec![vec![Cell::Integer(1)]],
+                },
+                ErrorKind::Malformed,
+                "has 1 values but table \"rows\" has 3",
+            ),
+            (
+                Action::UpsertRows {
+                    table: "rows".into(),
+                    rows: vec![vec![Cell::Null, Cell::Null, Cell::Null]],
+                },
                 ErrorKind::Malformed,
                 "column \"doc_id\" (text) cannot hold null",
             ),
             (
-                Action::UpsertRows { table: "rows".into(), rows: vec![vec![Cell::Text("a".into()), Cell::Null, Cell::Text("22/11/2026".into())]] },
+                Action::UpsertRows {
+                    table: "rows".into(),
+                    rows: vec![vec![
+                        Cell::Text("a".into()),
+                        Cell::Null,
+                        Cell::Text("22/11/2026".into()),
+                    ]],
+                },
                 ErrorKind::Malformed,
                 "column \"day\" (date, nullable)",
             ),
@@ -309,7 +497,11 @@ mod tests {
             let err = check_actions(&d, &[ok[0].clone(), action]).unwrap_err();
             assert_eq!(err.kind, kind, "{}", err.message);
             assert!(err.message.starts_with("action 1 ("), "{}", err.message);
-            assert!(err.message.contains(needle), "{needle:?} not in {}", err.message);
+            assert!(
+                err.message.contains(needle),
+                "{needle:?} not in {}",
+                err.message
+            );
         }
     }
 }

@@ -84,7 +84,11 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { compile_cache_dir: None, guest_log_lines_per_second: 100, lookups: Arc::new(MemoryLookups::default()) }
+        RuntimeOptions {
+            compile_cache_dir: None,
+            guest_log_lines_per_second: 100,
+            lookups: Arc::new(MemoryLookups::default()),
+        }
     }
 }
 
@@ -92,7 +96,9 @@ impl Default for RuntimeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The component file could not be read.
-    #[error("plugin {plugin}: cannot read component {path}: {source}; build it with `make plugins` or fix `component` in the manifest")]
+    #[error(
+        "plugin {plugin}: cannot read component {path}: {source}; build it with `make plugins` or fix `component` in the manifest"
+    )]
     Read {
         /// Plugin name.
         plugin: String,
@@ -160,9 +166,18 @@ fn version_of(manifest: &Manifest, component: &[u8]) -> PluginVersion {
     let mut h = Sha256::new();
     h.update(component);
     h.update(manifest.config_json.as_bytes());
-    h.update(format!("{:?}{:?}{:?}", manifest.limits, manifest.subscription, manifest.capabilities).as_bytes());
+    h.update(
+        format!(
+            "{:?}{:?}{:?}",
+            manifest.limits, manifest.subscription, manifest.capabilities
+        )
+        .as_bytes(),
+    );
     let hex = hex(&h.finalize());
-    PluginVersion { version: manifest.version.clone(), hash: hex[..12].to_owned() }
+    PluginVersion {
+        version: manifest.version.clone(),
+        hash: hex[..12].to_owned(),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -221,15 +236,23 @@ impl Runtime {
         {
             let engine = engine.clone();
             let stop = ticker_stop.clone();
-            std::thread::Builder::new().name("pillowtop-epoch".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("pillowtop-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?;
         }
         let cache = CompileCache::new(&engine, options.compile_cache_dir.clone());
-        Ok(Runtime { engine, linker: Arc::new(linker), cache, options, ticker_stop })
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            options,
+            ticker_stop,
+        })
     }
 
     /// The engine.
@@ -246,17 +269,36 @@ impl Runtime {
     /// See [`LoadError`].
     pub fn load(&self, manifest: &Manifest) -> Result<(Processor, LoadTimings), LoadError> {
         let name = manifest.name.clone();
-        let bytes = std::fs::read(&manifest.component).map_err(|source| LoadError::Read { plugin: name.clone(), path: manifest.component.clone(), source })?;
-        let content_hash = hex(&Sha256::digest(&bytes));
-        let (component, cache, compile) = self.cache.load(&self.engine, &bytes, &content_hash).map_err(|e| LoadError::Compile {
+        let bytes = std::fs::read(&manifest.component).map_err(|source| LoadError::Read {
             plugin: name.clone(),
             path: manifest.component.clone(),
+            source,
+        })?;
+        let content_hash = hex(&Sha256::digest(&bytes));
+        let (component, cache, compile) = self
+            .cache
+            .load(&self.engine, &bytes, &content_hash)
+            .map_err(|e| LoadError::Compile {
+                plugin: name.clone(),
+                path: manifest.component.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                plugin: name.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = bindings::ProcessorPre::new(pre).map_err(|e| LoadError::Link {
+            plugin: name.clone(),
             message: format!("{e:#}"),
         })?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link { plugin: name.clone(), message: format!("{e:#}") })?;
-        let pre = bindings::ProcessorPre::new(pre).map_err(|e| LoadError::Link { plugin: name.clone(), message: format!("{e:#}") })?;
         let version = version_of(manifest, &bytes);
-        let log = Arc::new(GuestLog::new(format!("{}@{}", manifest.name, version), self.options.guest_log_lines_per_second));
+        let log = Arc::new(GuestLog::new(
+            format!("{}@{}", manifest.name, version),
+            self.options.guest_log_lines_per_second,
+        ));
         let mut plugin = Plugin {
             manifest: manifest.clone(),
             version,
@@ -268,16 +310,37 @@ impl Runtime {
             declared: Declared::default(),
         };
         let started = Instant::now();
-        let mut instance = plugin.instantiate().map_err(|e| LoadError::Init { plugin: name.clone(), message: e.message })?;
+        let mut instance = plugin.instantiate().map_err(|e| LoadError::Init {
+            plugin: name.clone(),
+            message: e.message,
+        })?;
         let instantiate = started.elapsed();
         let started = Instant::now();
-        let info = instance.init(&plugin).map_err(|e| LoadError::Init { plugin: name.clone(), message: e.message })?;
+        let info = instance.init(&plugin).map_err(|e| LoadError::Init {
+            plugin: name.clone(),
+            message: e.message,
+        })?;
         let init = started.elapsed();
-        let declared = check::check_info(&info, manifest).map_err(|message| LoadError::Init { plugin: name.clone(), message })?;
+        let declared = check::check_info(&info, manifest).map_err(|message| LoadError::Init {
+            plugin: name.clone(),
+            message,
+        })?;
         plugin.info = info;
         plugin.declared = declared;
-        let processor = Processor { plugin: Arc::new(plugin), instance: Some(instance), last_fuel_used: 0 };
-        Ok((processor, LoadTimings { compile, cache, instantiate, init }))
+        let processor = Processor {
+            plugin: Arc::new(plugin),
+            instance: Some(instance),
+            last_fuel_used: 0,
+        };
+        Ok((
+            processor,
+            LoadTimings {
+                compile,
+                cache,
+                instantiate,
+                init,
+            },
+        ))
     }
 }
 
@@ -315,7 +378,11 @@ impl Plugin {
         let state = HostState {
             wasi: sandbox::wasi_ctx(&output),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap_bytes: limits.memory_mb as usize * 1024 * 1024, hit: false, peak_bytes: 0 },
+            limiter: MemoryLimiter {
+                cap_bytes: limits.memory_mb as usize * 1024 * 1024,
+                hit: false,
+                peak_bytes: 0,
+            },
             output,
             log: self.log.clone(),
             lookups: self.lookups.clone(),
@@ -326,7 +393,10 @@ impl Plugin {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         arm(&mut store, limits.fuel, limits.timeout_ms);
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&e, &mut store, "instantiation"))?;
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&e, &mut store, "instantiation"))?;
         Ok(Instance { store, bindings })
     }
 }
@@ -352,9 +422,15 @@ impl Instance {
     fn init(&mut self, plugin: &Plugin) -> Result<PluginInfo, Failure> {
         let limits = plugin.manifest.limits;
         arm(&mut self.store, limits.fuel, limits.timeout_ms);
-        match self.bindings.call_init(&mut self.store, &plugin.manifest.config_json) {
+        match self
+            .bindings
+            .call_init(&mut self.store, &plugin.manifest.config_json)
+        {
             Ok(Ok(info)) => Ok(convert_info(info)),
-            Ok(Err(message)) => Err(Failure { kind: ErrorKind::Instantiate, message: format!("init returned an error: {message}") }),
+            Ok(Err(message)) => Err(Failure {
+                kind: ErrorKind::Instantiate,
+                message: format!("init returned an error: {message}"),
+            }),
             Err(e) => Err(classify(&e, &mut self.store, "init")),
         }
     }
@@ -381,14 +457,25 @@ fn classify(error: &wasmtime::Error, store: &mut Store<HostState>, during: &str)
     let limits_hit = data.limiter.hit;
     let violation = data.violation.take();
     let stderr = data.output.stderr_tail();
-    let with_stderr = |m: String| if stderr.is_empty() { m } else { format!("{m}; plugin stderr: {stderr}") };
+    let with_stderr = |m: String| {
+        if stderr.is_empty() {
+            m
+        } else {
+            format!("{m}; plugin stderr: {stderr}")
+        }
+    };
     if let Some(v) = violation {
-        return Failure { kind: ErrorKind::Capability, message: v };
+        return Failure {
+            kind: ErrorKind::Capability,
+            message: v,
+        };
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Failure {
             kind: ErrorKind::Fuel,
-            message: format!("{during} ran out of fuel (limits.fuel); raise the budget if the work is legitimate"),
+            message: format!(
+                "{during} ran out of fuel (limits.fuel); raise the budget if the work is legitimate"
+            ),
         },
         Some(Trap::Interrupt) => Failure {
             kind: ErrorKind::Timeout,
@@ -396,10 +483,18 @@ fn classify(error: &wasmtime::Error, store: &mut Store<HostState>, during: &str)
         },
         _ if limits_hit => Failure {
             kind: ErrorKind::Memory,
-            message: with_stderr(format!("{during} tried to grow memory past limits.memory_mb and trapped")),
+            message: with_stderr(format!(
+                "{during} tried to grow memory past limits.memory_mb and trapped"
+            )),
         },
-        Some(trap) => Failure { kind: ErrorKind::Trap, message: with_stderr(format!("{during} trapped: {trap}")) },
-        None => Failure { kind: ErrorKind::Trap, message: with_stderr(format!("{during} failed: {error:#}")) },
+        Some(trap) => Failure {
+            kind: ErrorKind::Trap,
+            message: with_stderr(format!("{during} trapped: {trap}")),
+        },
+        None => Failure {
+            kind: ErrorKind::Trap,
+            message: with_stderr(format!("{during} failed: {error:#}")),
+        },
     }
 }
 
@@ -423,12 +518,18 @@ impl Processor {
 
     /// Peak linear memory of the current instance, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.instance.as_ref().map_or(0, |i| i.store.data().limiter.peak_bytes)
+        self.instance
+            .as_ref()
+            .map_or(0, |i| i.store.data().limiter.peak_bytes)
     }
 
     /// Whether this change is for this processor (manifest subscription).
     pub fn wants(&self, change: &Change) -> bool {
-        self.plugin.manifest.subscription.matches(&change.topic, change.document_type.as_deref(), change.domain.as_deref())
+        self.plugin.manifest.subscription.matches(
+            &change.topic,
+            change.document_type.as_deref(),
+            change.domain.as_deref(),
+        )
     }
 
     /// Make a fresh instance now (as after a trap). For benchmarks and tests
@@ -457,7 +558,9 @@ impl Processor {
             instance.init(&self.plugin)?;
             self.instance = Some(instance);
         }
-        let Some(instance) = self.instance.as_mut() else { unreachable!("instance was just created") };
+        let Some(instance) = self.instance.as_mut() else {
+            unreachable!("instance was just created")
+        };
         let limits = self.plugin.manifest.limits;
         arm(&mut instance.store, limits.fuel, limits.timeout_ms);
         let param = wit::Change {
@@ -473,20 +576,36 @@ impl Processor {
             attempts: change.attempts,
             document: change.document.as_deref(),
         };
-        let result = instance.bindings.call_process_change(&mut instance.store, param);
-        self.last_fuel_used = limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0));
+        let result = instance
+            .bindings
+            .call_process_change(&mut instance.store, param);
+        self.last_fuel_used = limits
+            .fuel
+            .saturating_sub(instance.store.get_fuel().unwrap_or(0));
         match result {
             Ok(Ok(actions)) => {
                 if let Some(v) = instance.store.data_mut().violation.take() {
                     // The plugin asked for an ungranted lookup and carried on.
-                    return Err(Failure { kind: ErrorKind::Capability, message: v });
+                    return Err(Failure {
+                        kind: ErrorKind::Capability,
+                        message: v,
+                    });
                 }
                 let actions: Vec<Action> = actions.into_iter().map(convert_action).collect();
-                check::check_actions(&self.plugin.declared, &actions).map_err(|e| Failure { kind: e.kind, message: e.message })?;
+                check::check_actions(&self.plugin.declared, &actions).map_err(|e| Failure {
+                    kind: e.kind,
+                    message: e.message,
+                })?;
                 Ok(actions)
             }
-            Ok(Err(wit::ProcessError::Retryable(m))) => Err(Failure { kind: ErrorKind::Retryable, message: m }),
-            Ok(Err(wit::ProcessError::Permanent(m))) => Err(Failure { kind: ErrorKind::Permanent, message: m }),
+            Ok(Err(wit::ProcessError::Retryable(m))) => Err(Failure {
+                kind: ErrorKind::Retryable,
+                message: m,
+            }),
+            Ok(Err(wit::ProcessError::Permanent(m))) => Err(Failure {
+                kind: ErrorKind::Permanent,
+                message: m,
+            }),
             Err(e) => {
                 let failure = classify(&e, &mut instance.store, "process-change");
                 // A trapped instance's state is unknown: never reuse it.
@@ -524,14 +643,28 @@ fn convert_info(info: wit::PluginInfo) -> PluginInfo {
                 primary_key: t.primary_key,
             })
             .collect(),
-        indices: info.indices.into_iter().map(|i| action::IndexSpec { name: i.name, mappings: i.mappings }).collect(),
+        indices: info
+            .indices
+            .into_iter()
+            .map(|i| action::IndexSpec {
+                name: i.name,
+                mappings: i.mappings,
+            })
+            .collect(),
     }
 }
 
 fn convert_action(a: wit::Action) -> Action {
     match a {
-        wit::Action::IndexDocument(d) => Action::IndexDocument { index: d.index, id: d.id, document: d.document },
-        wit::Action::DeleteDocument(d) => Action::DeleteDocument { index: d.index, id: d.id },
+        wit::Action::IndexDocument(d) => Action::IndexDocument {
+            index: d.index,
+            id: d.id,
+            document: d.document,
+        },
+        wit::Action::DeleteDocument(d) => Action::DeleteDocument {
+            index: d.index,
+            id: d.id,
+        },
         wit::Action::UpsertRows(u) => Action::UpsertRows {
             table: u.table,
             rows: u
@@ -550,7 +683,10 @@ fn convert_action(a: wit::Action) -> Action {
                 })
                 .collect(),
         },
-        wit::Action::DeleteRows(d) => Action::DeleteRows { table: d.table, doc_id: d.doc_id },
+        wit::Action::DeleteRows(d) => Action::DeleteRows {
+            table: d.table,
+            doc_id: d.doc_id,
+        },
     }
 }
 
@@ -569,7 +705,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

@@ -36,21 +36,27 @@ impl RateLimiter {
     /// A full bucket of `lines_per_second`.
     pub fn new(lines_per_second: u32, now: Instant) -> Self {
         let rate = f64::from(lines_per_second.max(1));
-        RateLimiter { rate, tokens: rate, last: now, dropped: 0 }
+        RateLimiter {
+            rate,
+            tokens: rate,
+            last: now,
+            dropped: 0,
+        }
     }
 
-    /// Whether a line may be logged at `now`. When lines were dropped
-    /// before this allowed one, returns how many, once.
-    pub fn allow(&mut self, now: Instant) -> Result<u64, ()> {
+    /// Whether a line may be logged at `now`: `Some(n)` if so, where `n`
+    /// counts the lines dropped since the last allowed one (reported once);
+    /// `None` if this line is dropped.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            Ok(std::mem::take(&mut self.dropped))
+            Some(std::mem::take(&mut self.dropped))
         } else {
             self.dropped += 1;
-            Err(())
+            None
         }
     }
 }
@@ -81,13 +87,20 @@ pub enum GuestLevel {
 impl GuestLog {
     /// A log for `plugin` (name and version) at `lines_per_second`.
     pub fn new(plugin: String, lines_per_second: u32) -> Self {
-        GuestLog { plugin, limiter: Mutex::new(RateLimiter::new(lines_per_second, Instant::now())) }
+        GuestLog {
+            plugin,
+            limiter: Mutex::new(RateLimiter::new(lines_per_second, Instant::now())),
+        }
     }
 
     /// Log one line, unless over the rate.
     pub fn line(&self, level: GuestLevel, source: &'static str, message: &str) {
-        let allowed = self.limiter.lock().map(|mut l| l.allow(Instant::now())).unwrap_or(Err(()));
-        let Ok(dropped) = allowed else { return };
+        let allowed = self
+            .limiter
+            .lock()
+            .ok()
+            .and_then(|mut l| l.allow(Instant::now()));
+        let Some(dropped) = allowed else { return };
         let plugin = &self.plugin;
         if dropped > 0 {
             tracing::warn!(plugin, dropped, "plugin log rate limit: dropped lines");
@@ -132,7 +145,10 @@ pub struct GuestOutput {
 impl GuestOutput {
     /// Output for one store, logging to `log`.
     pub fn new(log: Arc<GuestLog>) -> Self {
-        GuestOutput { log, state: Arc::default() }
+        GuestOutput {
+            log,
+            state: Arc::default(),
+        }
     }
 
     /// Forget the stderr of earlier calls.
@@ -145,11 +161,16 @@ impl GuestOutput {
     /// What the plugin wrote to stderr during the current call (e.g. its
     /// panic message), trimmed.
     pub fn stderr_tail(&self) -> String {
-        self.state.lock().map(|s| String::from_utf8_lossy(&s.stderr_tail).trim().to_owned()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s.stderr_tail).trim().to_owned())
+            .unwrap_or_default()
     }
 
     fn write(&self, stderr: bool, bytes: &[u8]) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         if stderr {
             let tail = &mut state.stderr_tail;
             tail.extend_from_slice(bytes);
@@ -158,12 +179,20 @@ impl GuestOutput {
                 tail.drain(..cut);
             }
         }
-        let line = if stderr { &mut state.stderr_line } else { &mut state.stdout_line };
+        let line = if stderr {
+            &mut state.stderr_line
+        } else {
+            &mut state.stdout_line
+        };
         for &b in bytes {
             if b == b'\n' {
                 let text = String::from_utf8_lossy(line).into_owned();
                 line.clear();
-                let (level, source) = if stderr { (GuestLevel::Warn, "stderr") } else { (GuestLevel::Info, "stdout") };
+                let (level, source) = if stderr {
+                    (GuestLevel::Warn, "stderr")
+                } else {
+                    (GuestLevel::Info, "stdout")
+                };
                 self.log.line(level, source, &text);
             } else if line.len() < MAX_LINE_BYTES {
                 line.push(b);
@@ -172,7 +201,10 @@ impl GuestOutput {
     }
 
     fn stream(&self, stderr: bool) -> GuestStream {
-        GuestStream { output: self.clone(), stderr }
+        GuestStream {
+            output: self.clone(),
+            stderr,
+        }
     }
 }
 
@@ -205,14 +237,24 @@ impl Pollable for GuestStream {
 }
 
 impl tokio::io::AsyncWrite for GuestStream {
-    fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         self.output.write(self.stderr, buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -261,7 +303,7 @@ pub fn wasi_ctx(output: &GuestOutput) -> WasiCtx {
         .wall_clock(FrozenClock)
         .monotonic_clock(FrozenClock)
         .secure_random(rand::rngs::StdRng::seed_from_u64(0x5049_4c4c_4f57))
-        .insecure_random(rand::rngs::StdRng::seed_from_u64(0x544f_50))
+        .insecure_random(rand::rngs::StdRng::seed_from_u64(0x0054_4f50))
         .insecure_random_seed(0)
         .allow_tcp(false)
         .allow_udp(false)
@@ -285,7 +327,12 @@ pub struct MemoryLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.cap_bytes {
             self.hit = true;
             return Ok(false);
@@ -294,7 +341,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -307,14 +359,14 @@ mod tests {
     fn rate_limiter_allows_bursts_then_counts_drops() {
         let t0 = Instant::now();
         let mut r = RateLimiter::new(3, t0);
-        assert_eq!(r.allow(t0), Ok(0));
-        assert_eq!(r.allow(t0), Ok(0));
-        assert_eq!(r.allow(t0), Ok(0));
-        assert_eq!(r.allow(t0), Err(()));
-        assert_eq!(r.allow(t0), Err(()));
+        assert_eq!(r.allow(t0), Some(0));
+        assert_eq!(r.allow(t0), Some(0));
+        assert_eq!(r.allow(t0), Some(0));
+        assert_eq!(r.allow(t0), None);
+        assert_eq!(r.allow(t0), None);
         // A third of a second refills one token; the drops are reported once.
-        assert_eq!(r.allow(t0 + Duration::from_millis(340)), Ok(2));
-        assert_eq!(r.allow(t0 + Duration::from_millis(340)), Err(()));
+        assert_eq!(r.allow(t0 + Duration::from_millis(340)), Some(2));
+        assert_eq!(r.allow(t0 + Duration::from_millis(340)), None);
     }
 
     #[test]

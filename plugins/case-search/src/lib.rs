@@ -23,15 +23,26 @@ mod component {
             let config = Config::parse(&config)?;
             let info = PluginInfo {
                 tables: vec![],
-                indices: vec![IndexSpec { name: config.index.clone(), mappings: MAPPINGS.to_string() }],
+                indices: vec![IndexSpec {
+                    name: config.index.clone(),
+                    mappings: MAPPINGS.to_string(),
+                }],
             };
-            CONFIG.set(config).map_err(|_| "init called twice on one instance".to_string())?;
+            CONFIG
+                .set(config)
+                .map_err(|_| "init called twice on one instance".to_string())?;
             Ok(info)
         }
 
         fn process_change(change: Change) -> Result<Vec<Action>, ProcessError> {
-            let config = CONFIG.get().ok_or_else(|| ProcessError::Permanent("init was not called".into()))?;
-            if change.document_type.as_deref().is_some_and(|t| t != "CommCareCase") {
+            let config = CONFIG
+                .get()
+                .ok_or_else(|| ProcessError::Permanent("init was not called".into()))?;
+            if change
+                .document_type
+                .as_deref()
+                .is_some_and(|t| t != "CommCareCase")
+            {
                 return Ok(vec![]);
             }
             let domain = change.domain.as_deref().unwrap_or("");
@@ -39,7 +50,10 @@ mod component {
                 return Ok(vec![]);
             }
             if change.is_deletion {
-                return Ok(vec![Action::DeleteDocument(DeleteDocument { index: config.index.clone(), id: change.id })]);
+                return Ok(vec![Action::DeleteDocument(DeleteDocument {
+                    index: config.index.clone(),
+                    id: change.id,
+                })]);
             }
             let Some(doc) = change.document else {
                 return Err(ProcessError::Permanent(format!(
@@ -50,7 +64,11 @@ mod component {
             let mut out = String::new();
             transform::case_search_document(&change.id, &doc, &mut out)
                 .map_err(|e| ProcessError::Permanent(e.to_string()))?;
-            Ok(vec![Action::IndexDocument(IndexDocument { index: config.index.clone(), id: change.id, document: out })])
+            Ok(vec![Action::IndexDocument(IndexDocument {
+                index: config.index.clone(),
+                id: change.id,
+                document: out,
+            })])
         }
     }
 

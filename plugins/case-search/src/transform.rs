@@ -28,7 +28,10 @@ impl fmt::Display for TransformError {
             TransformError::InvalidJson(e) => write!(f, "case document is not valid JSON: {e}"),
             TransformError::NotAnObject => write!(f, "case document is not a JSON object"),
             TransformError::CaseJsonNotAnObject => {
-                write!(f, "case document field `case_json` must be an object of case properties")
+                write!(
+                    f,
+                    "case document field `case_json` must be an object of case properties"
+                )
             }
         }
     }
@@ -54,7 +57,11 @@ struct Special<'a> {
 /// # Errors
 ///
 /// Fails when `doc` is not a JSON object or `case_json` is not an object.
-pub fn case_search_document(change_id: &str, doc: &str, out: &mut String) -> Result<(), TransformError> {
+pub fn case_search_document(
+    change_id: &str,
+    doc: &str,
+    out: &mut String,
+) -> Result<(), TransformError> {
     let walk = json::walk_object(doc).map_err(|e| match e.reason {
         "expected a JSON object" => TransformError::NotAnObject,
         _ => TransformError::InvalidJson(e),
@@ -115,7 +122,11 @@ pub fn case_search_document(change_id: &str, doc: &str, out: &mut String) -> Res
     property(out, "@owner_id", raw_or_null(special.owner_id));
     out.push(',');
     let closed = special.closed.and_then(|v| v.as_bool()).unwrap_or(false);
-    property(out, "@status", if closed { "\"closed\"" } else { "\"open\"" });
+    property(
+        out,
+        "@status",
+        if closed { "\"closed\"" } else { "\"open\"" },
+    );
     out.push(',');
     property(out, "name", raw_or_null(special.name));
     out.push(',');
@@ -168,8 +179,10 @@ fn string_value(out: &mut String, value: Value<'_>) {
             out.push('"');
         }
         Kind::Array | Kind::Object => {
+            let mut compact = String::with_capacity(value.raw().len());
+            json::write_compact(&mut compact, value.raw());
             out.push('"');
-            json::write_escaped(out, value.raw());
+            json::write_escaped(out, &compact);
             out.push('"');
         }
     }
@@ -238,7 +251,9 @@ impl Config {
                     });
                 }
                 other => {
-                    return Err(format!("unknown config key `{other}`; valid keys: index, domains"));
+                    return Err(format!(
+                        "unknown config key `{other}`; valid keys: index, domains"
+                    ));
                 }
             }
         }
@@ -265,15 +280,29 @@ mod tests {
 
     #[test]
     fn output_is_valid_json_with_special_then_dynamic_properties() {
-        let out = run(r#"{"_id":"c1","type":"patient","closed":false,"case_json":{"age":3,"x":"y"}}"#);
+        let out =
+            run(r#"{"_id":"c1","type":"patient","closed":false,"case_json":{"age":3,"x":"y"}}"#);
         let v = Value::parse(&out).unwrap();
         let props: Vec<_> = v.get("case_properties").unwrap().elements().collect();
-        let keys: Vec<_> = props.iter().map(|p| p.get("key").unwrap().as_str().unwrap().into_owned()).collect();
+        let keys: Vec<_> = props
+            .iter()
+            .map(|p| p.get("key").unwrap().as_str().unwrap().into_owned())
+            .collect();
         assert_eq!(
             keys,
             [
-                "@case_id", "@case_type", "@owner_id", "@status", "name", "case_name", "external_id",
-                "date_opened", "closed_on", "last_modified", "age", "x"
+                "@case_id",
+                "@case_type",
+                "@owner_id",
+                "@status",
+                "name",
+                "case_name",
+                "external_id",
+                "date_opened",
+                "closed_on",
+                "last_modified",
+                "age",
+                "x"
             ]
         );
         assert_eq!(props[10].get("value").unwrap().raw(), "\"3\"");
@@ -289,8 +318,14 @@ mod tests {
     #[test]
     fn rejects_bad_documents() {
         let mut out = String::new();
-        assert_eq!(case_search_document("c", "[1]", &mut out), Err(TransformError::NotAnObject));
-        assert!(matches!(case_search_document("c", "{\"a\":}", &mut out), Err(TransformError::InvalidJson(_))));
+        assert_eq!(
+            case_search_document("c", "[1]", &mut out),
+            Err(TransformError::NotAnObject)
+        );
+        assert!(matches!(
+            case_search_document("c", "{\"a\":}", &mut out),
+            Err(TransformError::InvalidJson(_))
+        ));
         assert_eq!(
             case_search_document("c", r#"{"case_json":[1]}"#, &mut out),
             Err(TransformError::CaseJsonNotAnObject)
@@ -301,12 +336,27 @@ mod tests {
     fn config_parsing() {
         assert_eq!(
             Config::parse(r#"{"domains":"*"}"#).unwrap(),
-            Config { index: "case-search".into(), domains: Domains::All }
+            Config {
+                index: "case-search".into(),
+                domains: Domains::All
+            }
         );
         let c = Config::parse(r#"{"index":"cs","domains":["a","b"]}"#).unwrap();
         assert!(c.domains.enabled("b") && !c.domains.enabled("c"));
-        assert!(Config::parse(r#"{"domain":"*"}"#).unwrap_err().contains("unknown config key `domain`"));
-        assert!(Config::parse(r#"{}"#).unwrap_err().contains("`domains` is required"));
-        assert!(Config::parse(r#"{"domains":3}"#).unwrap_err().contains("\"*\""));
+        assert!(
+            Config::parse(r#"{"domain":"*"}"#)
+                .unwrap_err()
+                .contains("unknown config key `domain`")
+        );
+        assert!(
+            Config::parse(r#"{}"#)
+                .unwrap_err()
+                .contains("`domains` is required")
+        );
+        assert!(
+            Config::parse(r#"{"domains":3}"#)
+                .unwrap_err()
+                .contains("\"*\"")
+        );
     }
 }

@@ -110,12 +110,16 @@ impl<'a> Value<'a> {
 
     /// The number as `f64`, if this is a number.
     pub fn as_f64(&self) -> Option<f64> {
-        (self.kind == Kind::Number).then(|| self.raw.parse().ok()).flatten()
+        (self.kind == Kind::Number)
+            .then(|| self.raw.parse().ok())
+            .flatten()
     }
 
     /// The number as `i64`, if this is an integer that fits.
     pub fn as_i64(&self) -> Option<i64> {
-        (self.kind == Kind::Number).then(|| self.raw.parse().ok()).flatten()
+        (self.kind == Kind::Number)
+            .then(|| self.raw.parse().ok())
+            .flatten()
     }
 
     /// The unescaped string, if this is a string. Borrows when there is
@@ -132,14 +136,26 @@ impl<'a> Value<'a> {
         } else {
             scanner.pos = scanner.bytes.len();
         }
-        Members { scanner, first: true, done: self.kind != Kind::Object }
+        Members {
+            scanner,
+            first: true,
+            done: self.kind != Kind::Object,
+        }
     }
 
     /// The elements of an array, in order (empty for other kinds).
     pub fn elements(&self) -> Elements<'a> {
         let mut scanner = Scanner::new(self.raw);
-        scanner.pos = if self.kind == Kind::Array { 1 } else { scanner.bytes.len() };
-        Elements { scanner, first: true, done: self.kind != Kind::Array }
+        scanner.pos = if self.kind == Kind::Array {
+            1
+        } else {
+            scanner.bytes.len()
+        };
+        Elements {
+            scanner,
+            first: true,
+            done: self.kind != Kind::Array,
+        }
     }
 
     /// The value of the first member named `key`, if this is an object that has one.
@@ -188,7 +204,11 @@ pub fn walk_object(text: &str) -> Result<Walk<'_>, Error> {
         return Err(scanner.error("expected a JSON object"));
     }
     scanner.pos += 1;
-    Ok(Walk { scanner, first: true, done: false })
+    Ok(Walk {
+        scanner,
+        first: true,
+        done: false,
+    })
 }
 
 /// The validating member iterator returned by [`walk_object`].
@@ -212,7 +232,9 @@ impl<'a> Iterator for Walk<'a> {
                 self.done = true;
                 self.scanner.skip_ws();
                 if self.scanner.pos != self.scanner.bytes.len() {
-                    return Some(Err(self.scanner.error("trailing characters after the object")));
+                    return Some(Err(self
+                        .scanner
+                        .error("trailing characters after the object")));
                 }
                 None
             }
@@ -286,11 +308,18 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn new(text: &'a str) -> Self {
-        Scanner { text, bytes: text.as_bytes(), pos: 0 }
+        Scanner {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+        }
     }
 
     fn error(&self, reason: &'static str) -> Error {
-        Error { offset: self.pos, reason }
+        Error {
+            offset: self.pos,
+            reason,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -337,7 +366,10 @@ impl<'a> Scanner<'a> {
             Some(_) => return Err(self.error("expected a value")),
             None => return Err(self.error("unexpected end of input, expected a value")),
         };
-        Ok(Value { raw: &self.text[start..self.pos], kind })
+        Ok(Value {
+            raw: &self.text[start..self.pos],
+            kind,
+        })
     }
 
     fn literal(&mut self, word: &'static str) -> Result<(), Error> {
@@ -404,13 +436,19 @@ impl<'a> Scanner<'a> {
                 Some(b'\\') => {
                     self.pos += 1;
                     match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                            self.pos += 1
+                        }
                         Some(b'u') => {
                             self.pos += 1;
                             for _ in 0..4 {
                                 match self.peek() {
                                     Some(b) if b.is_ascii_hexdigit() => self.pos += 1,
-                                    _ => return Err(self.error("expected four hex digits after \\u")),
+                                    _ => {
+                                        return Err(
+                                            self.error("expected four hex digits after \\u")
+                                        );
+                                    }
                                 }
                             }
                         }
@@ -445,7 +483,11 @@ impl<'a> Scanner<'a> {
 
     /// Read the next member of an object whose `{` has been consumed;
     /// `Ok(None)` after consuming the closing `}`.
-    fn next_member(&mut self, first: &mut bool, depth: usize) -> Result<Option<(Key<'a>, Value<'a>)>, Error> {
+    fn next_member(
+        &mut self,
+        first: &mut bool,
+        depth: usize,
+    ) -> Result<Option<(Key<'a>, Value<'a>)>, Error> {
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -464,7 +506,9 @@ impl<'a> Scanner<'a> {
         }
         let start = self.pos;
         self.string()?;
-        let key = Key { raw: &self.text[start..self.pos] };
+        let key = Key {
+            raw: &self.text[start..self.pos],
+        };
         self.skip_ws();
         if self.peek() != Some(b':') {
             return Err(self.error("expected ':' after object key"));
@@ -541,7 +585,33 @@ fn unescape(raw: &str) -> Cow<'_, str> {
 }
 
 fn hex4(chars: &mut std::str::Chars<'_>) -> u32 {
-    (0..4).fold(0, |acc, _| acc * 16 + chars.next().and_then(|c| c.to_digit(16)).unwrap_or(0))
+    (0..4).fold(0, |acc, _| {
+        acc * 16 + chars.next().and_then(|c| c.to_digit(16)).unwrap_or(0)
+    })
+}
+
+/// Append validated JSON `raw` to `out` without insignificant whitespace.
+pub fn write_compact(out: &mut String, raw: &str) {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, b) in raw.bytes().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(&raw[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push_str(&raw[start..]);
 }
 
 /// Append `s` to `out` as a JSON string literal, quotes included.
@@ -659,6 +729,13 @@ mod tests {
         assert_eq!(v.as_str().unwrap(), "tab\there \"q\" é 😀 /");
         let plain = Value::parse(r#""plain""#).unwrap();
         assert!(matches!(plain.as_str().unwrap(), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn compacts_outside_strings_only() {
+        let mut out = String::new();
+        write_compact(&mut out, "[ 1 ,\n {\"a b\" : \"c \\\" d\" } ]");
+        assert_eq!(out, r#"[1,{"a b":"c \" d"}]"#);
     }
 
     #[test]

@@ -14,7 +14,11 @@ mod component {
     struct Hostile;
 
     fn index(id: &str, document: String) -> Action {
-        Action::IndexDocument(IndexDocument { index: "hostile".into(), id: id.into(), document })
+        Action::IndexDocument(IndexDocument {
+            index: "hostile".into(),
+            id: id.into(),
+            document,
+        })
     }
 
     impl pillowtop_sdk::Guest for Hostile {
@@ -26,12 +30,23 @@ mod component {
                 tables: vec![TableSpec {
                     name: "hostile_rows".into(),
                     columns: vec![
-                        Column { name: "doc_id".into(), kind: ColumnType::Text, nullable: false },
-                        Column { name: "n".into(), kind: ColumnType::Integer, nullable: true },
+                        Column {
+                            name: "doc_id".into(),
+                            kind: ColumnType::Text,
+                            nullable: false,
+                        },
+                        Column {
+                            name: "n".into(),
+                            kind: ColumnType::Integer,
+                            nullable: true,
+                        },
                     ],
                     primary_key: vec!["doc_id".into()],
                 }],
-                indices: vec![IndexSpec { name: "hostile".into(), mappings: "{}".into() }],
+                indices: vec![IndexSpec {
+                    name: "hostile".into(),
+                    mappings: "{}".into(),
+                }],
             })
         }
 
@@ -80,7 +95,9 @@ mod component {
                     rows: vec![vec![Cell::Integer(1)]],
                 })]),
                 "retryable" => Err(ProcessError::Retryable("lookup not ready yet".into())),
-                "permanent" => Err(ProcessError::Permanent("document can never be processed".into())),
+                "permanent" => Err(ProcessError::Permanent(
+                    "document can never be processed".into(),
+                )),
                 "lookup-ungranted" => {
                     let _ = host::lookup("not-granted", "x");
                     Ok(vec![])
@@ -123,7 +140,10 @@ mod component {
                         index(&change.id, out),
                         Action::UpsertRows(UpsertRows {
                             table: "hostile_rows".into(),
-                            rows: vec![vec![Cell::Text(change.id.clone()), Cell::Integer(change.offset as i64)]],
+                            rows: vec![vec![
+                                Cell::Text(change.id.clone()),
+                                Cell::Integer(change.offset as i64),
+                            ]],
                         }),
                     ])
                 }
