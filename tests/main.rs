@@ -1,1 +1,10 @@
-fn main() {}
+//! Integration tests: the real host against real compiled Wasm components
+//! (built by `make plugins`) and real SQLite files. One test binary, so the
+//! workspace links once.
+
+mod support;
+
+mod cli;
+mod loading;
+mod pipeline;
+mod sandbox;

@@ -1,0 +1,257 @@
+//! The `pillowtop` binary: gen | publish | run | status, graceful SIGTERM,
+//! plugin check, and config errors.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
+    c.env_remove("PILLOWTOP_CONFIG")
+        .env_remove("PILLOWTOP_STORE_URL")
+        .env_remove("PILLOWTOP_FEED_PATH");
+    c
+}
+
+fn write_config(dir: &Path, chunk_size: usize) -> std::path::PathBuf {
+    let path = dir.join("pillowtop.toml");
+    let text = format!(
+        "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
+         [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [{:?}]\nchunk_size = {chunk_size}\nmax_wait_ms = 50\n",
+        cache_dir(),
+        case_search_manifest()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `gen | publish`, as a shell pipeline would.
+fn gen_and_publish(config: &Path, count: u32) {
+    let mut generator = bin()
+        .args(["gen", "--count", &count.to_string(), "--seed", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "publish",
+            "--topic",
+            "case-sql",
+            "--partitions",
+            "2",
+        ])
+        .stdin(generator.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(generator.wait().unwrap().success());
+    assert!(
+        out.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("published {count} changes to case-sql"))
+    );
+}
+
+fn status_json(config: &Path) -> serde_json::Value {
+    let out = bin()
+        .args(["--config", config.to_str().unwrap(), "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn gen_publish_run_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 200);
+    gen_and_publish(&config, 3000);
+    let before = status_json(&config);
+    assert_eq!(before[0]["need_processing"], 3000);
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log",
+            "warn",
+            "run",
+            "--until-caught-up",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("pillow case-search: 3000 changes read"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("lag (need-processing) 0 over 2 partitions"),
+        "{stdout}"
+    );
+    let after = status_json(&config);
+    assert_eq!(after[0]["need_processing"], 0);
+    for p in after[0]["partitions"].as_array().unwrap() {
+        assert_eq!(p["checkpoint"], p["end_offset"]);
+    }
+    assert!(
+        after[0]["plugins"][0][1]
+            .as_str()
+            .unwrap()
+            .starts_with("0.1.0+")
+    );
+}
+
+#[test]
+fn sigterm_finishes_the_chunk_saves_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 20);
+    gen_and_publish(&config, 30_000);
+    let mut child = bin()
+        .args(["--config", config.to_str().unwrap(), "--log", "info", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the pillow to start, let it work briefly, then SIGTERM.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("pillow started") {
+        line.clear();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "graceful stop exits 0");
+    let saved: u64 = status_json(&config)[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["checkpoint"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        saved > 0 && saved < 30_000,
+        "stopped mid-stream with a saved checkpoint ({saved})"
+    );
+    // The rest, and only the rest, is read by the next run.
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log",
+            "warn",
+            "run",
+            "--until-caught-up",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "pillow case-search: {} changes read",
+            30_000 - saved
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn plugin_check_passes_case_search_and_fails_a_wrong_fixture() {
+    let out = bin()
+        .args([
+            "plugin",
+            "check",
+            case_search_manifest().to_str().unwrap(),
+            "--compile-cache",
+        ])
+        .arg(cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("fixtures: 7 passed, 0 failed"), "{stdout}");
+
+    // A copy of the plugin with one wrong golden fixture.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("fixtures")).unwrap();
+    let manifest = std::fs::read_to_string(case_search_manifest())
+        .unwrap()
+        .replace(
+            "component = \"case_search.wasm\"",
+            &format!(
+                "component = {:?}",
+                component("plugins/case-search/case_search.wasm")
+            ),
+        );
+    std::fs::write(dir.path().join("plugin.toml"), manifest).unwrap();
+    let fixture =
+        std::fs::read_to_string(root().join("plugins/case-search/fixtures/03-deletion.json"))
+            .unwrap()
+            .replace("\"id\": \"c3\"}", "\"id\": \"WRONG\"}");
+    std::fs::write(dir.path().join("fixtures/03-deletion.json"), fixture).unwrap();
+    let out = bin()
+        .args([
+            "plugin",
+            "check",
+            dir.path().join("plugin.toml").to_str().unwrap(),
+            "--compile-cache",
+        ])
+        .arg(cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  03-deletion.json")
+            && stdout.contains("fixtures: 0 passed, 1 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pillowtop.toml");
+    std::fs::write(&path, "[feed]\ntype = \"embedded\"\npath = \"f.db\"\n[store]\nurl = \"sqlite://s.db\"\n[[pillows]]\nname = \"p\"\ntopics = [\"t\"]\nprocessors = [\"x.toml\"]\nchunk_sise = 5\n").unwrap();
+    let out = bin()
+        .args(["--config", path.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("unknown field `chunk_sise`") && stderr.contains("pillowtop.toml"),
+        "{stderr}"
+    );
+
+    let out = bin()
+        .args(["--config", "/nonexistent/pillowtop.toml", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read host config /nonexistent/pillowtop.toml")
+    );
+}

@@ -1,0 +1,456 @@
+//! The embedded pipeline end to end: SQLite feed -> pillow -> Wasm -> SQLite
+//! store, asserting on what landed.
+
+use crate::support::*;
+use pillowtop::config::PillowConfig;
+use pillowtop::feed::TopicPartition;
+use pillowtop::generate::{GenOptions, Generator, Kind};
+use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
+use pillowtop::sink::{VersionedAction, WritePlan};
+use pillowtop::store::ChunkCommit;
+use serde_json::Value;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+fn pillow_config(name: &str, topic: &str, manifest: PathBuf, chunk_size: usize) -> PillowConfig {
+    PillowConfig {
+        name: name.into(),
+        checkpoint_id: None,
+        topics: vec![topic.into()],
+        processors: vec![manifest],
+        chunk_size,
+        max_wait_ms: 50,
+        checkpoint_every: 1000,
+        checkpoint_max_delay_seconds: 300,
+        num_processes: 1,
+        dedicated_migration_process: false,
+    }
+}
+
+async fn run(env: &Env, config: &PillowConfig, options: RunOptions) -> RunSummary {
+    let processors = config.processors.iter().map(|m| load(m)).collect();
+    let pillow = Pillow::new(config.clone(), env.feed(), env.store.clone(), processors)
+        .await
+        .unwrap();
+    pillow.run(options, CancellationToken::new()).await.unwrap()
+}
+
+fn caught_up() -> RunOptions {
+    RunOptions {
+        until_caught_up: true,
+        ..RunOptions::default()
+    }
+}
+
+fn cases(seed: u64, n: usize) -> Vec<String> {
+    let mut g = Generator::new(GenOptions {
+        seed,
+        domains: 4,
+        kind: Kind::Case,
+    });
+    (0..n).map(|_| g.next_line()).collect()
+}
+
+async fn checkpoints(env: &Env, id: &str) -> HashMap<TopicPartition, u64> {
+    env.store
+        .checkpoints(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.tp, c.next_offset))
+        .collect()
+}
+
+async fn assert_checkpoints_at_end(env: &Env, id: &str, topic: &str) {
+    let saved = checkpoints(env, id).await;
+    for tp in env.feed().partitions(&[topic.to_string()]).await.unwrap() {
+        let end = env.feed().watermarks(&tp).await.unwrap().high;
+        assert_eq!(
+            saved.get(&tp).copied().unwrap_or(0),
+            end,
+            "checkpoint of {tp}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn case_search_end_to_end_lands_the_latest_version_of_every_case() {
+    let env = Env::new().await;
+    let mut lines = cases(5, 3000);
+    let malformed = [
+        "not json at all".to_string(),
+        r#"{"domain":"demo-0","document":{}}"#.to_string(),
+        r#"{"document_id":"bad-doc","document":[1,2]}"#.to_string(),
+    ];
+    lines.insert(10, malformed[0].clone());
+    lines.insert(1000, malformed[1].clone());
+    lines.push(malformed[2].clone());
+    env.publish("case-sql", 4, &lines).await;
+    let config = pillow_config("cs", "case-sql", case_search_manifest(), 200);
+    let summary = run(&env, &config, caught_up()).await;
+    assert_eq!(summary.messages, lines.len() as u64);
+    assert_checkpoints_at_end(&env, "cs", "case-sql").await;
+
+    // Decode errors: recorded with the exact bytes received, nothing lost.
+    let errors = env.store.recent_errors("cs", 100).await.unwrap();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for e in &errors {
+        assert_eq!(e.kind, "decode");
+        assert!(
+            malformed
+                .iter()
+                .any(|m| m.as_bytes() == e.change.as_slice()),
+            "raw change kept: {:?}",
+            String::from_utf8_lossy(&e.change)
+        );
+    }
+    assert!(
+        errors.iter().any(
+            |e| e.doc_id == "bad-doc" && e.message.contains("`document` must be a JSON object")
+        )
+    );
+
+    // Expected state, computed from the input alone: the last change of
+    // each case decides; enabled domains are demo-0..2 (plugin.toml).
+    let mut last: HashMap<String, Value> = HashMap::new();
+    for l in &lines {
+        if let Ok(v) = serde_json::from_str::<Value>(l)
+            && let Some(id) = v["document_id"].as_str()
+        {
+            last.insert(id.to_owned(), v.clone());
+        }
+    }
+    let enabled = ["demo-0", "demo-1", "demo-2"];
+    let mut expected_live = 0;
+    for (id, change) in &last {
+        let stored = env.store.document("case-search", id).await.unwrap();
+        let live = change["is_deletion"] != true
+            && change["document"].is_object()
+            && enabled.contains(&change["domain"].as_str().unwrap_or(""));
+        if !live {
+            assert!(
+                stored.as_ref().is_none_or(|(doc, _)| doc.is_none()),
+                "{id} should not be live: {stored:?}"
+            );
+            continue;
+        }
+        expected_live += 1;
+        let (doc, _version) = stored.unwrap_or_else(|| panic!("{id} missing"));
+        let doc: Value = serde_json::from_str(&doc.expect("live document")).unwrap();
+        let props = doc["case_properties"].as_array().unwrap();
+        assert_eq!(
+            props[0],
+            serde_json::json!({"key": "@case_id", "value": id})
+        );
+        let closed = change["document"]["closed"] == true;
+        assert_eq!(
+            props[3]["value"],
+            if closed { "closed" } else { "open" },
+            "{id}"
+        );
+        assert_eq!(
+            props.len(),
+            10 + change["document"]["case_json"].as_object().unwrap().len()
+        );
+        assert!(doc.get("case_json").is_none());
+        assert_eq!(
+            doc["name"], change["document"]["name"],
+            "latest version of {id}"
+        );
+    }
+    let counts = env.store.sink_counts().await.unwrap();
+    assert_eq!(
+        counts.documents,
+        vec![("case-search".to_string(), expected_live)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_resumes_at_the_exact_next_offset() {
+    let env = Env::new().await;
+    let all = cases(9, 800);
+    env.publish("case-sql", 3, &all[..500]).await;
+    let config = pillow_config("resume", "case-sql", case_search_manifest(), 64);
+    let first = run(&env, &config, caught_up()).await;
+    assert_eq!(first.messages, 500);
+    env.publish("case-sql", 3, &all[500..]).await;
+    let second = run(&env, &config, caught_up()).await;
+    assert_eq!(second.messages, 300, "only the new changes are read again");
+    assert_checkpoints_at_end(&env, "resume", "case-sql").await;
+    let third = run(&env, &config, caught_up()).await;
+    assert_eq!(third.messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest(
+        dir.path(),
+        "fuel = 20_000_000\nmemory_mb = 16\ntimeout_ms = 3000",
+        "",
+    );
+    let modes = ["panic", "bomb", "loop", "undeclared-table", "bad-json"];
+    let mut lines = Vec::new();
+    for i in 0..10 {
+        lines.push(change(&format!("n{i}"), serde_json::json!({})));
+        if let Some(mode) = modes.get(i) {
+            lines.push(change(
+                &format!("h-{mode}"),
+                serde_json::json!({"hostile": mode}),
+            ));
+        }
+    }
+    env.publish("h", 2, &lines).await;
+    let config = pillow_config("hostile-pillow", "h", manifest, 4);
+    let summary = run(&env, &config, caught_up()).await;
+    assert_eq!(summary.messages, 15);
+    assert_checkpoints_at_end(&env, "hostile-pillow", "h").await;
+
+    let errors = env
+        .store
+        .recent_errors("hostile-pillow", 100)
+        .await
+        .unwrap();
+    let kinds: HashMap<_, _> = errors
+        .iter()
+        .map(|e| (e.doc_id.as_str(), e.kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        HashMap::from([
+            ("h-panic", "trap"),
+            ("h-bomb", "memory"),
+            ("h-loop", "fuel"),
+            ("h-undeclared-table", "capability"),
+            ("h-bad-json", "malformed")
+        ])
+    );
+    for e in &errors {
+        assert_eq!(e.processor, "hostile");
+        assert!(
+            e.plugin_version
+                .as_deref()
+                .is_some_and(|v| v.starts_with("1.0.0+")),
+            "{e:?}"
+        );
+        assert_eq!(e.attempts, 1);
+        assert!(
+            e.next_attempt_ms.is_some(),
+            "retryable kinds are scheduled: {e:?}"
+        );
+    }
+    let rows = sqlx::query("SELECT doc_id FROM hostile_rows ORDER BY doc_id")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    let counts = env.store.sink_counts().await.unwrap();
+    assert_eq!(counts.documents, vec![("hostile".to_string(), 10)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_keeps_only_the_last_change_of_a_document() {
+    let env = Env::new().await;
+    let doc = |name: &str| serde_json::json!({"_id": "same", "name": name, "case_json": {}});
+    let lines = vec![
+        change("same", doc("first")),
+        change("other", doc("x")),
+        change("same", doc("second")),
+        change("same", doc("third")),
+    ];
+    env.publish("case-sql", 1, &lines).await;
+    let config = pillow_config("dedupe", "case-sql", case_search_manifest(), 100);
+    let summary = run(&env, &config, caught_up()).await;
+    assert_eq!(
+        (summary.messages, summary.changes, summary.deduplicated),
+        (4, 2, 2)
+    );
+    let (stored, version) = env
+        .store
+        .document("case-search", "same")
+        .await
+        .unwrap()
+        .unwrap();
+    let stored: Value = serde_json::from_str(&stored.unwrap()).unwrap();
+    assert_eq!(stored["name"], "third");
+    assert_eq!(
+        version, 3,
+        "the version is the offset of the change that wrote it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_never_overwrites_newer_documents() {
+    let env = Env::new().await;
+    let doc = |name: &str| serde_json::json!({"_id": "r1", "name": name, "case_json": {}});
+    env.publish(
+        "case-sql",
+        1,
+        &[change("r1", doc("old")), change("r1", doc("new"))],
+    )
+    .await;
+    // chunk_size 1: each version is written in its own transaction.
+    let config = pillow_config("replay", "case-sql", case_search_manifest(), 1);
+    run(&env, &config, caught_up()).await;
+    let before = env
+        .store
+        .document("case-search", "r1")
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A stale write (older version) is ignored.
+    let stale = VersionedAction {
+        action: pillowtop::action::Action::IndexDocument {
+            index: "case-search".into(),
+            id: "r1".into(),
+            document: r#"{"stale":true}"#.into(),
+        },
+        version: 0,
+    };
+    env.store
+        .commit(
+            "replay",
+            &ChunkCommit {
+                plan: WritePlan::build(vec![stale]),
+                ..ChunkCommit::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        env.store
+            .document("case-search", "r1")
+            .await
+            .unwrap()
+            .unwrap(),
+        before
+    );
+
+    // Rewind the checkpoint and replay everything: same state, no errors.
+    env.store
+        .set_checkpoints("replay", &[(TopicPartition::new("case-sql", 0), 0)])
+        .await
+        .unwrap();
+    let again = run(&env, &config, caught_up()).await;
+    assert_eq!(again.messages, 2);
+    assert_eq!(
+        env.store
+            .document("case-search", "r1")
+            .await
+            .unwrap()
+            .unwrap(),
+        before
+    );
+    assert!(
+        env.store
+            .recent_errors("replay", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_finishes_the_chunk_and_saves_the_checkpoint() {
+    let env = Env::new().await;
+    env.publish("case-sql", 2, &cases(11, 20_000)).await;
+    let mut config = pillow_config("stop", "case-sql", case_search_manifest(), 50);
+    // Only the shutdown save can write a checkpoint in this run.
+    config.checkpoint_every = u64::MAX;
+    let processors = vec![load(&case_search_manifest())];
+    let pillow = Pillow::new(config.clone(), env.feed(), env.store.clone(), processors)
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(pillow.run(RunOptions::default(), token.clone()));
+    // Wait until some chunks are committed, then stop.
+    let pool = env.store.pool().clone();
+    loop {
+        let n: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) FROM "doc_case-search""#)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    token.cancel();
+    let first = handle.await.unwrap().unwrap();
+    assert!(
+        first.messages > 0 && first.messages < 20_000,
+        "stopped mid-stream after {} messages",
+        first.messages
+    );
+    let saved: u64 = checkpoints(&env, "stop").await.values().sum();
+    assert_eq!(
+        saved, first.messages,
+        "every message read before the stop is checkpointed"
+    );
+    let rest = run(&env, &config, caught_up()).await;
+    assert_eq!(
+        rest.messages,
+        20_000 - first.messages,
+        "nothing is read twice or skipped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_split_the_partitions_and_save_only_their_own() {
+    let env = Env::new().await;
+    env.publish("case-sql", 8, &cases(13, 2000)).await;
+    let config = PillowConfig {
+        num_processes: 2,
+        ..pillow_config("split", "case-sql", case_search_manifest(), 100)
+    };
+    let p0 = run(
+        &env,
+        &config,
+        RunOptions {
+            until_caught_up: true,
+            process_num: 0,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    let after_p0 = checkpoints(&env, "split").await;
+    let mine: Vec<u32> = after_p0
+        .keys()
+        .map(|tp| tp.partition)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        mine,
+        vec![0, 2, 4, 6],
+        "process 0 owns pairs[0::2] and saves only those"
+    );
+    let p1 = run(
+        &env,
+        &config,
+        RunOptions {
+            until_caught_up: true,
+            process_num: 1,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        p0.messages + p1.messages,
+        2000,
+        "together they read every message once"
+    );
+    assert_eq!(
+        p1.partitions
+            .iter()
+            .map(|tp| tp.partition)
+            .collect::<Vec<_>>(),
+        vec![1, 3, 5, 7]
+    );
+    assert_checkpoints_at_end(&env, "split", "case-sql").await;
+}

@@ -1,0 +1,120 @@
+//! Shared helpers: plugin paths, manifests, runtimes, temp stores.
+
+use pillowtop::feed::Feed;
+use pillowtop::feed::embedded::EmbeddedFeed;
+use pillowtop::manifest::Manifest;
+use pillowtop::store::Store;
+use pillowtop::wasm::{Processor, Runtime, RuntimeOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A compiled plugin component, or a loud failure naming the fix.
+pub fn component(relative: &str) -> PathBuf {
+    let path = root().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins with `make plugins` (make test does this first)",
+        path.display()
+    );
+    path
+}
+
+pub fn case_search_manifest() -> PathBuf {
+    component("plugins/case-search/case_search.wasm");
+    root().join("plugins/case-search/plugin.toml")
+}
+
+/// A shared compile cache under the target dir, so each component is
+/// compiled once per test run.
+pub fn cache_dir() -> PathBuf {
+    root().join("target").join("test-compile-cache")
+}
+
+pub fn runtime() -> Arc<Runtime> {
+    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            Arc::new(
+                Runtime::new(RuntimeOptions {
+                    compile_cache_dir: Some(cache_dir()),
+                    ..RuntimeOptions::default()
+                })
+                .unwrap(),
+            )
+        })
+        .clone()
+}
+
+/// Write a manifest for the hostile test plugin into `dir`.
+pub fn hostile_manifest(dir: &Path, limits: &str, extra: &str) -> PathBuf {
+    let wasm = component("plugins/testing/hostile/hostile.wasm");
+    let text = format!(
+        "name = \"hostile\"\nversion = \"1.0.0\"\ncomponent = {wasm:?}\n[limits]\n{limits}\n[capabilities]\nindices = [\"hostile\"]\ntables = [\"hostile_rows\"]\n{extra}"
+    );
+    let path = dir.join("hostile.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn load(manifest: &Path) -> Processor {
+    let m = Manifest::load(manifest).unwrap();
+    runtime()
+        .load(&m)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", manifest.display()))
+        .0
+}
+
+pub struct Env {
+    /// Kept so the directory lives as long as the feed and store in it.
+    _dir: tempfile::TempDir,
+    pub feed: EmbeddedFeed,
+    pub store: Store,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = EmbeddedFeed::open(&dir.path().join("feed.db"))
+            .await
+            .unwrap();
+        let store = Store::open(&dir.path().join("store.db")).await.unwrap();
+        Env {
+            _dir: dir,
+            feed,
+            store,
+        }
+    }
+
+    pub fn feed(&self) -> Feed {
+        Feed::Embedded(self.feed.clone())
+    }
+
+    /// Publish JSON lines (keyed by document_id when present).
+    pub async fn publish(&self, topic: &str, partitions: u32, lines: &[String]) {
+        self.feed
+            .create_topic(topic, Some(partitions))
+            .await
+            .unwrap();
+        let messages = lines
+            .iter()
+            .map(|l| {
+                let key = serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["document_id"].as_str().map(|s| s.as_bytes().to_vec()));
+                (key, l.as_bytes().to_vec())
+            })
+            .collect();
+        self.feed.publish(topic, messages).await.unwrap();
+    }
+}
+
+pub fn change(id: &str, document: serde_json::Value) -> String {
+    serde_json::json!({"document_id": id, "document_type": "CommCareCase", "domain": "demo-0", "document": document}).to_string()
+}
