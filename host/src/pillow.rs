@@ -117,7 +117,8 @@ pub struct RunSummary {
     pub decode_time: Duration,
     /// Time spent in processors (Wasm).
     pub transform_time: Duration,
-    /// Time spent committing to the store.
+    /// Time spent waiting for the store (commits overlap the next chunk's
+    /// transform, so this is the part not hidden behind it).
     pub load_time: Duration,
     /// Wall time of the run.
     pub elapsed: Duration,
@@ -291,6 +292,7 @@ impl Pillow {
             .sum();
         let bar = progress_bar(options.progress, options.until_caught_up, backlog, &name);
 
+        let mut in_flight: Option<InFlight> = None;
         loop {
             if options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t) {
                 break;
@@ -300,6 +302,9 @@ impl Pillow {
                 polled = reader.poll(config.chunk_size, max_wait) => polled.map_err(feed_err)?,
             };
             if polled.is_empty() {
+                finish_commit(&mut in_flight, &mut committed, &mut tracker)
+                    .await
+                    .map_err(store_err)?;
                 if tracker.due(Instant::now()) {
                     save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
                         .await
@@ -338,6 +343,9 @@ impl Pillow {
                 *summary.errors.entry(e.kind).or_default() += 1;
                 tracing::warn!(pillow = %name, tp = %e.tp, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
             }
+            finish_commit(&mut in_flight, &mut committed, &mut tracker)
+                .await
+                .map_err(store_err)?;
             let caught_up = options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t);
             let checkpoints = if tracker.due(Instant::now()) || caught_up {
                 changed(&next, &committed)
@@ -349,19 +357,26 @@ impl Pillow {
                 errors,
                 checkpoints,
             };
-            store
-                .commit(&checkpoint_id, &commit)
-                .await
-                .map_err(store_err)?;
-            if !commit.checkpoints.is_empty() {
-                committed.extend(commit.checkpoints);
-                tracker.saved(Instant::now());
-            }
+            // Commit in the background while the next chunk is read and
+            // transformed; commits stay strictly in order (this one starts
+            // only after the previous one finished), so a checkpoint never
+            // passes an uncommitted chunk.
+            let store_for_commit = store.clone();
+            let id = checkpoint_id.clone();
+            in_flight = Some(tokio::spawn(async move {
+                store_for_commit
+                    .commit(&id, &commit)
+                    .await
+                    .map(|()| commit.checkpoints)
+            }));
             summary.chunks += 1;
             summary.load_time += t2.elapsed();
             bar.inc(n);
         }
         // Graceful stop: everything processed is committed; save where we are.
+        finish_commit(&mut in_flight, &mut committed, &mut tracker)
+            .await
+            .map_err(store_err)?;
         save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
             .await
             .map_err(store_err)?;
@@ -370,6 +385,29 @@ impl Pillow {
         tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
         Ok(summary)
     }
+}
+
+/// A chunk commit running in the background; yields the checkpoints it saved.
+type InFlight = tokio::task::JoinHandle<Result<Vec<(TopicPartition, u64)>, StoreError>>;
+
+/// Wait for the commit in flight, if any, and note the checkpoints it saved.
+async fn finish_commit(
+    in_flight: &mut Option<InFlight>,
+    committed: &mut HashMap<TopicPartition, u64>,
+    tracker: &mut CheckpointTracker,
+) -> Result<(), StoreError> {
+    let Some(handle) = in_flight.take() else {
+        return Ok(());
+    };
+    let saved = match handle.await {
+        Ok(result) => result?,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    if !saved.is_empty() {
+        committed.extend(saved);
+        tracker.saved(Instant::now());
+    }
+    Ok(())
 }
 
 async fn save_checkpoints(

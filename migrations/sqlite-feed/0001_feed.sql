@@ -6,6 +6,7 @@ CREATE TABLE topics (
 );
 
 -- One row per message; offsets are dense per (topic, partition), from 0.
+-- A rowid table: values are ~1-2 KB, too large for a clustered WITHOUT ROWID b-tree.
 CREATE TABLE messages (
     topic        TEXT    NOT NULL,
     partition    INTEGER NOT NULL,
@@ -14,4 +15,4 @@ CREATE TABLE messages (
     value        BLOB    NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     PRIMARY KEY (topic, partition, "offset")
-) WITHOUT ROWID;
+);

@@ -58,7 +58,9 @@ fn sql_type(kind: ColumnType) -> &'static str {
 pub async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Result<(), SinkError> {
     let table = quote(&index_table(&spec.name));
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, document TEXT, version INTEGER NOT NULL) WITHOUT ROWID"
+        // A rowid table: documents are kilobytes, too large for a clustered
+        // WITHOUT ROWID b-tree; the id is a separate unique index.
+        "CREATE TABLE IF NOT EXISTS {table} (id TEXT NOT NULL UNIQUE, document TEXT, version INTEGER NOT NULL)"
     )))
     .execute(&mut *conn)
     .await?;

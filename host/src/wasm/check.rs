@@ -7,6 +7,7 @@
 use crate::action::{Action, Cell, ColumnType, PluginInfo, TableSpec};
 use crate::errors::ErrorKind;
 use crate::manifest::Manifest;
+use pillowtop_sdk::json;
 use std::collections::{HashMap, HashSet};
 
 /// A failed check: the error kind and what exactly is wrong.
@@ -211,15 +212,19 @@ pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), Chec
             } => {
                 check_index(declared, index).map_err(at)?;
                 check_id("document", id).map_err(at)?;
-                let is_object = document.trim_start().starts_with('{');
-                if !is_object || serde_json::from_str::<serde::de::IgnoredAny>(document).is_err() {
-                    let detail = serde_json::from_str::<serde::de::IgnoredAny>(document)
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "not an object".into());
-                    return Err(at(malformed(format!(
-                        "document {id:?} is not a JSON object: {detail}"
-                    ))));
+                // The SDK's scanner: one pass, eight bytes at a time inside strings.
+                match json::Value::parse(document) {
+                    Ok(v) if v.kind() == json::Kind::Object => {}
+                    Ok(_) => {
+                        return Err(at(malformed(format!(
+                            "document {id:?} is not a JSON object"
+                        ))));
+                    }
+                    Err(e) => {
+                        return Err(at(malformed(format!(
+                            "document {id:?} is not a JSON object: {e}"
+                        ))));
+                    }
                 }
             }
             Action::DeleteDocument { index, id } => {
@@ -260,9 +265,7 @@ fn check_row(spec: &TableSpec, row: &[Cell]) -> Result<(), String> {
             (Cell::Integer(_), ColumnType::Integer) => true,
             (Cell::Float(f), ColumnType::Float) => f.is_finite(),
             (Cell::Integer(_), ColumnType::Float) => true,
-            (Cell::Text(t), ColumnType::Json) => {
-                serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
-            }
+            (Cell::Text(t), ColumnType::Json) => json::Value::parse(t).is_ok(),
             (Cell::Text(t), ColumnType::Date) => is_date(t),
             (Cell::Text(t), ColumnType::Timestamp) => crate::time::parse_rfc3339_ms(t).is_some(),
             (Cell::Text(_), ColumnType::Text) => true,

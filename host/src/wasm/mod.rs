@@ -80,6 +80,9 @@ pub struct RuntimeOptions {
     pub guest_log_lines_per_second: u32,
     /// Data behind the `lookup` import.
     pub lookups: Arc<dyn Lookups>,
+    /// Enforce `limits.fuel`. Always on in the host; off only to measure
+    /// what fuel metering costs (`make bench`).
+    pub meter_fuel: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -88,6 +91,7 @@ impl Default for RuntimeOptions {
             compile_cache_dir: None,
             guest_log_lines_per_second: 100,
             lookups: Arc::new(MemoryLookups::default()),
+            meter_fuel: true,
         }
     }
 }
@@ -223,7 +227,7 @@ impl Runtime {
         config.wasm_component_model(true);
         // Fuel makes a call's cost deterministic; the epoch bounds wall time
         // (fuel cannot see time spent in host calls).
-        config.consume_fuel(true);
+        config.consume_fuel(options.meter_fuel);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config)?;
@@ -403,7 +407,7 @@ impl Plugin {
 
 /// Give the store a fresh fuel budget and deadline for one call.
 fn arm(store: &mut Store<HostState>, fuel: u64, timeout_ms: u64) {
-    // Fuel is always enabled on this engine, so this cannot fail.
+    // Fails only on an engine built without fuel metering (benchmarks).
     let _ = store.set_fuel(fuel);
     store.set_epoch_deadline(timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
     let data = store.data_mut();

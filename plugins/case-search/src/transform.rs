@@ -62,22 +62,31 @@ pub fn case_search_document(
     doc: &str,
     out: &mut String,
 ) -> Result<(), TransformError> {
-    let walk = json::walk_object(doc).map_err(|e| match e.reason {
+    let mut walk = json::walk_object(doc).map_err(|e| match e.reason {
         "expected a JSON object" => TransformError::NotAnObject,
         _ => TransformError::InvalidJson(e),
     })?;
     out.reserve(doc.len() + doc.len() / 2 + 256);
     out.push('{');
     let mut special = Special::default();
-    let mut case_json = None;
+    let mut case_json_kind = None;
+    // Dynamic properties are written while `case_json` is read, in the same
+    // pass over the document, and appended after the special ones.
+    let mut dynamic = String::with_capacity(doc.len());
     let mut first = true;
-    for member in walk {
+    while let Some(member) = walk.next_expanding("case_json", |key, value| {
+        dynamic.push_str(",{\"key\":");
+        dynamic.push_str(key.raw());
+        dynamic.push_str(",\"value\":");
+        string_value(&mut dynamic, value);
+        dynamic.push('}');
+    }) {
         let (key, value) = member.map_err(TransformError::InvalidJson)?;
         let name = key.raw();
         let name = &name[1..name.len() - 1];
         match name {
             "case_json" => {
-                case_json = Some(value);
+                case_json_kind = Some(value.kind());
                 continue;
             }
             "case_properties" => continue,
@@ -99,6 +108,9 @@ pub fn case_search_document(
         out.push_str(key.raw());
         out.push(':');
         out.push_str(value.raw());
+    }
+    if case_json_kind.is_some_and(|k| k != Kind::Object) {
+        return Err(TransformError::CaseJsonNotAnObject);
     }
     if !first {
         out.push(',');
@@ -141,18 +153,7 @@ pub fn case_search_document(
     out.push(',');
     property(out, "last_modified", raw_or_null(special.modified_on));
 
-    if let Some(props) = case_json {
-        if props.kind() != Kind::Object {
-            return Err(TransformError::CaseJsonNotAnObject);
-        }
-        for (key, value) in props.members() {
-            out.push_str(",{\"key\":");
-            out.push_str(key.raw());
-            out.push_str(",\"value\":");
-            string_value(out, value);
-            out.push('}');
-        }
-    }
+    out.push_str(&dynamic);
     out.push_str("]}");
     Ok(())
 }

@@ -219,6 +219,88 @@ pub struct Walk<'a> {
     done: bool,
 }
 
+impl<'a> Walk<'a> {
+    /// Like [`Iterator::next`], but when the member is named `key` and its
+    /// value is an object, walks into it in the same pass: `inner` gets each
+    /// of that object's members (validated once, never scanned again), and
+    /// the member itself is still returned with the whole object as its value.
+    ///
+    /// This is how a transform reads a document and one nested map (like a
+    /// case's `case_json`) touching each byte once.
+    pub fn next_expanding(
+        &mut self,
+        key: &str,
+        mut inner: impl FnMut(Key<'a>, Value<'a>),
+    ) -> Option<Result<(Key<'a>, Value<'a>), Error>> {
+        if self.done {
+            return None;
+        }
+        let scanner = &mut self.scanner;
+        let result = (|| {
+            scanner.skip_ws();
+            if scanner.peek() == Some(b'}') {
+                scanner.pos += 1;
+                return Ok(None);
+            }
+            if !self.first {
+                if scanner.peek() != Some(b',') {
+                    return Err(scanner.error("expected ',' or '}' in object"));
+                }
+                scanner.pos += 1;
+                scanner.skip_ws();
+            }
+            self.first = false;
+            if scanner.peek() != Some(b'"') {
+                return Err(scanner.error("expected a string key in object"));
+            }
+            let start = scanner.pos;
+            scanner.string()?;
+            let k = Key {
+                raw: &scanner.text[start..scanner.pos],
+            };
+            scanner.skip_ws();
+            if scanner.peek() != Some(b':') {
+                return Err(scanner.error("expected ':' after object key"));
+            }
+            scanner.pos += 1;
+            scanner.skip_ws();
+            if k.is(key) && scanner.peek() == Some(b'{') {
+                let start = scanner.pos;
+                scanner.pos += 1;
+                let mut first = true;
+                while let Some((ik, iv)) = scanner.next_member(&mut first, 2)? {
+                    inner(ik, iv);
+                }
+                return Ok(Some((
+                    k,
+                    Value {
+                        raw: &scanner.text[start..scanner.pos],
+                        kind: Kind::Object,
+                    },
+                )));
+            }
+            scanner.value(1).map(|v| Some((k, v)))
+        })();
+        match result {
+            Ok(Some(item)) => Some(Ok(item)),
+            Ok(None) => {
+                self.done = true;
+                self.scanner.skip_ws();
+                if self.scanner.pos != self.scanner.bytes.len() {
+                    return Some(Err(self
+                        .scanner
+                        .error("trailing characters after the object")));
+                }
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 impl<'a> Iterator for Walk<'a> {
     type Item = Result<(Key<'a>, Value<'a>), Error>;
 
@@ -419,32 +501,51 @@ impl<'a> Scanner<'a> {
     }
 
     fn string(&mut self) -> Result<(), Error> {
-        self.pos += 1; // opening quote
+        let bytes = self.bytes;
+        let mut pos = self.pos + 1; // past the opening quote
         loop {
-            // Fast path: plain bytes. Multi-byte UTF-8 is already valid (&str).
-            while let Some(&b) = self.bytes.get(self.pos) {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
+            // Find the next quote, backslash or control byte, eight bytes at
+            // a time; the lowest flagged byte of the mask is exact.
+            // Multi-byte UTF-8 needs no check: the input is a valid &str.
+            let special = loop {
+                if let Some(w) = bytes
+                    .get(pos..pos + 8)
+                    .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                {
+                    let word = u64::from_le_bytes(w);
+                    let mask = string_special_mask(word);
+                    if mask == 0 {
+                        pos += 8;
+                        continue;
+                    }
+                    pos += (mask.trailing_zeros() / 8) as usize;
+                    break bytes[pos];
                 }
-                self.pos += 1;
-            }
-            match self.peek() {
-                Some(b'"') => {
-                    self.pos += 1;
+                match bytes.get(pos) {
+                    Some(&b) if b == b'"' || b == b'\\' || b < 0x20 => break b,
+                    Some(_) => pos += 1,
+                    None => {
+                        self.pos = pos;
+                        return Err(self.error("unterminated string"));
+                    }
+                }
+            };
+            match special {
+                b'"' => {
+                    self.pos = pos + 1;
                     return Ok(());
                 }
-                Some(b'\\') => {
-                    self.pos += 1;
-                    match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                            self.pos += 1
-                        }
+                b'\\' => {
+                    pos += 1;
+                    match bytes.get(pos) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => pos += 1,
                         Some(b'u') => {
-                            self.pos += 1;
+                            pos += 1;
                             for _ in 0..4 {
-                                match self.peek() {
-                                    Some(b) if b.is_ascii_hexdigit() => self.pos += 1,
+                                match bytes.get(pos) {
+                                    Some(b) if b.is_ascii_hexdigit() => pos += 1,
                                     _ => {
+                                        self.pos = pos;
                                         return Err(
                                             self.error("expected four hex digits after \\u")
                                         );
@@ -452,11 +553,16 @@ impl<'a> Scanner<'a> {
                                 }
                             }
                         }
-                        _ => return Err(self.error("invalid escape in string")),
+                        _ => {
+                            self.pos = pos;
+                            return Err(self.error("invalid escape in string"));
+                        }
                     }
                 }
-                Some(_) => return Err(self.error("control character in string")),
-                None => return Err(self.error("unterminated string")),
+                _ => {
+                    self.pos = pos;
+                    return Err(self.error("control character in string"));
+                }
             }
         }
     }
@@ -535,6 +641,21 @@ impl<'a> Scanner<'a> {
         *first = false;
         self.value(depth).map(Some)
     }
+}
+
+/// A mask with the high bit set in bytes of `word` that are `"`, `\\` or
+/// below 0x20 (the classic "has zero byte" and "has byte less than n" bit
+/// tricks). Bytes above the first flagged one may be flagged falsely, but
+/// the lowest flagged byte is always a true one, and a zero mask means none.
+#[inline]
+fn string_special_mask(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    quote | backslash | control
 }
 
 /// Unescape a validated JSON string literal (with its quotes).
@@ -724,11 +845,81 @@ mod tests {
     }
 
     #[test]
+    fn expanding_walk_reads_the_nested_object_in_the_same_pass() {
+        let mut inner = Vec::new();
+        let mut walk =
+            walk_object(r#"{"a": 1, "m": {"x": "1", "y": [2]}, "z": {"q": 1}}"#).unwrap();
+        let mut outer = Vec::new();
+        while let Some(m) =
+            walk.next_expanding("m", |k, v| inner.push((k.decoded().into_owned(), v.raw())))
+        {
+            let (k, v) = m.unwrap();
+            outer.push((k.decoded().into_owned(), v.raw()));
+        }
+        assert_eq!(
+            inner,
+            [("x".to_string(), "\"1\""), ("y".to_string(), "[2]")]
+        );
+        assert_eq!(outer[1], ("m".to_string(), r#"{"x": "1", "y": [2]}"#));
+        assert_eq!(outer.len(), 3, "z is not expanded");
+        // Errors inside the expanded object surface, with their position.
+        let mut bad = walk_object(r#"{"m": {"x": tru}}"#).unwrap();
+        assert_eq!(
+            bad.next_expanding("m", |_, _| {})
+                .unwrap()
+                .unwrap_err()
+                .offset,
+            12
+        );
+        let mut trailing = walk_object(r#"{"m": {}} x"#).unwrap();
+        assert!(trailing.next_expanding("m", |_, _| {}).unwrap().is_ok());
+        assert!(trailing.next_expanding("m", |_, _| {}).unwrap().is_err());
+    }
+
+    #[test]
     fn unescapes_strings() {
         let v = Value::parse(r#""tab\there \"q\" \u00e9 \ud83d\ude00 \/""#).unwrap();
         assert_eq!(v.as_str().unwrap(), "tab\there \"q\" é 😀 /");
         let plain = Value::parse(r#""plain""#).unwrap();
         assert!(matches!(plain.as_str().unwrap(), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn word_scan_finds_every_special_byte_at_every_position() {
+        for special in [b'"', b'\\', 0x00, 0x1f] {
+            for at in 0..8 {
+                let mut bytes = *b"abcdefgh";
+                bytes[at] = special;
+                assert!(
+                    string_special_mask(u64::from_le_bytes(bytes)).trailing_zeros() / 8
+                        == at as u32,
+                    "{special:#x} at {at}"
+                );
+            }
+        }
+        for plain in [
+            *b"abcdefgh",
+            *b"        ",
+            [0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']'],
+        ] {
+            assert_eq!(
+                string_special_mask(u64::from_le_bytes(plain)),
+                0,
+                "{plain:?}"
+            );
+        }
+        // Long strings with escapes and controls at every offset still validate exactly.
+        for at in 0..20 {
+            let mut s = "x".repeat(20);
+            s.insert_str(at, "\\n");
+            assert!(Value::parse(&format!("\"{s}\"")).is_ok());
+            let mut bad = "x".repeat(20);
+            bad.insert(at, '\u{1}');
+            assert_eq!(
+                Value::parse(&format!("\"{bad}\"")).unwrap_err().reason,
+                "control character in string"
+            );
+        }
     }
 
     #[test]
