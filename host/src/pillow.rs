@@ -15,7 +15,7 @@ use crate::change::{self, Change};
 use crate::checkpoint::{CheckpointPolicy, CheckpointTracker};
 use crate::config::PillowConfig;
 use crate::errors::{Backoff, ErrorKind};
-use crate::feed::{Feed, FeedError, Message, TopicPartition};
+use crate::feed::{Feed, FeedError, FeedReader, Message, TopicPartition};
 use crate::partition::{self, AssignmentError};
 use crate::sink::{VersionedAction, WritePlan};
 use crate::store::{ChunkCommit, PillowErrorRecord, Store, StoreError};
@@ -268,7 +268,8 @@ impl Pillow {
         }
         let mut next: HashMap<TopicPartition, u64> = positions.iter().cloned().collect();
         let mut committed = next.clone();
-        let mut reader = feed.reader(positions.clone());
+        let reader = feed.reader(positions.clone());
+        let chunk_size = config.chunk_size;
         let policy = CheckpointPolicy {
             every: config.checkpoint_every,
             max_delay: Duration::from_secs(config.checkpoint_max_delay_seconds),
@@ -293,14 +294,31 @@ impl Pillow {
         let bar = progress_bar(options.progress, options.until_caught_up, backlog, &name);
 
         let mut in_flight: Option<InFlight> = None;
+        let mut reader = Some(reader);
+        let mut polling: Option<Polling> = None;
         loop {
             if options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t) {
                 break;
             }
-            let polled = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                polled = reader.poll(config.chunk_size, max_wait) => polled.map_err(feed_err)?,
+            // The next chunk is read while this one is transformed and
+            // committed. Reads stay in order: one poll at a time, each
+            // continuing where the last one stopped. On shutdown a chunk
+            // read but not yet processed is dropped; its offsets were never
+            // checkpointed, so the next run reads it again.
+            let poll = match polling.take() {
+                Some(poll) => poll,
+                None => spawn_poll(
+                    reader.take().expect("the reader is home when no poll runs"),
+                    chunk_size,
+                    max_wait,
+                ),
             };
+            let (back, polled) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                joined = poll => joined.map_err(|e| PillowError::Worker { pillow: name.clone(), message: e.to_string() })?,
+            };
+            let polled = polled.map_err(feed_err)?;
+            polling = Some(spawn_poll(back, chunk_size, max_wait));
             if polled.is_empty() {
                 finish_commit(&mut in_flight, &mut committed, &mut tracker)
                     .await
@@ -385,6 +403,16 @@ impl Pillow {
         tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
         Ok(summary)
     }
+}
+
+/// A feed poll running in the background; gives the reader back with the messages.
+type Polling = tokio::task::JoinHandle<(FeedReader, Result<Vec<Message>, FeedError>)>;
+
+fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration) -> Polling {
+    tokio::spawn(async move {
+        let result = reader.poll(max, max_wait).await;
+        (reader, result)
+    })
 }
 
 /// A chunk commit running in the background; yields the checkpoints it saved.

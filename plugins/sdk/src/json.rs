@@ -179,11 +179,9 @@ impl<'a> Key<'a> {
     /// key has no escapes).
     pub fn is(&self, name: &str) -> bool {
         let inner = &self.raw[1..self.raw.len() - 1];
-        if inner.as_bytes().contains(&b'\\') {
-            self.decoded() == name
-        } else {
-            inner == name
-        }
+        // Equal as written is equal (an escape-free name matches itself);
+        // only a key with escapes needs decoding to compare.
+        inner == name || (inner.as_bytes().contains(&b'\\') && self.decoded() == name)
     }
 }
 
