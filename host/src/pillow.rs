@@ -113,6 +113,9 @@ pub struct RunSummary {
     pub actions: BTreeMap<&'static str, u64>,
     /// Pillow errors recorded, by kind.
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// Time spent waiting for the feed (reads overlap processing, so this
+    /// is the part not hidden behind it).
+    pub read_time: Duration,
     /// Time spent decoding.
     pub decode_time: Duration,
     /// Time spent in processors (Wasm).
@@ -313,12 +316,16 @@ impl Pillow {
                     max_wait,
                 ),
             };
+            let t_read = Instant::now();
             let (back, polled) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 joined = poll => joined.map_err(|e| PillowError::Worker { pillow: name.clone(), message: e.to_string() })?,
             };
             let polled = polled.map_err(feed_err)?;
             polling = Some(spawn_poll(back, chunk_size, max_wait));
+            if !polled.is_empty() {
+                summary.read_time += t_read.elapsed();
+            }
             if polled.is_empty() {
                 finish_commit(&mut in_flight, &mut committed, &mut tracker)
                     .await

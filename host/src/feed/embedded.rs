@@ -53,7 +53,10 @@ impl EmbeddedFeed {
             .busy_timeout(Duration::from_secs(30))
             // Documents and changes are 1-3 KB: 16 KiB pages hold them
             // without overflow chains (applies when the file is created).
-            .page_size(16384);
+            .page_size(16384)
+            // A chunk commit writes megabytes; the default 2 MiB page cache
+            // spills mid-transaction. 16 MiB per connection (negative = KiB).
+            .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
