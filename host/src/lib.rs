@@ -24,6 +24,7 @@
 //! | [`errors`] | pillow error records and retry backoff |
 //! | [`store`] | the SQLite store: checkpoints, pillow errors, sink tables, one transaction per chunk |
 //! | [`sink`] | writing actions into sink tables |
+//! | [`sqlite`] | opening the SQLite files with one set of settings |
 //! | [`pillow`] | the run loop |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
 //! | [`status`] | what `pillowtop status` shows |
@@ -44,6 +45,7 @@ pub mod manifest;
 pub mod partition;
 pub mod pillow;
 pub mod sink;
+pub mod sqlite;
 pub mod status;
 pub mod store;
 pub mod time;

@@ -8,12 +8,10 @@ use crate::errors::{Backoff, ErrorKind};
 use crate::feed::TopicPartition;
 use crate::sink::WritePlan;
 use crate::sink::sqlite::{self as sqlite_sink, SinkError};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +24,8 @@ pub enum StoreError {
         /// The error.
         source: sqlx::Error,
     },
-    /// Migrations failed.
-    #[error("store {path}: migration failed: {message}")]
+    /// The file could not be opened or migrated.
+    #[error("store {path}: {message}")]
     Migrate {
         /// Store file.
         path: PathBuf,
@@ -137,36 +135,8 @@ impl Store {
     ///
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Migrate {
-                path: path.to_owned(),
-                message: format!("cannot create {}: {e}", dir.display()),
-            })?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL in WAL mode: a commit survives a process crash; only an
-            // OS crash or power loss can lose the last commits.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            // Documents and changes are 1-3 KB: 16 KiB pages hold them
-            // without overflow chains (applies when the file is created).
-            .page_size(16384)
-            // A chunk commit writes megabytes; the default 2 MiB page cache
-            // spills mid-transaction. 16 MiB per connection (negative = KiB).
-            .pragma("cache_size", "-16384");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Database {
-                path: path.to_owned(),
-                source,
-            })?;
-        sqlx::migrate!("../migrations/sqlite-store")
-            .run(&pool)
+        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-store");
+        let pool = crate::sqlite::open(path, &MIGRATOR)
             .await
             .map_err(|e| StoreError::Migrate {
                 path: path.to_owned(),

@@ -6,7 +6,6 @@
 //! never block the writer.
 
 use super::{FeedError, Message, TopicPartition, Watermarks, partition_for_key};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,36 +40,10 @@ impl EmbeddedFeed {
     ///
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<EmbeddedFeed, FeedError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| FeedError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            // Documents and changes are 1-3 KB: 16 KiB pages hold them
-            // without overflow chains (applies when the file is created).
-            .page_size(16384)
-            // A chunk commit writes megabytes; the default 2 MiB page cache
-            // spills mid-transaction. 16 MiB per connection (negative = KiB).
-            .pragma("cache_size", "-16384");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-feed");
+        let pool = crate::sqlite::open(path, &MIGRATOR)
             .await
-            .map_err(db_error(path))?;
-        sqlx::migrate!("../migrations/sqlite-feed")
-            .run(&pool)
-            .await
-            .map_err(|e| {
-                FeedError::Invalid(format!(
-                    "embedded feed {}: migration failed: {e}",
-                    path.display()
-                ))
-            })?;
+            .map_err(|e| FeedError::Invalid(format!("embedded feed {}: {e}", path.display())))?;
         Ok(EmbeddedFeed {
             pool,
             path: Arc::new(path.to_owned()),

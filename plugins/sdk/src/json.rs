@@ -235,33 +235,9 @@ impl<'a> Walk<'a> {
         }
         let scanner = &mut self.scanner;
         let result = (|| {
-            scanner.skip_ws();
-            if scanner.peek() == Some(b'}') {
-                scanner.pos += 1;
+            let Some(k) = scanner.member_key(&mut self.first)? else {
                 return Ok(None);
-            }
-            if !self.first {
-                if scanner.peek() != Some(b',') {
-                    return Err(scanner.error("expected ',' or '}' in object"));
-                }
-                scanner.pos += 1;
-                scanner.skip_ws();
-            }
-            self.first = false;
-            if scanner.peek() != Some(b'"') {
-                return Err(scanner.error("expected a string key in object"));
-            }
-            let start = scanner.pos;
-            scanner.string()?;
-            let k = Key {
-                raw: &scanner.text[start..scanner.pos],
             };
-            scanner.skip_ws();
-            if scanner.peek() != Some(b':') {
-                return Err(scanner.error("expected ':' after object key"));
-            }
-            scanner.pos += 1;
-            scanner.skip_ws();
             if k.is(key) && scanner.peek() == Some(b'{') {
                 let start = scanner.pos;
                 scanner.pos += 1;
@@ -592,6 +568,17 @@ impl<'a> Scanner<'a> {
         first: &mut bool,
         depth: usize,
     ) -> Result<Option<(Key<'a>, Value<'a>)>, Error> {
+        let Some(key) = self.member_key(first)? else {
+            return Ok(None);
+        };
+        let value = self.value(depth)?;
+        Ok(Some((key, value)))
+    }
+
+    /// Read up to a member's value: the separating comma (unless `first`),
+    /// the key and the colon. `Ok(None)` after consuming the closing `}`.
+    #[inline]
+    fn member_key(&mut self, first: &mut bool) -> Result<Option<Key<'a>>, Error> {
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -619,8 +606,7 @@ impl<'a> Scanner<'a> {
         }
         self.pos += 1;
         self.skip_ws();
-        let value = self.value(depth)?;
-        Ok(Some((key, value)))
+        Ok(Some(key))
     }
 
     fn next_element(&mut self, first: &mut bool, depth: usize) -> Result<Option<Value<'a>>, Error> {
