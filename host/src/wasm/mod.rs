@@ -544,10 +544,24 @@ impl Processor {
     /// When instantiation or `init` fails.
     pub fn reinstantiate(&mut self) -> Result<(), Failure> {
         self.instance = None;
-        let mut instance = self.plugin.instantiate()?;
-        instance.init(&self.plugin)?;
-        self.instance = Some(instance);
+        self.instance = Some(self.fresh_instance()?);
         Ok(())
+    }
+
+    /// A new, initialised instance. Any failure is of kind `instantiate`:
+    /// the plugin loaded and ran `init` before, so this one is broken.
+    fn fresh_instance(&self) -> Result<Instance, Failure> {
+        let fresh = self
+            .plugin
+            .instantiate()
+            .and_then(|mut i| i.init(&self.plugin).map(|_| i));
+        fresh.map_err(|f| Failure {
+            kind: ErrorKind::Instantiate,
+            message: format!(
+                "a fresh instance could not be started ({}): {}",
+                f.kind, f.message
+            ),
+        })
     }
 
     /// Run one change. On a trap the instance is dropped; the next call
@@ -558,9 +572,7 @@ impl Processor {
     /// A [`Failure`] with the precise kind; the change should become a pillow error.
     pub fn process(&mut self, change: &Change) -> Result<Vec<Action>, Failure> {
         if self.instance.is_none() {
-            let mut instance = self.plugin.instantiate()?;
-            instance.init(&self.plugin)?;
-            self.instance = Some(instance);
+            self.instance = Some(self.fresh_instance()?);
         }
         let Some(instance) = self.instance.as_mut() else {
             unreachable!("instance was just created")
