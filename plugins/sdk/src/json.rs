@@ -255,6 +255,16 @@ impl<'a> Walk<'a> {
             }
             scanner.value(1).map(|v| Some((k, v)))
         })();
+        self.settle(result)
+    }
+
+    /// Turn one step's result into the iterator's item: at the end of the
+    /// object, check that nothing but whitespace follows; after an error or
+    /// the end, stop.
+    fn settle(
+        &mut self,
+        result: Result<Option<(Key<'a>, Value<'a>)>, Error>,
+    ) -> Option<Result<(Key<'a>, Value<'a>), Error>> {
         match result {
             Ok(Some(item)) => Some(Ok(item)),
             Ok(None) => {
@@ -282,23 +292,8 @@ impl<'a> Iterator for Walk<'a> {
         if self.done {
             return None;
         }
-        match self.scanner.next_member(&mut self.first, 1) {
-            Ok(Some(item)) => Some(Ok(item)),
-            Ok(None) => {
-                self.done = true;
-                self.scanner.skip_ws();
-                if self.scanner.pos != self.scanner.bytes.len() {
-                    return Some(Err(self
-                        .scanner
-                        .error("trailing characters after the object")));
-                }
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let result = self.scanner.next_member(&mut self.first, 1);
+        self.settle(result)
     }
 }
 
