@@ -6,6 +6,7 @@
 //! pairs among themselves.
 
 use crate::feed::TopicPartition;
+use std::collections::HashMap;
 
 /// Errors in a process layout.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,22 +69,29 @@ pub fn assign(
         .collect())
 }
 
-/// Which process owns `tp` in the layout (the inverse of [`assign`]).
-pub fn owner(
+/// Which process owns each pair in the layout, derived from [`assign`] so
+/// the rule lives in one place.
+///
+/// # Errors
+///
+/// Fails when the layout is impossible (see [`AssignmentError`]).
+pub fn owners(
     pairs: &[TopicPartition],
-    tp: &TopicPartition,
     num_processes: u32,
     dedicated_migration_process: bool,
-) -> Option<u32> {
-    let mut sorted: Vec<_> = pairs.to_vec();
-    sorted.sort();
-    sorted.dedup();
-    let index = sorted.iter().position(|p| p == tp)? as u32;
-    if dedicated_migration_process && num_processes >= 2 {
-        Some(1 + index % (num_processes - 1))
-    } else {
-        Some(index % num_processes.max(1))
+) -> Result<HashMap<TopicPartition, u32>, AssignmentError> {
+    let mut out = HashMap::with_capacity(pairs.len());
+    for k in 0..num_processes {
+        for tp in assign(
+            pairs.to_vec(),
+            num_processes,
+            k,
+            dedicated_migration_process,
+        )? {
+            out.insert(tp, k);
+        }
     }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -128,8 +136,9 @@ mod tests {
             let mut expected = pairs();
             expected.sort();
             assert_eq!(seen, expected, "n={n}");
+            let owners = owners(&pairs(), n, false).unwrap();
             for t in pairs() {
-                let k = owner(&pairs(), &t, n, false).unwrap();
+                let k = owners[&t];
                 assert!(assign(pairs(), n, k, false).unwrap().contains(&t));
             }
         }
@@ -146,7 +155,10 @@ mod tests {
             assign(pairs(), 3, 2, true).unwrap(),
             [tp("case", 1), tp("form", 0)]
         );
-        assert_eq!(owner(&pairs(), &tp("form", 0), 3, true), Some(2));
+        assert_eq!(
+            owners(&pairs(), 3, true).unwrap().get(&tp("form", 0)),
+            Some(&2)
+        );
         assert_eq!(
             assign(pairs(), 1, 0, true),
             Err(AssignmentError::MigrationNeedsTwo(1))

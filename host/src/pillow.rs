@@ -504,15 +504,21 @@ fn decode_chunk(
             }
         }
     }
-    // Dedupe: walk backwards, keep the first (= last) change per id.
+    // Dedupe: walk backwards marking the last change of each id (borrowing
+    // the ids, no copies), then keep the marked ones in order.
     let before = changes.len();
-    let mut seen = HashSet::with_capacity(changes.len());
-    let mut kept: Vec<_> = changes
+    let mut keep = vec![false; before];
+    {
+        let mut seen = HashSet::with_capacity(before);
+        for (i, (c, _)) in changes.iter().enumerate().rev() {
+            keep[i] = seen.insert(c.id.as_str());
+        }
+    }
+    let kept: Vec<_> = changes
         .into_iter()
-        .rev()
-        .filter(|(c, _)| seen.insert(c.id.clone()))
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
         .collect();
-    kept.reverse();
     let skipped = (before - kept.len()) as u64;
     (kept, errors, skipped)
 }

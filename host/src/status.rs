@@ -4,7 +4,7 @@
 //! and plugin versions. One screen for the firefighting guide.
 
 use crate::config::PillowConfig;
-use crate::feed::{Feed, FeedError, TopicPartition};
+use crate::feed::{Feed, FeedError};
 use crate::manifest::Manifest;
 use crate::partition;
 use crate::store::{Store, StoreError, StoredError};
@@ -57,6 +57,9 @@ pub enum StatusError {
     /// Store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The process layout is impossible.
+    #[error(transparent)]
+    Assignment(#[from] partition::AssignmentError),
 }
 
 /// Gather one pillow's status.
@@ -72,6 +75,11 @@ pub async fn pillow_status(
     let pairs = feed.partitions(&config.topics).await?;
     let checkpoints = store.checkpoints(config.checkpoint_id()).await?;
     let now = crate::time::now_ms();
+    let owners = partition::owners(
+        &pairs,
+        config.num_processes,
+        config.dedicated_migration_process,
+    )?;
     let mut partitions = Vec::new();
     for tp in &pairs {
         let end = feed.watermarks(tp).await?.high;
@@ -79,13 +87,7 @@ pub async fn pillow_status(
         let checkpoint = saved.map(|c| c.next_offset);
         partitions.push(PartitionStatus {
             partition: tp.to_string(),
-            process: partition::owner(
-                &pairs,
-                tp,
-                config.num_processes,
-                config.dedicated_migration_process,
-            )
-            .unwrap_or(0),
+            process: owners.get(tp).copied().unwrap_or(0),
             checkpoint,
             end_offset: end,
             need_processing: end.saturating_sub(checkpoint.unwrap_or(0)),
@@ -175,10 +177,4 @@ pub fn render(statuses: &[PillowStatus]) -> String {
         }
     }
     out
-}
-
-/// For tests: a partition's status by `topic:partition`.
-pub fn find<'a>(s: &'a PillowStatus, tp: &TopicPartition) -> Option<&'a PartitionStatus> {
-    let name = tp.to_string();
-    s.partitions.iter().find(|p| p.partition == name)
 }

@@ -125,7 +125,9 @@ pub struct Checkpoint {
 pub struct Store {
     pool: SqlitePool,
     path: Arc<PathBuf>,
-    tables: Arc<RwLock<HashMap<String, TableSpec>>>,
+    /// Declared row tables. Replaced whole (copy on write) when a plugin is
+    /// prepared, so a commit takes a cheap `Arc` clone instead of copying specs.
+    tables: Arc<RwLock<Arc<HashMap<String, TableSpec>>>>,
 }
 
 impl Store {
@@ -188,9 +190,11 @@ impl Store {
         }
         tx.commit().await.map_err(self.db())?;
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        let mut updated = HashMap::clone(&tables);
         for t in &info.tables {
-            tables.insert(t.name.clone(), t.clone());
+            updated.insert(t.name.clone(), t.clone());
         }
+        *tables = Arc::new(updated);
         Ok(())
     }
 
@@ -223,11 +227,7 @@ impl Store {
     pub async fn commit(&self, checkpoint_id: &str, chunk: &ChunkCommit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         if !chunk.plan.is_empty() {
-            let tables = self
-                .tables
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
             sqlite_sink::apply(&mut tx, &chunk.plan, &tables)
                 .await
                 .map_err(self.sink())?;
