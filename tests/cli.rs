@@ -58,6 +58,20 @@ fn gen_and_publish(config: &Path, count: u32) {
     );
 }
 
+fn run_until_caught_up(config: &Path) -> std::process::Output {
+    bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log",
+            "warn",
+            "run",
+            "--until-caught-up",
+        ])
+        .output()
+        .unwrap()
+}
+
 fn status_json(config: &Path) -> serde_json::Value {
     let out = bin()
         .args(["--config", config.to_str().unwrap(), "status", "--json"])
@@ -78,17 +92,7 @@ fn gen_publish_run_status() {
     gen_and_publish(&config, 3000);
     let before = status_json(&config);
     assert_eq!(before[0]["need_processing"], 3000);
-    let out = bin()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--log",
-            "warn",
-            "run",
-            "--until-caught-up",
-        ])
-        .output()
-        .unwrap();
+    let out = run_until_caught_up(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -152,17 +156,7 @@ fn sigterm_finishes_the_chunk_saves_and_exits_zero() {
         "stopped mid-stream with a saved checkpoint ({saved})"
     );
     // The rest, and only the rest, is read by the next run.
-    let out = bin()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--log",
-            "warn",
-            "run",
-            "--until-caught-up",
-        ])
-        .output()
-        .unwrap();
+    let out = run_until_caught_up(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(

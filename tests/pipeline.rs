@@ -37,6 +37,15 @@ async fn run(env: &Env, config: &PillowConfig, options: RunOptions) -> RunSummar
     pillow.run(options, CancellationToken::new()).await.unwrap()
 }
 
+/// Run as process `k` (of the config's `num_processes`) until caught up.
+fn process(k: u32) -> RunOptions {
+    RunOptions {
+        until_caught_up: true,
+        process_num: k,
+        ..RunOptions::default()
+    }
+}
+
 fn caught_up() -> RunOptions {
     RunOptions {
         until_caught_up: true,
@@ -408,16 +417,7 @@ async fn two_processes_split_the_partitions_and_save_only_their_own() {
         num_processes: 2,
         ..pillow_config("split", "case-sql", case_search_manifest(), 100)
     };
-    let p0 = run(
-        &env,
-        &config,
-        RunOptions {
-            until_caught_up: true,
-            process_num: 0,
-            ..RunOptions::default()
-        },
-    )
-    .await;
+    let p0 = run(&env, &config, process(0)).await;
     let after_p0 = checkpoints(&env, "split").await;
     let mine: Vec<u32> = after_p0
         .keys()
@@ -430,16 +430,7 @@ async fn two_processes_split_the_partitions_and_save_only_their_own() {
         vec![0, 2, 4, 6],
         "process 0 owns pairs[0::2] and saves only those"
     );
-    let p1 = run(
-        &env,
-        &config,
-        RunOptions {
-            until_caught_up: true,
-            process_num: 1,
-            ..RunOptions::default()
-        },
-    )
-    .await;
+    let p1 = run(&env, &config, process(1)).await;
     assert_eq!(
         p0.messages + p1.messages,
         2000,
