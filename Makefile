@@ -16,8 +16,8 @@ wasm-target:
 ## Build every plugin to a component and copy it next to its manifest
 ## (copied only when changed, so a running host does not see a spurious change).
 plugins: wasm-target
-	$(CARGO) build --release --target wasm32-wasip2 -p case-search -p hostile
-	@for pair in case_search:plugins/case-search hostile:plugins/testing/hostile; do \
+	$(CARGO) build --release --target wasm32-wasip2 -p case-search -p hostile -p tagger
+	@for pair in case_search:plugins/case-search hostile:plugins/testing/hostile tagger:plugins/testing/tagger; do \
 	  src=$(WASM)/$${pair%%:*}.wasm; dst=$${pair#*:}/$${pair%%:*}.wasm; \
 	  cmp -s $$src $$dst || cp $$src $$dst; \
 	done

@@ -112,12 +112,12 @@ fn gen_publish_run_status() {
     for p in after[0]["partitions"].as_array().unwrap() {
         assert_eq!(p["checkpoint"], p["end_offset"]);
     }
-    assert!(
-        after[0]["plugins"][0][1]
-            .as_str()
-            .unwrap()
-            .starts_with("0.1.0+")
-    );
+    let plugin = &after[0]["plugins"][0];
+    assert_eq!(plugin["processor"], "case-search");
+    assert!(plugin["on_disk"].as_str().unwrap().starts_with("0.1.0+"));
+    // The version that ran, as the run recorded it, is the one on disk.
+    assert_eq!(plugin["live"][0][1], plugin["on_disk"], "{plugin}");
+    assert_eq!(after[0]["processes"][0]["state"], "stopped");
 }
 
 #[test]

@@ -7,4 +7,5 @@ mod support;
 mod cli;
 mod loading;
 mod pipeline;
+mod reload;
 mod sandbox;

@@ -105,6 +105,67 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The admin HTTP endpoint: `/metrics`, `/status`, plugin reloads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. The default port 0 picks a free port, so
+    /// several processes on one machine never collide; each records the
+    /// address it got in the store, where `pillowtop plugin reload` finds
+    /// it. Give a fixed port (e.g. `127.0.0.1:9180`) for Prometheus to scrape.
+    #[serde(default = "default_admin_listen_address")]
+    pub listen_address: String,
+    /// Set to false to run without the endpoint (reload by SIGHUP or by
+    /// file changes only).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_admin_listen_address() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen_address: default_admin_listen_address(),
+            enabled: true,
+        }
+    }
+}
+
+/// Hot reload of plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Watch every loaded manifest, component and fixture file, and load a
+    /// changed plugin without a restart. SIGHUP and `pillowtop plugin
+    /// reload` work either way.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often watched files are checked. A change is loaded once the
+    /// files look the same on two checks in a row (a half-written file is
+    /// not loaded), so a new version is picked up within about twice this.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    100
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
 /// One pillow: topics, processors in order, chunking and checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +230,10 @@ struct RawConfig {
     #[serde(default)]
     runtime: RuntimeConfig,
     #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    reload: ReloadConfig,
+    #[serde(default)]
     pillows: Vec<PillowConfig>,
 }
 
@@ -183,6 +248,10 @@ pub struct HostConfig {
     pub store_path: PathBuf,
     /// Runtime settings.
     pub runtime: RuntimeConfig,
+    /// The admin endpoint.
+    pub admin: AdminConfig,
+    /// Hot reload.
+    pub reload: ReloadConfig,
     /// The pillows.
     pub pillows: Vec<PillowConfig>,
 }
@@ -253,6 +322,27 @@ impl HostConfig {
             return Err(invalid(
                 "store.url",
                 "names no file; use sqlite://PATH".into(),
+            ));
+        }
+        if raw.admin.enabled
+            && raw
+                .admin
+                .listen_address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(
+                "admin.listen_address",
+                format!(
+                    "{:?} is not IP:PORT; e.g. \"127.0.0.1:9180\", or \"127.0.0.1:0\" for any free port",
+                    raw.admin.listen_address
+                ),
+            ));
+        }
+        if !(10..=60_000).contains(&raw.reload.poll_interval_ms) {
+            return Err(invalid(
+                "reload.poll_interval_ms",
+                format!("{} is out of range 10..=60000", raw.reload.poll_interval_ms),
             ));
         }
         let mut runtime = raw.runtime;
@@ -328,6 +418,8 @@ impl HostConfig {
             feed,
             store_path: resolve(Path::new(store_file)),
             runtime,
+            admin: raw.admin,
+            reload: raw.reload,
             pillows: raw.pillows,
         })
     }
@@ -383,6 +475,10 @@ mod tests {
             (500, 1000, 300)
         );
         assert_eq!(p.checkpoint_id(), "case-search");
+        assert_eq!(c.admin, AdminConfig::default());
+        assert_eq!(c.admin.listen_address, "127.0.0.1:0");
+        assert!(c.reload.watch);
+        assert_eq!(c.reload.poll_interval_ms, 100);
         assert_eq!(
             p.processors[0],
             Path::new("/etc/pt/../plugins/case-search/plugin.toml")
@@ -441,6 +537,21 @@ mod tests {
                 "topics = [\"case-sql\"]",
                 "topics = []",
                 &["pillows[0].topics"],
+            ),
+            (
+                "[store]",
+                "[admin]\nlisten_address = \"localhost\"\n[store]",
+                &["key `admin.listen_address`", "IP:PORT", "127.0.0.1:0"],
+            ),
+            (
+                "[store]",
+                "[reload]\npoll_interval_ms = 1\n[store]",
+                &["key `reload.poll_interval_ms`", "10..=60000"],
+            ),
+            (
+                "[store]",
+                "[reload]\nwatch = \"yes\"\n[store]",
+                &["invalid type", "expected a boolean"],
             ),
         ];
         for (from, to, needles) in cases {

@@ -26,6 +26,9 @@
 //! | [`sink`] | writing actions into sink tables |
 //! | [`sqlite`] | opening the SQLite files with one set of settings |
 //! | [`pillow`] | the run loop |
+//! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
+//! | [`metrics`] | Prometheus metrics |
+//! | [`admin`] | the admin HTTP endpoint: metrics, status, plugin reloads |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
 //! | [`status`] | what `pillowtop status` shows |
 //! | [`generate`] | synthetic CommCare-like changes |
@@ -34,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod action;
+pub mod admin;
 pub mod change;
 pub mod checkpoint;
 pub mod config;
@@ -42,8 +46,10 @@ pub mod feed;
 pub mod fixtures;
 pub mod generate;
 pub mod manifest;
+pub mod metrics;
 pub mod partition;
 pub mod pillow;
+pub mod reload;
 pub mod sink;
 pub mod sqlite;
 pub mod status;

@@ -3,18 +3,24 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use pillowtop::admin::{self, Admin};
+use pillowtop::config::PillowConfig;
 use pillowtop::config::{FeedConfig, HostConfig};
 use pillowtop::feed::Feed;
 use pillowtop::feed::embedded::EmbeddedFeed;
 use pillowtop::manifest::Manifest;
-use pillowtop::pillow::{self, Pillow, RunOptions, RunSummary};
+use pillowtop::metrics::Metrics;
+use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
+use pillowtop::reload::{Follower, Plugins, ReloadOutcome};
+use pillowtop::store::ProcessRecord;
 use pillowtop::store::Store;
+use pillowtop::wasm::Processor;
 use pillowtop::wasm::{Runtime, RuntimeOptions};
 use pillowtop::{fixtures, generate, status};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Run change processors as sandboxed WebAssembly components.
@@ -115,6 +121,19 @@ enum PluginCommand {
         #[arg(long, default_value = "data/compile-cache")]
         compile_cache: PathBuf,
     },
+    /// Ask the running host processes (found in the store named by
+    /// --config) to load plugin NAME's files now. A new version that
+    /// compiles, initialises and passes its fixtures goes live at the next
+    /// chunk boundary; otherwise the running version stays and the reason
+    /// is printed. Exits non-zero when a version is refused.
+    Reload {
+        /// Plugin name (as in its manifest); omit with --all.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Reload every plugin.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -165,6 +184,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     compile_cache,
                 },
         } => plugin_check(&manifest, compile_cache).await,
+        Command::Plugin {
+            command: PluginCommand::Reload { name, all: _ },
+        } => {
+            let config = HostConfig::load(&cli.config)?;
+            plugin_reload(&config, name.as_deref()).await
+        }
         Command::Publish { topic, partitions } => {
             let config = HostConfig::load(&cli.config)?;
             publish(&config, &topic, partitions).await
@@ -363,29 +388,79 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
     let feed = open_feed(config).await?;
     let store = Store::open(&config.store_path).await?;
     let runtime = runtime_for(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let plugins = Arc::new(Plugins::new(runtime, metrics.clone()));
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
 
-    let mut tasks = Vec::new();
+    let mut prepared = Vec::new();
     for p in pillows {
         let started = Instant::now();
-        let loaded = pillow::load_processors(runtime.clone(), p).await?;
-        for (processor, t) in &loaded {
-            tracing::info!(
-                pillow = %p.name,
-                plugin = %processor.plugin().manifest().name,
-                version = %processor.plugin().version(),
-                cache = ?t.cache,
-                compile_ms = t.compile.as_secs_f64() * 1e3,
-                instantiate_ms = t.instantiate.as_secs_f64() * 1e3,
-                "plugin loaded"
-            );
-        }
-        let processors = loaded.into_iter().map(|(p, _)| p).collect();
-        let pillow = Pillow::new(p.clone(), feed.clone(), store.clone(), processors).await?;
+        let (processors, followers) = load_pillow_plugins(&plugins, p).await?;
+        let pillow = Pillow::new(p.clone(), feed.clone(), store.clone(), processors)
+            .await?
+            .following(followers)
+            .with_metrics(metrics.clone());
         tracing::info!(pillow = %p.name, startup_ms = started.elapsed().as_secs_f64() * 1e3, "pillow ready");
-        tasks.push(tokio::spawn(pillow.run(options.clone(), shutdown.clone())));
+        prepared.push((p, pillow));
     }
+
+    // Side tasks stop with the pillows, not with the signal: the pillows
+    // finish their chunk first.
+    let side = CancellationToken::new();
+    let admin_url = if config.admin.enabled {
+        let admin = Admin::bind(&config.admin.listen_address).await?;
+        let url = admin.url().to_owned();
+        tracing::info!(%url, "admin endpoint: /metrics, /plugins, POST /plugins/NAME/reload");
+        tokio::spawn(admin.serve(plugins.clone(), side.clone()));
+        Some(url)
+    } else {
+        None
+    };
+    if config.reload.watch {
+        tokio::spawn(plugins.clone().watch(
+            Duration::from_millis(config.reload.poll_interval_ms),
+            side.clone(),
+        ));
+    }
+    reload_on_sighup(plugins.clone(), side.clone());
+    let pid = std::process::id();
+    let now = pillowtop::time::now_ms();
+    for (p, _) in &prepared {
+        store
+            .register_process(&ProcessRecord {
+                pillow: p.name.clone(),
+                process_num: options.process_num,
+                pid,
+                host: hostname(),
+                admin_url: admin_url.clone(),
+                started_at_ms: now,
+                heartbeat_at_ms: now,
+                stopped_at_ms: None,
+            })
+            .await?;
+    }
+    {
+        let store = store.clone();
+        let side = side.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = side.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = store.heartbeat(pid, pillowtop::time::now_ms()).await {
+                    tracing::warn!(error = %e, "cannot record heartbeat");
+                }
+            }
+        });
+    }
+
+    let tasks: Vec<_> = prepared
+        .into_iter()
+        .map(|(_, pillow)| tokio::spawn(pillow.run(options.clone(), shutdown.clone())))
+        .collect();
     let mut summaries: Vec<RunSummary> = Vec::new();
     let mut failed = None;
     for t in tasks {
@@ -402,11 +477,129 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
             }
         }
     }
+    side.cancel();
+    store
+        .process_stopped(pid, pillowtop::time::now_ms())
+        .await?;
     print_summary(config, &summaries, &store, &feed).await?;
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// How often a running process records that it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Load a pillow's plugins (shared with other pillows listing the same
+/// manifest) on a blocking thread: compiling can take seconds.
+async fn load_pillow_plugins(
+    plugins: &Arc<Plugins>,
+    pillow: &PillowConfig,
+) -> Result<(Vec<Processor>, Vec<Follower>)> {
+    let plugins = plugins.clone();
+    let manifests = pillow.processors.clone();
+    let name = pillow.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut processors = Vec::new();
+        let mut followers = Vec::new();
+        for path in &manifests {
+            let (slot, timings) = plugins
+                .load(path)
+                .with_context(|| format!("pillow {name}: loading {}", path.display()))?;
+            let (processor, follower) = Follower::start(slot);
+            match timings {
+                Some(t) => tracing::info!(
+                    pillow = %name,
+                    plugin = %processor.plugin().manifest().name,
+                    version = %processor.plugin().version(),
+                    cache = ?t.cache,
+                    compile_ms = t.compile.as_secs_f64() * 1e3,
+                    instantiate_ms = t.instantiate.as_secs_f64() * 1e3,
+                    "plugin loaded"
+                ),
+                None => tracing::info!(pillow = %name, plugin = %processor.plugin().manifest().name, "plugin shared with another pillow"),
+            }
+            processors.push(processor);
+            followers.push(follower);
+        }
+        Ok((processors, followers))
+    })
+    .await?
+}
+
+/// Reload every plugin on SIGHUP.
+fn reload_on_sighup(plugins: Arc<Plugins>, stop: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin endpoint instead");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading every plugin");
+            for outcome in plugins.reload_named(None).await {
+                tracing::info!(%outcome, "SIGHUP reload");
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (plugins, stop);
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `pillowtop plugin reload`: ask every live host process of the config's
+/// pillows to reload `name` and print what each said.
+async fn plugin_reload(config: &HostConfig, name: Option<&str>) -> Result<()> {
+    let store = Store::open(&config.store_path).await?;
+    let now = pillowtop::time::now_ms();
+    let stale_ms = 3 * HEARTBEAT.as_millis() as i64;
+    let mut urls: Vec<String> = store
+        .processes()
+        .await?
+        .into_iter()
+        .filter(|p| p.stopped_at_ms.is_none() && now - p.heartbeat_at_ms < stale_ms)
+        .filter_map(|p| p.admin_url)
+        .collect();
+    urls.sort();
+    urls.dedup();
+    if urls.is_empty() {
+        bail!(
+            "no running pillowtop process with an admin endpoint is recorded in {}; start one with `pillowtop run`, or send it SIGHUP",
+            config.store_path.display()
+        );
+    }
+    let mut refused = 0;
+    for url in &urls {
+        let outcomes = admin::request_reload(url, name).await?;
+        if outcomes.is_empty() {
+            println!("{url}: no plugins loaded");
+        }
+        for o in outcomes {
+            if matches!(o, ReloadOutcome::Refused { .. }) {
+                refused += 1;
+            }
+            println!("{url}: {o}");
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} reload(s) refused; the running versions stay live (see above)");
+    }
+    Ok(())
 }
 
 async fn print_summary(

@@ -16,9 +16,13 @@ use crate::checkpoint::{CheckpointPolicy, CheckpointTracker};
 use crate::config::PillowConfig;
 use crate::errors::{Backoff, ErrorKind};
 use crate::feed::{Feed, FeedError, FeedReader, Message, TopicPartition};
+use crate::metrics::Metrics;
 use crate::partition::{self, AssignmentError};
+use crate::reload::{Follower, SlotChange};
 use crate::sink::{VersionedAction, WritePlan};
-use crate::store::{ChunkCommit, PillowErrorRecord, Store, StoreError};
+use crate::store::{
+    ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError,
+};
 use crate::wasm::{LoadError, LoadTimings, Processor, Runtime};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -169,6 +173,9 @@ pub struct Pillow {
     feed: Feed,
     store: Store,
     processors: Vec<Processor>,
+    /// One per processor when hot reload is on.
+    followers: Vec<Follower>,
+    metrics: Arc<Metrics>,
 }
 
 /// The result of running one chunk through the processors.
@@ -176,6 +183,16 @@ pub struct Pillow {
 struct ChunkOutcome {
     actions: Vec<VersionedAction>,
     errors: Vec<PillowErrorRecord>,
+    /// Per processor, in order.
+    stats: Vec<ProcessorStats>,
+}
+
+/// What one processor did in one chunk, for metrics.
+#[derive(Default, Clone)]
+struct ProcessorStats {
+    ok: u64,
+    failed: BTreeMap<ErrorKind, u64>,
+    fuel: u64,
 }
 
 impl Pillow {
@@ -204,7 +221,34 @@ impl Pillow {
             feed,
             store,
             processors,
+            followers: Vec::new(),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// Follow plugin slots for hot reload: one follower per processor, in
+    /// order. At each chunk boundary a processor whose slot has a new
+    /// version is swapped for it (after the pillow created the tables and
+    /// indices the new version declares).
+    ///
+    /// # Panics
+    ///
+    /// When the number of followers is not the number of processors (a
+    /// caller bug).
+    pub fn following(mut self, followers: Vec<Follower>) -> Pillow {
+        assert_eq!(
+            followers.len(),
+            self.processors.len(),
+            "one follower per processor"
+        );
+        self.followers = followers;
+        self
+    }
+
+    /// Report to this metrics registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Pillow {
+        self.metrics = metrics;
+        self
     }
 
     /// Run until `shutdown` fires (or, with `until_caught_up`, until caught up).
@@ -225,6 +269,8 @@ impl Pillow {
             feed,
             store,
             mut processors,
+            mut followers,
+            metrics,
         } = self;
         let started = Instant::now();
         let name = config.name.clone();
@@ -289,6 +335,43 @@ impl Pillow {
             .map(|p| format!("{}@{}", p.plugin().manifest().name, p.plugin().version()))
             .collect();
         tracing::info!(pillow = %name, partitions = assigned.len(), processors = ?versions, "pillow started");
+        let plugin_event =
+            |processor: &str,
+             event,
+             version: Option<String>,
+             reason,
+             next: &HashMap<TopicPartition, u64>| PluginEvent {
+                pillow: name.clone(),
+                process_num: options.process_num,
+                processor: processor.to_owned(),
+                event,
+                version,
+                reason,
+                positions: if event == PluginEventKind::Live {
+                    next.iter().map(|(tp, n)| (tp.clone(), *n)).collect()
+                } else {
+                    Default::default()
+                },
+                at_ms: crate::time::now_ms(),
+            };
+        // Built before awaiting: the future must not hold a borrow of a
+        // `Processor` (not `Sync`) across an await.
+        let started_versions: Vec<PluginEvent> = processors
+            .iter()
+            .map(|p| {
+                let plugin = p.plugin();
+                plugin_event(
+                    &plugin.manifest().name,
+                    PluginEventKind::Live,
+                    Some(plugin.version().to_string()),
+                    None,
+                    &next,
+                )
+            })
+            .collect();
+        for event in &started_versions {
+            store.record_plugin_event(event).await.map_err(store_err)?;
+        }
 
         let backlog: u64 = targets
             .iter()
@@ -323,6 +406,53 @@ impl Pillow {
             };
             let polled = polled.map_err(feed_err)?;
             polling = Some(spawn_poll(back, chunk_size, max_wait));
+            // A chunk boundary: the last chunk is fully processed, the next
+            // not started. New plugin versions take over here, for every
+            // partition at once.
+            for (i, follower) in followers.iter_mut().enumerate() {
+                for change in follower.poll() {
+                    let processor = follower.slot().name().to_owned();
+                    let event = match change {
+                        SlotChange::Refused(r) => plugin_event(
+                            &processor,
+                            PluginEventKind::Refused,
+                            r.version,
+                            Some(r.reason),
+                            &next,
+                        ),
+                        SlotChange::NewVersion(plugin) => {
+                            let version = plugin.version().to_string();
+                            match store.ensure_outputs(plugin.info()).await {
+                                Ok(()) => {
+                                    tracing::info!(pillow = %name, plugin = %processor, %version, from = %processors[i].plugin().version(), "new plugin version live at this chunk boundary");
+                                    processors[i] = Processor::new(plugin);
+                                    plugin_event(
+                                        &processor,
+                                        PluginEventKind::Live,
+                                        Some(version),
+                                        None,
+                                        &next,
+                                    )
+                                }
+                                Err(e) => {
+                                    let reason = format!(
+                                        "its declared tables or indices do not fit the store: {e}"
+                                    );
+                                    tracing::warn!(pillow = %name, plugin = %processor, %version, %reason, "plugin version refused by this pillow");
+                                    plugin_event(
+                                        &processor,
+                                        PluginEventKind::Refused,
+                                        Some(version),
+                                        Some(reason),
+                                        &next,
+                                    )
+                                }
+                            }
+                        }
+                    };
+                    store.record_plugin_event(&event).await.map_err(store_err)?;
+                }
+            }
             if !polled.is_empty() {
                 summary.read_time += t_read.elapsed();
             }
@@ -363,6 +493,15 @@ impl Pillow {
             errors.append(&mut decode_errors);
             for a in &outcome.actions {
                 *summary.actions.entry(a.action.kind()).or_default() += 1;
+            }
+            report(&metrics, &name, &processors, &outcome.stats);
+            for (tp, n) in &next {
+                let tp = tp.to_string();
+                metrics.set(
+                    "pillowtop_processed_offset",
+                    &[("pillow", name.as_str()), ("partition", tp.as_str())],
+                    *n as f64,
+                );
             }
             for e in &errors {
                 *summary.errors.entry(e.kind).or_default() += 1;
@@ -543,15 +682,21 @@ fn run_chunk(
     mut processors: Vec<Processor>,
     changes: Vec<(Change, Vec<u8>)>,
 ) -> (Vec<Processor>, ChunkOutcome) {
-    let mut outcome = ChunkOutcome::default();
+    let mut outcome = ChunkOutcome {
+        stats: vec![ProcessorStats::default(); processors.len()],
+        ..ChunkOutcome::default()
+    };
     let now = crate::time::now_ms();
     for (change, raw) in changes {
-        for p in processors.iter_mut() {
+        for (p, stats) in processors.iter_mut().zip(outcome.stats.iter_mut()) {
             if !p.wants(&change) {
                 continue;
             }
-            match p.process(&change) {
+            let result = p.process(&change);
+            stats.fuel += p.last_fuel_used();
+            match result {
                 Ok(actions) => {
+                    stats.ok += 1;
                     outcome
                         .actions
                         .extend(actions.into_iter().map(|action| VersionedAction {
@@ -560,6 +705,7 @@ fn run_chunk(
                         }))
                 }
                 Err(failure) => {
+                    *stats.failed.entry(failure.kind).or_default() += 1;
                     let plugin = p.plugin();
                     outcome.errors.push(PillowErrorRecord {
                         doc_id: change.id.clone(),
@@ -588,6 +734,37 @@ fn run_chunk(
         }
     }
     (processors, outcome)
+}
+
+/// Add a chunk's per-processor counts to the metrics, labelled with the
+/// version that processed them.
+fn report(metrics: &Metrics, pillow: &str, processors: &[Processor], stats: &[ProcessorStats]) {
+    for (p, s) in processors.iter().zip(stats) {
+        let plugin = p.plugin();
+        let processor = plugin.manifest().name.as_str();
+        let version = plugin.version().to_string();
+        let labels = |outcome| {
+            [
+                ("pillow", pillow),
+                ("processor", processor),
+                ("version", version.as_str()),
+                ("outcome", outcome),
+            ]
+        };
+        if s.ok > 0 {
+            metrics.add("pillowtop_changes_total", &labels("ok"), s.ok as f64);
+        }
+        for (kind, n) in &s.failed {
+            metrics.add("pillowtop_changes_total", &labels(kind.as_str()), *n as f64);
+        }
+        if s.fuel > 0 {
+            metrics.add(
+                "pillowtop_fuel_used_total",
+                &[("pillow", pillow), ("processor", processor)],
+                s.fuel as f64,
+            );
+        }
+    }
 }
 
 fn progress_bar(enabled: bool, bounded: bool, total: u64, name: &str) -> ProgressBar {

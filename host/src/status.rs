@@ -7,7 +7,7 @@ use crate::config::PillowConfig;
 use crate::feed::{Feed, FeedError};
 use crate::manifest::Manifest;
 use crate::partition;
-use crate::store::{Store, StoreError, StoredError};
+use crate::store::{PluginEvent, PluginEventKind, Store, StoreError, StoredError};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -44,8 +44,52 @@ pub struct PillowStatus {
     /// The latest errors.
     #[serde(skip)]
     pub recent_errors: Vec<StoredError>,
-    /// Processors: name and version (or why it cannot be read).
-    pub plugins: Vec<(String, String)>,
+    /// Processors: what runs, what is on disk, what was refused.
+    pub plugins: Vec<PluginStatus>,
+    /// Host processes that ran this pillow.
+    pub processes: Vec<ProcessStatus>,
+}
+
+/// One processor of a pillow.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PluginStatus {
+    /// Plugin name (or the manifest path when the manifest is unreadable).
+    pub processor: String,
+    /// The version of the files on disk now (or why it cannot be read).
+    pub on_disk: String,
+    /// Per process number: the version live there and since when (epoch ms).
+    pub live: Vec<(u32, String, i64)>,
+    /// The latest refusal after the newest version went live, if any.
+    pub refused: Option<Refused>,
+}
+
+/// A refused version.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Refused {
+    /// Its version, when readable.
+    pub version: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// When, epoch ms.
+    pub at_ms: i64,
+}
+
+/// One host process of a pillow.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProcessStatus {
+    /// Its process number.
+    pub process_num: u32,
+    /// OS pid and host.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// `running`, `stopped` (gracefully), or `unresponsive` (no heartbeat
+    /// for 15 s: killed or hung).
+    pub state: &'static str,
+    /// Admin endpoint.
+    pub admin_url: Option<String>,
+    /// Seconds since its last heartbeat.
+    pub seconds_since_heartbeat: i64,
 }
 
 /// Why status could not be gathered.
@@ -95,15 +139,40 @@ pub async fn pillow_status(
         });
     }
     partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+    let events = store.plugin_events(&config.name).await?;
     let plugins = config
         .processors
         .iter()
-        .map(|path| match Manifest::load(path) {
-            Ok(m) => match crate::wasm::plugin_version(&m) {
-                Ok(v) => (m.name, v.to_string()),
-                Err(e) => (m.name, format!("component unreadable: {e}")),
-            },
-            Err(e) => (path.display().to_string(), format!("manifest error: {e}")),
+        .map(|path| {
+            let (processor, on_disk) = match Manifest::load(path) {
+                Ok(m) => match crate::wasm::plugin_version(&m) {
+                    Ok(v) => (m.name, v.to_string()),
+                    Err(e) => (m.name, format!("component unreadable: {e}")),
+                },
+                Err(e) => (path.display().to_string(), format!("manifest error: {e}")),
+            };
+            plugin_status(processor, on_disk, &events)
+        })
+        .collect();
+    let processes = store
+        .processes()
+        .await?
+        .into_iter()
+        .filter(|p| p.pillow == config.name)
+        .map(|p| {
+            let age = (now - p.heartbeat_at_ms).max(0) / 1000;
+            ProcessStatus {
+                process_num: p.process_num,
+                pid: p.pid,
+                host: p.host,
+                state: match p.stopped_at_ms {
+                    Some(_) => "stopped",
+                    None if age >= 15 => "unresponsive",
+                    None => "running",
+                },
+                admin_url: p.admin_url,
+                seconds_since_heartbeat: age,
+            }
         })
         .collect();
     Ok(PillowStatus {
@@ -114,7 +183,40 @@ pub async fn pillow_status(
         errors: store.error_counts(&config.name).await?,
         recent_errors: store.recent_errors(&config.name, 5).await?,
         plugins,
+        processes,
     })
+}
+
+/// Fold a pillow's plugin events (oldest first) into one processor's status.
+fn plugin_status(processor: String, on_disk: String, events: &[PluginEvent]) -> PluginStatus {
+    let mut live: Vec<(u32, String, i64)> = Vec::new();
+    let mut refused = None;
+    for e in events.iter().filter(|e| e.processor == processor) {
+        match e.event {
+            PluginEventKind::Live => {
+                let version = e.version.clone().unwrap_or_default();
+                match live.iter_mut().find(|(n, _, _)| *n == e.process_num) {
+                    Some(slot) => *slot = (e.process_num, version, e.at_ms),
+                    None => live.push((e.process_num, version, e.at_ms)),
+                }
+                refused = None;
+            }
+            PluginEventKind::Refused => {
+                refused = Some(Refused {
+                    version: e.version.clone(),
+                    reason: e.reason.clone().unwrap_or_default(),
+                    at_ms: e.at_ms,
+                })
+            }
+        }
+    }
+    live.sort();
+    PluginStatus {
+        processor,
+        on_disk,
+        live,
+        refused,
+    }
 }
 
 /// Render statuses as text.
@@ -126,8 +228,47 @@ pub fn render(statuses: &[PillowStatus]) -> String {
             "pillow {} (checkpoint id {}): need-processing {}",
             s.pillow, s.checkpoint_id, s.need_processing
         );
-        for (name, version) in &s.plugins {
-            let _ = writeln!(out, "  processor {name} {version}");
+        for p in &s.plugins {
+            let live: Vec<String> = p
+                .live
+                .iter()
+                .map(|(n, v, _)| format!("{v} (process {n})"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  processor {}: live {}; on disk {}",
+                p.processor,
+                if live.is_empty() {
+                    "never run".into()
+                } else {
+                    live.join(", ")
+                },
+                p.on_disk
+            );
+            if let Some(r) = &p.refused {
+                let _ = writeln!(
+                    out,
+                    "    REFUSED {} ({}s ago): {}",
+                    r.version.as_deref().unwrap_or("new files"),
+                    (crate::time::now_ms() - r.at_ms).max(0) / 1000,
+                    crate::wasm::check::clip(&r.reason.replace('\n', " "), 300)
+                );
+            }
+        }
+        for p in &s.processes {
+            let _ = writeln!(
+                out,
+                "  process {} pid {} on {}: {} (heartbeat {}s ago){}",
+                p.process_num,
+                p.pid,
+                p.host,
+                p.state,
+                p.seconds_since_heartbeat,
+                p.admin_url
+                    .as_deref()
+                    .map(|u| format!(", admin {u}"))
+                    .unwrap_or_default()
+            );
         }
         let _ = writeln!(
             out,

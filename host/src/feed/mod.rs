@@ -37,6 +37,31 @@ impl fmt::Display for TopicPartition {
     }
 }
 
+/// Serialized as `topic:partition` (also as a map key).
+impl serde::Serialize for TopicPartition {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for TopicPartition {
+    type Err = String;
+
+    /// Parse `topic:partition` (the topic may itself contain `:`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (topic, partition) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not topic:partition"))?;
+        let partition = partition
+            .parse()
+            .map_err(|_| format!("{s:?}: partition {partition:?} is not a number"))?;
+        if topic.is_empty() {
+            return Err(format!("{s:?}: empty topic"));
+        }
+        Ok(TopicPartition::new(topic, partition))
+    }
+}
+
 /// One message as stored in a feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

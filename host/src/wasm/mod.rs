@@ -510,6 +510,16 @@ pub struct Processor {
 }
 
 impl Processor {
+    /// A processor for a loaded plugin; its first call makes an instance
+    /// (instantiate + `init`, tens of microseconds from a loaded plugin).
+    pub fn new(plugin: Arc<Plugin>) -> Processor {
+        Processor {
+            plugin,
+            instance: None,
+            last_fuel_used: 0,
+        }
+    }
+
     /// The plugin.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
