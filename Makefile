@@ -5,9 +5,18 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 WASM := $(TARGET_DIR)/wasm32-wasip2/release
 PILLOWTOP := $(TARGET_DIR)/release/pillowtop
 CONFIG := config/embedded.toml
+# Plugin toolchains for Python and JavaScript, installed once and reused.
+TOOLS ?= $(HOME)/.cache/pillowtop/tools
+COMPONENTIZE_PY_VERSION := 0.25.1
+COMPONENTIZE_JS_VERSION := 0.23.0
+PY_STAMP := $(TOOLS)/py/.componentize-py-$(COMPONENTIZE_PY_VERSION)
+JS_STAMP := $(TOOLS)/js/.componentize-js-$(COMPONENTIZE_JS_VERSION)
+PY_PLUGIN := plugins/examples/python-case-search
+JS_PLUGIN := plugins/examples/js-case-search
+MAPPINGS := plugins/case-search/mappings.json
 RUN_CASES ?= 20000
 
-.PHONY: run test bench plugins build wasm-target clean
+.PHONY: run test bench plugins rust-plugins build wasm-target clean
 
 ## Build the Wasm target if missing (idempotent).
 wasm-target:
@@ -15,12 +24,42 @@ wasm-target:
 
 ## Build every plugin to a component and copy it next to its manifest
 ## (copied only when changed, so a running host does not see a spurious change).
-plugins: wasm-target
+plugins: rust-plugins $(TARGET_DIR)/py-case-search/case_search_py.wasm $(TARGET_DIR)/js-case-search/case_search_js.wasm
+	@cmp -s $(TARGET_DIR)/py-case-search/case_search_py.wasm $(PY_PLUGIN)/case_search_py.wasm || cp $(TARGET_DIR)/py-case-search/case_search_py.wasm $(PY_PLUGIN)/
+	@cmp -s $(TARGET_DIR)/js-case-search/case_search_js.wasm $(JS_PLUGIN)/case_search_js.wasm || cp $(TARGET_DIR)/js-case-search/case_search_js.wasm $(JS_PLUGIN)/
+
+rust-plugins: wasm-target
 	$(CARGO) build --release --target wasm32-wasip2 -p case-search -p hostile -p tagger
 	@for pair in case_search:plugins/case-search hostile:plugins/testing/hostile tagger:plugins/testing/tagger; do \
 	  src=$(WASM)/$${pair%%:*}.wasm; dst=$${pair#*:}/$${pair%%:*}.wasm; \
 	  cmp -s $$src $$dst || cp $$src $$dst; \
 	done
+
+$(PY_STAMP):
+	python3 -m venv $(TOOLS)/py
+	$(TOOLS)/py/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	touch $@
+
+$(JS_STAMP):
+	command -v npm >/dev/null || { echo "npm is missing: install Node.js 20+ (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	mkdir -p $(TOOLS)/js
+	cd $(TOOLS)/js && { [ -f package.json ] || npm init -y >/dev/null; } \
+	  && npm install --no-audit --no-fund --loglevel=error @bytecodealliance/componentize-js@$(COMPONENTIZE_JS_VERSION)
+	touch $@
+
+# Each example builds in a scratch dir with its generated mappings module, so
+# the index mappings are the Rust plugin's, byte for byte.
+$(TARGET_DIR)/py-case-search/case_search_py.wasm: $(PY_PLUGIN)/app.py $(MAPPINGS) wit/processor.wit $(PY_STAMP)
+	rm -rf $(TARGET_DIR)/py-case-search && mkdir -p $(TARGET_DIR)/py-case-search
+	cp $(PY_PLUGIN)/app.py $(TARGET_DIR)/py-case-search/
+	python3 -c 'import sys; print("MAPPINGS = " + repr(open(sys.argv[1]).read()))' $(MAPPINGS) > $(TARGET_DIR)/py-case-search/mappings.py
+	cd $(TARGET_DIR)/py-case-search && $(TOOLS)/py/bin/componentize-py -d $(CURDIR)/wit -w processor componentize app -o case_search_py.wasm
+
+$(TARGET_DIR)/js-case-search/case_search_js.wasm: $(JS_PLUGIN)/app.js $(MAPPINGS) wit/processor.wit $(JS_STAMP)
+	rm -rf $(TARGET_DIR)/js-case-search && mkdir -p $(TARGET_DIR)/js-case-search
+	cp $(JS_PLUGIN)/app.js $(TARGET_DIR)/js-case-search/
+	python3 -c 'import json, sys; print("export const MAPPINGS = " + json.dumps(open(sys.argv[1]).read()) + ";")' $(MAPPINGS) > $(TARGET_DIR)/js-case-search/mappings.js
+	cd $(TARGET_DIR)/js-case-search && $(TOOLS)/js/node_modules/.bin/componentize-js app.js --wit $(CURDIR)/wit --world-name processor -d http fetch-event -o case_search_js.wasm
 
 build:
 	$(CARGO) build --release -p pillowtop

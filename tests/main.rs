@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod languages;
 mod loading;
 mod pipeline;
 mod reload;

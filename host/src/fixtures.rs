@@ -15,8 +15,9 @@
 //! `upsert_rows` (rows of JSON scalars) or `delete_rows`; documents are
 //! compared as JSON values (member order does not matter, array order
 //! does). Instead of `expect`, `expect_error` names the error kind. Each
-//! fixture runs twice: both runs must give the same result (plugins must
-//! be deterministic).
+//! fixture runs three times, twice on one instance and once on a fresh one:
+//! all runs must give the same result (plugins must be deterministic and
+//! must not depend on state left by earlier calls).
 
 use crate::action::{Action, Cell};
 use crate::feed::{Message, TopicPartition};
@@ -65,6 +66,8 @@ pub struct FixtureResult {
     pub failure: Option<String>,
     /// Fuel used by the first run.
     pub fuel_used: u64,
+    /// Peak linear memory of the instance that ran it, in bytes.
+    pub memory_bytes: usize,
 }
 
 /// Why fixtures could not be run at all.
@@ -144,17 +147,34 @@ pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureR
         name: name.to_owned(),
         failure: Some(failure),
         fuel_used,
+        memory_bytes: 0,
     };
     let change = match crate::change::decode(&message) {
         Ok(c) => c,
         Err(e) => return fail(format!("the fixture's change does not decode: {e}"), 0),
     };
+    // Three runs: twice on one instance, then on a fresh one. All must
+    // agree: a plugin may not depend on state left by earlier calls (the
+    // host replaces instances after a trap and after a reload).
     let first = processor.process(&change);
     let fuel_used = processor.last_fuel_used();
     let second = processor.process(&change);
     if first != second {
         return fail(
             format!("not deterministic: the same change gave {first:?} and then {second:?}"),
+            fuel_used,
+        );
+    }
+    let memory_bytes = processor.memory_bytes();
+    if let Err(e) = processor.reinstantiate() {
+        return fail(format!("a fresh instance could not start: {e}"), fuel_used);
+    }
+    let fresh = processor.process(&change);
+    if first != fresh {
+        return fail(
+            format!(
+                "depends on earlier calls: the same change gave {first:?} on a used instance and {fresh:?} on a fresh one"
+            ),
             fuel_used,
         );
     }
@@ -173,6 +193,7 @@ pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureR
         name: name.to_owned(),
         failure,
         fuel_used,
+        memory_bytes,
     }
 }
 

@@ -112,8 +112,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Load a plugin, check its declaration against the manifest and run
-    /// its golden fixtures (each twice, to check determinism).
+    /// The conformance kit, for a plugin in any language: load it, check
+    /// its declaration against the manifest's capabilities, and run its
+    /// golden fixtures (each three times, on a used and a fresh instance,
+    /// to check determinism); every action is checked against the
+    /// declaration. Prints fuel and memory per fixture against the limits.
     Check {
         /// The plugin's manifest (`plugin.toml`).
         manifest: PathBuf,
@@ -718,14 +721,39 @@ async fn plugin_check(manifest_path: &Path, compile_cache: PathBuf) -> Result<()
     })
     .await?;
     let mut failed = 0;
+    let limits = manifest.limits;
+    let percent = |fuel: u64| fuel as f64 * 100.0 / limits.fuel.max(1) as f64;
     for r in &results {
         match &r.failure {
-            None => println!("  ok    {:<40} fuel {}", r.name, r.fuel_used),
+            None => println!(
+                "  ok    {:<32} fuel {:>12} ({:>5.2}% of limits.fuel)  memory {:>4} MiB of {}",
+                r.name,
+                r.fuel_used,
+                percent(r.fuel_used),
+                r.memory_bytes.div_ceil(1 << 20),
+                limits.memory_mb
+            ),
             Some(why) => {
                 failed += 1;
-                println!("  FAIL  {:<40} {why}", r.name);
+                println!("  FAIL  {:<32} {why}", r.name);
             }
         }
+    }
+    let max_fuel = results.iter().map(|r| r.fuel_used).max().unwrap_or(0);
+    // Fixtures are small; real documents can be many times larger, so
+    // advise a wide margin over the largest fixture.
+    const HEADROOM: u64 = 20;
+    println!(
+        "fuel: the costliest fixture used {max_fuel} ({:.2}% of limits.fuel = {}); \
+         keep limits.fuel at least {HEADROOM}x the cost of your largest real change",
+        percent(max_fuel),
+        limits.fuel
+    );
+    if max_fuel.saturating_mul(HEADROOM) > limits.fuel {
+        println!(
+            "  warning: less than {HEADROOM}x headroom; larger documents may run out of fuel. Consider limits.fuel = {}",
+            max_fuel.saturating_mul(HEADROOM)
+        );
     }
     println!(
         "fixtures: {} passed, {failed} failed",

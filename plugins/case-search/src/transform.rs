@@ -267,7 +267,7 @@ impl Config {
 
 /// The index mappings declared to the host (`case_properties` is nested so
 /// key/value pairs are queried together, as CommCare's case search does).
-pub const MAPPINGS: &str = r#"{"dynamic":true,"properties":{"_id":{"type":"keyword"},"domain":{"type":"keyword"},"type":{"type":"keyword"},"owner_id":{"type":"keyword"},"closed":{"type":"boolean"},"opened_on":{"type":"date"},"modified_on":{"type":"date"},"closed_on":{"type":"date"},"case_properties":{"type":"nested","properties":{"key":{"type":"keyword"},"value":{"type":"text","fields":{"exact":{"type":"keyword","ignore_above":8191}}}}}}}"#;
+pub const MAPPINGS: &str = include_str!("../mappings.json");
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,117 @@
+//! The same contract in three languages: the Rust, Python (componentize-py)
+//! and JavaScript (componentize-js) case-search plugins pass the same golden
+//! fixtures, declare the same index, and agree action for action on
+//! generated CommCare-like changes.
+
+use crate::support::*;
+use pillowtop::change;
+use pillowtop::feed::{Message, TopicPartition};
+use pillowtop::fixtures;
+use pillowtop::generate::{GenOptions, Generator, Kind};
+use pillowtop::manifest::Manifest;
+use pillowtop::wasm::Processor;
+use std::path::PathBuf;
+
+fn manifests() -> Vec<(&'static str, PathBuf)> {
+    component("plugins/examples/python-case-search/case_search_py.wasm");
+    component("plugins/examples/js-case-search/case_search_js.wasm");
+    vec![
+        ("rust", case_search_manifest()),
+        (
+            "python",
+            root().join("plugins/examples/python-case-search/plugin.toml"),
+        ),
+        (
+            "js",
+            root().join("plugins/examples/js-case-search/plugin.toml"),
+        ),
+    ]
+}
+
+fn load_all() -> Vec<(&'static str, Processor)> {
+    manifests()
+        .into_iter()
+        .map(|(lang, m)| (lang, load(&m)))
+        .collect()
+}
+
+#[test]
+fn every_language_passes_the_rust_plugins_golden_fixtures() {
+    let rust_fixtures = root().join("plugins/case-search/fixtures");
+    for (lang, manifest) in manifests() {
+        let m = Manifest::load(&manifest).unwrap();
+        assert_eq!(
+            std::fs::canonicalize(m.fixtures.as_ref().unwrap()).unwrap(),
+            std::fs::canonicalize(&rust_fixtures).unwrap(),
+            "{lang} must use the Rust plugin's fixtures"
+        );
+        let mut p = load(&manifest);
+        let loaded = fixtures::load(&rust_fixtures).unwrap();
+        assert_eq!(loaded.len(), 7);
+        for (name, f) in &loaded {
+            let r = fixtures::run(&mut p, name, f);
+            assert_eq!(r.failure, None, "{lang} {name}");
+            assert!(r.fuel_used > 0, "{lang} {name}: fuel is metered");
+        }
+    }
+}
+
+#[test]
+fn every_language_declares_the_same_index_and_mappings() {
+    let all = load_all();
+    let (_, rust) = &all[0];
+    for (lang, p) in &all[1..] {
+        assert_eq!(p.plugin().info(), rust.plugin().info(), "{lang}");
+    }
+}
+
+#[test]
+fn every_language_gives_the_same_actions_on_generated_changes() {
+    let mut all = load_all();
+    let mut g = Generator::new(GenOptions {
+        seed: 11,
+        domains: 4,
+        kind: Kind::Case,
+    });
+    let (mut indexed, mut deleted, mut skipped) = (0, 0, 0);
+    for offset in 0..300u64 {
+        let line = g.next_line();
+        let message = Message {
+            tp: TopicPartition::new("case-sql", 0),
+            offset,
+            key: None,
+            value: line.into_bytes(),
+            timestamp_ms: None,
+        };
+        let change = change::decode(&message).unwrap();
+        let mut results = all.iter_mut().map(|(lang, p)| {
+            let out = p.process(&change).map(|actions| {
+                actions
+                    .iter()
+                    .map(fixtures::action_json)
+                    .collect::<Vec<_>>()
+            });
+            (*lang, out)
+        });
+        let (_, expected) = results.next().unwrap();
+        let expected = expected.unwrap_or_else(|e| panic!("rust failed at {offset}: {e}"));
+        for (lang, got) in results {
+            let got = got.unwrap_or_else(|e| panic!("{lang} failed at {offset}: {e}"));
+            assert_eq!(got, expected, "{lang} differs from rust at offset {offset}");
+        }
+        match expected
+            .first()
+            .and_then(|a| a.as_object())
+            .and_then(|o| o.keys().next().cloned())
+        {
+            Some(k) if k == "index_document" => indexed += 1,
+            Some(_) => deleted += 1,
+            None => skipped += 1,
+        }
+    }
+    // The sample covers each path (documents, deletions, disabled domains).
+    assert!(
+        indexed > 100 && deleted > 0 && skipped > 0,
+        "{indexed} {deleted} {skipped}"
+    );
+}
