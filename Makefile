@@ -75,7 +75,7 @@ run: plugins build
 
 ## Everything: unit tests, plugin tests, integration tests against real components.
 test: plugins
-	$(CARGO) test --workspace --release
+	PILLOWTOP_TOOLS=$(TOOLS) $(CARGO) test --workspace --release
 
 ## Benchmarks; results go to docs/BENCHMARKS.md by hand with the command used.
 bench: plugins build

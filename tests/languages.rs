@@ -115,3 +115,86 @@ fn every_language_gives_the_same_actions_on_generated_changes() {
         "{indexed} {deleted} {skipped}"
     );
 }
+
+/// Where `make` installed componentize-py and componentize-js.
+fn tools() -> PathBuf {
+    std::env::var_os("PILLOWTOP_TOOLS").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/pillowtop/tools"),
+        PathBuf::from,
+    )
+}
+
+/// `plugin new` in each language gives a plugin that builds with its own
+/// Makefile and passes `plugin check`, as docs/writing-plugins.md says.
+#[test]
+fn plugin_new_scaffolds_a_working_plugin_in_every_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = tools();
+    let py = tools.join("py/bin/componentize-py");
+    let js = tools.join("js/node_modules/.bin/componentize-js");
+    assert!(
+        py.exists() && js.exists(),
+        "componentize-py / componentize-js missing under {}: run `make plugins` (make test does)",
+        tools.display()
+    );
+    let bin = env!("CARGO_BIN_EXE_pillowtop");
+    for (lang, make_var) in [
+        ("rust", String::new()),
+        ("python", format!("COMPONENTIZE_PY={}", py.display())),
+        ("js", format!("COMPONENTIZE_JS={}", js.display())),
+    ] {
+        let plugin = dir.path().join(format!("hello-{lang}"));
+        let out = std::process::Command::new(bin)
+            .args([
+                "plugin",
+                "new",
+                &format!("hello-{lang}"),
+                "--lang",
+                lang,
+                "--dir",
+            ])
+            .arg(&plugin)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut make = std::process::Command::new("make");
+        make.arg("-C").arg(&plugin);
+        if !make_var.is_empty() {
+            make.arg(&make_var);
+        }
+        // Share the workspace's target dir: the SDK and wit-bindgen are built already.
+        make.env(
+            "CARGO_TARGET_DIR",
+            std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| root().join("target").into()),
+        );
+        let out = make.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{lang}: make failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new(bin)
+            .args(["plugin", "check"])
+            .arg(plugin.join("plugin.toml"))
+            .arg("--compile-cache")
+            .arg(cache_dir())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{lang}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("fixtures: 2 passed, 0 failed"),
+            "{lang}: {stdout}"
+        );
+    }
+}

@@ -28,6 +28,7 @@
 //! | [`pillow`] | the run loop |
 //! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
 //! | [`metrics`] | Prometheus metrics |
+//! | [`scaffold`] | `pillowtop plugin new`: starter plugins in Rust, Python, JavaScript |
 //! | [`admin`] | the admin HTTP endpoint: metrics, status, plugin reloads |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
 //! | [`status`] | what `pillowtop status` shows |
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod partition;
 pub mod pillow;
 pub mod reload;
+pub mod scaffold;
 pub mod sink;
 pub mod sqlite;
 pub mod status;

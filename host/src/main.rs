@@ -12,6 +12,7 @@ use pillowtop::manifest::Manifest;
 use pillowtop::metrics::Metrics;
 use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
 use pillowtop::reload::{Follower, Plugins, ReloadOutcome};
+use pillowtop::scaffold::{self, Lang};
 use pillowtop::store::ProcessRecord;
 use pillowtop::store::Store;
 use pillowtop::wasm::Processor;
@@ -124,6 +125,24 @@ enum PluginCommand {
         #[arg(long, default_value = "data/compile-cache")]
         compile_cache: PathBuf,
     },
+    /// Scaffold a working plugin: source, manifest, one golden fixture and
+    /// a Makefile that builds the component. Then: `make` in the new
+    /// directory, `pillowtop plugin check DIR/plugin.toml`, and list the
+    /// manifest in a pillow's `processors`.
+    New {
+        /// Plugin name: lowercase letters, digits and '-'.
+        name: String,
+        /// Language.
+        #[arg(long, value_enum, default_value_t = LangArg::Rust)]
+        lang: LangArg,
+        /// Directory to create (default: plugins/NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Rust SDK (plugins/sdk of a pillowtop checkout); found
+        /// upwards from the current directory when omitted.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Ask the running host processes (found in the store named by
     /// --config) to load plugin NAME's files now. A new version that
     /// compiles, initialises and passes its fixtures goes live at the next
@@ -137,6 +156,16 @@ enum PluginCommand {
         #[arg(long, conflicts_with = "name")]
         all: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LangArg {
+    /// Rust with pillowtop-sdk.
+    Rust,
+    /// Python with componentize-py.
+    Python,
+    /// JavaScript with componentize-js.
+    Js,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,6 +216,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     compile_cache,
                 },
         } => plugin_check(&manifest, compile_cache).await,
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    sdk,
+                },
+        } => plugin_new(&name, lang, dir, sdk),
         Command::Plugin {
             command: PluginCommand::Reload { name, all: _ },
         } => {
@@ -563,6 +601,31 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+fn plugin_new(name: &str, lang: LangArg, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> Result<()> {
+    let lang = match lang {
+        LangArg::Rust => Lang::Rust,
+        LangArg::Python => Lang::Python,
+        LangArg::Js => Lang::Js,
+    };
+    let dir = dir.unwrap_or_else(|| Path::new("plugins").join(name));
+    let sdk = sdk.or_else(|| scaffold::find_sdk(&std::env::current_dir().ok()?));
+    let files = scaffold::scaffold(name, lang, &dir, sdk.as_deref())?;
+    println!("created plugin {name} in {}:", dir.display());
+    for f in &files {
+        println!("  {}", f.display());
+    }
+    let tool = match lang {
+        Lang::Rust => "the wasm32-wasip2 target (added by make if missing)",
+        Lang::Python => "componentize-py (pip install componentize-py)",
+        Lang::Js => "componentize-js (npm install @bytecodealliance/componentize-js)",
+    };
+    println!(
+        "next:\n  make -C {0}                      # builds the component; needs {tool}\n  pillowtop plugin check {0}/plugin.toml\n  add \"{0}/plugin.toml\" to a pillow's processors; a running host picks up every rebuild",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// `pillowtop plugin reload`: ask every live host process of the config's
