@@ -6,6 +6,10 @@
 //!    (warm), and instantiation (+ `init`) from a loaded plugin.
 //! 3. Embedded end to end: SQLite feed -> pillow -> case-search -> SQLite
 //!    store with checkpoints; changes/s, CPU time per change, peak RSS.
+//! 4. case-search in Rust, Python and JavaScript side by side: changes/s,
+//!    fuel per change, compile time, cached start, memory per instance.
+//! 5. Hot reload: time from writing a new version to it being live in a
+//!    running host (warm compile cache).
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
@@ -23,6 +27,13 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_owned()
+}
+
+/// The `pillowtop` binary `make build` made (honours CARGO_TARGET_DIR).
+fn pillowtop_bin() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("release/pillowtop")
 }
 
 fn cases(n: usize) -> Vec<String> {
@@ -192,7 +203,7 @@ fn children_cpu() -> f64 {
 /// Run the real `pillowtop` binary; returns (wall seconds, child CPU seconds,
 /// peak RSS MiB sampled from /proc while it runs, stdout).
 fn run_child(args: &[&str], stdin: Option<std::process::Stdio>) -> (f64, f64, f64, String) {
-    let bin = root().join("target/release/pillowtop");
+    let bin = pillowtop_bin();
     let cpu0 = children_cpu();
     let started = Instant::now();
     let mut cmd = std::process::Command::new(&bin);
@@ -276,7 +287,7 @@ fn end_to_end_bench(n: usize) {
         )
         .unwrap();
         let config = config.to_str().unwrap();
-        let bin = root().join("target/release/pillowtop");
+        let bin = pillowtop_bin();
         let mut generator = std::process::Command::new(&bin)
             .args([
                 "gen",
@@ -344,7 +355,217 @@ fn main() {
             .unwrap_or(1)
     );
     let changes = decoded(&lines);
-    transform_bench(&changes);
-    startup_bench();
-    end_to_end_bench(n);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
+    if wanted("transform") {
+        transform_bench(&changes);
+    }
+    if wanted("start") {
+        startup_bench();
+    }
+    if wanted("e2e") {
+        end_to_end_bench(n);
+    }
+    if wanted("languages") {
+        languages_bench(&changes);
+    }
+    if wanted("reload") {
+        reload_bench();
+    }
+}
+
+/// Section 4: the three case-search plugins on the same changes.
+fn languages_bench(changes: &[Change]) {
+    println!("\n## 4. case-search in three languages (one core, same changes, fuel enforced)\n");
+    println!(
+        "| plugin | component | compile (cold) | cached start | changes/s | vs Rust | fuel per change | memory per instance |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rust_rate = 0.0;
+    for (label, manifest, sample) in [
+        (
+            "Rust",
+            "plugins/case-search/plugin.toml",
+            changes.len().min(20_000),
+        ),
+        (
+            "Python (componentize-py)",
+            "plugins/examples/python-case-search/plugin.toml",
+            1_000,
+        ),
+        (
+            "JavaScript (componentize-js)",
+            "plugins/examples/js-case-search/plugin.toml",
+            1_000,
+        ),
+    ] {
+        let mut m = Manifest::load(&root().join(manifest)).expect("run `make plugins` first");
+        m.config_json = r#"{"index":"case-search","domains":"*"}"#.into();
+        let size = std::fs::metadata(&m.component)
+            .map(|x| x.len())
+            .unwrap_or(0);
+        let cache = tempfile::tempdir().unwrap();
+        let options = || RuntimeOptions {
+            compile_cache_dir: Some(cache.path().to_owned()),
+            ..RuntimeOptions::default()
+        };
+        let (_, cold) = Runtime::new(options()).unwrap().load(&m).unwrap();
+        let t = Instant::now();
+        let (mut p, _) = Runtime::new(options()).unwrap().load(&m).unwrap();
+        let warm = t.elapsed();
+        let sample = &changes[..sample];
+        let mut fuel = 0u64;
+        let rate = best_rate(3, sample.len(), || {
+            fuel = 0;
+            for c in sample {
+                std::hint::black_box(p.process(c).unwrap());
+                fuel += p.last_fuel_used();
+            }
+        });
+        if rust_rate == 0.0 {
+            rust_rate = rate;
+        }
+        println!(
+            "| {label} | {:.1} MB | {:.2} s | {:.0} ms | {rate:.0} | {:.3}x | {} | {:.1} MiB |",
+            size as f64 / 1e6,
+            cold.compile.as_secs_f64(),
+            warm.as_secs_f64() * 1e3,
+            rate / rust_rate,
+            fuel / sample.len() as u64,
+            p.memory_bytes() as f64 / (1 << 20) as f64,
+        );
+    }
+    println!(
+        "\nFuel per change is per average generated case; `limits.fuel` in each manifest keeps at least 20x headroom over it."
+    );
+}
+
+/// A copy of `component` that differs by a custom section, so it has its
+/// own content hash (a "new build" of the same plugin).
+fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let name = b"pillowtop-bench";
+    let payload = n.to_le_bytes();
+    let body_len = 1 + name.len() + payload.len();
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    out.push(body_len as u8); // LEB128 of a small size is the byte itself
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Section 5: write a new version into a running host's plugin directory and
+/// time until its `live` event is in the store.
+fn reload_bench() {
+    println!(
+        "\n## 5. Hot reload: file written -> new version live (running host, warm compile cache)\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("tagger");
+    std::fs::create_dir_all(&plugin).unwrap();
+    let original = std::fs::read(root().join("plugins/testing/tagger/tagger.wasm"))
+        .expect("run `make plugins` first");
+    let cache = dir.path().join("cache");
+    let manifest = |version: u32| {
+        format!(
+            "name = \"tagger\"\nversion = \"{version}.0.0\"\ncomponent = \"tagger.wasm\"\n\
+             [limits]\nfuel = 1_000_000\nmemory_mb = 16\ntimeout_ms = 1000\n\
+             [capabilities]\ntables = [\"tagged\"]\n[config]\ntag = \"v{version}\"\n"
+        )
+    };
+    let rounds = 10u32;
+    // Warm the compile cache with every build, as `plugin check` before a
+    // deploy does.
+    let runtime = Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(cache.clone()),
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    for v in 1..=rounds + 1 {
+        std::fs::write(plugin.join("tagger.wasm"), variant(&original, v)).unwrap();
+        std::fs::write(plugin.join("plugin.toml"), manifest(v)).unwrap();
+        runtime
+            .load(&Manifest::load(&plugin.join("plugin.toml")).unwrap())
+            .unwrap();
+    }
+    std::fs::write(plugin.join("tagger.wasm"), variant(&original, 1)).unwrap();
+    std::fs::write(plugin.join("plugin.toml"), manifest(1)).unwrap();
+    let config = dir.path().join("pillowtop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {cache:?}\n\
+             [[pillows]]\nname = \"tagged\"\ntopics = [\"load\"]\nprocessors = [\"tagger/plugin.toml\"]\nmax_wait_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    let bin = pillowtop_bin();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let feed = pillowtop::feed::embedded::EmbeddedFeed::open(&dir.path().join("feed.db"))
+            .await
+            .unwrap();
+        feed.create_topic("load", Some(2)).await.unwrap();
+    });
+    let mut child = std::process::Command::new(&bin)
+        .args(["--config", config.to_str().unwrap(), "--log", "warn", "run"])
+        .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = rt
+        .block_on(pillowtop::store::Store::open(&dir.path().join("store.db")))
+        .unwrap();
+    let live = |v: u32| {
+        let prefix = format!("{v}.0.0+");
+        rt.block_on(store.plugin_events("tagged"))
+            .unwrap()
+            .iter()
+            .any(|e| {
+                e.event == pillowtop::store::PluginEventKind::Live
+                    && e.version.as_deref().is_some_and(|x| x.starts_with(&prefix))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !live(1) {
+        assert!(
+            Instant::now() < deadline,
+            "host did not start: {}",
+            std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut times = Vec::new();
+    for v in 2..=rounds + 1 {
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        std::fs::write(plugin.join("tagger.wasm"), variant(&original, v)).unwrap();
+        std::fs::write(plugin.join("plugin.toml"), manifest(v)).unwrap();
+        while !live(v) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "v{v} never went live"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        times.push(t.elapsed());
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    times.sort();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    println!("| new component + manifest written | median | max | rounds |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| to `live` in the store (poll_interval_ms = 100, max_wait_ms = 100) | {:.0} ms | {:.0} ms | {} |",
+        ms(&times[times.len() / 2]),
+        ms(times.last().unwrap()),
+        times.len()
+    );
+    println!(
+        "\nThe time is the watcher's two polls (a change must hold still for one interval), the load from the compile cache, instantiate + init, and the wait for the next chunk boundary (an idle pillow's poll returns after max_wait_ms)."
+    );
 }

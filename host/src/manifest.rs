@@ -13,7 +13,8 @@
 //! fixtures = "fixtures"            # optional: golden fixtures directory
 //!
 //! [limits]
-//! fuel = 20_000_000     # instructions (roughly) per change
+//! fuel = 20_000_000     # instructions (roughly) per change; >= 20x what
+//!                       # `pillowtop plugin check` reports for a large change
 //! memory_mb = 64        # linear memory cap
 //! timeout_ms = 1000     # wall-clock deadline per call
 //!
@@ -72,8 +73,14 @@ pub enum ManifestError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Fuel per call: Wasm instructions, roughly. An interpreted guest
-    /// (Python, JavaScript) needs 10-100x what a Rust guest does for the same work.
+    /// Fuel per call: Wasm instructions, roughly. It makes a call's cost
+    /// deterministic and stops runaway plugins. How to choose it: run
+    /// `pillowtop plugin check` (fuel per fixture) on your largest realistic
+    /// changes and give at least 20x the largest. For case-search on an
+    /// average 1.5 KB case (`make bench`): Rust ~64 thousand, Python
+    /// (CPython inside the component) ~1.2 million, JavaScript
+    /// (StarlingMonkey) ~10 million; an interpreter needs 20-150x a
+    /// compiled guest.
     #[serde(default = "default_fuel")]
     pub fuel: u64,
     /// Linear memory cap in MiB.
