@@ -1,4 +1,4 @@
-# pillowtop — make run | make test | make bench | make plugins
+# pillowtop — make run | make test | make bench | make plugins | make services
 SHELL := /bin/bash
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -16,7 +16,7 @@ JS_PLUGIN := plugins/examples/js-case-search
 MAPPINGS := plugins/case-search/mappings.json
 RUN_CASES ?= 20000
 
-.PHONY: run test bench plugins rust-plugins build wasm-target clean
+.PHONY: run test bench plugins rust-plugins build wasm-target services clean
 
 ## Build the Wasm target if missing (idempotent).
 wasm-target:
@@ -73,8 +73,13 @@ run: plugins build
 	$(PILLOWTOP) --config $(CONFIG) --log warn run --until-caught-up
 	$(PILLOWTOP) --config $(CONFIG) --log warn status
 
-## Everything: unit tests, plugin tests, integration tests against real components.
-test: plugins
+## Install (cached) and start the real servers tests use: a Kafka-protocol
+## broker (tansu), PostgreSQL, an Elasticsearch-API server. Idempotent.
+services:
+	TOOLS=$(TOOLS) bash scripts/services.sh
+
+## Everything: unit tests, plugin tests, integration tests against real components and servers.
+test: plugins services
 	PILLOWTOP_TOOLS=$(TOOLS) $(CARGO) test --workspace --release
 
 ## Benchmarks; results go to docs/BENCHMARKS.md by hand with the command used.

@@ -6,14 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
-    c.env_remove("PILLOWTOP_CONFIG")
-        .env_remove("PILLOWTOP_STORE_URL")
-        .env_remove("PILLOWTOP_FEED_PATH");
-    c
-}
-
 fn write_config(dir: &Path, chunk_size: usize) -> std::path::PathBuf {
     let path = dir.join("pillowtop.toml");
     let text = format!(

@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod kafka;
 mod languages;
 mod loading;
 mod pipeline;

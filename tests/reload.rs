@@ -176,14 +176,6 @@ async fn a_reload_stages_only_versions_that_compile_init_and_pass_fixtures() {
     assert!(!metrics.contains(&format!("version=\"{v1}\"")), "{metrics}");
 }
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
-    c.env_remove("PILLOWTOP_CONFIG")
-        .env_remove("PILLOWTOP_STORE_URL")
-        .env_remove("PILLOWTOP_FEED_PATH");
-    c
-}
-
 fn write_config(dir: &Path, manifest: &Path, watch: bool) -> PathBuf {
     let path = dir.join("pillowtop.toml");
     let text = format!(

@@ -31,10 +31,13 @@ pub fn case_search_manifest() -> PathBuf {
     root().join("plugins/case-search/plugin.toml")
 }
 
-/// A shared compile cache under the target dir, so each component is
-/// compiled once per test run.
+/// A shared compile cache under cargo's target dir (CARGO_TARGET_DIR when
+/// set, as in CI, so it survives between runs), so each component is
+/// compiled once: Python and JavaScript components take ~10 s each.
 pub fn cache_dir() -> PathBuf {
-    root().join("target").join("test-compile-cache")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("test-compile-cache")
 }
 
 pub fn runtime() -> Arc<Runtime> {
@@ -117,4 +120,48 @@ impl Env {
 
 pub fn change(id: &str, document: serde_json::Value) -> String {
     serde_json::json!({"document_id": id, "document_type": "CommCareCase", "domain": "demo-0", "document": document}).to_string()
+}
+
+/// The Kafka broker `make services` started (or PILLOWTOP_KAFKA_BROKERS),
+/// or a loud failure naming the fix.
+pub fn kafka_brokers() -> String {
+    let brokers =
+        std::env::var("PILLOWTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let first = brokers.split(',').next().unwrap_or_default();
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &first
+                .parse()
+                .expect("PILLOWTOP_KAFKA_BROKERS must be IP:PORT"),
+            std::time::Duration::from_secs(2)
+        )
+        .is_ok(),
+        "the Kafka broker is not reachable at {brokers}: run `make services` (make test does), or set PILLOWTOP_KAFKA_BROKERS"
+    );
+    brokers
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `pillowtop` binary, with no PILLOWTOP_* settings from the environment.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pillowtop"));
+    c.env_remove("PILLOWTOP_CONFIG")
+        .env_remove("PILLOWTOP_STORE_URL")
+        .env_remove("PILLOWTOP_FEED_PATH")
+        .env_remove("PILLOWTOP_KAFKA_BROKERS");
+    c
 }

@@ -1,6 +1,7 @@
 //! The host config (`pillowtop.toml`): the feed, the store, the runtime and
 //! the pillows. Relative paths are resolved against the config file's folder.
-//! `PILLOWTOP_FEED_PATH` and `PILLOWTOP_STORE_URL` override the file.
+//! `PILLOWTOP_FEED_PATH` (embedded), `PILLOWTOP_KAFKA_BROKERS` (switches the
+//! feed to Kafka) and `PILLOWTOP_STORE_URL` override the file.
 //!
 //! ```toml
 //! [feed]
@@ -64,6 +65,11 @@ pub enum FeedConfig {
     Embedded {
         /// The log's database file.
         path: PathBuf,
+    },
+    /// Kafka (partitions assigned manually; checkpoints in the store).
+    Kafka {
+        /// Bootstrap brokers, `host:port[,host:port...]`.
+        brokers: String,
     },
 }
 
@@ -307,7 +313,20 @@ impl HostConfig {
             FeedConfig::Embedded { path } => FeedConfig::Embedded {
                 path: resolve(&path),
             },
+            FeedConfig::Kafka { brokers } => FeedConfig::Kafka { brokers },
         };
+        let feed = match env("PILLOWTOP_KAFKA_BROKERS") {
+            Some(brokers) => FeedConfig::Kafka { brokers },
+            None => feed,
+        };
+        if let FeedConfig::Kafka { brokers } = &feed
+            && (brokers.is_empty() || brokers.split(',').any(|b| !b.contains(':')))
+        {
+            return Err(invalid(
+                "feed.brokers",
+                format!("{brokers:?} is not a list of host:port, e.g. \"127.0.0.1:9092\""),
+            ));
+        }
         let url = env("PILLOWTOP_STORE_URL").unwrap_or(raw.store.url);
         let Some(store_file) = url
             .strip_prefix("sqlite://")
@@ -486,6 +505,30 @@ mod tests {
     }
 
     #[test]
+    fn kafka_feed_from_the_file_or_the_environment() {
+        let text = GOOD.replace(
+            "type = \"embedded\"\n        path = \"feed.db\"",
+            "type = \"kafka\"\n        brokers = \"k1:9092,k2:9092\"",
+        );
+        assert_eq!(
+            parse(&text).unwrap().feed,
+            FeedConfig::Kafka {
+                brokers: "k1:9092,k2:9092".into()
+            }
+        );
+        let c = HostConfig::parse(GOOD, Path::new("/etc/pt/pillowtop.toml"), |k| {
+            (k == "PILLOWTOP_KAFKA_BROKERS").then(|| "127.0.0.1:19092".into())
+        })
+        .unwrap();
+        assert_eq!(
+            c.feed,
+            FeedConfig::Kafka {
+                brokers: "127.0.0.1:19092".into()
+            }
+        );
+    }
+
+    #[test]
     fn environment_overrides_urls() {
         let c = HostConfig::parse(GOOD, Path::new("/etc/pt/pillowtop.toml"), |k| match k {
             "PILLOWTOP_STORE_URL" => Some("sqlite:///tmp/other.db".into()),
@@ -552,6 +595,16 @@ mod tests {
                 "[store]",
                 "[reload]\nwatch = \"yes\"\n[store]",
                 &["invalid type", "expected a boolean"],
+            ),
+            (
+                "type = \"embedded\"\n        path = \"feed.db\"",
+                "type = \"kafka\"\n        brokers = \"localhost\"",
+                &["key `feed.brokers`", "host:port"],
+            ),
+            (
+                "type = \"embedded\"\n        path = \"feed.db\"",
+                "type = \"kafka\"\n        path = \"feed.db\"",
+                &["unknown field `path`", "`brokers`"],
             ),
         ];
         for (from, to, needles) in cases {

@@ -8,6 +8,7 @@ use pillowtop::config::PillowConfig;
 use pillowtop::config::{FeedConfig, HostConfig};
 use pillowtop::feed::Feed;
 use pillowtop::feed::embedded::EmbeddedFeed;
+use pillowtop::feed::kafka::KafkaFeed;
 use pillowtop::manifest::Manifest;
 use pillowtop::metrics::Metrics;
 use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
@@ -70,11 +71,15 @@ enum Command {
         process_num: u32,
     },
     /// Append changes (JSON lines on stdin, ChangeMeta with an inline
-    /// `document`) to a topic of the embedded feed, keyed by `document_id`.
+    /// `document`) to a topic of the config's feed (or of Kafka at
+    /// --brokers), keyed by `document_id`.
     Publish {
         /// Topic to append to.
         #[arg(long)]
         topic: String,
+        /// Produce to these Kafka brokers instead of the config's feed.
+        #[arg(long, env = "PILLOWTOP_KAFKA_BROKERS")]
+        brokers: Option<String>,
         /// Partitions, when the topic is created (default 4).
         #[arg(long)]
         partitions: Option<u32>,
@@ -231,9 +236,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let config = HostConfig::load(&cli.config)?;
             plugin_reload(&config, name.as_deref()).await
         }
-        Command::Publish { topic, partitions } => {
-            let config = HostConfig::load(&cli.config)?;
-            publish(&config, &topic, partitions).await
+        Command::Publish {
+            topic,
+            brokers,
+            partitions,
+        } => {
+            let feed = match brokers {
+                Some(b) => Feed::Kafka(KafkaFeed::connect(&b)?),
+                None => open_feed(&HostConfig::load(&cli.config)?).await?,
+            };
+            publish(&feed, &topic, partitions).await
         }
         Command::Status { pillow, json } => {
             let config = HostConfig::load(&cli.config)?;
@@ -270,6 +282,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
 async fn open_feed(config: &HostConfig) -> Result<Feed> {
     match &config.feed {
         FeedConfig::Embedded { path } => Ok(Feed::Embedded(EmbeddedFeed::open(path).await?)),
+        FeedConfig::Kafka { brokers } => Ok(Feed::Kafka(KafkaFeed::connect(brokers)?)),
     }
 }
 
@@ -303,13 +316,23 @@ fn generate_changes(kind: GenKind, count: u64, seed: u64, domains: u32) -> Resul
     Ok(())
 }
 
-async fn publish(config: &HostConfig, topic: &str, partitions: Option<u32>) -> Result<()> {
+async fn publish(feed: &Feed, topic: &str, partitions: Option<u32>) -> Result<()> {
     #[derive(serde::Deserialize)]
     struct Key {
         document_id: Option<String>,
     }
-    let Feed::Embedded(feed) = open_feed(config).await?;
     let partitions = feed.create_topic(topic, partitions).await?;
+    let producer = match feed {
+        Feed::Kafka(k) => Some(k.producer()?),
+        Feed::Embedded(_) => None,
+    };
+    let send = async |batch: Vec<(Option<Vec<u8>>, Vec<u8>)>| -> Result<usize> {
+        Ok(match (feed, &producer) {
+            (_, Some(p)) => p.publish(topic, batch).await?,
+            (Feed::Embedded(f), None) => f.publish(topic, batch).await?,
+            (Feed::Kafka(_), None) => unreachable!("a Kafka feed always has a producer"),
+        })
+    };
     let stdin = std::io::stdin();
     let mut batch = Vec::with_capacity(2000);
     let (mut total, mut unkeyed) = (0usize, 0usize);
@@ -325,7 +348,7 @@ async fn publish(config: &HostConfig, topic: &str, partitions: Option<u32>) -> R
         }
         // The key keeps one document's changes in one partition. A line
         // without a document_id is still published (the pillow records it
-        // as a decode error), on partition 0.
+        // as a decode error), unkeyed.
         let key = serde_json::from_str::<Key>(&line)
             .ok()
             .and_then(|k| k.document_id)
@@ -335,19 +358,19 @@ async fn publish(config: &HostConfig, topic: &str, partitions: Option<u32>) -> R
         }
         batch.push((key, line.into_bytes()));
         if batch.len() == 2000 {
-            total += feed.publish(topic, std::mem::take(&mut batch)).await?;
+            total += send(std::mem::take(&mut batch)).await?;
             bar.set_position(total as u64);
         }
     }
-    total += feed.publish(topic, batch).await?;
+    total += send(batch).await?;
     bar.finish_and_clear();
     eprintln!(
         "published {total} changes to {topic} ({partitions} partitions) in {}",
-        feed.path().display()
+        feed.describe()
     );
     if unkeyed > 0 {
         eprintln!(
-            "warning: {unkeyed} lines had no document_id; they went to partition 0 and will be recorded as decode errors"
+            "warning: {unkeyed} lines had no document_id; they were published without a key and will be recorded as decode errors"
         );
     }
     Ok(())

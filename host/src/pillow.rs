@@ -302,10 +302,25 @@ impl Pillow {
             .into_iter()
             .map(|c| (c.tp, c.next_offset))
             .collect();
-        let positions: Vec<(TopicPartition, u64)> = assigned
-            .iter()
-            .map(|tp| (tp.clone(), saved.get(tp).copied().unwrap_or(0)))
-            .collect();
+        // Start at the checkpoint, or at the first offset the feed holds
+        // when there is none. A checkpoint below that is a retention gap:
+        // stop rather than skip changes silently (CommCare does the same).
+        let mut positions: Vec<(TopicPartition, u64)> = Vec::with_capacity(assigned.len());
+        for tp in &assigned {
+            let low = feed.watermarks(tp).await.map_err(feed_err)?.low;
+            let start = match saved.get(tp) {
+                Some(&needed) if needed < low => {
+                    return Err(feed_err(FeedError::RetentionGap {
+                        tp: tp.clone(),
+                        first: low,
+                        needed,
+                    }));
+                }
+                Some(&checkpoint) => checkpoint,
+                None => low,
+            };
+            positions.push((tp.clone(), start));
+        }
         let mut targets = HashMap::new();
         if options.until_caught_up {
             for tp in &assigned {
@@ -317,7 +332,7 @@ impl Pillow {
         }
         let mut next: HashMap<TopicPartition, u64> = positions.iter().cloned().collect();
         let mut committed = next.clone();
-        let reader = feed.reader(positions.clone());
+        let reader = feed.reader(positions.clone()).map_err(feed_err)?;
         let chunk_size = config.chunk_size;
         let policy = CheckpointPolicy {
             every: config.checkpoint_every,

@@ -3,10 +3,12 @@
 //! The embedded feed ([`embedded`]) is a SQLite log with Kafka's words and
 //! guarantees: topics split into partitions, offsets that only grow, and a
 //! key (the document id) that decides the partition so one document's
-//! changes stay in order. The pillow loop sees only [`Feed`] and
-//! [`FeedReader`], so the Kafka feed slots in as one more variant.
+//! changes stay in order. The Kafka feed ([`kafka`]) reads real brokers
+//! with manual partition assignment. The pillow loop sees only [`Feed`] and
+//! [`FeedReader`]: one interface, two feeds.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::fmt;
 use std::sync::Arc;
@@ -108,6 +110,39 @@ pub enum FeedError {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// Kafka refused or could not be reached.
+    #[error(
+        "kafka {brokers}: {message}; check the brokers are up (`make services` starts a local one) and [feed] brokers"
+    )]
+    Kafka {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// What failed.
+        message: String,
+    },
+    /// The broker no longer holds the offset being read.
+    #[error(
+        "kafka {brokers}: {message}: the broker no longer holds this position (retention); see `pillowtop status` and move the checkpoint with `pillowtop checkpoint`"
+    )]
+    OffsetOutOfRange {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// librdkafka's message.
+        message: String,
+    },
+    /// A checkpoint is older than the first offset the broker still holds
+    /// (CommCare's check, with its message).
+    #[error(
+        "First available topic offset for {tp} is {first} but needed {needed}. Changes between them are gone from the feed; reprocess from another source if they matter, then move the checkpoint: `pillowtop checkpoint set --pillow PILLOW --partition {tp} --offset {first}` (or `checkpoint to-latest`)"
+    )]
+    RetentionGap {
+        /// The partition.
+        tp: TopicPartition,
+        /// The first offset the feed still holds.
+        first: u64,
+        /// The checkpoint.
+        needed: u64,
+    },
 }
 
 /// Low and high watermarks: the first offset still held and the next offset
@@ -120,11 +155,13 @@ pub struct Watermarks {
     pub high: u64,
 }
 
-/// A feed: the embedded log (Kafka comes as another variant).
+/// A feed: the embedded log or Kafka, behind one interface.
 #[derive(Clone)]
 pub enum Feed {
     /// The SQLite log.
     Embedded(embedded::EmbeddedFeed),
+    /// Kafka.
+    Kafka(kafka::KafkaFeed),
 }
 
 impl Feed {
@@ -136,6 +173,7 @@ impl Feed {
     pub async fn partitions(&self, topics: &[String]) -> Result<Vec<TopicPartition>, FeedError> {
         match self {
             Feed::Embedded(f) => f.partitions(topics).await,
+            Feed::Kafka(f) => f.partitions(topics).await,
         }
     }
 
@@ -147,13 +185,44 @@ impl Feed {
     pub async fn watermarks(&self, tp: &TopicPartition) -> Result<Watermarks, FeedError> {
         match self {
             Feed::Embedded(f) => f.watermarks(tp).await,
+            Feed::Kafka(f) => f.watermarks(tp).await,
+        }
+    }
+
+    /// Create `topic` with `partitions` (default 4) unless it exists;
+    /// returns its partition count.
+    ///
+    /// # Errors
+    ///
+    /// When it exists with another partition count, or the feed fails.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: Option<u32>,
+    ) -> Result<u32, FeedError> {
+        match self {
+            Feed::Embedded(f) => f.create_topic(topic, partitions).await,
+            Feed::Kafka(f) => f.create_topic(topic, partitions).await,
         }
     }
 
     /// A reader positioned at `positions` (next offset per partition).
-    pub fn reader(&self, positions: Vec<(TopicPartition, u64)>) -> FeedReader {
-        match self {
+    ///
+    /// # Errors
+    ///
+    /// When a Kafka consumer cannot be created.
+    pub fn reader(&self, positions: Vec<(TopicPartition, u64)>) -> Result<FeedReader, FeedError> {
+        Ok(match self {
             Feed::Embedded(f) => FeedReader::Embedded(f.reader(positions)),
+            Feed::Kafka(f) => FeedReader::Kafka(f.reader(positions)?),
+        })
+    }
+
+    /// Where it is, for messages: the feed file or the brokers.
+    pub fn describe(&self) -> String {
+        match self {
+            Feed::Embedded(f) => format!("embedded feed {}", f.path().display()),
+            Feed::Kafka(f) => format!("kafka {}", f.brokers()),
         }
     }
 }
@@ -162,6 +231,8 @@ impl Feed {
 pub enum FeedReader {
     /// The SQLite log.
     Embedded(embedded::EmbeddedReader),
+    /// Kafka.
+    Kafka(kafka::KafkaReader),
 }
 
 impl FeedReader {
@@ -179,6 +250,7 @@ impl FeedReader {
     ) -> Result<Vec<Message>, FeedError> {
         match self {
             FeedReader::Embedded(r) => r.poll(max, max_wait).await,
+            FeedReader::Kafka(r) => r.poll(max, max_wait).await,
         }
     }
 }

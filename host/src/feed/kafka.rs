@@ -1,0 +1,424 @@
+//! The Kafka feed (rdkafka, librdkafka bundled).
+//!
+//! Partitions are assigned manually (no consumer group, no offsets committed
+//! to Kafka): checkpoints live in pillowtop's store, and a reader seeks to
+//! them. Reads use a `BaseConsumer` on a blocking thread (librdkafka's poll
+//! blocks); metadata and watermark calls too.
+//!
+//! `auto.offset.reset = error`: a position the broker no longer holds (the
+//! retention gap) stops the partition with CommCare's message instead of
+//! silently skipping to another offset.
+
+use super::{FeedError, Message, TopicPartition, Watermarks};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long metadata and watermark requests may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Kafka cluster, reached through `brokers`.
+#[derive(Clone)]
+pub struct KafkaFeed {
+    brokers: Arc<str>,
+    /// For metadata and watermarks (never assigned or subscribed).
+    meta: Arc<BaseConsumer>,
+}
+
+fn kafka_error(brokers: &str, what: &str, e: KafkaError) -> FeedError {
+    FeedError::Kafka {
+        brokers: brokers.to_owned(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl KafkaFeed {
+    /// A client for `brokers` (`host:port,...`). Connecting is lazy: an
+    /// unreachable broker shows on the first request.
+    ///
+    /// # Errors
+    ///
+    /// When the client cannot be created (a bad setting).
+    pub fn connect(brokers: &str) -> Result<KafkaFeed, FeedError> {
+        let meta = base_config(brokers)
+            .create::<BaseConsumer>()
+            .map_err(|e| kafka_error(brokers, "creating a client", e))?;
+        Ok(KafkaFeed {
+            brokers: brokers.into(),
+            meta: Arc::new(meta),
+        })
+    }
+
+    /// The bootstrap brokers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BaseConsumer) -> Result<T, FeedError> + Send + 'static,
+    ) -> Result<T, FeedError> {
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || f(&meta))
+            .await
+            .map_err(|e| FeedError::Invalid(format!("kafka request thread failed: {e}")))?
+    }
+
+    /// Every partition of `topics`, sorted by topic then partition.
+    ///
+    /// # Errors
+    ///
+    /// When a topic does not exist or the brokers cannot be reached.
+    pub async fn partitions(&self, topics: &[String]) -> Result<Vec<TopicPartition>, FeedError> {
+        let topics = topics.to_vec();
+        let brokers = self.brokers.clone();
+        self.blocking(move |c| {
+            let mut out = Vec::new();
+            for topic in &topics {
+                let md = c
+                    .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                    .map_err(|e| kafka_error(&brokers, &format!("metadata of {topic}"), e))?;
+                let t = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .ok_or_else(|| FeedError::UnknownTopic(topic.clone()))?;
+                out.extend(
+                    t.partitions()
+                        .iter()
+                        .map(|p| TopicPartition::new(topic, p.id() as u32)),
+                );
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Low and high watermarks of one partition.
+    ///
+    /// # Errors
+    ///
+    /// When the brokers cannot be reached.
+    pub async fn watermarks(&self, tp: &TopicPartition) -> Result<Watermarks, FeedError> {
+        let tp = tp.clone();
+        let brokers = self.brokers.clone();
+        self.blocking(move |c| {
+            let (low, high) = c
+                .fetch_watermarks(&tp.topic, tp.partition as i32, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_error(&brokers, &format!("watermarks of {tp}"), e))?;
+            Ok(Watermarks {
+                low: low.max(0) as u64,
+                high: high.max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    /// Create `topic` with `partitions` unless it exists; returns its
+    /// partition count.
+    ///
+    /// # Errors
+    ///
+    /// When it exists with another count, or the brokers refuse.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: Option<u32>,
+    ) -> Result<u32, FeedError> {
+        match self.partitions(&[topic.to_owned()]).await {
+            Ok(existing) => {
+                let existing = existing.len() as u32;
+                return match partitions {
+                    Some(requested) if requested != existing => Err(FeedError::PartitionMismatch {
+                        topic: topic.into(),
+                        existing,
+                        requested,
+                    }),
+                    _ => Ok(existing),
+                };
+            }
+            Err(FeedError::UnknownTopic(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let n = partitions.unwrap_or(4);
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.brokers)
+            .create()
+            .map_err(|e| kafka_error(&self.brokers, "creating an admin client", e))?;
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(topic, n as i32, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| kafka_error(&self.brokers, &format!("creating topic {topic}"), e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(FeedError::Kafka {
+                        brokers: self.brokers.to_string(),
+                        message: format!("creating topic {topic}: {code}"),
+                    });
+                }
+            }
+        }
+        // Metadata can trail the creation for a moment.
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.partitions(&[topic.to_owned()]).await {
+                Ok(p) if p.len() as u32 == n => return Ok(n),
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Ok(p) => {
+                    return Err(FeedError::Kafka {
+                        brokers: self.brokers.to_string(),
+                        message: format!(
+                            "topic {topic} was created with {} partitions, not {n}",
+                            p.len()
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A producer keyed like Kafka's Java client (murmur2), so a document's
+    /// changes land on the partition the embedded feed would pick too.
+    ///
+    /// # Errors
+    ///
+    /// When the producer cannot be created.
+    pub fn producer(&self) -> Result<KafkaPublisher, FeedError> {
+        let producer: FutureProducer = base_config(&self.brokers)
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("acks", "all")
+            .create()
+            .map_err(|e| kafka_error(&self.brokers, "creating a producer", e))?;
+        Ok(KafkaPublisher {
+            brokers: self.brokers.clone(),
+            producer,
+        })
+    }
+
+    /// A reader of `positions` (next offset per partition).
+    ///
+    /// # Errors
+    ///
+    /// When the consumer cannot be created or assigned.
+    pub fn reader(&self, positions: Vec<(TopicPartition, u64)>) -> Result<KafkaReader, FeedError> {
+        let consumer: BaseConsumer = base_config(&self.brokers)
+            // Checkpoints live in our store; Kafka's group offsets are unused.
+            .set("group.id", "pillowtop")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            // Fetches return as soon as data is there; without this they
+            // wait for fetch.min.bytes and crawl (seen with tansu).
+            .set("fetch.wait.max.ms", "10")
+            .set("queued.max.messages.kbytes", "65536")
+            .create()
+            .map_err(|e| kafka_error(&self.brokers, "creating a consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        for (tp, offset) in &positions {
+            tpl.add_partition_offset(
+                &tp.topic,
+                tp.partition as i32,
+                Offset::Offset(*offset as i64),
+            )
+            .map_err(|e| kafka_error(&self.brokers, &format!("assigning {tp}"), e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_error(&self.brokers, "assigning partitions", e))?;
+        Ok(KafkaReader {
+            brokers: self.brokers.clone(),
+            consumer: Some(consumer),
+        })
+    }
+}
+
+fn base_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "pillowtop")
+        // Keep librdkafka's own logging quiet; errors come back as results.
+        .set("log_level", "3");
+    c
+}
+
+/// Produces changes to Kafka.
+pub struct KafkaPublisher {
+    brokers: Arc<str>,
+    producer: FutureProducer,
+}
+
+impl KafkaPublisher {
+    /// Produce `messages` (key, value) to `topic` and wait until every one
+    /// is acknowledged. Returns how many were produced.
+    ///
+    /// # Errors
+    ///
+    /// The first delivery failure.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    ) -> Result<usize, FeedError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (key, value) in &messages {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
+            if let Some(k) = key {
+                record = record.key(k.as_slice());
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        // The local queue is full: let deliveries drain.
+                        record = r;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka_error(
+                            &self.brokers,
+                            &format!("producing to {topic}"),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        let n = pending.len();
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(kafka_error(
+                        &self.brokers,
+                        &format!("producing to {topic}"),
+                        e,
+                    ));
+                }
+                Err(_) => {
+                    return Err(FeedError::Kafka {
+                        brokers: self.brokers.to_string(),
+                        message: format!("producing to {topic}: the producer shut down"),
+                    });
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Reads assigned partitions from their positions.
+pub struct KafkaReader {
+    brokers: Arc<str>,
+    /// Moved to a blocking thread for each poll.
+    consumer: Option<BaseConsumer>,
+}
+
+impl KafkaReader {
+    /// Up to `max` messages, waiting at most `max_wait` for the first one.
+    ///
+    /// # Errors
+    ///
+    /// A retention gap, or a broker error librdkafka does not retry itself.
+    pub async fn poll(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Message>, FeedError> {
+        let consumer = self
+            .consumer
+            .take()
+            .ok_or_else(|| FeedError::Invalid("a previous poll of this reader failed".into()))?;
+        let brokers = self.brokers.clone();
+        let (consumer, result) = tokio::task::spawn_blocking(move || {
+            let result = poll_blocking(&consumer, &brokers, max, max_wait);
+            (consumer, result)
+        })
+        .await
+        .map_err(|e| FeedError::Invalid(format!("kafka poll thread failed: {e}")))?;
+        self.consumer = Some(consumer);
+        result
+    }
+}
+
+fn poll_blocking(
+    consumer: &BaseConsumer,
+    brokers: &str,
+    max: usize,
+    max_wait: Duration,
+) -> Result<Vec<Message>, FeedError> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + max_wait;
+    while out.len() < max {
+        // Wait for the first message up to max_wait; after that take only
+        // what is already fetched.
+        let timeout = if out.is_empty() {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(timeout) {
+            None => break,
+            Some(Ok(m)) => out.push(Message {
+                tp: TopicPartition::new(m.topic(), m.partition() as u32),
+                offset: m.offset() as u64,
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                timestamp_ms: m.timestamp().to_millis(),
+            }),
+            Some(Err(KafkaError::PartitionEOF(_))) => continue,
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
+                return Err(FeedError::OffsetOutOfRange {
+                    brokers: brokers.into(),
+                    message: e.to_string(),
+                });
+            }
+            // Transport errors (broker down, connection reset) are retried
+            // by librdkafka itself; they surface here as information.
+            Some(Err(e)) if is_transient(&e) => {
+                tracing::warn!(%brokers, error = %e, "kafka: transient error; librdkafka retries");
+                if out.is_empty() && Instant::now() >= deadline {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(kafka_error(brokers, "reading", e)),
+        }
+    }
+    Ok(out)
+}
+
+fn is_transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
+}
