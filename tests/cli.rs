@@ -241,3 +241,169 @@ fn a_bad_config_is_a_clear_error() {
             .contains("cannot read host config /nonexistent/pillowtop.toml")
     );
 }
+
+fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let out = bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn cli_err(config: &Path, args: &[&str]) -> String {
+    let out = bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A checkpoint the feed has dropped (retention) stops the pillow with
+/// CommCare's message; `checkpoint` commands show and resolve it.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_gap_stops_with_commcares_message_and_checkpoint_commands_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 200);
+    gen_and_publish(&config, 1000);
+    assert!(run_until_caught_up(&config).status.success());
+    gen_and_publish(&config, 500);
+    let store = pillowtop::store::Store::open(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let saved = store.checkpoints("case-search").await.unwrap();
+    let p0 = saved
+        .iter()
+        .find(|c| c.tp.partition == 0)
+        .unwrap()
+        .next_offset;
+    // Retention drops partition 0's oldest messages, past the checkpoint
+    // (the embedded feed has no retention of its own; this is what a
+    // retention job would do).
+    let feed = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("feed.db").display()
+    ))
+    .await
+    .unwrap();
+    let first = p0 + 40;
+    sqlx::query(
+        r#"DELETE FROM messages WHERE topic = 'case-sql' AND partition = 0 AND "offset" < ?"#,
+    )
+    .bind(first as i64)
+    .execute(&feed)
+    .await
+    .unwrap();
+
+    let out = run_until_caught_up(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "First available topic offset for case-sql:0 is {first} but needed {p0}"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pillowtop checkpoint set"), "{stderr}");
+
+    let show = cli_ok(&config, &["checkpoint", "show", "--pillow", "case-search"]);
+    assert!(show.contains("RETENTION GAP"), "{show}");
+    let err = cli_err(
+        &config,
+        &[
+            "checkpoint",
+            "set",
+            "--pillow",
+            "case-search",
+            "--partition",
+            "case-sql:0",
+            "--offset",
+            &(first - 1).to_string(),
+        ],
+    );
+    assert!(err.contains("outside what case-sql:0 holds"), "{err}");
+    let set = cli_ok(
+        &config,
+        &[
+            "checkpoint",
+            "set",
+            "--pillow",
+            "case-search",
+            "--partition",
+            "case-sql:0",
+            "--offset",
+            &first.to_string(),
+        ],
+    );
+    assert!(
+        set.contains(&format!("case-sql:0: checkpoint {p0} -> {first}")),
+        "{set}"
+    );
+    let out = run_until_caught_up(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = status_json(&config);
+    assert_eq!(status[0]["need_processing"], 0);
+
+    // While a process of the pillow looks alive, moving checkpoints is refused.
+    let now = pillowtop::time::now_ms();
+    store
+        .register_process(&pillowtop::store::ProcessRecord {
+            pillow: "case-search".into(),
+            process_num: 0,
+            pid: 4_000_000,
+            host: "h".into(),
+            admin_url: None,
+            started_at_ms: now,
+            heartbeat_at_ms: now,
+            stopped_at_ms: None,
+        })
+        .await
+        .unwrap();
+    let err = cli_err(&config, &["checkpoint", "reset", "--pillow", "case-search"]);
+    assert!(
+        err.contains("is running") && err.contains("--force"),
+        "{err}"
+    );
+    let reset = cli_ok(
+        &config,
+        &[
+            "checkpoint",
+            "reset",
+            "--pillow",
+            "case-search",
+            "--partition",
+            "case-sql:1",
+            "--force",
+        ],
+    );
+    assert!(
+        reset.contains("case-sql:1: checkpoint") && reset.trim_end().ends_with("-> 0"),
+        "{reset}"
+    );
+    let latest = cli_ok(
+        &config,
+        &[
+            "checkpoint",
+            "to-latest",
+            "--pillow",
+            "case-search",
+            "--force",
+        ],
+    );
+    assert_eq!(latest.lines().count(), 2, "{latest}");
+    assert_eq!(status_json(&config)[0]["need_processing"], 0);
+}

@@ -8,8 +8,180 @@
 //! saves, writes are committed without moving the checkpoint; a crash then
 //! replays at most the unsaved tail, which versioned, idempotent sink writes
 //! absorb.
+//!
+//! Operators move checkpoints with `pillowtop checkpoint` ([`inspect`],
+//! [`apply`]): after a retention gap, to skip a backlog, or to reprocess.
 
+use crate::config::PillowConfig;
+use crate::feed::{Feed, FeedError, TopicPartition};
+use crate::store::{Store, StoreError};
+use serde::Serialize;
 use std::time::{Duration, Instant};
+
+/// One partition's checkpoint against what the feed holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionCheckpoint {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The saved checkpoint (next offset), if any.
+    pub checkpoint: Option<u64>,
+    /// First offset the feed still holds.
+    pub first_offset: u64,
+    /// Next offset the feed will write.
+    pub end_offset: u64,
+}
+
+impl PartitionCheckpoint {
+    /// Whether the checkpoint is below what the feed still holds.
+    pub fn retention_gap(&self) -> bool {
+        self.checkpoint.is_some_and(|c| c < self.first_offset)
+    }
+}
+
+/// Why checkpoints could not be read or moved.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The feed failed.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A partition is not one of the pillow's.
+    #[error("{0} is not a partition of this pillow's topics; see `pillowtop checkpoint show`")]
+    UnknownPartition(String),
+    /// An offset outside what the feed holds.
+    #[error(
+        "offset {offset} is outside what {partition} holds ({first}..={end}); give an offset in that range"
+    )]
+    OutOfRange {
+        /// Partition.
+        partition: TopicPartition,
+        /// Asked for.
+        offset: u64,
+        /// First held.
+        first: u64,
+        /// End.
+        end: u64,
+    },
+    /// A process of the pillow is running and would overwrite the change.
+    #[error(
+        "pillow {pillow} is running (process {process_num}, pid {pid}, heartbeat {age_s}s ago); stop it first (SIGTERM), or pass --force if it is gone"
+    )]
+    Running {
+        /// Pillow.
+        pillow: String,
+        /// Its process number.
+        process_num: u32,
+        /// Its pid.
+        pid: u32,
+        /// Seconds since its heartbeat.
+        age_s: i64,
+    },
+}
+
+/// Every partition of the pillow with its checkpoint and the feed's offsets.
+///
+/// # Errors
+///
+/// When the feed or store fails.
+pub async fn inspect(
+    pillow: &PillowConfig,
+    feed: &Feed,
+    store: &Store,
+) -> Result<Vec<PartitionCheckpoint>, CheckpointError> {
+    let saved = store.checkpoints(pillow.checkpoint_id()).await?;
+    let mut out = Vec::new();
+    for tp in feed.partitions(&pillow.topics).await? {
+        let w = feed.watermarks(&tp).await?;
+        out.push(PartitionCheckpoint {
+            checkpoint: saved.iter().find(|c| c.tp == tp).map(|c| c.next_offset),
+            partition: tp,
+            first_offset: w.low,
+            end_offset: w.high,
+        });
+    }
+    Ok(out)
+}
+
+/// Where to move checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// To this offset (one partition).
+    To(u64),
+    /// To the first offset the feed holds: reprocess everything it has.
+    Reset,
+    /// To the end: skip everything not yet processed.
+    ToLatest,
+}
+
+/// Move the checkpoints of `partitions` (all of the pillow's when empty).
+/// Refuses while a process of the pillow has a fresh heartbeat, unless
+/// `force`. Returns (partition, old, new) for each moved checkpoint.
+///
+/// # Errors
+///
+/// See [`CheckpointError`].
+pub async fn apply(
+    pillow: &PillowConfig,
+    feed: &Feed,
+    store: &Store,
+    partitions: &[String],
+    to: Move,
+    force: bool,
+) -> Result<Vec<(TopicPartition, Option<u64>, u64)>, CheckpointError> {
+    if !force {
+        let now = crate::time::now_ms();
+        if let Some(p) = store.processes().await?.into_iter().find(|p| {
+            p.pillow == pillow.name && p.stopped_at_ms.is_none() && now - p.heartbeat_at_ms < 15_000
+        }) {
+            return Err(CheckpointError::Running {
+                pillow: pillow.name.clone(),
+                process_num: p.process_num,
+                pid: p.pid,
+                age_s: (now - p.heartbeat_at_ms) / 1000,
+            });
+        }
+    }
+    let all = inspect(pillow, feed, store).await?;
+    let chosen: Vec<&PartitionCheckpoint> = if partitions.is_empty() {
+        all.iter().collect()
+    } else {
+        partitions
+            .iter()
+            .map(|name| {
+                all.iter()
+                    .find(|p| p.partition.to_string() == *name)
+                    .ok_or_else(|| CheckpointError::UnknownPartition(name.clone()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut moves = Vec::new();
+    for p in chosen {
+        let new = match to {
+            Move::To(offset) => {
+                if offset < p.first_offset || offset > p.end_offset {
+                    return Err(CheckpointError::OutOfRange {
+                        partition: p.partition.clone(),
+                        offset,
+                        first: p.first_offset,
+                        end: p.end_offset,
+                    });
+                }
+                offset
+            }
+            Move::Reset => p.first_offset,
+            Move::ToLatest => p.end_offset,
+        };
+        moves.push((p.partition.clone(), p.checkpoint, new));
+    }
+    let writes: Vec<(TopicPartition, u64)> =
+        moves.iter().map(|(tp, _, n)| (tp.clone(), *n)).collect();
+    store
+        .set_checkpoints(pillow.checkpoint_id(), &writes)
+        .await?;
+    Ok(moves)
+}
 
 /// How often checkpoints are saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

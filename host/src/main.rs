@@ -94,6 +94,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or move checkpoints (after a retention gap, to skip a backlog,
+    /// or to reprocess). Moving refuses while the pillow runs.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -163,6 +169,56 @@ enum PluginCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Per partition: the checkpoint, the first and end offsets the feed
+    /// holds, and whether there is a retention gap.
+    Show {
+        /// The pillow.
+        #[arg(long)]
+        pillow: String,
+    },
+    /// Set one partition's checkpoint to OFFSET (the next offset to read).
+    Set {
+        /// The pillow.
+        #[arg(long)]
+        pillow: String,
+        /// `topic:partition`.
+        #[arg(long)]
+        partition: String,
+        /// The next offset to read; within what the feed holds.
+        #[arg(long)]
+        offset: u64,
+        /// Even if a process of the pillow looks alive.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move checkpoints to the first offset the feed holds (reprocess all).
+    Reset {
+        /// The pillow.
+        #[arg(long)]
+        pillow: String,
+        /// Only these partitions (`topic:partition`); default all.
+        #[arg(long)]
+        partition: Vec<String>,
+        /// Even if a process of the pillow looks alive.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move checkpoints to the end (skip every change not yet processed).
+    ToLatest {
+        /// The pillow.
+        #[arg(long)]
+        pillow: String,
+        /// Only these partitions (`topic:partition`); default all.
+        #[arg(long)]
+        partition: Vec<String>,
+        /// Even if a process of the pillow looks alive.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LangArg {
     /// Rust with pillowtop-sdk.
@@ -221,6 +277,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     compile_cache,
                 },
         } => plugin_check(&manifest, compile_cache).await,
+        Command::Checkpoint { command } => {
+            let config = HostConfig::load(&cli.config)?;
+            checkpoint_command(&config, command).await
+        }
         Command::Plugin {
             command:
                 PluginCommand::New {
@@ -624,6 +684,67 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+async fn checkpoint_command(config: &HostConfig, command: CheckpointCommand) -> Result<()> {
+    use pillowtop::checkpoint::{self, Move};
+    let (name, partitions, to, force) = match command {
+        CheckpointCommand::Show { pillow } => {
+            let p = selected(config, Some(&pillow))?[0];
+            let feed = open_feed(config).await?;
+            let store = Store::open(&config.store_path).await?;
+            println!(
+                "{:<28} {:>12} {:>12} {:>12}  state",
+                "partition", "checkpoint", "first offset", "end offset"
+            );
+            for c in checkpoint::inspect(p, &feed, &store).await? {
+                println!(
+                    "{:<28} {:>12} {:>12} {:>12}  {}",
+                    c.partition.to_string(),
+                    c.checkpoint.map_or("-".into(), |v| v.to_string()),
+                    c.first_offset,
+                    c.end_offset,
+                    if c.retention_gap() {
+                        format!(
+                            "RETENTION GAP: First available topic offset for {} is {} but needed {}",
+                            c.partition,
+                            c.first_offset,
+                            c.checkpoint.unwrap_or(0)
+                        )
+                    } else {
+                        "ok".into()
+                    }
+                );
+            }
+            return Ok(());
+        }
+        CheckpointCommand::Set {
+            pillow,
+            partition,
+            offset,
+            force,
+        } => (pillow, vec![partition], Move::To(offset), force),
+        CheckpointCommand::Reset {
+            pillow,
+            partition,
+            force,
+        } => (pillow, partition, Move::Reset, force),
+        CheckpointCommand::ToLatest {
+            pillow,
+            partition,
+            force,
+        } => (pillow, partition, Move::ToLatest, force),
+    };
+    let p = selected(config, Some(&name))?[0];
+    let feed = open_feed(config).await?;
+    let store = Store::open(&config.store_path).await?;
+    for (tp, old, new) in checkpoint::apply(p, &feed, &store, &partitions, to, force).await? {
+        println!(
+            "{tp}: checkpoint {} -> {new}",
+            old.map_or("none".into(), |o| o.to_string())
+        );
+    }
+    Ok(())
 }
 
 fn plugin_new(name: &str, lang: LangArg, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> Result<()> {
