@@ -242,31 +242,27 @@ fn a_bad_config_is_a_clear_error() {
     );
 }
 
-fn cli_ok(config: &Path, args: &[&str]) -> String {
+fn cli(config: &Path, args: &[&str], succeeds: bool) -> String {
     let out = bin()
         .arg("--config")
         .arg(config)
         .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
     );
-    stdout
+    assert_eq!(out.status.success(), succeeds, "{args:?}: {stdout}{stderr}");
+    if succeeds { stdout } else { stderr }
+}
+
+fn cli_ok(config: &Path, args: &[&str]) -> String {
+    cli(config, args, true)
 }
 
 fn cli_err(config: &Path, args: &[&str]) -> String {
-    let out = bin()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).to_string()
+    cli(config, args, false)
 }
 
 /// A checkpoint the feed has dropped (retention) stops the pillow with

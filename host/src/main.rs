@@ -194,29 +194,23 @@ enum CheckpointCommand {
         force: bool,
     },
     /// Move checkpoints to the first offset the feed holds (reprocess all).
-    Reset {
-        /// The pillow.
-        #[arg(long)]
-        pillow: String,
-        /// Only these partitions (`topic:partition`); default all.
-        #[arg(long)]
-        partition: Vec<String>,
-        /// Even if a process of the pillow looks alive.
-        #[arg(long)]
-        force: bool,
-    },
+    Reset(MoveArgs),
     /// Move checkpoints to the end (skip every change not yet processed).
-    ToLatest {
-        /// The pillow.
-        #[arg(long)]
-        pillow: String,
-        /// Only these partitions (`topic:partition`); default all.
-        #[arg(long)]
-        partition: Vec<String>,
-        /// Even if a process of the pillow looks alive.
-        #[arg(long)]
-        force: bool,
-    },
+    ToLatest(MoveArgs),
+}
+
+/// Which checkpoints `reset` and `to-latest` move.
+#[derive(clap::Args)]
+struct MoveArgs {
+    /// The pillow.
+    #[arg(long)]
+    pillow: String,
+    /// Only these partitions (`topic:partition`); default all.
+    #[arg(long)]
+    partition: Vec<String>,
+    /// Even if a process of the pillow looks alive.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -724,16 +718,8 @@ async fn checkpoint_command(config: &HostConfig, command: CheckpointCommand) -> 
             offset,
             force,
         } => (pillow, vec![partition], Move::To(offset), force),
-        CheckpointCommand::Reset {
-            pillow,
-            partition,
-            force,
-        } => (pillow, partition, Move::Reset, force),
-        CheckpointCommand::ToLatest {
-            pillow,
-            partition,
-            force,
-        } => (pillow, partition, Move::ToLatest, force),
+        CheckpointCommand::Reset(a) => (a.pillow, a.partition, Move::Reset, a.force),
+        CheckpointCommand::ToLatest(a) => (a.pillow, a.partition, Move::ToLatest, a.force),
     };
     let p = selected(config, Some(&name))?[0];
     let feed = open_feed(config).await?;
