@@ -700,10 +700,12 @@ async fn checkpoint_command(config: &HostConfig, command: CheckpointCommand) -> 
                     c.end_offset,
                     if c.retention_gap() {
                         format!(
-                            "RETENTION GAP: First available topic offset for {} is {} but needed {}",
-                            c.partition,
-                            c.first_offset,
-                            c.checkpoint.unwrap_or(0)
+                            "RETENTION GAP: {}",
+                            pillowtop::feed::gap_message(
+                                &c.partition,
+                                c.first_offset,
+                                c.checkpoint.unwrap_or(0)
+                            )
                         )
                     } else {
                         "ok".into()

@@ -23,10 +23,9 @@ use crate::sink::{VersionedAction, WritePlan};
 use crate::store::{
     ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError,
 };
-use crate::wasm::{LoadError, LoadTimings, Processor, Runtime};
+use crate::wasm::{LoadError, Processor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -129,42 +128,6 @@ pub struct RunSummary {
     pub load_time: Duration,
     /// Wall time of the run.
     pub elapsed: Duration,
-}
-
-/// Load every processor of a pillow, in order, on a blocking thread
-/// (compiling can take seconds).
-///
-/// # Errors
-///
-/// The first manifest or plugin that fails to load.
-pub async fn load_processors(
-    runtime: Arc<Runtime>,
-    config: &PillowConfig,
-) -> Result<Vec<(Processor, LoadTimings)>, PillowError> {
-    let manifests: Vec<PathBuf> = config.processors.clone();
-    let pillow = config.name.clone();
-    tokio::task::spawn_blocking(move || {
-        manifests
-            .iter()
-            .map(|path| {
-                let manifest = crate::manifest::Manifest::load(path).map_err(|source| {
-                    PillowError::Manifest {
-                        pillow: pillow.clone(),
-                        source,
-                    }
-                })?;
-                runtime.load(&manifest).map_err(|source| PillowError::Load {
-                    pillow: pillow.clone(),
-                    source,
-                })
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| PillowError::Worker {
-        pillow: config.name.clone(),
-        message: e.to_string(),
-    })?
 }
 
 /// A configured pillow, ready to run.

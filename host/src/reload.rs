@@ -491,15 +491,6 @@ pub enum SlotChange {
 }
 
 impl Follower {
-    /// Follow `slot` from its current state.
-    pub fn new(slot: Arc<PluginSlot>) -> Follower {
-        Follower {
-            generation: slot.generation(),
-            refusals: slot.refusals(),
-            slot,
-        }
-    }
-
     /// A processor for the live version, and its follower.
     pub fn start(slot: Arc<PluginSlot>) -> (Processor, Follower) {
         let (plugin, generation) = slot.live();

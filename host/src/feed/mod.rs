@@ -133,7 +133,8 @@ pub enum FeedError {
     /// A checkpoint is older than the first offset the broker still holds
     /// (CommCare's check, with its message).
     #[error(
-        "First available topic offset for {tp} is {first} but needed {needed}. Changes between them are gone from the feed; reprocess from another source if they matter, then move the checkpoint: `pillowtop checkpoint set --pillow PILLOW --partition {tp} --offset {first}` (or `checkpoint to-latest`)"
+        "{}. Changes between them are gone from the feed; reprocess from another source if they matter, then move the checkpoint: `pillowtop checkpoint set --pillow PILLOW --partition {tp} --offset {first}` (or `checkpoint to-latest`)",
+        gap_message(tp, *first, *needed)
     )]
     RetentionGap {
         /// The partition.
@@ -143,6 +144,11 @@ pub enum FeedError {
         /// The checkpoint.
         needed: u64,
     },
+}
+
+/// CommCare's sentence for a checkpoint the feed no longer holds.
+pub fn gap_message(tp: &TopicPartition, first: u64, needed: u64) -> String {
+    format!("First available topic offset for {tp} is {first} but needed {needed}")
 }
 
 /// Low and high watermarks: the first offset still held and the next offset
