@@ -445,3 +445,26 @@ async fn two_processes_split_the_partitions_and_save_only_their_own() {
     );
     assert_checkpoints_at_end(&env, "split", "case-sql").await;
 }
+
+/// `checkpoint_every` counts the changes since the last save: with chunks
+/// of 10, every = 1 saves with every chunk and every = 25 with every third
+/// (and the last, on catching up).
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_are_saved_every_n_changes() {
+    for (every, saves) in [(1, 10), (25, 4)] {
+        let env = Env::new().await;
+        let lines: Vec<String> = (0..100)
+            .map(|i| change(&format!("c{i}"), serde_json::json!({"name": "x"})))
+            .collect();
+        env.publish("t", 1, &lines).await;
+        let mut config = pillow_config("cp", "t", case_search_manifest(), 10);
+        config.checkpoint_every = every;
+        let summary = run(&env, &config, caught_up()).await;
+        assert_eq!(summary.chunks, 10);
+        assert_eq!(
+            summary.checkpoint_saves, saves,
+            "checkpoint_every = {every}"
+        );
+        assert_checkpoints_at_end(&env, "cp", "t").await;
+    }
+}

@@ -112,6 +112,9 @@ pub struct RunSummary {
     pub deduplicated: u64,
     /// Chunks committed.
     pub chunks: u64,
+    /// Commits that saved checkpoints (with a chunk, or on their own when
+    /// idle or stopping).
+    pub checkpoint_saves: u64,
     /// Actions by kind.
     pub actions: BTreeMap<&'static str, u64>,
     /// Pillow errors recorded, by kind.
@@ -435,13 +438,20 @@ impl Pillow {
                 summary.read_time += t_read.elapsed();
             }
             if polled.is_empty() {
-                finish_commit(&mut in_flight, &mut committed, &mut tracker)
-                    .await
-                    .map_err(store_err)?;
-                if tracker.due(Instant::now()) {
-                    save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
+                summary.checkpoint_saves +=
+                    finish_commit(&mut in_flight, &mut committed, &mut tracker)
                         .await
                         .map_err(store_err)?;
+                if tracker.due(Instant::now()) {
+                    summary.checkpoint_saves += save_checkpoints(
+                        &store,
+                        &checkpoint_id,
+                        &next,
+                        &mut committed,
+                        &mut tracker,
+                    )
+                    .await
+                    .map_err(store_err)?;
                 }
                 continue;
             }
@@ -466,7 +476,6 @@ impl Pillow {
             summary.transform_time += t1.elapsed();
 
             let t2 = Instant::now();
-            tracker.record(n);
             let mut errors = outcome.errors;
             errors.append(&mut decode_errors);
             for a in &outcome.actions {
@@ -485,9 +494,13 @@ impl Pillow {
                 *summary.errors.entry(e.kind).or_default() += 1;
                 tracing::warn!(pillow = %name, tp = %e.tp, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
             }
-            finish_commit(&mut in_flight, &mut committed, &mut tracker)
+            // The previous chunk's commit first: a checkpoint it saved covers
+            // changes up to that chunk, not this one, so this chunk counts
+            // towards the next save only after it.
+            summary.checkpoint_saves += finish_commit(&mut in_flight, &mut committed, &mut tracker)
                 .await
                 .map_err(store_err)?;
+            tracker.record(n);
             let caught_up = options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t);
             let checkpoints = if tracker.due(Instant::now()) || caught_up {
                 changed(&next, &committed)
@@ -516,12 +529,13 @@ impl Pillow {
             bar.inc(n);
         }
         // Graceful stop: everything processed is committed; save where we are.
-        finish_commit(&mut in_flight, &mut committed, &mut tracker)
+        summary.checkpoint_saves += finish_commit(&mut in_flight, &mut committed, &mut tracker)
             .await
             .map_err(store_err)?;
-        save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
-            .await
-            .map_err(store_err)?;
+        summary.checkpoint_saves +=
+            save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
+                .await
+                .map_err(store_err)?;
         bar.finish_and_clear();
         summary.elapsed = started.elapsed();
         tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
@@ -542,24 +556,26 @@ fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration) -> Polling
 /// A chunk commit running in the background; yields the checkpoints it saved.
 type InFlight = tokio::task::JoinHandle<Result<Vec<(TopicPartition, u64)>, StoreError>>;
 
-/// Wait for the commit in flight, if any, and note the checkpoints it saved.
+/// Wait for the commit in flight, if any, and note the checkpoints it
+/// saved. Returns 1 when it saved checkpoints, else 0.
 async fn finish_commit(
     in_flight: &mut Option<InFlight>,
     committed: &mut HashMap<TopicPartition, u64>,
     tracker: &mut CheckpointTracker,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let Some(handle) = in_flight.take() else {
-        return Ok(());
+        return Ok(0);
     };
     let saved = match handle.await {
         Ok(result) => result?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
-    if !saved.is_empty() {
-        committed.extend(saved);
-        tracker.saved(Instant::now());
+    if saved.is_empty() {
+        return Ok(0);
     }
-    Ok(())
+    committed.extend(saved);
+    tracker.saved(Instant::now());
+    Ok(1)
 }
 
 async fn save_checkpoints(
@@ -568,14 +584,15 @@ async fn save_checkpoints(
     next: &HashMap<TopicPartition, u64>,
     committed: &mut HashMap<TopicPartition, u64>,
     tracker: &mut CheckpointTracker,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let checkpoints = changed(next, committed);
-    if !checkpoints.is_empty() {
-        store.set_checkpoints(checkpoint_id, &checkpoints).await?;
-        committed.extend(checkpoints);
-    }
     tracker.saved(Instant::now());
-    Ok(())
+    if checkpoints.is_empty() {
+        return Ok(0);
+    }
+    store.set_checkpoints(checkpoint_id, &checkpoints).await?;
+    committed.extend(checkpoints);
+    Ok(1)
 }
 
 /// Decode messages, advance positions, and keep only the last change of
