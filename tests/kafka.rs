@@ -17,8 +17,20 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A config reading `topic` from Kafka through the tagger plugin (one row
-/// per change: doc id, partition, offset).
+/// per change: doc id, partition, offset) into a SQLite store (tests point
+/// PILLOWTOP_STORE_URL elsewhere).
 fn write_config(dir: &Path, brokers: &str, topic: &str) -> PathBuf {
+    write_config_with(dir, brokers, topic, "url = \"sqlite://store.db\"", "")
+}
+
+/// [`write_config`] with the `[store]` body and extra pillow keys given.
+pub fn write_config_with(
+    dir: &Path,
+    brokers: &str,
+    topic: &str,
+    store: &str,
+    pillow: &str,
+) -> PathBuf {
     let plugin = dir.join("tagger");
     std::fs::create_dir_all(&plugin).unwrap();
     std::fs::copy(
@@ -36,9 +48,9 @@ fn write_config(dir: &Path, brokers: &str, topic: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[feed]\ntype = \"kafka\"\nbrokers = {brokers:?}\n[store]\nurl = \"sqlite://store.db\"\n\
+            "[feed]\ntype = \"kafka\"\nbrokers = {brokers:?}\n[store]\n{store}\n\
              [runtime]\ncompile_cache_dir = {:?}\n[reload]\nwatch = false\n\
-             [[pillows]]\nname = \"tagged\"\ntopics = [{topic:?}]\nprocessors = [\"tagger/plugin.toml\"]\nchunk_size = 100\nmax_wait_ms = 50\n",
+             [[pillows]]\nname = \"tagged\"\ntopics = [{topic:?}]\nprocessors = [\"tagger/plugin.toml\"]\nchunk_size = 100\nmax_wait_ms = 50\n{pillow}\n",
             cache_dir()
         ),
     )
@@ -48,13 +60,19 @@ fn write_config(dir: &Path, brokers: &str, topic: &str) -> PathBuf {
 
 /// Publish `n` changes with ids `{prefix}-{i}` through `pillowtop publish --brokers`.
 fn publish(brokers: &str, topic: &str, partitions: u32, prefix: &str, n: usize) {
-    let lines: String = (0..n)
+    let lines: Vec<String> = (0..n)
         .map(|i| {
             serde_json::json!({"document_id": format!("{prefix}-{i}"), "document_type": "CommCareCase", "domain": "d", "document": {"i": i}})
                 .to_string()
-                + "\n"
         })
         .collect();
+    publish_lines(brokers, topic, partitions, &lines);
+}
+
+/// Publish change lines through `pillowtop publish --brokers`.
+pub fn publish_lines(brokers: &str, topic: &str, partitions: u32, lines: &[String]) {
+    let n = lines.len();
+    let lines: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let mut child = bin()
         .args([
             "publish",
@@ -86,7 +104,7 @@ fn publish(brokers: &str, topic: &str, partitions: u32, prefix: &str, n: usize) 
 }
 
 /// Wait until the broker's end offsets add up to `total`.
-async fn wait_for_end_offsets(feed: &Feed, topic: &str, total: u64) {
+pub async fn wait_for_end_offsets(feed: &Feed, topic: &str, total: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut sum = 0;
@@ -109,7 +127,7 @@ async fn wait_for_end_offsets(feed: &Feed, topic: &str, total: u64) {
 async fn rows(store_path: &Path) -> Vec<(String, u32, u64)> {
     let store = Store::open(store_path).await.unwrap();
     sqlx::query(r#"SELECT doc_id, "partition", "offset" FROM tagged"#)
-        .fetch_all(store.pool())
+        .fetch_all(store.sqlite().unwrap())
         .await
         .unwrap()
         .iter()

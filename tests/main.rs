@@ -1,6 +1,7 @@
 //! Integration tests: the real host against real compiled Wasm components
-//! (built by `make plugins`) and real SQLite files. One test binary, so the
-//! workspace links once.
+//! (built by `make plugins`), real SQLite files, and the real servers `make
+//! services` starts (tansu, PostgreSQL). One test binary, so the workspace
+//! links once.
 
 mod support;
 
@@ -9,5 +10,7 @@ mod kafka;
 mod languages;
 mod loading;
 mod pipeline;
+mod postgres;
+mod recovery;
 mod reload;
 mod sandbox;

@@ -9,7 +9,6 @@ use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
 use pillowtop::sink::{VersionedAction, WritePlan};
 use pillowtop::store::ChunkCommit;
 use serde_json::Value;
-use sqlx::Row;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +85,15 @@ async fn assert_checkpoints_at_end(env: &Env, id: &str, topic: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn case_search_end_to_end_lands_the_latest_version_of_every_case() {
-    let env = Env::new().await;
+    case_search_end_to_end_lands_the_latest_version_of_every_case_in(Env::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in_postgres() {
+    case_search_end_to_end_lands_the_latest_version_of_every_case_in(Env::postgres().await).await;
+}
+
+async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: Env) {
     let mut lines = cases(5, 3000);
     let malformed = [
         "not json at all".to_string(),
@@ -194,7 +201,15 @@ async fn a_restart_resumes_at_the_exact_next_offset() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on() {
-    let env = Env::new().await;
+    hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(Env::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in_postgres() {
+    hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(Env::postgres().await).await;
+}
+
+async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(env: Env) {
     let dir = tempfile::tempdir().unwrap();
     let manifest = hostile_manifest(
         dir.path(),
@@ -251,11 +266,9 @@ async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on() {
             "retryable kinds are scheduled: {e:?}"
         );
     }
-    let rows = sqlx::query("SELECT doc_id FROM hostile_rows ORDER BY doc_id")
-        .fetch_all(env.store.pool())
-        .await
-        .unwrap();
-    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let ids = env
+        .strings("SELECT doc_id FROM hostile_rows ORDER BY doc_id")
+        .await;
     assert_eq!(ids, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
     let counts = env.store.sink_counts().await.unwrap();
     assert_eq!(counts.documents, vec![("hostile".to_string(), 10)]);
@@ -294,7 +307,15 @@ async fn a_chunk_keeps_only_the_last_change_of_a_document() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_never_overwrites_newer_documents() {
-    let env = Env::new().await;
+    a_replay_never_overwrites_newer_documents_in(Env::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_never_overwrites_newer_documents_in_postgres() {
+    a_replay_never_overwrites_newer_documents_in(Env::postgres().await).await;
+}
+
+async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
     let doc = |name: &str| serde_json::json!({"_id": "r1", "name": name, "case_json": {}});
     env.publish(
         "case-sql",
@@ -378,7 +399,7 @@ async fn shutdown_finishes_the_chunk_and_saves_the_checkpoint() {
     let token = CancellationToken::new();
     let handle = tokio::spawn(pillow.run(RunOptions::default(), token.clone()));
     // Wait until some chunks are committed, then stop.
-    let pool = env.store.pool().clone();
+    let pool = env.store.sqlite().unwrap().clone();
     loop {
         let n: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) FROM "doc_case-search""#)
             .fetch_one(&pool)

@@ -222,14 +222,14 @@ async fn rows(store: &Store) -> Vec<(String, String, u32, u64)> {
     let exists: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'tagged'",
     )
-    .fetch_one(store.pool())
+    .fetch_one(store.sqlite().unwrap())
     .await
     .unwrap();
     if exists == 0 {
         return vec![];
     }
     sqlx::query(r#"SELECT doc_id, tag, "partition", "offset" FROM tagged"#)
-        .fetch_all(store.pool())
+        .fetch_all(store.sqlite().unwrap())
         .await
         .unwrap()
         .iter()

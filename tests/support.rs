@@ -82,16 +82,40 @@ pub struct Env {
 }
 
 impl Env {
+    /// An embedded feed and a SQLite store in a temp dir.
     pub async fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.db")).await.unwrap();
+        Env::with_store(dir, store).await
+    }
+
+    /// An embedded feed and a PostgreSQL store in a fresh schema.
+    pub async fn postgres() -> Env {
+        let store = pg_store(&pg_schema("env")).await;
+        Env::with_store(tempfile::tempdir().unwrap(), store).await
+    }
+
+    async fn with_store(dir: tempfile::TempDir, store: Store) -> Env {
         let feed = EmbeddedFeed::open(&dir.path().join("feed.db"))
             .await
             .unwrap();
-        let store = Store::open(&dir.path().join("store.db")).await.unwrap();
         Env {
             _dir: dir,
             feed,
             store,
+        }
+    }
+
+    /// The first column of `sql`'s rows as text, whichever store this is.
+    pub async fn strings(&self, sql: &'static str) -> Vec<String> {
+        use sqlx::Row;
+        if let Some(pool) = self.store.sqlite() {
+            let rows = sqlx::query(sql).fetch_all(pool).await.unwrap();
+            rows.iter().map(|r| r.get(0)).collect()
+        } else {
+            let pool = self.store.postgres().unwrap();
+            let rows = sqlx::query(sql).fetch_all(pool).await.unwrap();
+            rows.iter().map(|r| r.get(0)).collect()
         }
     }
 
@@ -164,4 +188,87 @@ pub fn bin() -> std::process::Command {
         .env_remove("PILLOWTOP_FEED_PATH")
         .env_remove("PILLOWTOP_KAFKA_BROKERS");
     c
+}
+
+/// The PostgreSQL database `make services` prepared (or PILLOWTOP_PG_URL),
+/// or a loud failure naming the fix.
+pub fn pg_url() -> String {
+    let url = std::env::var("PILLOWTOP_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/pillowtop_test".into());
+    let host_port = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, r)| r)
+        .rsplit_once('@')
+        .map_or_else(|| url.as_str(), |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let addr = if host_port.contains(':') {
+        host_port
+    } else {
+        format!("{host_port}:5432")
+    };
+    let reachable = addr.parse::<std::net::SocketAddr>().ok().is_some_and(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        reachable,
+        "PostgreSQL is not reachable at {addr} ({url}): run `make services` (make test does), or set PILLOWTOP_PG_URL"
+    );
+    url
+}
+
+/// A fresh PostgreSQL schema name for one test.
+pub fn pg_schema(prefix: &str) -> String {
+    unique(prefix).replace('-', "_").to_lowercase()
+}
+
+/// The `[store]` body of a host config for PostgreSQL in `schema`.
+pub fn pg_store_toml(schema: &str) -> String {
+    format!("url = {:?}\nschema = {schema:?}", pg_url())
+}
+
+/// The store in `schema` (created and migrated if needed).
+pub async fn pg_store(schema: &str) -> Store {
+    Store::connect(&pillowtop::config::StoreLocation::Postgres {
+        url: pg_url(),
+        schema: schema.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("opening the PostgreSQL store: {e}"))
+}
+
+/// The tansu binary `make services` installed, for tests that run their
+/// own broker (to restart it).
+pub fn tansu_bin() -> PathBuf {
+    let path = std::env::var_os("PILLOWTOP_TANSU").map_or_else(
+        || {
+            std::env::var_os("PILLOWTOP_TOOLS")
+                .map_or_else(
+                    || {
+                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                            .join(".cache/pillowtop/tools")
+                    },
+                    PathBuf::from,
+                )
+                .join("bin/tansu")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "tansu is missing at {}: run `make services` (make test does), or set PILLOWTOP_TANSU",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,7 +1,8 @@
 //! The host config (`pillowtop.toml`): the feed, the store, the runtime and
 //! the pillows. Relative paths are resolved against the config file's folder.
 //! `PILLOWTOP_FEED_PATH` (embedded), `PILLOWTOP_KAFKA_BROKERS` (switches the
-//! feed to Kafka) and `PILLOWTOP_STORE_URL` override the file.
+//! feed to Kafka), `PILLOWTOP_STORE_URL` and `PILLOWTOP_STORE_SCHEMA`
+//! override the file.
 //!
 //! ```toml
 //! [feed]
@@ -9,7 +10,8 @@
 //! path = "../data/feed.db"
 //!
 //! [store]                      # checkpoints, pillow errors and sink tables
-//! url = "sqlite://../data/store.db"
+//! url = "sqlite://../data/store.db"   # or postgres://user@host:5432/db
+//! # schema = "pillowtop"       # PostgreSQL only; default "public"
 //!
 //! [runtime]
 //! compile_cache_dir = "../data/compile-cache"
@@ -77,8 +79,46 @@ pub enum FeedConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (relative to the config file).
+    /// `sqlite://PATH` (relative to the config file) or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
     pub url: String,
+    /// PostgreSQL only: the schema holding pillowtop's tables and the sink
+    /// tables (created if missing). Default `public`.
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+/// Where the store lives, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file (the embedded default).
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// Connection URL (may hold a password: print [`StoreLocation`]'s
+        /// `Display`, which hides it).
+        url: String,
+        /// Schema of every table pillowtop creates.
+        schema: String,
+    },
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// For messages: the file, or the server and database without user or password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite { path } => write!(f, "sqlite store {}", path.display()),
+            StoreLocation::Postgres { url, schema } => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+                write!(f, "postgres store {rest} (schema {schema})")
+            }
+        }
+    }
 }
 
 /// Wasm runtime settings.
@@ -250,8 +290,8 @@ pub struct HostConfig {
     pub path: PathBuf,
     /// The feed.
     pub feed: FeedConfig,
-    /// The store database file.
-    pub store_path: PathBuf,
+    /// The store.
+    pub store: StoreLocation,
     /// Runtime settings.
     pub runtime: RuntimeConfig,
     /// The admin endpoint.
@@ -328,21 +368,55 @@ impl HostConfig {
             ));
         }
         let url = env("PILLOWTOP_STORE_URL").unwrap_or(raw.store.url);
-        let Some(store_file) = url
+        let schema = env("PILLOWTOP_STORE_SCHEMA").or(raw.store.schema);
+        let store = if let Some(file) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-        else {
+        {
+            if file.is_empty() {
+                return Err(invalid(
+                    "store.url",
+                    "names no file; use sqlite://PATH".into(),
+                ));
+            }
+            if let Some(schema) = schema {
+                return Err(invalid(
+                    "store.schema",
+                    format!(
+                        "{schema:?} applies to PostgreSQL only, but store.url is {url:?}; remove store.schema"
+                    ),
+                ));
+            }
+            StoreLocation::Sqlite {
+                path: resolve(Path::new(file)),
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let schema = schema.unwrap_or_else(|| "public".into());
+            let valid = schema
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && schema.len() <= 63;
+            if !valid {
+                return Err(invalid(
+                    "store.schema",
+                    format!(
+                        "{schema:?} is not a plain schema name; use lowercase letters, digits and '_' (at most 63), starting with a letter or '_'"
+                    ),
+                ));
+            }
+            StoreLocation::Postgres { url, schema }
+        } else {
             return Err(invalid(
                 "store.url",
-                format!("{url:?} is not supported; use sqlite://PATH, e.g. sqlite://data/store.db"),
+                format!(
+                    "{url:?} is not supported; use sqlite://PATH (e.g. sqlite://data/store.db) or postgres://USER@HOST:PORT/DATABASE"
+                ),
             ));
         };
-        if store_file.is_empty() {
-            return Err(invalid(
-                "store.url",
-                "names no file; use sqlite://PATH".into(),
-            ));
-        }
         if raw.admin.enabled
             && raw
                 .admin
@@ -435,7 +509,7 @@ impl HostConfig {
         Ok(HostConfig {
             path: path.to_owned(),
             feed,
-            store_path: resolve(Path::new(store_file)),
+            store,
             runtime,
             admin: raw.admin,
             reload: raw.reload,
@@ -479,7 +553,12 @@ mod tests {
                 path: "/etc/pt/feed.db".into()
             }
         );
-        assert_eq!(c.store_path, Path::new("/etc/pt/store.db"));
+        assert_eq!(
+            c.store,
+            StoreLocation::Sqlite {
+                path: "/etc/pt/store.db".into()
+            }
+        );
         assert_eq!(
             c.runtime.compile_cache_dir,
             Path::new("/etc/pt/data/compile-cache")
@@ -536,11 +615,48 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert_eq!(c.store_path, Path::new("/tmp/other.db"));
+        assert_eq!(
+            c.store,
+            StoreLocation::Sqlite {
+                path: "/tmp/other.db".into()
+            }
+        );
         assert_eq!(
             c.feed,
             FeedConfig::Embedded {
                 path: "/tmp/feed.db".into()
+            }
+        );
+    }
+
+    #[test]
+    fn postgres_store_with_schema_and_a_hidden_password() {
+        let text = GOOD.replace(
+            "url = \"sqlite://store.db\"",
+            "url = \"postgres://pt:secret@db.example:5433/hq?sslmode=disable\"\nschema = \"pillows\"",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.store,
+            StoreLocation::Postgres {
+                url: "postgres://pt:secret@db.example:5433/hq?sslmode=disable".into(),
+                schema: "pillows".into()
+            }
+        );
+        assert_eq!(
+            c.store.to_string(),
+            "postgres store db.example:5433/hq (schema pillows)"
+        );
+        let c = HostConfig::parse(GOOD, Path::new("/etc/pt/pillowtop.toml"), |k| match k {
+            "PILLOWTOP_STORE_URL" => Some("postgresql://localhost/x".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreLocation::Postgres {
+                url: "postgresql://localhost/x".into(),
+                schema: "public".into()
             }
         );
     }
@@ -556,7 +672,17 @@ mod tests {
             (
                 "url = \"sqlite://store.db\"",
                 "url = \"mysql://x\"",
-                &["key `store.url`", "sqlite://PATH"],
+                &["key `store.url`", "sqlite://PATH", "postgres://"],
+            ),
+            (
+                "url = \"sqlite://store.db\"",
+                "url = \"sqlite://store.db\"\nschema = \"x\"",
+                &["key `store.schema`", "PostgreSQL only"],
+            ),
+            (
+                "url = \"sqlite://store.db\"",
+                "url = \"postgres://u@h/db\"\nschema = \"My-Schema\"",
+                &["key `store.schema`", "lowercase letters"],
             ),
             (
                 "num_processes = 2",

@@ -5,10 +5,10 @@
 //! ```text
 //! feed ──> pillow ──> wasm ──> sink ──> checkpoint
 //!  │         │          │        │
-//!  │         │          │        └ sink::sqlite (rows, documents), in the store transaction
+//!  │         │          │        └ sink::{sqlite,postgres} (rows, documents), in the store transaction
 //!  │         │          └ wasm: engine, compile cache, limits, sandboxed WASI, host imports
 //!  │         └ pillow: chunks, dedupe, subscriptions, pillow errors, checkpoint policy
-//!  └ feed::embedded (SQLite log); Kafka slots in beside it
+//!  └ feed::embedded (SQLite log), feed::kafka
 //! ```
 //!
 //! | module | owns |
@@ -22,8 +22,8 @@
 //! | [`partition`] | which process reads which partitions |
 //! | [`checkpoint`] | when checkpoints are saved |
 //! | [`errors`] | pillow error records and retry backoff |
-//! | [`store`] | the SQLite store: checkpoints, pillow errors, sink tables, one transaction per chunk |
-//! | [`sink`] | writing actions into sink tables |
+//! | [`store`] | the store (SQLite or PostgreSQL): checkpoints, pillow errors, sink tables, one transaction per chunk |
+//! | [`sink`] | writing actions into sink tables (SQLite, PostgreSQL) |
 //! | [`sqlite`] | opening the SQLite files with one set of settings |
 //! | [`pillow`] | the run loop |
 //! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |

@@ -100,6 +100,10 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+    /// Create or upgrade the store's tables (checkpoints, pillow errors,
+    /// processes) in the config's store. `run` does this too; use it to
+    /// prepare a database ahead of deploying, e.g. from a migration job.
+    Migrate,
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
@@ -271,6 +275,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     compile_cache,
                 },
         } => plugin_check(&manifest, compile_cache).await,
+        Command::Migrate => {
+            let config = HostConfig::load(&cli.config)?;
+            let store = Store::connect(&config.store).await?;
+            if let FeedConfig::Embedded { .. } = config.feed {
+                open_feed(&config).await?;
+            }
+            println!("{}: migrations applied, up to date", store.location());
+            Ok(())
+        }
         Command::Checkpoint { command } => {
             let config = HostConfig::load(&cli.config)?;
             checkpoint_command(&config, command).await
@@ -432,7 +445,7 @@ async fn publish(feed: &Feed, topic: &str, partitions: Option<u32>) -> Result<()
 
 async fn statuses(config: &HostConfig, only: Option<&str>) -> Result<Vec<status::PillowStatus>> {
     let feed = open_feed(config).await?;
-    let store = Store::open(&config.store_path).await?;
+    let store = Store::connect(&config.store).await?;
     let mut out = Vec::new();
     for p in selected(config, only)? {
         out.push(status::pillow_status(p, &feed, &store).await?);
@@ -504,7 +517,7 @@ fn stop_on_signals(token: CancellationToken) {
 async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Result<()> {
     let pillows = selected(config, only)?;
     let feed = open_feed(config).await?;
-    let store = Store::open(&config.store_path).await?;
+    let store = Store::connect(&config.store).await?;
     let runtime = runtime_for(config)?;
     let metrics = Arc::new(Metrics::new());
     let plugins = Arc::new(Plugins::new(runtime, metrics.clone()));
@@ -686,7 +699,7 @@ async fn checkpoint_command(config: &HostConfig, command: CheckpointCommand) -> 
         CheckpointCommand::Show { pillow } => {
             let p = selected(config, Some(&pillow))?[0];
             let feed = open_feed(config).await?;
-            let store = Store::open(&config.store_path).await?;
+            let store = Store::connect(&config.store).await?;
             println!(
                 "{:<28} {:>12} {:>12} {:>12}  state",
                 "partition", "checkpoint", "first offset", "end offset"
@@ -725,7 +738,7 @@ async fn checkpoint_command(config: &HostConfig, command: CheckpointCommand) -> 
     };
     let p = selected(config, Some(&name))?[0];
     let feed = open_feed(config).await?;
-    let store = Store::open(&config.store_path).await?;
+    let store = Store::connect(&config.store).await?;
     for (tp, old, new) in checkpoint::apply(p, &feed, &store, &partitions, to, force).await? {
         println!(
             "{tp}: checkpoint {} -> {new}",
@@ -763,7 +776,7 @@ fn plugin_new(name: &str, lang: LangArg, dir: Option<PathBuf>, sdk: Option<PathB
 /// `pillowtop plugin reload`: ask every live host process of the config's
 /// pillows to reload `name` and print what each said.
 async fn plugin_reload(config: &HostConfig, name: Option<&str>) -> Result<()> {
-    let store = Store::open(&config.store_path).await?;
+    let store = Store::connect(&config.store).await?;
     let now = pillowtop::time::now_ms();
     let stale_ms = 3 * HEARTBEAT.as_millis() as i64;
     let mut urls: Vec<String> = store
@@ -777,8 +790,8 @@ async fn plugin_reload(config: &HostConfig, name: Option<&str>) -> Result<()> {
     urls.dedup();
     if urls.is_empty() {
         bail!(
-            "no running pillowtop process with an admin endpoint is recorded in {}; start one with `pillowtop run`, or send it SIGHUP",
-            config.store_path.display()
+            "no running pillowtop process with an admin endpoint is recorded in the {}; start one with `pillowtop run`, or send it SIGHUP",
+            config.store
         );
     }
     let mut refused = 0;
@@ -845,7 +858,7 @@ async fn print_summary(
         );
     }
     let counts = store.sink_counts().await?;
-    println!("sinks (sqlite store {}):", config.store_path.display());
+    println!("sinks ({}):", config.store);
     for (index, n) in &counts.documents {
         println!("  index {index}: {n} documents");
     }

@@ -12,10 +12,99 @@
 //! Rows keep action order per table: a processor that deletes a document's
 //! rows and upserts new ones (UCR's pattern) gets exactly that.
 
+pub mod postgres;
 pub mod sqlite;
 
-use crate::action::{Action, Cell};
-use std::collections::BTreeMap;
+use crate::action::{Action, Cell, IndexSpec, TableSpec};
+use std::collections::{BTreeMap, HashMap};
+
+/// Why a SQL sink could not prepare or write.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A table exists with other columns than the spec asks for.
+    #[error(
+        "table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin"
+    )]
+    Mismatch {
+        /// Table.
+        table: String,
+        /// Which column differs and how.
+        detail: String,
+    },
+    /// The database failed.
+    #[error("sql sink: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The table holding the documents of `index` in a SQL store.
+pub fn index_table(index: &str) -> String {
+    format!("doc_{index}")
+}
+
+/// Quote an identifier (names are validated by the contract checks, but
+/// quoting keeps '-' in index names and reserved words safe). The same
+/// rule holds in SQLite and PostgreSQL.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A SQL sink: a connection of the store's database, inside the store's
+/// transaction. Implemented for SQLite ([`sqlite`]) and PostgreSQL
+/// ([`postgres`]), so the store commits sink writes, pillow errors and the
+/// checkpoint together whichever database it is.
+pub trait SqlSink {
+    /// Create the document table of an index if missing.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    fn ensure_index(
+        &mut self,
+        spec: &IndexSpec,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Create a row table if missing, or check that the existing one matches.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Mismatch`] naming the table and column when they differ.
+    fn ensure_table(
+        &mut self,
+        spec: &TableSpec,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Write `plan` (inside the caller's transaction).
+    ///
+    /// # Errors
+    ///
+    /// When the database fails; the caller rolls back.
+    fn apply(
+        &mut self,
+        plan: &WritePlan,
+        tables: &HashMap<String, TableSpec>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// How a table spec is recorded in the store's `sink_tables` registry.
+pub fn describe_spec(spec: &TableSpec) -> String {
+    let cols: Vec<_> = spec
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}{}",
+                c.name,
+                c.kind.as_str(),
+                if c.nullable { "?" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "({}) primary key ({})",
+        cols.join(", "),
+        spec.primary_key.join(", ")
+    )
+}
 
 /// An action and the version (feed offset) of the change behind it.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,42 +5,13 @@
 //! row table is created from its spec under its own name. Writes happen
 //! inside the caller's transaction.
 
-use super::{RowOp, WritePlan};
+use super::{RowOp, SinkError, SqlSink, WritePlan, describe_spec, index_table, quote};
 use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use std::collections::HashMap;
 
-/// Why the sink could not prepare or write.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// A table exists with other columns than the spec asks for.
-    #[error(
-        "table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin"
-    )]
-    Mismatch {
-        /// Table.
-        table: String,
-        /// Which column differs and how.
-        detail: String,
-    },
-    /// The database failed.
-    #[error("sqlite sink: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
 /// Most bound values per statement (SQLite allows 32766).
 const MAX_BINDS: usize = 30_000;
-
-/// The table holding the documents of `index`.
-pub fn index_table(index: &str) -> String {
-    format!("doc_{index}")
-}
-
-/// Quote an identifier (names are validated by the contract checks, but
-/// quoting keeps '-' in index names and reserved words safe).
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
 
 fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
@@ -55,7 +26,7 @@ fn sql_type(kind: ColumnType) -> &'static str {
 /// # Errors
 ///
 /// When the database fails.
-pub async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Result<(), SinkError> {
+async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Result<(), SinkError> {
     let table = quote(&index_table(&spec.name));
     sqlx::query(sqlx::AssertSqlSafe(format!(
         // A rowid table: documents are kilobytes, too large for a clustered
@@ -64,7 +35,7 @@ pub async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Resu
     )))
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO sink_indices (name, mappings) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET mappings = excluded.mappings")
+    sqlx::query("INSERT INTO sink_indices (name, mappings) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET mappings = excluded.mappings")
         .bind(&spec.name)
         .bind(&spec.mappings)
         .execute(&mut *conn)
@@ -77,7 +48,7 @@ pub async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Resu
 /// # Errors
 ///
 /// [`SinkError::Mismatch`] naming the table and column when they differ.
-pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(), SinkError> {
+async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(), SinkError> {
     let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
         "PRAGMA table_info({})",
         quote(&spec.name)
@@ -164,7 +135,7 @@ pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Resu
         }
     }
     let spec_text = describe_spec(spec);
-    sqlx::query("INSERT INTO sink_tables (name, spec) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
+    sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
         .bind(&spec.name)
         .bind(spec_text)
         .execute(&mut *conn)
@@ -172,32 +143,12 @@ pub async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Resu
     Ok(())
 }
 
-fn describe_spec(spec: &TableSpec) -> String {
-    let cols: Vec<_> = spec
-        .columns
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}{}",
-                c.name,
-                c.kind.as_str(),
-                if c.nullable { "?" } else { "" }
-            )
-        })
-        .collect();
-    format!(
-        "({}) primary key ({})",
-        cols.join(", "),
-        spec.primary_key.join(", ")
-    )
-}
-
 /// Write `plan` on `conn` (inside the caller's transaction).
 ///
 /// # Errors
 ///
 /// When the database fails; the caller rolls back.
-pub async fn apply(
+async fn apply(
     conn: &mut SqliteConnection,
     plan: &WritePlan,
     tables: &HashMap<String, TableSpec>,
@@ -277,4 +228,28 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+impl SqlSink for SqliteConnection {
+    fn ensure_index(
+        &mut self,
+        spec: &IndexSpec,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        ensure_index(self, spec)
+    }
+
+    fn ensure_table(
+        &mut self,
+        spec: &TableSpec,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        ensure_table(self, spec)
+    }
+
+    fn apply(
+        &mut self,
+        plan: &WritePlan,
+        tables: &HashMap<String, TableSpec>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        apply(self, plan, tables)
+    }
 }

@@ -1,45 +1,64 @@
-//! The store: checkpoints, pillow errors and the SQLite sink tables, in one
-//! SQLite database, so a chunk's writes, its pillow errors and its
-//! checkpoint commit in **one transaction**: after a crash either all of a
-//! chunk landed or none of it did.
+//! The store: checkpoints, pillow errors, process records and the SQL
+//! sink tables, in one database (SQLite, the embedded default, or
+//! PostgreSQL), so a chunk's writes, its pillow errors and its checkpoint
+//! commit in **one transaction**: after a crash either all of a chunk
+//! landed or none of it did.
+//!
+//! Both databases get the same SQL text: queries use `$N` placeholders,
+//! which SQLite and PostgreSQL both accept, and [`on_pool!`] expands a
+//! body once per backend so each copy type-checks against its own driver.
+//! Only DDL (`migrations/sqlite-store`, `migrations/postgres`) and the
+//! sinks' bulk writes ([`crate::sink::SqlSink`]) differ.
 
 use crate::action::{PluginInfo, TableSpec};
+use crate::config::StoreLocation;
 use crate::errors::{Backoff, ErrorKind};
 use crate::feed::TopicPartition;
-use crate::sink::WritePlan;
-use crate::sink::sqlite::{self as sqlite_sink, SinkError};
-use sqlx::{Row, SqlitePool};
+use crate::sink::{self, SinkError, SqlSink, WritePlan};
+use sqlx::{PgPool, Row, SqlitePool};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+/// Run `$body` with `$pool` bound to the store's pool, whichever database
+/// it is: the body is written once and compiled per backend.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
 mod plugins;
+mod postgres;
 pub use plugins::{PluginEvent, PluginEventKind, ProcessRecord};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed.
-    #[error("store {path}: {source}")]
+    #[error("{store}: {source}")]
     Database {
-        /// Store file.
-        path: PathBuf,
+        /// Which store ([`StoreLocation`]'s display: no password).
+        store: String,
         /// The error.
         source: sqlx::Error,
     },
-    /// The file could not be opened or migrated.
-    #[error("store {path}: {message}")]
+    /// The database could not be opened or migrated.
+    #[error("{store}: {message}")]
     Migrate {
-        /// Store file.
-        path: PathBuf,
-        /// What failed.
+        /// Which store.
+        store: String,
+        /// What failed and what to do.
         message: String,
     },
     /// Preparing or writing a sink table failed.
-    #[error("store {path}: {source}")]
+    #[error("{store}: {source}")]
     Sink {
-        /// Store file.
-        path: PathBuf,
+        /// Which store.
+        store: String,
         /// The sink error.
         source: SinkError,
     },
@@ -123,54 +142,105 @@ pub struct Checkpoint {
     pub updated_at_ms: i64,
 }
 
-/// The SQLite store.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The store, in SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    path: Arc<PathBuf>,
+    backend: Backend,
+    /// For messages: [`StoreLocation`]'s display.
+    location: Arc<str>,
     /// Declared row tables. Replaced whole (copy on write) when a plugin is
     /// prepared, so a commit takes a cheap `Arc` clone instead of copying specs.
     tables: Arc<RwLock<Arc<HashMap<String, TableSpec>>>>,
 }
 
 impl Store {
-    /// Open (creating if needed) and migrate the store at `path`.
+    /// Open (creating if needed) and migrate the SQLite store at `path`.
     ///
     /// # Errors
     ///
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-store");
-        let pool = crate::sqlite::open(path, &MIGRATOR)
-            .await
-            .map_err(|e| StoreError::Migrate {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+        Store::connect(&StoreLocation::Sqlite {
+            path: path.to_owned(),
+        })
+        .await
+    }
+
+    /// Open the store at `location` and bring its schema up to date.
+    /// PostgreSQL: the schema is created if missing; concurrent starts
+    /// are safe (migrations take an advisory lock).
+    ///
+    /// # Errors
+    ///
+    /// When the database cannot be reached or migrated; the message says
+    /// which store and what to check.
+    pub async fn connect(location: &StoreLocation) -> Result<Store, StoreError> {
+        static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-store");
+        let name = location.to_string();
+        let backend = match location {
+            StoreLocation::Sqlite { path } => {
+                Backend::Sqlite(crate::sqlite::open(path, &SQLITE).await.map_err(|e| {
+                    StoreError::Migrate {
+                        store: name.clone(),
+                        message: e.to_string(),
+                    }
+                })?)
+            }
+            StoreLocation::Postgres { url, schema } => {
+                Backend::Postgres(postgres::open(url, schema).await.map_err(|message| {
+                    StoreError::Migrate {
+                        store: name.clone(),
+                        message,
+                    }
+                })?)
+            }
+        };
         Ok(Store {
-            pool,
-            path: Arc::new(path.to_owned()),
+            backend,
+            location: name.into(),
             tables: Arc::default(),
         })
     }
 
+    /// Which store this is, for messages (no password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
     fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         |source| StoreError::Database {
-            path: (*self.path).clone(),
+            store: self.location.to_string(),
             source,
         }
     }
 
     fn sink(&self) -> impl Fn(SinkError) -> StoreError + '_ {
         |source| StoreError::Sink {
-            path: (*self.path).clone(),
+            store: self.location.to_string(),
             source,
         }
     }
 
-    /// The pool, for status queries and tests.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The SQLite pool, when the store is SQLite (for tests and tools).
+    pub fn sqlite(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Some(pool),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL pool, when the store is PostgreSQL (for tests and tools).
+    pub fn postgres(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(pool),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// Create the tables and document indices a plugin declared, checking
@@ -180,18 +250,16 @@ impl Store {
     ///
     /// A mismatching existing table names table and column.
     pub async fn ensure_outputs(&self, info: &PluginInfo) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
-        for index in &info.indices {
-            sqlite_sink::ensure_index(&mut tx, index)
-                .await
-                .map_err(self.sink())?;
-        }
-        for table in &info.tables {
-            sqlite_sink::ensure_table(&mut tx, table)
-                .await
-                .map_err(self.sink())?;
-        }
-        tx.commit().await.map_err(self.db())?;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(self.db())?;
+            for index in &info.indices {
+                tx.ensure_index(index).await.map_err(self.sink())?;
+            }
+            for table in &info.tables {
+                tx.ensure_table(table).await.map_err(self.sink())?;
+            }
+            tx.commit().await.map_err(self.db())?;
+        });
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
         let mut updated = HashMap::clone(&tables);
         for t in &info.tables {
@@ -207,19 +275,21 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn checkpoints(&self, checkpoint_id: &str) -> Result<Vec<Checkpoint>, StoreError> {
-        let rows = sqlx::query("SELECT topic, partition, next_offset, updated_at_ms FROM checkpoints WHERE checkpoint_id = ? ORDER BY topic, partition")
-            .bind(checkpoint_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.db())?;
-        Ok(rows
-            .iter()
-            .map(|r| Checkpoint {
-                tp: TopicPartition::new(&r.get::<String, _>(0), r.get::<i64, _>(1) as u32),
-                next_offset: r.get::<i64, _>(2) as u64,
-                updated_at_ms: r.get(3),
-            })
-            .collect())
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT topic, partition, next_offset, updated_at_ms FROM checkpoints WHERE checkpoint_id = $1 ORDER BY topic, partition")
+                .bind(checkpoint_id)
+                .fetch_all(pool)
+                .await
+                .map_err(self.db())?;
+            Ok(rows
+                .iter()
+                .map(|r| Checkpoint {
+                    tp: TopicPartition::new(&r.get::<String, _>(0), r.get::<i64, _>(1) as u32),
+                    next_offset: r.get::<i64, _>(2) as u64,
+                    updated_at_ms: r.get(3),
+                })
+                .collect())
+        })
     }
 
     /// Commit a chunk: sink writes, pillow errors and checkpoints in one transaction.
@@ -228,83 +298,71 @@ impl Store {
     ///
     /// When the database fails; nothing of the chunk is kept.
     pub async fn commit(&self, checkpoint_id: &str, chunk: &ChunkCommit) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
-        if !chunk.plan.is_empty() {
-            let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
-            sqlite_sink::apply(&mut tx, &chunk.plan, &tables)
-                .await
-                .map_err(self.sink())?;
-        }
-        for e in &chunk.errors {
-            let attempts: i64 = sqlx::query_scalar(
-                r#"INSERT INTO pillow_errors (doc_id, pillow, processor, plugin_version, kind, message, topic, partition, "offset",
-                       domain, document_type, change, attempts, first_attempt_ms, last_attempt_ms, next_attempt_ms)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, NULL)
-                   ON CONFLICT (doc_id, pillow, processor) DO UPDATE SET
-                       plugin_version = excluded.plugin_version, kind = excluded.kind, message = excluded.message,
-                       topic = excluded.topic, partition = excluded.partition, "offset" = excluded."offset",
-                       domain = excluded.domain, document_type = excluded.document_type, change = excluded.change,
-                       attempts = pillow_errors.attempts + 1, last_attempt_ms = excluded.last_attempt_ms
-                   RETURNING attempts"#,
-            )
-            .bind(&e.doc_id)
-            .bind(&e.pillow)
-            .bind(&e.processor)
-            .bind(&e.plugin_version)
-            .bind(e.kind.as_str())
-            .bind(&e.message)
-            .bind(&*e.tp.topic)
-            .bind(e.tp.partition as i64)
-            .bind(e.offset as i64)
-            .bind(&e.domain)
-            .bind(&e.document_type)
-            .bind(&e.change)
-            .bind(e.at_ms)
-            .bind(e.at_ms)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.db())?;
-            let next = if e.kind.retryable() {
-                e.backoff.next_attempt_ms(attempts as u32, e.at_ms)
-            } else {
-                None
-            };
-            sqlx::query("UPDATE pillow_errors SET next_attempt_ms = ? WHERE doc_id = ? AND pillow = ? AND processor = ?")
-                .bind(next)
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(self.db())?;
+            if !chunk.plan.is_empty() {
+                let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
+                tx.apply(&chunk.plan, &tables).await.map_err(self.sink())?;
+            }
+            for e in &chunk.errors {
+                let attempts: i64 = sqlx::query_scalar(
+                    r#"INSERT INTO pillow_errors (doc_id, pillow, processor, plugin_version, kind, message, topic, partition, "offset",
+                           domain, document_type, change, attempts, first_attempt_ms, last_attempt_ms, next_attempt_ms)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, NULL)
+                       ON CONFLICT (doc_id, pillow, processor) DO UPDATE SET
+                           plugin_version = excluded.plugin_version, kind = excluded.kind, message = excluded.message,
+                           topic = excluded.topic, partition = excluded.partition, "offset" = excluded."offset",
+                           domain = excluded.domain, document_type = excluded.document_type, change = excluded.change,
+                           attempts = pillow_errors.attempts + 1, last_attempt_ms = excluded.last_attempt_ms
+                       RETURNING attempts"#,
+                )
                 .bind(&e.doc_id)
                 .bind(&e.pillow)
                 .bind(&e.processor)
+                .bind(&e.plugin_version)
+                .bind(e.kind.as_str())
+                .bind(&e.message)
+                .bind(&*e.tp.topic)
+                .bind(e.tp.partition as i64)
+                .bind(e.offset as i64)
+                .bind(&e.domain)
+                .bind(&e.document_type)
+                .bind(&e.change)
+                .bind(e.at_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(self.db())?;
+                let next = if e.kind.retryable() {
+                    e.backoff.next_attempt_ms(attempts as u32, e.at_ms)
+                } else {
+                    None
+                };
+                sqlx::query("UPDATE pillow_errors SET next_attempt_ms = $1 WHERE doc_id = $2 AND pillow = $3 AND processor = $4")
+                    .bind(next)
+                    .bind(&e.doc_id)
+                    .bind(&e.pillow)
+                    .bind(&e.processor)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+            }
+            let now = crate::time::now_ms();
+            for (tp, next) in &chunk.checkpoints {
+                sqlx::query(
+                    "INSERT INTO checkpoints (checkpoint_id, topic, partition, next_offset, updated_at_ms) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (checkpoint_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms",
+                )
+                .bind(checkpoint_id)
+                .bind(&*tp.topic)
+                .bind(tp.partition as i64)
+                .bind(*next as i64)
+                .bind(now)
                 .execute(&mut *tx)
                 .await
                 .map_err(self.db())?;
-        }
-        self.write_checkpoints(&mut tx, checkpoint_id, &chunk.checkpoints)
-            .await?;
-        tx.commit().await.map_err(self.db())
-    }
-
-    async fn write_checkpoints(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        checkpoint_id: &str,
-        checkpoints: &[(TopicPartition, u64)],
-    ) -> Result<(), StoreError> {
-        let now = crate::time::now_ms();
-        for (tp, next) in checkpoints {
-            sqlx::query(
-                "INSERT INTO checkpoints (checkpoint_id, topic, partition, next_offset, updated_at_ms) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (checkpoint_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms",
-            )
-            .bind(checkpoint_id)
-            .bind(&*tp.topic)
-            .bind(tp.partition as i64)
-            .bind(*next as i64)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(self.db())?;
-        }
-        Ok(())
+            }
+            tx.commit().await.map_err(self.db())
+        })
     }
 
     /// Set checkpoints directly (operator tooling).
@@ -317,10 +375,11 @@ impl Store {
         checkpoint_id: &str,
         checkpoints: &[(TopicPartition, u64)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
-        self.write_checkpoints(&mut tx, checkpoint_id, checkpoints)
-            .await?;
-        tx.commit().await.map_err(self.db())
+        let chunk = ChunkCommit {
+            checkpoints: checkpoints.to_vec(),
+            ..ChunkCommit::default()
+        };
+        self.commit(checkpoint_id, &chunk).await
     }
 
     /// Pillow error counts of `pillow` by kind.
@@ -329,17 +388,19 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn error_counts(&self, pillow: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, COUNT(*) FROM pillow_errors WHERE pillow = ? GROUP BY kind ORDER BY kind",
-        )
-        .bind(pillow)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.db())?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
-            .collect())
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT kind, COUNT(*) FROM pillow_errors WHERE pillow = $1 GROUP BY kind ORDER BY kind",
+            )
+            .bind(pillow)
+            .fetch_all(pool)
+            .await
+            .map_err(self.db())?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+                .collect())
+        })
     }
 
     /// The latest `limit` pillow errors of `pillow`, newest first.
@@ -352,16 +413,17 @@ impl Store {
         pillow: &str,
         limit: u32,
     ) -> Result<Vec<StoredError>, StoreError> {
-        let rows = sqlx::query(
-            r#"SELECT doc_id, processor, plugin_version, kind, message, topic, partition, "offset", attempts, next_attempt_ms, change
-               FROM pillow_errors WHERE pillow = ? ORDER BY last_attempt_ms DESC, id DESC LIMIT ?"#,
-        )
-        .bind(pillow)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.db())?;
-        Ok(rows
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                r#"SELECT doc_id, processor, plugin_version, kind, message, topic, partition, "offset", attempts, next_attempt_ms, change
+                   FROM pillow_errors WHERE pillow = $1 ORDER BY last_attempt_ms DESC, id DESC LIMIT $2"#,
+            )
+            .bind(pillow)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(self.db())?;
+            Ok(rows
             .iter()
             .map(|r| StoredError {
                 doc_id: r.get(0),
@@ -376,6 +438,7 @@ impl Store {
                 change: r.get(10),
             })
             .collect())
+        })
     }
 
     /// Live document counts per index and row counts per table.
@@ -384,37 +447,40 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn sink_counts(&self) -> Result<SinkCounts, StoreError> {
-        let mut counts = SinkCounts::default();
-        let indices: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM sink_indices ORDER BY name")
-                .fetch_all(&self.pool)
+        on_pool!(self, pool => {
+            let mut counts = SinkCounts::default();
+            let indices: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM sink_indices ORDER BY name")
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.db())?;
+            for index in indices {
+                let table = sink::quote(&sink::index_table(&index));
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {table} WHERE document IS NOT NULL"
+                )))
+                .fetch_one(pool)
                 .await
                 .map_err(self.db())?;
-        for index in indices {
-            let table = sqlite_sink::quote(&sqlite_sink::index_table(&index));
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT COUNT(*) FROM {table} WHERE document IS NOT NULL"
-            )))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(self.db())?;
-            counts.documents.push((index, n as u64));
-        }
-        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sink_tables ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.db())?;
-        for table in tables {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT COUNT(*) FROM {}",
-                sqlite_sink::quote(&table)
-            )))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(self.db())?;
-            counts.rows.push((table, n as u64));
-        }
-        Ok(counts)
+                counts.documents.push((index, n as u64));
+            }
+            let tables: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM sink_tables ORDER BY name")
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.db())?;
+            for table in tables {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {}",
+                    sink::quote(&table)
+                )))
+                .fetch_one(pool)
+                .await
+                .map_err(self.db())?;
+                counts.rows.push((table, n as u64));
+            }
+            Ok(counts)
+        })
     }
 
     /// One stored document of `index` (None when absent or deleted), with its version.
@@ -427,15 +493,17 @@ impl Store {
         index: &str,
         id: &str,
     ) -> Result<Option<(Option<String>, u64)>, StoreError> {
-        let table = sqlite_sink::quote(&sqlite_sink::index_table(index));
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT document, version FROM {table} WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.db())?;
-        Ok(row.map(|r| (r.get::<Option<String>, _>(0), r.get::<i64, _>(1) as u64)))
+        let table = sink::quote(&sink::index_table(index));
+        on_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT document, version FROM {table} WHERE id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(self.db())?;
+            Ok(row.map(|r| (r.get::<Option<String>, _>(0), r.get::<i64, _>(1) as u64)))
+        })
     }
 }
 

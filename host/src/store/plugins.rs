@@ -2,7 +2,7 @@
 //! plugin versions went live in them (or were refused), for `status` and
 //! `pillowtop plugin reload`.
 
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 use crate::feed::TopicPartition;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -76,23 +76,25 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn register_process(&self, p: &ProcessRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO processes (pillow, process_num, pid, host, admin_url, started_at_ms, heartbeat_at_ms, stopped_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, NULL)
-             ON CONFLICT (pillow, process_num) DO UPDATE SET pid = excluded.pid, host = excluded.host,
-               admin_url = excluded.admin_url, started_at_ms = excluded.started_at_ms,
-               heartbeat_at_ms = excluded.heartbeat_at_ms, stopped_at_ms = NULL",
-        )
-        .bind(&p.pillow)
-        .bind(p.process_num as i64)
-        .bind(p.pid as i64)
-        .bind(&p.host)
-        .bind(&p.admin_url)
-        .bind(p.started_at_ms)
-        .bind(p.heartbeat_at_ms)
-        .execute(self.pool())
-        .await
-        .map_err(self.db())?;
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO processes (pillow, process_num, pid, host, admin_url, started_at_ms, heartbeat_at_ms, stopped_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)
+                 ON CONFLICT (pillow, process_num) DO UPDATE SET pid = excluded.pid, host = excluded.host,
+                   admin_url = excluded.admin_url, started_at_ms = excluded.started_at_ms,
+                   heartbeat_at_ms = excluded.heartbeat_at_ms, stopped_at_ms = NULL",
+            )
+            .bind(&p.pillow)
+            .bind(p.process_num as i64)
+            .bind(p.pid as i64)
+            .bind(&p.host)
+            .bind(&p.admin_url)
+            .bind(p.started_at_ms)
+            .bind(p.heartbeat_at_ms)
+            .execute(pool)
+            .await
+            .map_err(self.db())?;
+        });
         Ok(())
     }
 
@@ -121,14 +123,16 @@ impl Store {
         column: &'static str,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE processes SET {column} = ? WHERE pid = ? AND stopped_at_ms IS NULL"
-        )))
-        .bind(at_ms)
-        .bind(pid as i64)
-        .execute(self.pool())
-        .await
-        .map_err(self.db())?;
+        on_pool!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE processes SET {column} = $1 WHERE pid = $2 AND stopped_at_ms IS NULL"
+            )))
+            .bind(at_ms)
+            .bind(pid as i64)
+            .execute(pool)
+            .await
+            .map_err(self.db())?;
+        });
         Ok(())
     }
 
@@ -138,26 +142,28 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn processes(&self) -> Result<Vec<ProcessRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT pillow, process_num, pid, host, admin_url, started_at_ms, heartbeat_at_ms, stopped_at_ms
-             FROM processes ORDER BY pillow, process_num",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        Ok(rows
-            .iter()
-            .map(|r| ProcessRecord {
-                pillow: r.get(0),
-                process_num: r.get::<i64, _>(1) as u32,
-                pid: r.get::<i64, _>(2) as u32,
-                host: r.get(3),
-                admin_url: r.get(4),
-                started_at_ms: r.get(5),
-                heartbeat_at_ms: r.get(6),
-                stopped_at_ms: r.get(7),
-            })
-            .collect())
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT pillow, process_num, pid, host, admin_url, started_at_ms, heartbeat_at_ms, stopped_at_ms
+                 FROM processes ORDER BY pillow, process_num",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(self.db())?;
+            Ok(rows
+                .iter()
+                .map(|r| ProcessRecord {
+                    pillow: r.get(0),
+                    process_num: r.get::<i64, _>(1) as u32,
+                    pid: r.get::<i64, _>(2) as u32,
+                    host: r.get(3),
+                    admin_url: r.get(4),
+                    started_at_ms: r.get(5),
+                    heartbeat_at_ms: r.get(6),
+                    stopped_at_ms: r.get(7),
+                })
+                .collect())
+        })
     }
 
     /// Record a plugin event.
@@ -174,21 +180,23 @@ impl Store {
                 .collect();
             serde_json::to_string(&map).unwrap_or_default()
         });
-        sqlx::query(
-            "INSERT INTO plugin_events (pillow, process_num, processor, event, version, reason, positions, at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&e.pillow)
-        .bind(e.process_num as i64)
-        .bind(&e.processor)
-        .bind(e.event.as_str())
-        .bind(&e.version)
-        .bind(&e.reason)
-        .bind(positions)
-        .bind(e.at_ms)
-        .execute(self.pool())
-        .await
-        .map_err(self.db())?;
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO plugin_events (pillow, process_num, processor, event, version, reason, positions, at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&e.pillow)
+            .bind(e.process_num as i64)
+            .bind(&e.processor)
+            .bind(e.event.as_str())
+            .bind(&e.version)
+            .bind(&e.reason)
+            .bind(positions)
+            .bind(e.at_ms)
+            .execute(pool)
+            .await
+            .map_err(self.db())?;
+        });
         Ok(())
     }
 
@@ -198,39 +206,41 @@ impl Store {
     ///
     /// When the database fails.
     pub async fn plugin_events(&self, pillow: &str) -> Result<Vec<PluginEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT pillow, process_num, processor, event, version, reason, positions, at_ms
-             FROM plugin_events WHERE pillow = ? ORDER BY id",
-        )
-        .bind(pillow)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let positions: Option<String> = r.get(6);
-                let positions = positions
-                    .and_then(|p| serde_json::from_str::<BTreeMap<String, u64>>(&p).ok())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(tp, n)| Some((tp.parse().ok()?, n)))
-                    .collect();
-                PluginEvent {
-                    pillow: r.get(0),
-                    process_num: r.get::<i64, _>(1) as u32,
-                    processor: r.get(2),
-                    event: if r.get::<String, _>(3) == "live" {
-                        PluginEventKind::Live
-                    } else {
-                        PluginEventKind::Refused
-                    },
-                    version: r.get(4),
-                    reason: r.get(5),
-                    positions,
-                    at_ms: r.get(7),
-                }
-            })
-            .collect())
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT pillow, process_num, processor, event, version, reason, positions, at_ms
+                 FROM plugin_events WHERE pillow = $1 ORDER BY id",
+            )
+            .bind(pillow)
+            .fetch_all(pool)
+            .await
+            .map_err(self.db())?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let positions: Option<String> = r.get(6);
+                    let positions = positions
+                        .and_then(|p| serde_json::from_str::<BTreeMap<String, u64>>(&p).ok())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(tp, n)| Some((tp.parse().ok()?, n)))
+                        .collect();
+                    PluginEvent {
+                        pillow: r.get(0),
+                        process_num: r.get::<i64, _>(1) as u32,
+                        processor: r.get(2),
+                        event: if r.get::<String, _>(3) == "live" {
+                            PluginEventKind::Live
+                        } else {
+                            PluginEventKind::Refused
+                        },
+                        version: r.get(4),
+                        reason: r.get(5),
+                        positions,
+                        at_ms: r.get(7),
+                    }
+                })
+                .collect())
+        })
     }
 }

@@ -5,6 +5,8 @@
 //! table `tagged`: (doc_id, tag, topic, partition, offset). Tests swap
 //! versions under load and check from the rows that each change was
 //! processed by exactly one version, on the right side of each switch point.
+//! A deletion deletes the document's row instead (sink and crash tests
+//! check that no row of a deleted document survives).
 //! `fail_init = true` makes `init` fail (a version that must be refused).
 
 #[cfg(target_arch = "wasm32")]
@@ -53,6 +55,12 @@ mod component {
         }
 
         fn process_change(change: Change) -> Result<Vec<Action>, ProcessError> {
+            if change.is_deletion {
+                return Ok(vec![Action::DeleteRows(DeleteRows {
+                    table: "tagged".into(),
+                    doc_id: change.id,
+                })]);
+            }
             let tag = TAG.get().cloned().unwrap_or_default();
             Ok(vec![Action::UpsertRows(UpsertRows {
                 table: "tagged".into(),

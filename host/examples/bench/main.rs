@@ -10,9 +10,16 @@
 //!    fuel per change, compile time, cached start, memory per instance.
 //! 5. Hot reload: time from writing a new version to it being live in a
 //!    running host (warm compile cache).
+//! 6. Kafka (tansu) -> case-search -> PostgreSQL store: catch-up rate,
+//!    end-to-end lag under a live stream, and the consumer alone (decode
+//!    only) against raw rdkafka. Needs `make services`.
+//! 7. PostgreSQL sink: rows/s upserted in batches with the checkpoint in
+//!    the same transaction. Needs `make services`.
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
+
+mod servers;
 
 use pillowtop::change::{self, Change};
 use pillowtop::feed::{Message, TopicPartition};
@@ -245,6 +252,28 @@ fn run_child(args: &[&str], stdin: Option<std::process::Stdio>) -> (f64, f64, f6
     (wall, children_cpu() - cpu0, peak_kb / 1024.0, out)
 }
 
+/// The case-search plugin with every domain enabled (so every case is
+/// written), in `dir/plugin/plugin.toml`.
+fn write_case_search_plugin(dir: &Path) {
+    let manifest = std::fs::read_to_string(root().join("plugins/case-search/plugin.toml"))
+        .unwrap()
+        .replace(
+            "component = \"case_search.wasm\"",
+            &format!(
+                "component = {:?}",
+                root().join("plugins/case-search/case_search.wasm")
+            ),
+        )
+        .replace("fixtures = \"fixtures\"\n", "")
+        .replace(
+            "domains = [\"demo-0\", \"demo-1\", \"demo-2\"]",
+            "domains = \"*\"",
+        );
+    let plugin_dir = dir.join("plugin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::fs::write(plugin_dir.join("plugin.toml"), manifest).unwrap();
+}
+
 fn end_to_end_bench(n: usize) {
     println!(
         "\n## 3. Embedded end to end ({n} changes: SQLite feed -> case-search -> SQLite store, checkpoints)\n"
@@ -256,26 +285,9 @@ fn end_to_end_bench(n: usize) {
         "| chunk_size | changes/s (wall, whole run incl. start) | pillow process CPU µs/change (user+sys) | peak RSS of the pillow process |"
     );
     println!("|---:|---:|---:|---:|");
-    let manifest_src =
-        std::fs::read_to_string(root().join("plugins/case-search/plugin.toml")).unwrap();
     for chunk_size in [500usize, 2000] {
         let dir = tempfile::tempdir().unwrap();
-        let plugin_dir = dir.path().join("plugin");
-        std::fs::create_dir(&plugin_dir).unwrap();
-        let manifest = manifest_src
-            .replace(
-                "component = \"case_search.wasm\"",
-                &format!(
-                    "component = {:?}",
-                    root().join("plugins/case-search/case_search.wasm")
-                ),
-            )
-            .replace("fixtures = \"fixtures\"\n", "")
-            .replace(
-                "domains = [\"demo-0\", \"demo-1\", \"demo-2\"]",
-                "domains = \"*\"",
-            );
-        std::fs::write(plugin_dir.join("plugin.toml"), manifest).unwrap();
+        write_case_search_plugin(dir.path());
         let config = dir.path().join("pillowtop.toml");
         std::fs::write(
             &config,
@@ -371,6 +383,12 @@ fn main() {
     }
     if wanted("reload") {
         reload_bench();
+    }
+    if wanted("kafka") {
+        servers::kafka_bench(&lines);
+    }
+    if wanted("pgsink") {
+        servers::pg_sink_bench();
     }
 }
 

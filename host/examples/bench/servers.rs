@@ -1,0 +1,372 @@
+//! Sections 6 and 7: benchmarks against the real servers `make services`
+//! starts (tansu on PILLOWTOP_KAFKA_BROKERS, PostgreSQL on PILLOWTOP_PG_URL).
+
+use super::{pillowtop_bin, root, run_child, write_case_search_plugin};
+use pillowtop::action::{Action, Cell, Column, ColumnType, PluginInfo, TableSpec};
+use pillowtop::config::StoreLocation;
+use pillowtop::feed::kafka::KafkaFeed;
+use pillowtop::feed::{Feed, TopicPartition};
+use pillowtop::sink::{VersionedAction, WritePlan};
+use pillowtop::store::{ChunkCommit, Store};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn brokers() -> String {
+    let brokers =
+        std::env::var("PILLOWTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let first = brokers.split(',').next().unwrap_or_default().to_owned();
+    assert!(
+        first
+            .parse()
+            .ok()
+            .is_some_and(
+                |a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
+            ),
+        "no Kafka broker at {brokers}: run `make services`"
+    );
+    brokers
+}
+
+fn pg_url() -> String {
+    std::env::var("PILLOWTOP_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/pillowtop_test".into())
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `pillowtop publish --brokers B --topic T --partitions 4` fed `lines`;
+/// returns the wall seconds it took.
+fn publish(brokers: &str, topic: &str, lines: &[String]) -> f64 {
+    let started = Instant::now();
+    let mut child = Command::new(pillowtop_bin())
+        .args([
+            "publish",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--partitions",
+            "4",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
+        for l in lines {
+            stdin.write_all(l.as_bytes()).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success(), "publish failed");
+    started.elapsed().as_secs_f64()
+}
+
+async fn checkpointed(store: &Store) -> u64 {
+    store
+        .checkpoints("case-search")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.next_offset)
+        .sum()
+}
+
+/// Section 6.
+pub fn kafka_bench(lines: &[String]) {
+    let n = lines.len();
+    let avg = lines.iter().map(String::len).sum::<usize>() / n.max(1);
+    let brokers = brokers();
+    let topic = unique("bench-case-sql").replace('_', "-");
+    let schema = unique("bench_kafka");
+    println!(
+        "\n## 6. Kafka -> case-search -> PostgreSQL ({n} changes of {avg} bytes, 4 partitions, tansu and PostgreSQL on this machine)\n"
+    );
+    let publish_secs = publish(&brokers, &topic, lines);
+    println!(
+        "Published with `pillowtop publish --brokers`: {:.0} changes/s (the broker's ingest rate bounds the live test below).\n",
+        n as f64 / publish_secs
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    write_case_search_plugin(dir.path());
+    let config = dir.path().join("pillowtop.toml");
+    // checkpoint_every = 1: every chunk commits its checkpoint (chunks are
+    // far larger than CommCare's 1000-change default anyway), so the lag
+    // below is read exactly from the checkpoints.
+    std::fs::write(
+        &config,
+        format!(
+            "[feed]\ntype = \"kafka\"\nbrokers = {brokers:?}\n[store]\nurl = {:?}\nschema = {schema:?}\n\
+             [runtime]\ncompile_cache_dir = {:?}\n[reload]\nwatch = false\n\
+             [[pillows]]\nname = \"case-search\"\ntopics = [{topic:?}]\nprocessors = [\"plugin/plugin.toml\"]\n\
+             chunk_size = 2000\nmax_wait_ms = 20\ncheckpoint_every = 1\n",
+            pg_url(),
+            root().join("data/compile-cache")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (wall, cpu, rss, out) = run_child(
+        &[
+            "--config",
+            config,
+            "--log",
+            "warn",
+            "run",
+            "--until-caught-up",
+        ],
+        None,
+    );
+    println!(
+        "| measure | result |\n|---|---:|\n| catch-up of the backlog, wall incl. start | {:.0} changes/s |\n| pillow process CPU (user+sys) | {:.1} µs/change |\n| peak RSS of the pillow process | {rss:.0} MiB |",
+        n as f64 / wall,
+        cpu * 1e6 / n as f64
+    );
+    for line in out
+        .lines()
+        .filter(|l| l.contains("changes read") || l.contains("time:"))
+    {
+        eprintln!("  kafka catch-up: {}", line.trim());
+    }
+
+    // Live: a running pillow, changes published as fast as the broker
+    // takes them; lag = how far the checkpoints trail the published end.
+    let rt = runtime();
+    let store = rt
+        .block_on(Store::connect(&StoreLocation::Postgres {
+            url: pg_url(),
+            schema: schema.clone(),
+        }))
+        .unwrap();
+    let mut child = Command::new(pillowtop_bin())
+        .args(["--config", config, "--log", "warn", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready once it has registered and is idle at the end.
+    std::thread::sleep(Duration::from_secs(2));
+    let live = &lines[..n.min(20_000)];
+    let target = n as u64 + live.len() as u64;
+    let sampler = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let store = store.clone();
+        let (sampler_brokers, topic_name) = (brokers.clone(), topic.clone());
+        let handle = rt.spawn(async move {
+            let mut max_lag_seen = 0u64;
+            let feed = Feed::Kafka(KafkaFeed::connect(&sampler_brokers).unwrap());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut high = 0;
+                for p in 0..4 {
+                    high += feed
+                        .watermarks(&TopicPartition::new(&topic_name, p))
+                        .await
+                        .map(|w| w.high)
+                        .unwrap_or(0);
+                }
+                max_lag_seen = max_lag_seen.max(high.saturating_sub(checkpointed(&store).await));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            max_lag_seen
+        });
+        (stop, handle)
+    };
+    let t0 = Instant::now();
+    let publish_secs = publish(&brokers, &topic, live);
+    let published_at = t0.elapsed();
+    let caught_up_at = rt.block_on(async {
+        loop {
+            if checkpointed(&store).await >= target {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "live phase stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max_lag = rt.block_on(sampler.1).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    println!(
+        "| live stream: {} changes published at {:.0}/s; max lag sampled every 50 ms | {max_lag} changes |\n| live stream: caught up after the last publish was acknowledged | {:.0} ms |",
+        live.len(),
+        live.len() as f64 / publish_secs,
+        (caught_up_at.saturating_sub(published_at)).as_secs_f64() * 1e3
+    );
+
+    consumer_bench(&brokers, &topic, target);
+}
+
+/// The consumer alone: raw rdkafka vs. the host's reader + decode, over
+/// the same `total` messages of `topic`, best of three each.
+fn consumer_bench(brokers: &str, topic: &str, total: u64) {
+    let raw = || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "bench-raw")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("queued.max.messages.kbytes", "65536")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let started = Instant::now();
+        let (mut count, mut bytes) = (0u64, 0usize);
+        while count < total {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                bytes += m.payload().map_or(0, <[u8]>::len);
+                count += 1;
+            }
+        }
+        std::hint::black_box(bytes);
+        count as f64 / started.elapsed().as_secs_f64()
+    };
+    let rt = runtime();
+    let host = || {
+        rt.block_on(async {
+            let feed = Feed::Kafka(KafkaFeed::connect(brokers).unwrap());
+            let positions = (0..4).map(|p| (TopicPartition::new(topic, p), 0)).collect();
+            let mut reader = feed.reader(positions).unwrap();
+            let started = Instant::now();
+            let mut count = 0u64;
+            while count < total {
+                for m in reader.poll(2000, Duration::from_millis(100)).await.unwrap() {
+                    std::hint::black_box(pillowtop::change::decode(&m).ok());
+                    count += 1;
+                }
+            }
+            count as f64 / started.elapsed().as_secs_f64()
+        })
+    };
+    let (mut best_raw, mut best_host) = (0f64, 0f64);
+    for _ in 0..3 {
+        best_raw = best_raw.max(raw());
+        best_host = best_host.max(host());
+    }
+    println!(
+        "\nConsumer alone, {total} messages from offset 0 (best of 3 each):\n\n| consumer | messages/s | host overhead |\n|---|---:|---:|\n| raw rdkafka `BaseConsumer` (poll, touch payload) | {best_raw:.0} | - |\n| pillowtop Kafka reader + ChangeMeta decode | {best_host:.0} | {:.1}% |",
+        (1.0 - best_host / best_raw) * 100.0
+    );
+}
+
+/// A UCR-like table: ten typed columns.
+fn ucr_table() -> TableSpec {
+    let col = |name: &str, kind, nullable| Column {
+        name: name.into(),
+        kind,
+        nullable,
+    };
+    TableSpec {
+        name: "ucr_visits".into(),
+        columns: vec![
+            col("doc_id", ColumnType::Text, false),
+            col("domain", ColumnType::Text, false),
+            col("owner_id", ColumnType::Text, true),
+            col("visit_date", ColumnType::Date, true),
+            col("modified_on", ColumnType::Timestamp, true),
+            col("visit_number", ColumnType::Integer, true),
+            col("weight_kg", ColumnType::Float, true),
+            col("referred", ColumnType::Boolean, true),
+            col("village", ColumnType::Text, true),
+            col("notes", ColumnType::Text, true),
+        ],
+        primary_key: vec!["doc_id".into()],
+    }
+}
+
+fn ucr_row(i: usize, pass: usize) -> Vec<Cell> {
+    vec![
+        Cell::Text(format!("doc-{i:08}")),
+        Cell::Text(format!("demo-{}", i % 4)),
+        Cell::Text(format!("owner-{:04}", i % 997)),
+        Cell::Text(format!("2024-{:02}-{:02}", 1 + i % 12, 1 + i % 28)),
+        Cell::Text(format!("2024-05-{:02}T10:{:02}:00Z", 1 + i % 28, i % 60)),
+        Cell::Integer((i % 20 + pass) as i64),
+        Cell::Float(40.0 + (i % 400) as f64 / 10.0),
+        Cell::Boolean(i.is_multiple_of(3)),
+        Cell::Text(format!("village {}", i % 311)),
+        Cell::Text("follow up next week about the referral".into()),
+    ]
+}
+
+/// Section 7.
+pub fn pg_sink_bench() {
+    let rows_total: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    println!(
+        "\n## 7. PostgreSQL sink ({rows_total} rows of a 10-column UCR-like table, one transaction per batch with its checkpoint)\n"
+    );
+    println!("| rows per transaction | insert rows/s | update (upsert over existing) rows/s |");
+    println!("|---:|---:|---:|");
+    let rt = runtime();
+    for batch in [1000usize, 5000, 20_000] {
+        let schema = unique("bench_pgsink");
+        let store = rt
+            .block_on(Store::connect(&StoreLocation::Postgres {
+                url: pg_url(),
+                schema,
+            }))
+            .unwrap();
+        rt.block_on(store.ensure_outputs(&PluginInfo {
+            tables: vec![ucr_table()],
+            indices: vec![],
+        }))
+        .unwrap();
+        let mut rates = Vec::new();
+        for pass in 0..2 {
+            let started = Instant::now();
+            for (k, start) in (0..rows_total).step_by(batch).enumerate() {
+                let rows = (start..(start + batch).min(rows_total))
+                    .map(|i| ucr_row(i, pass))
+                    .collect();
+                let commit = ChunkCommit {
+                    plan: WritePlan::build(vec![VersionedAction {
+                        action: Action::UpsertRows {
+                            table: "ucr_visits".into(),
+                            rows,
+                        },
+                        version: k as u64,
+                    }]),
+                    errors: vec![],
+                    checkpoints: vec![(TopicPartition::new("case-sql", 0), (start + batch) as u64)],
+                };
+                rt.block_on(store.commit("bench", &commit)).unwrap();
+            }
+            rates.push(rows_total as f64 / started.elapsed().as_secs_f64());
+        }
+        println!("| {batch} | {:.0} | {:.0} |", rates[0], rates[1]);
+    }
+}

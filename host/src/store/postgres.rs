@@ -1,0 +1,60 @@
+//! Opening the PostgreSQL store: create the schema if missing, point every
+//! connection's `search_path` at it, run `migrations/postgres`.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Connections per process: one chunk commit in flight per pillow, plus
+/// status, heartbeats and plugin events.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Open and migrate the store in `schema` of the database at `url`.
+///
+/// # Errors
+///
+/// A message naming what failed and what to check.
+pub async fn open(url: &str, schema: &str) -> Result<PgPool, String> {
+    static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| format!("invalid store.url: {e}"))?
+        .application_name("pillowtop");
+    let unreachable = |e: sqlx::Error| {
+        format!(
+            "cannot connect: {e}; check that PostgreSQL runs and store.url (or PILLOWTOP_STORE_URL) names its host, port, user and database"
+        )
+    };
+    // The schema must exist before a connection can use it as search_path.
+    // `CREATE SCHEMA IF NOT EXISTS` is not atomic: two processes starting
+    // together can both try to create it, so creation takes a lock.
+    let mut conn = options.connect().await.map_err(unreachable)?;
+    let cannot_create = |e: sqlx::Error| {
+        format!("cannot create schema {schema}: {e}; create it, or grant CREATE on the database")
+    };
+    let mut tx = conn.begin().await.map_err(cannot_create)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pillowtop.store.schema'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(cannot_create)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        crate::sink::quote(schema)
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(cannot_create)?;
+    tx.commit().await.map_err(cannot_create)?;
+    drop(conn);
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.options([("search_path", schema)]))
+        .await
+        .map_err(unreachable)?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    Ok(pool)
+}

@@ -1,0 +1,327 @@
+//! The PostgreSQL store and sink against a real PostgreSQL (started by
+//! `make services`): migrations, typed rows in one transaction with the
+//! checkpoint, table checks, the `migrate` command. Each test uses its own
+//! schema. The pipeline tests in `pipeline.rs` also run against it.
+
+use crate::support::*;
+use pillowtop::action::{Action, Cell, Column, ColumnType, IndexSpec, PluginInfo, TableSpec};
+use pillowtop::feed::TopicPartition;
+use pillowtop::sink::{VersionedAction, WritePlan};
+use pillowtop::store::ChunkCommit;
+use sqlx::Row;
+
+fn visits() -> TableSpec {
+    let col = |name: &str, kind, nullable| Column {
+        name: name.into(),
+        kind,
+        nullable,
+    };
+    TableSpec {
+        name: "visits".into(),
+        columns: vec![
+            col("doc_id", ColumnType::Text, false),
+            col("n", ColumnType::Integer, false),
+            col("day", ColumnType::Date, true),
+            col("at", ColumnType::Timestamp, true),
+            col("score", ColumnType::Float, true),
+            col("ok", ColumnType::Boolean, true),
+            col("extra", ColumnType::Json, true),
+        ],
+        primary_key: vec!["doc_id".into(), "n".into()],
+    }
+}
+
+fn info() -> PluginInfo {
+    PluginInfo {
+        tables: vec![visits()],
+        indices: vec![IndexSpec {
+            name: "cases".into(),
+            mappings: "{}".into(),
+        }],
+    }
+}
+
+fn row(doc: &str, n: i64, day: &str, score: Cell) -> Vec<Cell> {
+    vec![
+        Cell::Text(doc.into()),
+        Cell::Integer(n),
+        Cell::Text(day.into()),
+        Cell::Text(format!("{day}T10:30:00Z")),
+        score,
+        Cell::Boolean(n % 2 == 0),
+        Cell::Text(format!("{{\"doc\": \"{doc}\", \"n\": {n}}}")),
+    ]
+}
+
+/// doc_id, n, day, at (UTC, to the minute), score, ok, extra->>'n'.
+type VisitRow = (String, i64, String, String, Option<f64>, bool, String);
+
+fn at(action: Action, version: u64) -> VersionedAction {
+    VersionedAction { action, version }
+}
+
+/// Typed rows, documents, deletes and the checkpoint land together; the
+/// last write of a key within one batch wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
+    let store = pg_store(&pg_schema("pgsink")).await;
+    store.ensure_outputs(&info()).await.unwrap();
+    // Twice: an existing matching table is accepted.
+    store.ensure_outputs(&info()).await.unwrap();
+    let upsert = |rows| Action::UpsertRows {
+        table: "visits".into(),
+        rows,
+    };
+    let plan = WritePlan::build(vec![
+        at(
+            upsert(vec![
+                row("a", 1, "2024-01-01", Cell::Float(1.5)),
+                row("a", 2, "2024-01-02", Cell::Null),
+                row("b", 1, "2024-02-01", Cell::Integer(7)),
+            ]),
+            10,
+        ),
+        // Same key as the first row, later in the same batch: it wins.
+        at(
+            upsert(vec![row("a", 1, "2024-03-03", Cell::Float(2.5))]),
+            11,
+        ),
+        at(
+            Action::DeleteRows {
+                table: "visits".into(),
+                doc_id: "b".into(),
+            },
+            12,
+        ),
+        at(
+            Action::IndexDocument {
+                index: "cases".into(),
+                id: "a".into(),
+                document: "{\"v\":1}".into(),
+            },
+            11,
+        ),
+    ]);
+    let tp = TopicPartition::new("case-sql", 3);
+    store
+        .commit(
+            "pg",
+            &ChunkCommit {
+                plan,
+                errors: vec![],
+                checkpoints: vec![(tp.clone(), 13)],
+            },
+        )
+        .await
+        .unwrap();
+
+    let pool = store.postgres().unwrap();
+    let rows = sqlx::query(
+        "SELECT doc_id, n, day::text, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), score, ok, extra->>'n'
+         FROM visits ORDER BY doc_id, n",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let got: Vec<VisitRow> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "a".into(),
+                1,
+                "2024-03-03".into(),
+                "2024-03-03 10:30".into(),
+                Some(2.5),
+                false,
+                "1".into()
+            ),
+            (
+                "a".into(),
+                2,
+                "2024-01-02".into(),
+                "2024-01-02 10:30".into(),
+                None,
+                true,
+                "2".into()
+            ),
+        ]
+    );
+    let saved = store.checkpoints("pg").await.unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!((saved[0].tp.clone(), saved[0].next_offset), (tp, 13));
+    assert_eq!(
+        store.document("cases", "a").await.unwrap(),
+        Some((Some("{\"v\":1}".into()), 11))
+    );
+    let counts = store.sink_counts().await.unwrap();
+    assert_eq!(counts.rows, vec![("visits".to_string(), 2)]);
+    assert_eq!(counts.documents, vec![("cases".to_string(), 1)]);
+}
+
+/// A failing statement rolls back the whole chunk: no rows, no checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_commit_keeps_nothing_of_the_chunk() {
+    let store = pg_store(&pg_schema("pgrollback")).await;
+    store.ensure_outputs(&info()).await.unwrap();
+    // Rows for a table the store has no spec for fail after the document
+    // write went through; the transaction must undo it.
+    let plan = WritePlan::build(vec![
+        at(
+            Action::IndexDocument {
+                index: "cases".into(),
+                id: "x".into(),
+                document: "{}".into(),
+            },
+            1,
+        ),
+        at(
+            Action::UpsertRows {
+                table: "undeclared".into(),
+                rows: vec![vec![Cell::Text("x".into())]],
+            },
+            1,
+        ),
+    ]);
+    let err = store
+        .commit(
+            "pg",
+            &ChunkCommit {
+                plan,
+                errors: vec![],
+                checkpoints: vec![(TopicPartition::new("t", 0), 2)],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("undeclared"), "{err}");
+    assert_eq!(store.document("cases", "x").await.unwrap(), None);
+    assert!(store.checkpoints("pg").await.unwrap().is_empty());
+}
+
+/// An existing table that does not match the plugin's spec is refused at
+/// startup, naming the table and the column.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mismatching_table_is_refused_naming_table_and_column() {
+    let schema = pg_schema("pgmismatch");
+    let store = pg_store(&schema).await;
+    let pool = store.postgres().unwrap();
+    sqlx::query(
+        "CREATE TABLE visits (doc_id TEXT NOT NULL, n BIGINT NOT NULL, day TEXT, at TIMESTAMPTZ,
+           score DOUBLE PRECISION, ok BOOLEAN, extra JSONB, PRIMARY KEY (doc_id, n))",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let err = store.ensure_outputs(&info()).await.unwrap_err().to_string();
+    for needle in [
+        "\"visits\"",
+        "\"day\"",
+        "is text",
+        "date",
+        "migrate or drop",
+    ] {
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+    assert!(err.contains(&format!("schema {schema}")), "{err}");
+
+    sqlx::query("DROP TABLE visits")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE visits (doc_id TEXT NOT NULL, n BIGINT NOT NULL, day DATE, at TIMESTAMPTZ,
+           score DOUBLE PRECISION, ok BOOLEAN, extra JSONB, PRIMARY KEY (doc_id))",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let err = store.ensure_outputs(&info()).await.unwrap_err().to_string();
+    assert!(err.contains("primary key is [\"doc_id\"]"), "{err}");
+}
+
+/// `pillowtop migrate` creates the store's tables in the configured
+/// schema, and says what is wrong when PostgreSQL cannot be reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_migrate_command_prepares_a_schema_and_explains_failures() {
+    let schema = pg_schema("pgmigrate");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pillowtop.toml");
+    let write = |store: &str| {
+        std::fs::write(
+            &config,
+            format!("[feed]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\n[store]\n{store}\n"),
+        )
+        .unwrap()
+    };
+    write(&pg_store_toml(&schema));
+    for _ in 0..2 {
+        let out = bin()
+            .arg("--config")
+            .arg(&config)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "(schema {schema}): migrations applied, up to date"
+            )),
+            "{stdout}"
+        );
+    }
+    let store = pg_store(&schema).await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(store.postgres().unwrap())
+    .await
+    .unwrap();
+    for t in [
+        "checkpoints",
+        "pillow_errors",
+        "plugin_events",
+        "processes",
+        "sink_indices",
+        "sink_tables",
+    ] {
+        assert!(tables.contains(&t.to_string()), "{t} missing: {tables:?}");
+    }
+
+    write("url = \"postgres://postgres:secret@127.0.0.1:1/nowhere\"");
+    let out = bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in [
+        "postgres store 127.0.0.1:1/nowhere",
+        "cannot connect",
+        "check that PostgreSQL runs",
+    ] {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
+    assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+}

@@ -1,0 +1,460 @@
+//! Crashes and outages with the real servers: a pillow killed with SIGKILL
+//! mid-stream, a Kafka broker restarted under a running pillow, two
+//! processes sharing one PostgreSQL store. Kafka is tansu (`make services`);
+//! the store is PostgreSQL, one schema per test.
+//!
+//! The broker-restart test runs its own tansu on a free port with the
+//! sqlite storage engine (durable across a `kill -9`; the memory engine
+//! would lose the topic).
+
+use crate::kafka::{publish_lines, wait_for_end_offsets, write_config_with};
+use crate::support::*;
+use pillowtop::feed::kafka::KafkaFeed;
+use pillowtop::feed::{Feed, TopicPartition};
+use pillowtop::store::Store;
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A change line for the tagger plugin: an upsert, or a deletion.
+fn line(id: &str, n: usize, deletion: bool) -> String {
+    serde_json::json!({"document_id": id, "document_type": "CommCareCase", "domain": "d",
+        "is_deletion": deletion, "document": {"n": n}})
+    .to_string()
+}
+
+/// The `tagged` rows: doc id -> (partition, offset of the change that
+/// wrote it); empty until the pillow has created the table.
+async fn tagged(store: &Store) -> BTreeMap<String, (u32, u64)> {
+    let pool = store.postgres().unwrap();
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('tagged')::text")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    if exists.is_none() {
+        return BTreeMap::new();
+    }
+    sqlx::query(r#"SELECT doc_id, "partition", "offset" FROM tagged"#)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                (r.get::<i64, _>(1) as u32, r.get::<i64, _>(2) as u64),
+            )
+        })
+        .collect()
+}
+
+/// Assert two row maps are equal, printing a short diff when not.
+fn assert_rows(
+    got: &BTreeMap<String, (u32, u64)>,
+    want: &BTreeMap<String, (u32, u64)>,
+    what: &str,
+) {
+    if got == want {
+        return;
+    }
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(k, v)| want.get(*k) != Some(v))
+        .take(10)
+        .collect();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .take(10)
+        .collect();
+    panic!(
+        "{what}: {} rows, expected {}; first rows not expected: {extra:?}; first expected rows missing or different: {missing:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+async fn checkpoints(store: &Store) -> HashMap<TopicPartition, u64> {
+    store
+        .checkpoints("tagged")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.tp, c.next_offset))
+        .collect()
+}
+
+/// Every message of `topic` as (partition, offset, doc id, is_deletion),
+/// read back from the broker.
+async fn read_all(feed: &Feed, topic: &str) -> Vec<(u32, u64, String, bool)> {
+    let partitions = feed.partitions(&[topic.to_owned()]).await.unwrap();
+    let mut total = 0;
+    for tp in &partitions {
+        total += feed.watermarks(tp).await.unwrap().high;
+    }
+    let mut reader = feed
+        .reader(partitions.into_iter().map(|tp| (tp, 0)).collect())
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as u64) < total {
+        assert!(
+            Instant::now() < deadline,
+            "read back {} of {total}",
+            out.len()
+        );
+        for m in reader.poll(5000, Duration::from_millis(200)).await.unwrap() {
+            let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+            out.push((
+                m.tp.partition,
+                m.offset,
+                v["document_id"].as_str().unwrap().to_owned(),
+                v["is_deletion"] == true,
+            ));
+        }
+    }
+    out
+}
+
+/// What the table must hold after processing every message below `upto`
+/// (per partition): the last change of each document decides; a deletion
+/// leaves no row.
+fn expected(
+    messages: &[(u32, u64, String, bool)],
+    upto: impl Fn(u32) -> u64,
+) -> BTreeMap<String, (u32, u64)> {
+    let mut sorted: Vec<_> = messages.iter().collect();
+    sorted.sort_by_key(|m| (m.0, m.1));
+    let mut state = BTreeMap::new();
+    for (partition, offset, id, deletion) in sorted {
+        if *offset >= upto(*partition) {
+            continue;
+        }
+        if *deletion {
+            state.remove(id);
+        } else {
+            state.insert(id.clone(), (*partition, *offset));
+        }
+    }
+    state
+}
+
+fn spawn_run(config: &Path, extra: &[&str]) -> Child {
+    bin()
+        .args(["--config", config.to_str().unwrap(), "--log", "warn", "run"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number after "pillow tagged: " in a run summary.
+fn changes_read(stdout: &str) -> u64 {
+    stdout
+        .split("pillow tagged: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no run summary in: {stdout}"))
+}
+
+/// SIGKILL mid-stream, then restart: at the kill the table holds exactly
+/// the effect of the checkpointed prefix (rows and checkpoint commit in one
+/// transaction), the restart reads only what the checkpoint had not
+/// covered, and afterwards every live document has exactly one row and no
+/// deleted one has any.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unsaved_tail() {
+    let brokers = kafka_brokers();
+    let topic = unique("kill9");
+    let schema = pg_schema("kill9");
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoint every chunk: then "the checkpointed prefix" is exact.
+    let config = write_config_with(
+        dir.path(),
+        &brokers,
+        &topic,
+        &pg_store_toml(&schema),
+        "checkpoint_every = 1",
+    );
+    let docs: usize = 15_000;
+    let mut lines: Vec<String> = (0..docs)
+        .map(|i| line(&format!("k-{i}"), 0, false))
+        .collect();
+    lines.extend((0..docs).map(|i| line(&format!("k-{i}"), 1, i.is_multiple_of(5))));
+    publish_lines(&brokers, &topic, 4, &lines);
+    let feed = Feed::Kafka(KafkaFeed::connect(&brokers).unwrap());
+    wait_for_end_offsets(&feed, &topic, lines.len() as u64).await;
+    let store = pg_store(&schema).await;
+
+    let mut child = spawn_run(&config, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: u64 = checkpoints(&store).await.values().sum();
+        if done >= 3000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress: {done} checkpointed"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pillow exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let at_kill = checkpoints(&store).await;
+    let saved: u64 = at_kill.values().sum();
+    assert!(
+        saved < lines.len() as u64,
+        "the pillow finished before the kill ({saved} checkpointed): publish more changes"
+    );
+    let messages = read_all(&feed, &topic).await;
+    let upto = |p: u32| {
+        at_kill
+            .get(&TopicPartition::new(&topic, p))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_rows(
+        &tagged(&store).await,
+        &expected(&messages, upto),
+        &format!(
+            "rows at the kill must be exactly the checkpointed prefix's (checkpoints {at_kill:?})"
+        ),
+    );
+
+    let stdout = finish(spawn_run(&config, &["--until-caught-up"]));
+    assert_eq!(
+        changes_read(&stdout),
+        lines.len() as u64 - saved,
+        "the restart reads from the checkpoint on: {stdout}"
+    );
+    let all = expected(&messages, |_| u64::MAX);
+    assert_eq!(all.len(), docs - docs / 5, "live documents");
+    assert_rows(&tagged(&store).await, &all, "rows after the restart");
+    assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
+}
+
+/// A tansu broker on its own port and storage, restartable.
+struct Broker {
+    dir: tempfile::TempDir,
+    addr: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let mut b = Broker {
+            dir: tempfile::tempdir().unwrap(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        };
+        b.up();
+        b
+    }
+
+    fn up(&mut self) {
+        let url = format!("tcp://{}", self.addr);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {}: {}",
+                self.addr,
+                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until the table holds `n` rows, while the pillow keeps running.
+async fn wait_for_rows(store: &Store, n: usize, child: &mut Child, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let got = tagged(store).await.len();
+        if got == n {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pillow exited with {got} of {n} rows"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {n} rows after {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The broker is killed and restarted under a running pillow: the pillow
+/// rides it out (no operator action, no exit), then processes what is
+/// published after the restart; every change lands once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
+    let mut broker = Broker::start();
+    let brokers = broker.addr.clone();
+    let topic = unique("restart");
+    let schema = pg_schema("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), &brokers, &topic, &pg_store_toml(&schema), "");
+    let first: Vec<String> = (0..2000)
+        .map(|i| line(&format!("a-{i}"), 0, false))
+        .collect();
+    publish_lines(&brokers, &topic, 2, &first);
+    let store = pg_store(&schema).await;
+    let mut child = spawn_run(&config, &[]);
+    wait_for_rows(&store, 2000, &mut child, 60).await;
+
+    broker.kill();
+    // Long enough for the consumer to see the broker gone and retry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the pillow exited while the broker was down"
+    );
+    broker.up();
+    let second: Vec<String> = (0..2000)
+        .map(|i| line(&format!("b-{i}"), 0, false))
+        .collect();
+    publish_lines(&brokers, &topic, 2, &second);
+    wait_for_rows(&store, 4000, &mut child, 90).await;
+
+    // SIGTERM: finish the chunk, save checkpoints, exit 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    finish(child);
+    let feed = Feed::Kafka(KafkaFeed::connect(&brokers).unwrap());
+    let saved = checkpoints(&store).await;
+    for tp in feed.partitions(std::slice::from_ref(&topic)).await.unwrap() {
+        let high = feed.watermarks(&tp).await.unwrap().high;
+        assert_eq!(saved.get(&tp).copied(), Some(high), "{tp} checkpoint");
+    }
+    let high: u64 = saved.values().sum();
+    assert_eq!(high, 4000, "each change published once");
+    assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
+}
+
+/// Two processes of one pillow share a PostgreSQL store: they create the
+/// tables concurrently without tripping over each other, split the
+/// partitions, and `status` shows per partition the checkpoint, the
+/// broker's end offset, need-processing and the owning process.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_share_a_postgres_store_and_status_shows_the_owners() {
+    let brokers = kafka_brokers();
+    let topic = unique("shared");
+    let schema = pg_schema("shared");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &brokers,
+        &topic,
+        &pg_store_toml(&schema),
+        "num_processes = 2",
+    );
+    let lines: Vec<String> = (0..1200)
+        .map(|i| line(&format!("s-{i}"), 0, false))
+        .collect();
+    publish_lines(&brokers, &topic, 4, &lines);
+    let feed = Feed::Kafka(KafkaFeed::connect(&brokers).unwrap());
+    wait_for_end_offsets(&feed, &topic, 1200).await;
+    let children: Vec<Child> = (0..2)
+        .map(|k| {
+            spawn_run(
+                &config,
+                &["--until-caught-up", "--process-num", &k.to_string()],
+            )
+        })
+        .collect();
+    let read: u64 = children.into_iter().map(|c| changes_read(&finish(c))).sum();
+    assert_eq!(read, 1200, "each change read by exactly one process");
+    let store = pg_store(&schema).await;
+    assert_eq!(tagged(&store).await.len(), 1200);
+
+    let out = bin()
+        .args(["--config", config.to_str().unwrap(), "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pillow = &status[0];
+    assert_eq!(pillow["need_processing"], 0, "{pillow:#}");
+    let partitions = pillow["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 4);
+    for (i, p) in partitions.iter().enumerate() {
+        let tp = TopicPartition::new(&topic, i as u32);
+        let high = feed.watermarks(&tp).await.unwrap().high;
+        assert_eq!(p["partition"], tp.to_string());
+        assert_eq!(p["process"], i % 2, "pairs[k::2] owns {tp}");
+        assert_eq!(p["end_offset"], high);
+        assert_eq!(p["checkpoint"], high);
+        assert_eq!(p["need_processing"], 0);
+    }
+    let processes = pillow["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2, "{processes:?}");
+    assert!(processes.iter().all(|p| p["state"] == "stopped"));
+}
