@@ -630,6 +630,30 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let embedded = HostConfig::parse(
+            include_str!("../../config/embedded.toml"),
+            &root.join("embedded.toml"),
+            |_| None,
+        )
+        .unwrap();
+        assert!(matches!(embedded.store, StoreLocation::Sqlite { .. }));
+        let full = HostConfig::parse(
+            include_str!("../../config/full-stack.toml"),
+            &root.join("full-stack.toml"),
+            |_| None,
+        )
+        .unwrap();
+        assert!(matches!(full.feed, FeedConfig::Kafka { .. }));
+        assert_eq!(
+            full.store.to_string(),
+            "postgres store 127.0.0.1:5432/pillowtop_test (schema pillowtop)"
+        );
+        assert_eq!(full.pillows[0].num_processes, 2);
+    }
+
+    #[test]
     fn postgres_store_with_schema_and_a_hidden_password() {
         let text = GOOD.replace(
             "url = \"sqlite://store.db\"",
