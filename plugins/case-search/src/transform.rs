@@ -90,7 +90,12 @@ pub fn case_search_document(
                 continue;
             }
             "case_properties" => continue,
-            "_id" => special.id = Some(value),
+            // The document id, not part of the source: Elasticsearch
+            // refuses `_id` inside a document (CommCare's adapters drop it too).
+            "_id" => {
+                special.id = Some(value);
+                continue;
+            }
             "type" => special.case_type = Some(value),
             "owner_id" => special.owner_id = Some(value),
             "closed" => special.closed = Some(value),
@@ -308,6 +313,8 @@ mod tests {
         );
         assert_eq!(props[10].get("value").unwrap().raw(), "\"3\"");
         assert!(v.get("case_json").is_none());
+        assert!(v.get("_id").is_none(), "_id is the document id, not source");
+        assert!(v.get("type").is_some());
     }
 
     #[test]

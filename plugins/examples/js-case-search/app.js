@@ -42,7 +42,8 @@ export function caseSearchDocument(changeId, text) {
   const get = (k) => (has(k) ? doc[k] : null);
   const out = {};
   for (const [k, v] of Object.entries(doc)) {
-    if (k !== "case_json" && k !== "case_properties") out[k] = v;
+    // `_id` is the document id, not part of an Elasticsearch source.
+    if (k !== "_id" && k !== "case_json" && k !== "case_properties") out[k] = v;
   }
   const externalId = get("external_id");
   const special = [

@@ -51,7 +51,8 @@ def case_search_document(change_id, text):
     case_json = doc.get("case_json", {})
     if not isinstance(case_json, dict):
         raise ValueError("case document field `case_json` must be an object of case properties")
-    out = {k: v for k, v in doc.items() if k not in ("case_json", "case_properties")}
+    # `_id` is the document id, not part of an Elasticsearch source.
+    out = {k: v for k, v in doc.items() if k not in ("_id", "case_json", "case_properties")}
     external_id = doc.get("external_id")
     special = [
         ("@case_id", doc.get("_id", change_id)),
