@@ -366,6 +366,7 @@ async fn retention_gap_stops_with_commcares_message_and_checkpoint_commands_fix_
             started_at_ms: now,
             heartbeat_at_ms: now,
             stopped_at_ms: None,
+            waiting: None,
         })
         .await
         .unwrap();

@@ -31,19 +31,7 @@ pub fn write_config_with(
     store: &str,
     pillow: &str,
 ) -> PathBuf {
-    let plugin = dir.join("tagger");
-    std::fs::create_dir_all(&plugin).unwrap();
-    std::fs::copy(
-        component("plugins/testing/tagger/tagger.wasm"),
-        plugin.join("tagger.wasm"),
-    )
-    .unwrap();
-    std::fs::write(
-        plugin.join("plugin.toml"),
-        "name = \"tagger\"\nversion = \"1.0.0\"\ncomponent = \"tagger.wasm\"\n[limits]\nfuel = 1_000_000\n\
-         [capabilities]\ntables = [\"tagged\"]\n[config]\ntag = \"k\"\n",
-    )
-    .unwrap();
+    tagger_manifest(dir);
     let path = dir.join("pillowtop.toml");
     std::fs::write(
         &path,

@@ -1,11 +1,12 @@
 //! Integration tests: the real host against real compiled Wasm components
 //! (built by `make plugins`), real SQLite files, and the real servers `make
-//! services` starts (tansu, PostgreSQL). One test binary, so the workspace
+//! services` starts (tansu, PostgreSQL, osmem-server). One test binary, so the workspace
 //! links once.
 
 mod support;
 
 mod cli;
+mod elastic;
 mod kafka;
 mod languages;
 mod loading;

@@ -341,6 +341,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
             document: r#"{"stale":true}"#.into(),
         },
         version: 0,
+        origin: Default::default(),
     };
     env.store
         .commit(
@@ -488,4 +489,81 @@ async fn checkpoints_are_saved_every_n_changes() {
         );
         assert_checkpoints_at_end(&env, "cp", "t").await;
     }
+}
+
+/// The store refuses one change's row (a constraint an operator added):
+/// the chunk is written one change at a time, that change becomes a
+/// pillow error of kind `rejected`, every other row lands and the
+/// checkpoint moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_store_refuses_is_a_pillow_error_for_its_change_only() {
+    a_row_the_store_refuses_is_a_pillow_error_for_its_change_only_in(
+        Env::new().await,
+        "CREATE TRIGGER no_bad BEFORE INSERT ON tagged WHEN NEW.doc_id = 'bad'
+         BEGIN SELECT RAISE(ABORT, 'no_bad: rows of bad are not allowed'); END",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_store_refuses_is_a_pillow_error_for_its_change_only_in_postgres() {
+    a_row_the_store_refuses_is_a_pillow_error_for_its_change_only_in(
+        Env::postgres().await,
+        "ALTER TABLE tagged ADD CONSTRAINT no_bad CHECK (doc_id <> 'bad')",
+    )
+    .await;
+}
+
+async fn a_row_the_store_refuses_is_a_pillow_error_for_its_change_only_in(
+    env: Env,
+    constraint: &'static str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tagger_manifest(dir.path());
+    let n = 60;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let id = if i == 23 {
+                "bad".into()
+            } else {
+                format!("d{i}")
+            };
+            change(&id, serde_json::json!({ "i": i }))
+        })
+        .collect();
+    env.publish("t", 2, &lines).await;
+    let config = pillow_config("refuse", "t", manifest.clone(), 100);
+    let pillow = Pillow::new(config, env.feed(), env.store.clone(), vec![load(&manifest)])
+        .await
+        .unwrap();
+    env.execute(constraint).await;
+    let summary = pillow
+        .run(caught_up(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.errors.get(&pillowtop::errors::ErrorKind::Rejected),
+        Some(&1),
+        "{:?}",
+        summary.errors
+    );
+    let rows = env.strings("SELECT doc_id FROM tagged").await;
+    assert_eq!(rows.len(), n - 1, "{rows:?}");
+    assert!(!rows.contains(&"bad".to_string()));
+    let errors = env.store.recent_errors("refuse", 10).await.unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].doc_id, "bad");
+    assert_eq!(errors[0].kind, "rejected");
+    assert_eq!(errors[0].processor, "tagger");
+    assert!(
+        errors[0].message.contains("no_bad"),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!(errors[0].change, lines[23].as_bytes());
+    let saved = env.checkpointed("refuse").await;
+    assert_eq!(
+        saved, n as u64,
+        "the checkpoint moves past the refused change"
+    );
 }

@@ -7,7 +7,7 @@ use crate::support::*;
 use pillowtop::action::{Action, Cell, Column, ColumnType, IndexSpec, PluginInfo, TableSpec};
 use pillowtop::feed::TopicPartition;
 use pillowtop::sink::{VersionedAction, WritePlan};
-use pillowtop::store::ChunkCommit;
+use pillowtop::store::{ChunkCommit, Store};
 use sqlx::Row;
 
 fn visits() -> TableSpec {
@@ -57,7 +57,11 @@ fn row(doc: &str, n: i64, day: &str, score: Cell) -> Vec<Cell> {
 type VisitRow = (String, i64, String, String, Option<f64>, bool, String);
 
 fn at(action: Action, version: u64) -> VersionedAction {
-    VersionedAction { action, version }
+    VersionedAction {
+        action,
+        version,
+        origin: Default::default(),
+    }
 }
 
 /// Typed rows, documents, deletes and the checkpoint land together; the
@@ -324,4 +328,118 @@ async fn the_migrate_command_prepares_a_schema_and_explains_failures() {
         assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
     }
     assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+}
+
+/// PostgreSQL goes away mid-run (every connection cut, new ones refused)
+/// for a few seconds and comes back: the pillow holds its chunk, retries
+/// with backoff and carries on by itself. Every change lands once, no
+/// pillow error is recorded for the outage, the checkpoints end at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
+    let url = pg_url();
+    let direct: std::net::SocketAddr = {
+        let rest = url.split_once('@').map_or(url.as_str(), |(_, r)| r);
+        let host_port = rest.split('/').next().unwrap();
+        if host_port.contains(':') {
+            host_port.parse().unwrap()
+        } else {
+            format!("{host_port}:5432").parse().unwrap()
+        }
+    };
+    let mut proxy = Proxy::start(direct).await;
+    let proxied = url.replacen(&direct.to_string(), &proxy.addr.to_string(), 1);
+    assert_ne!(proxied, url, "PILLOWTOP_PG_URL must name IP:PORT");
+    let schema = pg_schema("outage");
+    let store = Store::connect(&pillowtop::config::StoreLocation::Postgres {
+        url: proxied,
+        schema: schema.clone(),
+    })
+    .await
+    .unwrap();
+    let observer = pg_store(&schema).await;
+    let env = Env::with_store(tempfile::tempdir().unwrap(), store).await;
+    let n = 4000;
+    let lines: Vec<String> = (0..n)
+        .map(|i| change(&format!("o{i}"), serde_json::json!({"i": i})))
+        .collect();
+    env.publish("t", 2, &lines).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tagger_manifest(dir.path());
+    let config = pillowtop::config::PillowConfig {
+        name: "outage".into(),
+        checkpoint_id: None,
+        topics: vec!["t".into()],
+        processors: vec![manifest.clone()],
+        chunk_size: 50,
+        max_wait_ms: 20,
+        checkpoint_every: 1,
+        checkpoint_max_delay_seconds: 300,
+        num_processes: 1,
+        dedicated_migration_process: false,
+    };
+    let pillow = pillowtop::pillow::Pillow::new(
+        config,
+        env.feed(),
+        env.store.clone(),
+        vec![load(&manifest)],
+    )
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(pillow.run(Default::default(), stop.clone()));
+
+    let count = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM tagged")
+            .fetch_one(observer.postgres().unwrap())
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count().await < 500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress before the outage"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    proxy.down().await;
+    let during = count().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !run.is_finished(),
+        "the pillow stopped during the outage: {:?}",
+        run.await
+    );
+    assert_eq!(
+        count().await,
+        during,
+        "nothing lands while the store is down"
+    );
+    assert!(
+        during < n,
+        "the outage came too late to matter: publish more"
+    );
+    proxy.up().await;
+    while count().await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} rows after the store came back",
+            count().await
+        );
+        assert!(!run.is_finished(), "the pillow stopped after the outage");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.messages, n as u64, "each change read once");
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert!(
+        observer
+            .recent_errors("outage", 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let saved = checkpointed(&observer, "outage").await;
+    assert_eq!(saved, n as u64, "checkpoints at the end");
 }

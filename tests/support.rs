@@ -95,7 +95,8 @@ impl Env {
         Env::with_store(tempfile::tempdir().unwrap(), store).await
     }
 
-    async fn with_store(dir: tempfile::TempDir, store: Store) -> Env {
+    /// An embedded feed in `dir` and the given store.
+    pub async fn with_store(dir: tempfile::TempDir, store: Store) -> Env {
         let feed = EmbeddedFeed::open(&dir.path().join("feed.db"))
             .await
             .unwrap();
@@ -116,6 +117,24 @@ impl Env {
             let pool = self.store.postgres().unwrap();
             let rows = sqlx::query(sql).fetch_all(pool).await.unwrap();
             rows.iter().map(|r| r.get(0)).collect()
+        }
+    }
+
+    /// Changes covered by the saved checkpoints of `checkpoint_id`: the sum
+    /// of next offsets over its partitions.
+    pub async fn checkpointed(&self, checkpoint_id: &str) -> u64 {
+        checkpointed(&self.store, checkpoint_id).await
+    }
+
+    /// Run one statement, whichever store this is.
+    pub async fn execute(&self, sql: &'static str) {
+        if let Some(pool) = self.store.sqlite() {
+            sqlx::raw_sql(sql).execute(pool).await.unwrap();
+        } else {
+            sqlx::raw_sql(sql)
+                .execute(self.store.postgres().unwrap())
+                .await
+                .unwrap();
         }
     }
 
@@ -140,6 +159,17 @@ impl Env {
             .collect();
         self.feed.publish(topic, messages).await.unwrap();
     }
+}
+
+/// Changes covered by `store`'s saved checkpoints of `checkpoint_id`.
+pub async fn checkpointed(store: &Store, checkpoint_id: &str) -> u64 {
+    store
+        .checkpoints(checkpoint_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.next_offset)
+        .sum()
 }
 
 pub fn change(id: &str, document: serde_json::Value) -> String {
@@ -186,8 +216,47 @@ pub fn bin() -> std::process::Command {
     c.env_remove("PILLOWTOP_CONFIG")
         .env_remove("PILLOWTOP_STORE_URL")
         .env_remove("PILLOWTOP_FEED_PATH")
-        .env_remove("PILLOWTOP_KAFKA_BROKERS");
+        .env_remove("PILLOWTOP_KAFKA_BROKERS")
+        .env_remove("PILLOWTOP_ES_URL");
     c
+}
+
+/// The Elasticsearch-API server `make services` started (or
+/// PILLOWTOP_ES_URL), or a loud failure naming the fix.
+pub fn es_url() -> String {
+    let url = std::env::var("PILLOWTOP_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".into());
+    let addr = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let reachable = addr.parse::<std::net::SocketAddr>().ok().is_some_and(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        reachable,
+        "the Elasticsearch-API server is not reachable at {url}: run `make services` (make test does), or set PILLOWTOP_ES_URL (http://IP:PORT)"
+    );
+    url
+}
+
+/// An index prefix no other test uses (index names are lowercase).
+pub fn es_prefix(name: &str) -> String {
+    format!("{}-", unique(name).to_lowercase())
+}
+
+/// The Elasticsearch sink at `url` with `prefix` before every index name.
+pub fn es_sink_at(url: &str, prefix: &str) -> pillowtop::sink::elastic::ElasticSink {
+    let mut config = pillowtop::config::ElasticConfig::new(url);
+    config.index_prefix = prefix.into();
+    pillowtop::sink::elastic::ElasticSink::connect(&config).unwrap()
+}
+
+/// The Elasticsearch sink of `make services` with `prefix`.
+pub fn es_sink(prefix: &str) -> pillowtop::sink::elastic::ElasticSink {
+    es_sink_at(&es_url(), prefix)
 }
 
 /// The PostgreSQL database `make services` prepared (or PILLOWTOP_PG_URL),
@@ -271,4 +340,69 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A TCP proxy on a loopback port to `target`, which a test can take down
+/// (every connection cut, new ones refused) and bring back on the same port:
+/// a server outage as its clients see it, without stopping a server other
+/// tests share.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut proxy = Proxy {
+            addr,
+            target,
+            task: None,
+        };
+        proxy.up().await;
+        proxy
+    }
+
+    pub async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) cuts every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    pub async fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The tagger test plugin's manifest in `dir/tagger` (one row per change
+/// into table `tagged`; a deletion deletes the row).
+pub fn tagger_manifest(dir: &Path) -> PathBuf {
+    let plugin = dir.join("tagger");
+    std::fs::create_dir_all(&plugin).unwrap();
+    std::fs::copy(
+        component("plugins/testing/tagger/tagger.wasm"),
+        plugin.join("tagger.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        plugin.join("plugin.toml"),
+        "name = \"tagger\"\nversion = \"1.0.0\"\ncomponent = \"tagger.wasm\"\n[limits]\nfuel = 1_000_000\n\
+         [capabilities]\ntables = [\"tagged\"]\n[config]\ntag = \"k\"\n",
+    )
+    .unwrap();
+    plugin.join("plugin.toml")
 }

@@ -1,8 +1,8 @@
 //! The host config (`pillowtop.toml`): the feed, the store, the runtime and
 //! the pillows. Relative paths are resolved against the config file's folder.
 //! `PILLOWTOP_FEED_PATH` (embedded), `PILLOWTOP_KAFKA_BROKERS` (switches the
-//! feed to Kafka), `PILLOWTOP_STORE_URL` and `PILLOWTOP_STORE_SCHEMA`
-//! override the file.
+//! feed to Kafka), `PILLOWTOP_STORE_URL`, `PILLOWTOP_STORE_SCHEMA` and
+//! `PILLOWTOP_ES_URL` (sends documents to Elasticsearch) override the file.
 //!
 //! ```toml
 //! [feed]
@@ -12,6 +12,10 @@
 //! [store]                      # checkpoints, pillow errors and sink tables
 //! url = "sqlite://../data/store.db"   # or postgres://user@host:5432/db
 //! # schema = "pillowtop"       # PostgreSQL only; default "public"
+//!
+//! # [elasticsearch]           # documents go here instead of the store's doc_<index> tables
+//! # url = "http://127.0.0.1:9200"
+//! # index_prefix = "staging-"
 //!
 //! [runtime]
 //! compile_cache_dir = "../data/compile-cache"
@@ -118,6 +122,88 @@ impl std::fmt::Display for StoreLocation {
                 write!(f, "postgres store {rest} (schema {schema})")
             }
         }
+    }
+}
+
+/// The Elasticsearch sink. Without this section, documents go to the
+/// store's `doc_<index>` tables.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticConfig {
+    /// `http[s]://[USER:PASSWORD@]HOST:PORT` of an Elasticsearch 8 or
+    /// OpenSearch node.
+    pub url: String,
+    /// Put before every index name a plugin declares: with `staging-`, the
+    /// plugin's `case-search` index is `staging-case-search`. Lets several
+    /// deployments (or tests) share a cluster.
+    #[serde(default)]
+    pub index_prefix: String,
+    /// Timeout of one request, in milliseconds; a timed-out request counts
+    /// as an outage and is retried.
+    #[serde(default = "default_es_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest bulk request body, in bytes; a chunk's documents are split
+    /// across requests no larger than this (Elasticsearch refuses bodies
+    /// over `http.max_content_length`, 100 MB by default).
+    #[serde(default = "default_bulk_max_bytes")]
+    pub bulk_max_bytes: usize,
+}
+
+fn default_es_timeout_ms() -> u64 {
+    30_000
+}
+fn default_bulk_max_bytes() -> usize {
+    10 * 1024 * 1024
+}
+
+impl ElasticConfig {
+    /// A config for `url` with every other key at its default.
+    pub fn new(url: impl Into<String>) -> ElasticConfig {
+        ElasticConfig {
+            url: url.into(),
+            index_prefix: String::new(),
+            timeout_ms: default_es_timeout_ms(),
+            bulk_max_bytes: default_bulk_max_bytes(),
+        }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn url_without_password(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return self.url.clone();
+        };
+        let (authority, path) = rest
+            .split_once('/')
+            .map_or((rest, ""), |(a, _)| (a, &rest[a.len()..]));
+        let Some((userinfo, host)) = authority.rsplit_once('@') else {
+            return self.url.clone();
+        };
+        let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+        format!("{scheme}://{user}:***@{host}{path}")
+    }
+}
+
+impl std::fmt::Display for ElasticConfig {
+    /// For messages: the server without user or password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let scheme = self.url.split_once("://").map_or("http", |(s, _)| s);
+        write!(f, "elasticsearch {scheme}://{}", rest.trim_end_matches('/'))
+    }
+}
+
+impl std::fmt::Debug for ElasticConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElasticConfig")
+            .field("url", &self.url_without_password())
+            .field("index_prefix", &self.index_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("bulk_max_bytes", &self.bulk_max_bytes)
+            .finish()
     }
 }
 
@@ -274,6 +360,8 @@ struct RawConfig {
     feed: FeedConfig,
     store: StoreConfig,
     #[serde(default)]
+    elasticsearch: Option<ElasticConfig>,
+    #[serde(default)]
     runtime: RuntimeConfig,
     #[serde(default)]
     admin: AdminConfig,
@@ -292,6 +380,8 @@ pub struct HostConfig {
     pub feed: FeedConfig,
     /// The store.
     pub store: StoreLocation,
+    /// The Elasticsearch sink, if documents go there.
+    pub elasticsearch: Option<ElasticConfig>,
     /// Runtime settings.
     pub runtime: RuntimeConfig,
     /// The admin endpoint.
@@ -417,6 +507,14 @@ impl HostConfig {
                 ),
             ));
         };
+        let elasticsearch = match (env("PILLOWTOP_ES_URL"), raw.elasticsearch) {
+            (Some(url), Some(es)) => Some(ElasticConfig { url, ..es }),
+            (Some(url), None) => Some(ElasticConfig::new(url)),
+            (None, es) => es,
+        };
+        if let Some(es) = &elasticsearch {
+            validate_elastic(es).map_err(|(key, message)| invalid(key, message))?;
+        }
         if raw.admin.enabled
             && raw
                 .admin
@@ -510,6 +608,7 @@ impl HostConfig {
             path: path.to_owned(),
             feed,
             store,
+            elasticsearch,
             runtime,
             admin: raw.admin,
             reload: raw.reload,
@@ -521,6 +620,52 @@ impl HostConfig {
     pub fn pillow(&self, name: &str) -> Option<&PillowConfig> {
         self.pillows.iter().find(|p| p.name == name)
     }
+}
+
+/// Check the Elasticsearch section; the error names the key.
+fn validate_elastic(es: &ElasticConfig) -> Result<(), (&'static str, String)> {
+    let host = es
+        .url
+        .strip_prefix("http://")
+        .or_else(|| es.url.strip_prefix("https://"))
+        .map(|rest| {
+            let authority = rest.split('/').next().unwrap_or_default();
+            authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+        });
+    if host.is_none_or(str::is_empty) {
+        return Err((
+            "elasticsearch.url",
+            format!(
+                "{:?} is not an http(s) URL of a node, e.g. \"http://127.0.0.1:9200\"",
+                es.url_without_password()
+            ),
+        ));
+    }
+    // Elasticsearch's rules for index names, applied to the prefix.
+    let p = &es.index_prefix;
+    let forbidden =
+        |c: char| c.is_ascii_uppercase() || c.is_whitespace() || "\\/*?\"<>|,#:".contains(c);
+    if p.chars().any(forbidden) || p.starts_with(['_', '-', '+']) || p.len() > 100 {
+        return Err((
+            "elasticsearch.index_prefix",
+            format!(
+                "{p:?} cannot start an index name: use lowercase letters, digits, '-', '_' and '.', not starting with '_', '-' or '+' (at most 100)"
+            ),
+        ));
+    }
+    if !(100..=3_600_000).contains(&es.timeout_ms) {
+        return Err((
+            "elasticsearch.timeout_ms",
+            format!("{} is out of range 100..=3600000", es.timeout_ms),
+        ));
+    }
+    if es.bulk_max_bytes < 64 * 1024 {
+        return Err((
+            "elasticsearch.bulk_max_bytes",
+            format!("{} is below the minimum of 65536", es.bulk_max_bytes),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -774,5 +919,79 @@ mod tests {
                 .to_string()
                 .contains("used by two pillows")
         );
+    }
+
+    #[test]
+    fn elasticsearch_is_optional_and_env_can_enable_it() {
+        assert_eq!(parse(GOOD).unwrap().elasticsearch, None);
+        let with = format!(
+            "{GOOD}\n[elasticsearch]\nurl = \"https://u:s3cret@es.example:9200\"\nindex_prefix = \"staging-\""
+        );
+        let es = parse(&with).unwrap().elasticsearch.unwrap();
+        assert_eq!(es.index_prefix, "staging-");
+        assert_eq!(es.timeout_ms, 30_000);
+        assert_eq!(es.bulk_max_bytes, 10 * 1024 * 1024);
+        // The password never reaches a message.
+        assert_eq!(es.to_string(), "elasticsearch https://es.example:9200");
+        assert_eq!(es.url_without_password(), "https://u:***@es.example:9200");
+        assert!(!format!("{es:?}").contains("s3cret"));
+
+        let env = |k: &str| (k == "PILLOWTOP_ES_URL").then(|| "http://127.0.0.1:19200".to_owned());
+        let path = Path::new("/etc/pt/pillowtop.toml");
+        let from_env = HostConfig::parse(GOOD, path, env).unwrap();
+        assert_eq!(
+            from_env.elasticsearch,
+            Some(ElasticConfig::new("http://127.0.0.1:19200"))
+        );
+        // The variable replaces the URL and keeps the other keys.
+        let both = HostConfig::parse(&with, path, env)
+            .unwrap()
+            .elasticsearch
+            .unwrap();
+        assert_eq!(both.url, "http://127.0.0.1:19200");
+        assert_eq!(both.index_prefix, "staging-");
+    }
+
+    #[test]
+    fn bad_elasticsearch_keys_are_named() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "url = \"es:9200\"",
+                &["key `elasticsearch.url`", "http://127.0.0.1:9200"],
+            ),
+            (
+                "url = \"http://u:pw@\"",
+                &["key `elasticsearch.url`", "u:***@"],
+            ),
+            (
+                "url = \"http://es:9200\"\nindex_prefix = \"Staging\"",
+                &["key `elasticsearch.index_prefix`", "lowercase"],
+            ),
+            (
+                "url = \"http://es:9200\"\nindex_prefix = \"_x\"",
+                &["key `elasticsearch.index_prefix`"],
+            ),
+            (
+                "url = \"http://es:9200\"\ntimeout_ms = 0",
+                &["key `elasticsearch.timeout_ms`", "100..=3600000"],
+            ),
+            (
+                "url = \"http://es:9200\"\nbulk_max_bytes = 10",
+                &["key `elasticsearch.bulk_max_bytes`", "65536"],
+            ),
+            (
+                "url = \"http://es:9200\"\nbatch = 1",
+                &["unknown field `batch`", "index_prefix"],
+            ),
+        ];
+        for (section, needles) in cases {
+            let err = parse(&format!("{GOOD}\n[elasticsearch]\n{section}"))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("pw"), "{err}");
+            for n in *needles {
+                assert!(err.contains(n), "expected {n:?} in: {err}");
+            }
+        }
     }
 }

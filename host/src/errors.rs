@@ -31,11 +31,14 @@ pub enum ErrorKind {
     Permanent,
     /// A fresh instance could not be created or initialised.
     Instantiate,
+    /// A sink refused the change's write (a mapping or parse error,
+    /// another 4xx); the rest of its chunk landed.
+    Rejected,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Decode,
         ErrorKind::Fuel,
         ErrorKind::Timeout,
@@ -46,6 +49,7 @@ impl ErrorKind {
         ErrorKind::Retryable,
         ErrorKind::Permanent,
         ErrorKind::Instantiate,
+        ErrorKind::Rejected,
     ];
 
     /// The stored name.
@@ -61,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Retryable => "retryable",
             ErrorKind::Permanent => "permanent",
             ErrorKind::Instantiate => "instantiate",
+            ErrorKind::Rejected => "rejected",
         }
     }
 

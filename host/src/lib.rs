@@ -5,6 +5,7 @@
 //! ```text
 //! feed ──> pillow ──> wasm ──> sink ──> checkpoint
 //!  │         │          │        │
+//!  │         │          │        ├ sink::elastic (documents, bulk, external versions), before the store commit
 //!  │         │          │        └ sink::{sqlite,postgres} (rows, documents), in the store transaction
 //!  │         │          └ wasm: engine, compile cache, limits, sandboxed WASI, host imports
 //!  │         └ pillow: chunks, dedupe, subscriptions, pillow errors, checkpoint policy
@@ -18,12 +19,12 @@
 //! | [`change`] | decoding feed messages into changes (CommCare `ChangeMeta`) |
 //! | [`action`] | what plugins return, in host types |
 //! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
-//! | [`feed`] | partitioned ordered logs: the embedded SQLite feed |
+//! | [`feed`] | partitioned ordered logs: the embedded SQLite feed, Kafka |
 //! | [`partition`] | which process reads which partitions |
 //! | [`checkpoint`] | when checkpoints are saved |
 //! | [`errors`] | pillow error records and retry backoff |
 //! | [`store`] | the store (SQLite or PostgreSQL): checkpoints, pillow errors, sink tables, one transaction per chunk |
-//! | [`sink`] | writing actions into sink tables (SQLite, PostgreSQL) |
+//! | [`sink`] | writing actions: Elasticsearch, and sink tables in SQLite or PostgreSQL; outage classification and backoff |
 //! | [`sqlite`] | opening the SQLite files with one set of settings |
 //! | [`pillow`] | the run loop |
 //! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |

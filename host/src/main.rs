@@ -11,9 +11,10 @@ use pillowtop::feed::embedded::EmbeddedFeed;
 use pillowtop::feed::kafka::KafkaFeed;
 use pillowtop::manifest::Manifest;
 use pillowtop::metrics::Metrics;
-use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
+use pillowtop::pillow::{Pillow, RunOptions, RunSummary, Sinks};
 use pillowtop::reload::{Follower, Plugins, ReloadOutcome};
 use pillowtop::scaffold::{self, Lang};
+use pillowtop::sink::elastic::ElasticSink;
 use pillowtop::store::ProcessRecord;
 use pillowtop::store::Store;
 use pillowtop::wasm::Processor;
@@ -518,6 +519,15 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
     let pillows = selected(config, only)?;
     let feed = open_feed(config).await?;
     let store = Store::connect(&config.store).await?;
+    let elastic = config
+        .elasticsearch
+        .as_ref()
+        .map(ElasticSink::connect)
+        .transpose()?;
+    let sinks = Sinks {
+        store: store.clone(),
+        elastic: elastic.clone(),
+    };
     let runtime = runtime_for(config)?;
     let metrics = Arc::new(Metrics::new());
     let plugins = Arc::new(Plugins::new(runtime, metrics.clone()));
@@ -525,10 +535,21 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
     stop_on_signals(shutdown.clone());
 
     let mut prepared = Vec::new();
+    let mut indices = std::collections::BTreeSet::new();
     for p in pillows {
         let started = Instant::now();
         let (processors, followers) = load_pillow_plugins(&plugins, p).await?;
-        let pillow = Pillow::new(p.clone(), feed.clone(), store.clone(), processors)
+        for processor in &processors {
+            indices.extend(
+                processor
+                    .plugin()
+                    .info()
+                    .indices
+                    .iter()
+                    .map(|i| i.name.clone()),
+            );
+        }
+        let pillow = Pillow::new(p.clone(), feed.clone(), sinks.clone(), processors)
             .await?
             .following(followers)
             .with_metrics(metrics.clone());
@@ -568,6 +589,7 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
                 started_at_ms: now,
                 heartbeat_at_ms: now,
                 stopped_at_ms: None,
+                waiting: None,
             })
             .await?;
     }
@@ -613,6 +635,17 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
         .process_stopped(pid, pillowtop::time::now_ms())
         .await?;
     print_summary(config, &summaries, &store, &feed).await?;
+    if let Some(es) = &elastic {
+        println!("sinks ({}):", es.location());
+        for index in &indices {
+            es.refresh(index).await?;
+            println!(
+                "  index {}: {} documents",
+                es.index_name(index),
+                es.count(index).await?
+            );
+        }
+    }
     match failed {
         Some(e) => Err(e),
         None => Ok(()),

@@ -3,14 +3,21 @@
 //! ```text
 //! poll feed (up to chunk_size, or max_wait) ─> decode ─> dedupe by document id (last wins)
 //!   ─> processors in manifest order (blocking thread) ─> compact writes
-//!   ─> one store transaction: sink writes + pillow errors + checkpoint (when due)
+//!   ─> Elasticsearch bulk writes (when configured; refused documents become pillow errors)
+//!   ─> one store transaction: SQL sink writes + pillow errors + checkpoint (when due)
 //! ```
+//!
+//! A sink outage (connection refused, timeout, 429, 5xx) holds the chunk:
+//! the same writes are retried with capped, jittered backoff until the sink
+//! is back, so the checkpoint never passes an unwritten change and no
+//! pillow error is recorded for an outage.
 //!
 //! A message that does not decode, and a change a processor fails on,
 //! become pillow errors in the same transaction; the partition goes on.
 //! On shutdown the loop finishes the chunk in hand, saves the checkpoint
 //! and returns.
 
+use crate::action::PluginInfo;
 use crate::change::{self, Change};
 use crate::checkpoint::{CheckpointPolicy, CheckpointTracker};
 use crate::config::PillowConfig;
@@ -19,9 +26,10 @@ use crate::feed::{Feed, FeedError, FeedReader, Message, TopicPartition};
 use crate::metrics::Metrics;
 use crate::partition::{self, AssignmentError};
 use crate::reload::{Follower, SlotChange};
-use crate::sink::{VersionedAction, WritePlan};
+use crate::sink::elastic::{ElasticError, ElasticSink};
+use crate::sink::{Origin, OutageBackoff, VersionedAction, WritePlan};
 use crate::store::{
-    ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError,
+    ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError, Waiting,
 };
 use crate::wasm::{LoadError, Processor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,6 +57,15 @@ pub enum PillowError {
         pillow: String,
         /// The error.
         source: StoreError,
+    },
+    /// The Elasticsearch sink failed for a reason other than an outage
+    /// (a mapping conflict, refused credentials).
+    #[error("pillow {pillow}: {source}")]
+    Elastic {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: ElasticError,
     },
     /// The process layout is impossible.
     #[error("pillow {pillow}: {source}")]
@@ -133,11 +150,71 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+/// Where a pillow's actions go: rows, pillow errors and checkpoints to the
+/// store; documents to Elasticsearch when configured, else to the store's
+/// `doc_<index>` tables.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The store.
+    pub store: Store,
+    /// The Elasticsearch sink, if documents go there.
+    pub elastic: Option<ElasticSink>,
+}
+
+impl From<Store> for Sinks {
+    fn from(store: Store) -> Sinks {
+        Sinks {
+            store,
+            elastic: None,
+        }
+    }
+}
+
+/// Why a plugin's declared outputs could not be prepared.
+#[derive(Debug, thiserror::Error)]
+enum OutputError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Elastic(#[from] ElasticError),
+}
+
+impl OutputError {
+    fn into_pillow(self, pillow: &str) -> PillowError {
+        let pillow = pillow.to_owned();
+        match self {
+            OutputError::Store(source) => PillowError::Store { pillow, source },
+            OutputError::Elastic(source) => PillowError::Elastic { pillow, source },
+        }
+    }
+}
+
+impl Sinks {
+    /// Create (or check) the tables and indices a plugin declared.
+    async fn ensure_outputs(&self, info: &PluginInfo) -> Result<(), OutputError> {
+        match &self.elastic {
+            Some(es) => {
+                for index in &info.indices {
+                    es.ensure_index(index).await?;
+                }
+                let tables = PluginInfo {
+                    tables: info.tables.clone(),
+                    indices: Vec::new(),
+                };
+                self.store.ensure_outputs(&tables).await?;
+            }
+            None => self.store.ensure_outputs(info).await?,
+        }
+        Ok(())
+    }
+}
+
 /// A configured pillow, ready to run.
 pub struct Pillow {
     config: PillowConfig,
     feed: Feed,
     store: Store,
+    elastic: Option<ElasticSink>,
     processors: Vec<Processor>,
     /// One per processor when hot reload is on.
     followers: Vec<Follower>,
@@ -151,6 +228,65 @@ struct ChunkOutcome {
     errors: Vec<PillowErrorRecord>,
     /// Per processor, in order.
     stats: Vec<ProcessorStats>,
+    /// The chunk's changes, for errors a sink finds later.
+    sources: ChunkSources,
+}
+
+/// A processor as pillow errors name it.
+#[derive(Clone)]
+struct ProcessorRef {
+    name: String,
+    version: String,
+    max_attempts: u32,
+}
+
+impl ProcessorRef {
+    fn of(p: &Processor) -> ProcessorRef {
+        let plugin = p.plugin();
+        ProcessorRef {
+            name: plugin.manifest().name.clone(),
+            version: plugin.version().to_string(),
+            max_attempts: plugin.manifest().retry.max_attempts,
+        }
+    }
+}
+
+/// A chunk's changes (with their raw feed values) and processors, which
+/// an action's [`Origin`] points into.
+#[derive(Default)]
+struct ChunkSources {
+    pillow: String,
+    changes: Vec<(Change, Vec<u8>)>,
+    processors: Vec<ProcessorRef>,
+}
+
+impl ChunkSources {
+    /// A pillow error for the change and processor at `origin`.
+    fn record(&self, origin: Origin, kind: ErrorKind, message: String) -> PillowErrorRecord {
+        let (change, raw) = &self.changes[origin.change as usize];
+        let processor = &self.processors[usize::from(origin.processor)];
+        PillowErrorRecord {
+            doc_id: change.id.clone(),
+            pillow: self.pillow.clone(),
+            processor: processor.name.clone(),
+            plugin_version: Some(processor.version.clone()),
+            kind,
+            message,
+            tp: TopicPartition {
+                topic: change.topic.clone(),
+                partition: change.partition,
+            },
+            offset: change.offset,
+            domain: change.domain.clone(),
+            document_type: change.document_type.clone(),
+            change: raw.clone(),
+            at_ms: crate::time::now_ms(),
+            backoff: Backoff {
+                max_attempts: processor.max_attempts,
+                ..Backoff::default()
+            },
+        }
+    }
 }
 
 /// What one processor did in one chunk, for metrics.
@@ -170,22 +306,21 @@ impl Pillow {
     pub async fn new(
         config: PillowConfig,
         feed: Feed,
-        store: Store,
+        sinks: impl Into<Sinks>,
         processors: Vec<Processor>,
     ) -> Result<Pillow, PillowError> {
+        let sinks = sinks.into();
         for p in &processors {
-            store
+            sinks
                 .ensure_outputs(p.plugin().info())
                 .await
-                .map_err(|source| PillowError::Store {
-                    pillow: config.name.clone(),
-                    source,
-                })?;
+                .map_err(|e| e.into_pillow(&config.name))?;
         }
         Ok(Pillow {
             config,
             feed,
-            store,
+            store: sinks.store,
+            elastic: sinks.elastic,
             processors,
             followers: Vec::new(),
             metrics: Arc::new(Metrics::new()),
@@ -234,6 +369,7 @@ impl Pillow {
             config,
             feed,
             store,
+            elastic,
             mut processors,
             mut followers,
             metrics,
@@ -360,6 +496,21 @@ impl Pillow {
             .sum();
         let bar = progress_bar(options.progress, options.until_caught_up, backlog, &name);
 
+        let sinks = Sinks {
+            store: store.clone(),
+            elastic: elastic.clone(),
+        };
+        let outage = OutageRetry {
+            store: store.clone(),
+            pillow: name.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let delivery = Arc::new(Delivery {
+            sinks: sinks.clone(),
+            outage: outage.clone(),
+            checkpoint_id: checkpoint_id.clone(),
+        });
         let mut in_flight: Option<InFlight> = None;
         let mut reader = Some(reader);
         let mut polling: Option<Polling> = None;
@@ -403,7 +554,7 @@ impl Pillow {
                         ),
                         SlotChange::NewVersion(plugin) => {
                             let version = plugin.version().to_string();
-                            match store.ensure_outputs(plugin.info()).await {
+                            match sinks.ensure_outputs(plugin.info()).await {
                                 Ok(()) => {
                                     tracing::info!(pillow = %name, plugin = %processor, %version, from = %processors[i].plugin().version(), "new plugin version live at this chunk boundary");
                                     processors[i] = Processor::new(plugin);
@@ -417,7 +568,7 @@ impl Pillow {
                                 }
                                 Err(e) => {
                                     let reason = format!(
-                                        "its declared tables or indices do not fit the store: {e}"
+                                        "its declared tables or indices do not fit the sinks: {e}"
                                     );
                                     tracing::warn!(pillow = %name, plugin = %processor, %version, %reason, "plugin version refused by this pillow");
                                     plugin_event(
@@ -438,13 +589,10 @@ impl Pillow {
                 summary.read_time += t_read.elapsed();
             }
             if polled.is_empty() {
-                summary.checkpoint_saves +=
-                    finish_commit(&mut in_flight, &mut committed, &mut tracker)
-                        .await
-                        .map_err(store_err)?;
+                finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
                 if tracker.due(Instant::now()) {
                     summary.checkpoint_saves += save_checkpoints(
-                        &store,
+                        &outage,
                         &checkpoint_id,
                         &next,
                         &mut committed,
@@ -466,7 +614,7 @@ impl Pillow {
             let t1 = Instant::now();
             let pillow = name.clone();
             let (back, outcome) =
-                tokio::task::spawn_blocking(move || run_chunk(&pillow, processors, changes))
+                tokio::task::spawn_blocking(move || run_chunk(pillow, processors, changes))
                     .await
                     .map_err(|e| PillowError::Worker {
                         pillow: name.clone(),
@@ -497,9 +645,7 @@ impl Pillow {
             // The previous chunk's commit first: a checkpoint it saved covers
             // changes up to that chunk, not this one, so this chunk counts
             // towards the next save only after it.
-            summary.checkpoint_saves += finish_commit(&mut in_flight, &mut committed, &mut tracker)
-                .await
-                .map_err(store_err)?;
+            finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
             tracker.record(n);
             let caught_up = options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t);
             let checkpoints = if tracker.due(Instant::now()) || caught_up {
@@ -516,30 +662,273 @@ impl Pillow {
             // transformed; commits stay strictly in order (this one starts
             // only after the previous one finished), so a checkpoint never
             // passes an uncommitted chunk.
-            let store_for_commit = store.clone();
-            let id = checkpoint_id.clone();
+            let delivery = delivery.clone();
+            let sources = outcome.sources;
             in_flight = Some(tokio::spawn(async move {
-                store_for_commit
-                    .commit(&id, &commit)
-                    .await
-                    .map(|()| commit.checkpoints)
+                delivery.deliver(commit, sources).await
             }));
             summary.chunks += 1;
             summary.load_time += t2.elapsed();
             bar.inc(n);
         }
         // Graceful stop: everything processed is committed; save where we are.
-        summary.checkpoint_saves += finish_commit(&mut in_flight, &mut committed, &mut tracker)
-            .await
-            .map_err(store_err)?;
+        finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
         summary.checkpoint_saves +=
-            save_checkpoints(&store, &checkpoint_id, &next, &mut committed, &mut tracker)
+            save_checkpoints(&outage, &checkpoint_id, &next, &mut committed, &mut tracker)
                 .await
                 .map_err(store_err)?;
         bar.finish_and_clear();
         summary.elapsed = started.elapsed();
         tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
         Ok(summary)
+    }
+}
+
+/// Errors that tell an outage (retry later) from a refusal.
+trait Outage: std::fmt::Display {
+    fn is_outage(&self) -> bool;
+}
+
+impl Outage for StoreError {
+    fn is_outage(&self) -> bool {
+        StoreError::is_outage(self)
+    }
+}
+
+impl Outage for ElasticError {
+    fn is_outage(&self) -> bool {
+        ElasticError::is_outage(self)
+    }
+}
+
+/// Retries sink writes through an outage: while a sink cannot be reached,
+/// the same writes are retried with [`OutageBackoff`] and the pillow waits
+/// (lag grows; no pillow error per change; the checkpoint never passes the
+/// unwritten chunk). Logged once when it starts and once when it ends;
+/// meanwhile `pillowtop_sink_down{pillow,sink}` is 1 and `status` shows
+/// which sink this process waits for and since when.
+#[derive(Clone)]
+struct OutageRetry {
+    store: Store,
+    pillow: String,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl OutageRetry {
+    /// Run `write` against `sink` (a bounded name: `store`,
+    /// `elasticsearch`) at `location` until it succeeds or fails for a
+    /// reason other than an outage.
+    ///
+    /// # Errors
+    ///
+    /// A non-outage error at once. An outage error only when shutdown is
+    /// requested while the sink is still down: the chunk stays
+    /// uncommitted and is read again by the next run.
+    async fn retry<T, E, F, Fut>(
+        &self,
+        sink: &'static str,
+        location: &str,
+        mut write: F,
+    ) -> Result<T, E>
+    where
+        E: Outage,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let labels = [("pillow", self.pillow.as_str()), ("sink", sink)];
+        let mut down_since: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            match write().await {
+                Ok(v) => {
+                    if let Some(since) = down_since {
+                        tracing::info!(pillow = %self.pillow, sink = location, down_seconds = since.elapsed().as_secs_f64(), attempts = attempt, "sink reachable again; the held chunk is written");
+                        self.metrics.set("pillowtop_sink_down", &labels, 0.0);
+                        self.waiting(None).await;
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.is_outage() => {
+                    if down_since.is_none() {
+                        down_since = Some(Instant::now());
+                        tracing::warn!(pillow = %self.pillow, sink = location, error = %e, "sink unavailable; holding this chunk and retrying with backoff (nothing is lost, lag grows)");
+                        self.metrics.set("pillowtop_sink_down", &labels, 1.0);
+                        // Recorded for `status` through the store, which
+                        // cannot work when the store itself is down.
+                        if sink != "store" {
+                            self.waiting(Some(Waiting {
+                                sink: location.to_owned(),
+                                since_ms: crate::time::now_ms(),
+                                error: e.to_string(),
+                            }))
+                            .await;
+                        }
+                    }
+                    self.metrics
+                        .add("pillowtop_sink_retries_total", &labels, 1.0);
+                    // Jitter from the clock's nanoseconds: enough to spread
+                    // the retries of several pillows apart.
+                    let jitter = f64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos())
+                            % 1000,
+                    ) / 1000.0;
+                    let delay = OutageBackoff::delay(attempt, jitter);
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => {
+                            tracing::warn!(pillow = %self.pillow, sink = location, "stopping while a sink is unavailable: this chunk is not committed and will be read again on restart");
+                            self.waiting(None).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Record (or clear) the sink this process waits for; best effort.
+    async fn waiting(&self, waiting: Option<Waiting>) {
+        if let Err(e) = self
+            .store
+            .set_waiting(&self.pillow, std::process::id(), waiting.as_ref())
+            .await
+        {
+            tracing::debug!(pillow = %self.pillow, error = %e, "cannot record the sink outage for status");
+        }
+    }
+}
+
+/// Writes one chunk to its sinks, in the background.
+struct Delivery {
+    sinks: Sinks,
+    outage: OutageRetry,
+    checkpoint_id: String,
+}
+
+/// What a delivered chunk saved.
+struct Delivered {
+    /// Checkpoints saved with it.
+    checkpoints: Vec<(TopicPartition, u64)>,
+    /// Writes a sink refused, recorded as pillow errors.
+    rejected: u64,
+}
+
+impl Delivery {
+    /// Documents to Elasticsearch first (refused ones become pillow
+    /// errors), then one store transaction with the rows, the pillow
+    /// errors and the checkpoint. A crash between the two replays the
+    /// chunk; Elasticsearch's external versions make that harmless.
+    async fn deliver(
+        &self,
+        mut commit: ChunkCommit,
+        sources: ChunkSources,
+    ) -> Result<Delivered, PillowError> {
+        let pillow = &self.outage.pillow;
+        let mut rejected = 0;
+        if let Some(es) = &self.sinks.elastic {
+            let documents = std::mem::take(&mut commit.plan.documents);
+            if !documents.is_empty() {
+                let refused = self
+                    .outage
+                    .retry("elasticsearch", es.location(), || es.write(&documents))
+                    .await
+                    .map_err(|source| PillowError::Elastic {
+                        pillow: pillow.clone(),
+                        source,
+                    })?;
+                rejected = refused.len() as u64;
+                for r in refused {
+                    let message = format!(
+                        "{} refused document {:?} of index {:?}: {}",
+                        es.location(),
+                        r.id,
+                        r.index,
+                        r.reason
+                    );
+                    let record = sources.record(r.origin, ErrorKind::Rejected, message);
+                    tracing::warn!(pillow = %pillow, tp = %record.tp, offset = record.offset, doc_id = %record.doc_id, processor = %record.processor, kind = %record.kind, error = %record.message, "change failed; recorded as a pillow error");
+                    commit.errors.push(record);
+                }
+            }
+        }
+        let store = &self.sinks.store;
+        let store_err = |source| PillowError::Store {
+            pillow: pillow.clone(),
+            source,
+        };
+        match self
+            .outage
+            .retry("store", store.location(), || {
+                store.commit(&self.checkpoint_id, &commit)
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_data() && !commit.plan.is_empty() => {
+                rejected += self
+                    .commit_one_at_a_time(&mut commit, &sources, e)
+                    .await
+                    .map_err(store_err)?;
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+        Ok(Delivered {
+            checkpoints: commit.checkpoints,
+            rejected,
+        })
+    }
+
+    /// The store refused the chunk's writes for a data reason: commit each
+    /// change's writes in a transaction of its own, record the refused
+    /// ones as pillow errors, then commit the errors and the checkpoint.
+    /// A crash in between replays the chunk, which lands the same rows
+    /// again (upserts by key, deletes by document id).
+    async fn commit_one_at_a_time(
+        &self,
+        commit: &mut ChunkCommit,
+        sources: &ChunkSources,
+        cause: StoreError,
+    ) -> Result<u64, StoreError> {
+        let store = &self.sinks.store;
+        tracing::warn!(pillow = %self.outage.pillow, store = store.location(), error = %cause, "the store refused the chunk's writes; writing them one change at a time");
+        let mut rejected = 0;
+        for (origin, plan) in std::mem::take(&mut commit.plan).split_by_origin() {
+            let one = ChunkCommit {
+                plan,
+                ..ChunkCommit::default()
+            };
+            match self
+                .outage
+                .retry("store", store.location(), || {
+                    store.commit(&self.checkpoint_id, &one)
+                })
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_data() => {
+                    let record = sources.record(
+                        origin,
+                        ErrorKind::Rejected,
+                        format!("the store refused this change's writes: {e}"),
+                    );
+                    tracing::warn!(pillow = %record.pillow, tp = %record.tp, offset = record.offset, doc_id = %record.doc_id, processor = %record.processor, kind = %record.kind, error = %record.message, "change failed; recorded as a pillow error");
+                    commit.errors.push(record);
+                    rejected += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.outage
+            .retry("store", store.location(), || {
+                store.commit(&self.checkpoint_id, commit)
+            })
+            .await?;
+        Ok(rejected)
     }
 }
 
@@ -553,33 +942,37 @@ fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration) -> Polling
     })
 }
 
-/// A chunk commit running in the background; yields the checkpoints it saved.
-type InFlight = tokio::task::JoinHandle<Result<Vec<(TopicPartition, u64)>, StoreError>>;
+/// A chunk delivery running in the background.
+type InFlight = tokio::task::JoinHandle<Result<Delivered, PillowError>>;
 
-/// Wait for the commit in flight, if any, and note the checkpoints it
-/// saved. Returns 1 when it saved checkpoints, else 0.
+/// Wait for the delivery in flight, if any, and note the checkpoints it
+/// saved and the writes a sink refused.
 async fn finish_commit(
     in_flight: &mut Option<InFlight>,
     committed: &mut HashMap<TopicPartition, u64>,
     tracker: &mut CheckpointTracker,
-) -> Result<u64, StoreError> {
+    summary: &mut RunSummary,
+) -> Result<(), PillowError> {
     let Some(handle) = in_flight.take() else {
-        return Ok(0);
+        return Ok(());
     };
-    let saved = match handle.await {
+    let delivered = match handle.await {
         Ok(result) => result?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
-    if saved.is_empty() {
-        return Ok(0);
+    if delivered.rejected > 0 {
+        *summary.errors.entry(ErrorKind::Rejected).or_default() += delivered.rejected;
     }
-    committed.extend(saved);
-    tracker.saved(Instant::now());
-    Ok(1)
+    if !delivered.checkpoints.is_empty() {
+        committed.extend(delivered.checkpoints);
+        tracker.saved(Instant::now());
+        summary.checkpoint_saves += 1;
+    }
+    Ok(())
 }
 
 async fn save_checkpoints(
-    store: &Store,
+    outage: &OutageRetry,
     checkpoint_id: &str,
     next: &HashMap<TopicPartition, u64>,
     committed: &mut HashMap<TopicPartition, u64>,
@@ -590,7 +983,11 @@ async fn save_checkpoints(
     if checkpoints.is_empty() {
         return Ok(0);
     }
-    store.set_checkpoints(checkpoint_id, &checkpoints).await?;
+    outage
+        .retry("store", outage.store.location(), || {
+            outage.store.set_checkpoints(checkpoint_id, &checkpoints)
+        })
+        .await?;
     committed.extend(checkpoints);
     Ok(1)
 }
@@ -673,7 +1070,7 @@ fn changed(
 
 /// Run a chunk through the processors (on a blocking thread: Wasm is CPU-bound).
 fn run_chunk(
-    pillow: &str,
+    pillow: String,
     mut processors: Vec<Processor>,
     changes: Vec<(Change, Vec<u8>)>,
 ) -> (Vec<Processor>, ChunkOutcome) {
@@ -681,13 +1078,21 @@ fn run_chunk(
         stats: vec![ProcessorStats::default(); processors.len()],
         ..ChunkOutcome::default()
     };
-    let now = crate::time::now_ms();
-    for (change, raw) in changes {
-        for (p, stats) in processors.iter_mut().zip(outcome.stats.iter_mut()) {
-            if !p.wants(&change) {
+    let mut failures = Vec::new();
+    for (i, (change, _)) in changes.iter().enumerate() {
+        for (j, (p, stats)) in processors
+            .iter_mut()
+            .zip(outcome.stats.iter_mut())
+            .enumerate()
+        {
+            if !p.wants(change) {
                 continue;
             }
-            let result = p.process(&change);
+            let origin = Origin {
+                change: i as u32,
+                processor: j as u16,
+            };
+            let result = p.process(change);
             stats.fuel += p.last_fuel_used();
             match result {
                 Ok(actions) => {
@@ -697,37 +1102,25 @@ fn run_chunk(
                         .extend(actions.into_iter().map(|action| VersionedAction {
                             action,
                             version: change.offset,
+                            origin,
                         }))
                 }
                 Err(failure) => {
                     *stats.failed.entry(failure.kind).or_default() += 1;
-                    let plugin = p.plugin();
-                    outcome.errors.push(PillowErrorRecord {
-                        doc_id: change.id.clone(),
-                        pillow: pillow.to_owned(),
-                        processor: plugin.manifest().name.clone(),
-                        plugin_version: Some(plugin.version().to_string()),
-                        kind: failure.kind,
-                        message: failure.message,
-                        tp: TopicPartition {
-                            topic: change.topic.clone(),
-                            partition: change.partition,
-                        },
-                        offset: change.offset,
-                        domain: change.domain.clone(),
-                        document_type: change.document_type.clone(),
-                        // Failures are rare; copying the raw change keeps it whole per error.
-                        change: raw.clone(),
-                        at_ms: now,
-                        backoff: Backoff {
-                            max_attempts: plugin.manifest().retry.max_attempts,
-                            ..Backoff::default()
-                        },
-                    });
+                    failures.push((origin, failure));
                 }
             }
         }
     }
+    outcome.sources = ChunkSources {
+        pillow,
+        changes,
+        processors: processors.iter().map(ProcessorRef::of).collect(),
+    };
+    outcome.errors = failures
+        .into_iter()
+        .map(|(origin, f)| outcome.sources.record(origin, f.kind, f.message))
+        .collect();
     (processors, outcome)
 }
 

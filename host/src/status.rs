@@ -7,7 +7,7 @@ use crate::config::PillowConfig;
 use crate::feed::{Feed, FeedError};
 use crate::manifest::Manifest;
 use crate::partition;
-use crate::store::{PluginEvent, PluginEventKind, Store, StoreError, StoredError};
+use crate::store::{PluginEvent, PluginEventKind, Store, StoreError, StoredError, Waiting};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -90,6 +90,8 @@ pub struct ProcessStatus {
     pub admin_url: Option<String>,
     /// Seconds since its last heartbeat.
     pub seconds_since_heartbeat: i64,
+    /// The sink it is waiting for during an outage, if any.
+    pub waiting: Option<Waiting>,
 }
 
 /// Why status could not be gathered.
@@ -172,6 +174,7 @@ pub async fn pillow_status(
                 },
                 admin_url: p.admin_url,
                 seconds_since_heartbeat: age,
+                waiting: p.waiting.filter(|_| p.stopped_at_ms.is_none()),
             }
         })
         .collect();
@@ -269,6 +272,15 @@ pub fn render(statuses: &[PillowStatus]) -> String {
                     .map(|u| format!(", admin {u}"))
                     .unwrap_or_default()
             );
+            if let Some(w) = &p.waiting {
+                let _ = writeln!(
+                    out,
+                    "    WAITING for {}: unavailable for {}s, chunk held and retried (lag grows, nothing is lost): {}",
+                    w.sink,
+                    (crate::time::now_ms() - w.since_ms).max(0) / 1000,
+                    crate::wasm::check::clip(&w.error.replace('\n', " "), 300)
+                );
+            }
         }
         let _ = writeln!(
             out,

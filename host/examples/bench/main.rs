@@ -15,6 +15,9 @@
 //!    only) against raw rdkafka. Needs `make services`.
 //! 7. PostgreSQL sink: rows/s upserted in batches with the checkpoint in
 //!    the same transaction. Needs `make services`.
+//! 8. Elasticsearch sink: documents/s written in chunks of 100, 500 and
+//!    2000 (bulk, external versions), with the host's CPU per document.
+//!    Needs `make services`.
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
@@ -188,8 +191,10 @@ fn startup_bench() {
     );
 }
 
-/// CPU seconds (user + system) of waited-for children, from /proc/self/stat.
-fn children_cpu() -> f64 {
+/// CPU seconds in two adjacent fields of /proc/self/stat, from `first`
+/// (1-based): 14 for this process's user + system time, 16 for its
+/// waited-for children's.
+fn proc_cpu(first: usize) -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -197,14 +202,19 @@ fn children_cpu() -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    // cutime and cstime are fields 16 and 17 (1-based); the slice starts at field 3.
+    // The slice starts at field 3 (after the command name).
     let ticks = |i: usize| {
         fields
             .get(i - 3)
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(16) + ticks(17)) / 100.0
+    (ticks(first) + ticks(first + 1)) / 100.0
+}
+
+/// CPU seconds (user + system) of waited-for children.
+fn children_cpu() -> f64 {
+    proc_cpu(16)
 }
 
 /// Run the real `pillowtop` binary; returns (wall seconds, child CPU seconds,
@@ -389,6 +399,9 @@ fn main() {
     }
     if wanted("pgsink") {
         servers::pg_sink_bench();
+    }
+    if wanted("essink") {
+        servers::es_sink_bench(&changes);
     }
 }
 

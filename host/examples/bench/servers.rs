@@ -1,7 +1,8 @@
-//! Sections 6 and 7: benchmarks against the real servers `make services`
-//! starts (tansu on PILLOWTOP_KAFKA_BROKERS, PostgreSQL on PILLOWTOP_PG_URL).
+//! Sections 6 to 8: benchmarks against the real servers `make services`
+//! starts (tansu on PILLOWTOP_KAFKA_BROKERS, PostgreSQL on PILLOWTOP_PG_URL,
+//! osmem-server on PILLOWTOP_ES_URL).
 
-use super::{pillowtop_bin, root, run_child, write_case_search_plugin};
+use super::{pillowtop_bin, proc_cpu, root, run_child, write_case_search_plugin};
 use pillowtop::action::{Action, Cell, Column, ColumnType, PluginInfo, TableSpec};
 use pillowtop::config::StoreLocation;
 use pillowtop::feed::kafka::KafkaFeed;
@@ -359,6 +360,7 @@ pub fn pg_sink_bench() {
                             rows,
                         },
                         version: k as u64,
+                        origin: Default::default(),
                     }]),
                     errors: vec![],
                     checkpoints: vec![(TopicPartition::new("case-sql", 0), (start + batch) as u64)],
@@ -368,5 +370,91 @@ pub fn pg_sink_bench() {
             rates.push(rows_total as f64 / started.elapsed().as_secs_f64());
         }
         println!("| {batch} | {:.0} | {:.0} |", rates[0], rates[1]);
+    }
+}
+
+/// Section 8: the Elasticsearch sink writing case-search documents (made
+/// by the native transform, so only the sink is measured) in chunks of
+/// 100, 500 and 2000, each chunk one `write` (bulk requests with external
+/// versions), into a fresh index per chunk size.
+pub fn es_sink_bench(changes: &[pillowtop::change::Change]) {
+    use pillowtop::action::IndexSpec;
+    use pillowtop::config::ElasticConfig;
+    use pillowtop::sink::elastic::ElasticSink;
+    let url = std::env::var("PILLOWTOP_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".into());
+    let docs: Vec<(String, String)> = changes
+        .iter()
+        .map(|c| {
+            let mut out = String::new();
+            case_search::transform::case_search_document(
+                &c.id,
+                c.document.as_deref().unwrap(),
+                &mut out,
+            )
+            .unwrap();
+            (c.id.clone(), out)
+        })
+        .collect();
+    let n = docs.len();
+    let avg = docs.iter().map(|(_, d)| d.len()).sum::<usize>() / n.max(1);
+    println!(
+        "\n## 8. Elasticsearch sink ({n} case-search documents, average {avg} bytes, into osmem-server at {url})\n"
+    );
+    println!("| chunk size | documents/s | host CPU µs/document (user+sys of this process) |");
+    println!("|---:|---:|---:|");
+    let rt = runtime();
+    let mappings =
+        std::fs::read_to_string(root().join("plugins/case-search/mappings.json")).unwrap();
+    for chunk in [100usize, 500, 2000] {
+        let mut config = ElasticConfig::new(url.clone());
+        config.index_prefix = format!("{}-", unique("bench-es").to_lowercase().replace('_', "-"));
+        let es = ElasticSink::connect(&config).unwrap();
+        rt.block_on(es.ensure_index(&IndexSpec {
+            name: "case-search".into(),
+            mappings: mappings.clone(),
+        }))
+        .unwrap_or_else(|e| panic!("{e}: run `make services`"));
+        let plans: Vec<WritePlan> = docs
+            .chunks(chunk)
+            .enumerate()
+            .map(|(k, part)| {
+                WritePlan::build(
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, (id, doc))| VersionedAction {
+                            action: Action::IndexDocument {
+                                index: "case-search".into(),
+                                id: id.clone(),
+                                document: doc.clone(),
+                            },
+                            version: (k * chunk + i) as u64,
+                            origin: Default::default(),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let cpu0 = proc_cpu(14);
+        let started = Instant::now();
+        for plan in &plans {
+            let refused = rt.block_on(es.write(&plan.documents)).unwrap();
+            assert!(refused.is_empty(), "{refused:?}");
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = proc_cpu(14) - cpu0;
+        rt.block_on(es.refresh("case-search")).unwrap();
+        let landed = rt.block_on(es.count("case-search")).unwrap();
+        assert_eq!(
+            landed as usize,
+            docs.iter()
+                .map(|(id, _)| id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        );
+        println!(
+            "| {chunk} | {:.0} | {:.1} |",
+            n as f64 / wall,
+            cpu * 1e6 / n as f64
+        );
     }
 }

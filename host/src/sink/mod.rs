@@ -12,6 +12,7 @@
 //! Rows keep action order per table: a processor that deletes a document's
 //! rows and upserts new ones (UCR's pattern) gets exactly that.
 
+pub mod elastic;
 pub mod postgres;
 pub mod sqlite;
 
@@ -85,6 +86,72 @@ pub trait SqlSink {
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// Capped exponential backoff with jitter, for retrying the same chunk
+/// while its sink is down (connection refused, timeouts, a server
+/// restarting): 100 ms, 200 ms, 400 ms ... up to 30 s between attempts.
+pub struct OutageBackoff;
+
+impl OutageBackoff {
+    /// The first delay.
+    pub const BASE: std::time::Duration = std::time::Duration::from_millis(100);
+    /// The longest delay.
+    pub const CAP: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// The delay before retry `attempt` (0-based), with `jitter` in
+    /// `[0, 1)`: uniform in `[d/2, d]` where `d = min(CAP, BASE * 2^attempt)`,
+    /// so retries of many pillows spread out but never spin.
+    pub fn delay(attempt: u32, jitter: f64) -> std::time::Duration {
+        let full = Self::BASE
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(Self::CAP);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// Whether a database error means the store is unreachable or briefly
+/// unable to serve (retry the same work later), rather than a refusal of
+/// the data: I/O errors, pool timeouts, and PostgreSQL's connection
+/// exceptions (class 08), shutdowns (57P01-57P03), too many connections
+/// (53300), serialization failures and deadlocks (40001, 40P01).
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a database error is a refusal of the data written (a value
+/// out of range, a constraint an operator added), so writing the chunk
+/// one change at a time finds the change at fault: PostgreSQL's data
+/// exceptions and integrity violations (classes 22, 23); SQLite's
+/// constraint and type mismatch errors.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
+        return true;
+    }
+    db.code().is_some_and(|code| {
+        if code.starts_with("22") || code.starts_with("23") {
+            return true;
+        }
+        // SQLite's extended result codes: the primary code is the low byte.
+        code.parse::<u32>()
+            .is_ok_and(|n| matches!(n & 0xff, 19 | 20))
+    })
+}
+
 /// How a table spec is recorded in the store's `sink_tables` registry.
 pub fn describe_spec(spec: &TableSpec) -> String {
     let cols: Vec<_> = spec
@@ -106,13 +173,28 @@ pub fn describe_spec(spec: &TableSpec) -> String {
     )
 }
 
-/// An action and the version (feed offset) of the change behind it.
+/// Where in its chunk an action came from: the change (by position among
+/// the chunk's changes) and the processor (by position in the pillow), so
+/// a sink that refuses one write can record a pillow error for exactly
+/// that change and processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The change's position in the chunk.
+    pub change: u32,
+    /// The processor's position in the pillow.
+    pub processor: u16,
+}
+
+/// An action, the version (feed offset) of the change behind it, and where
+/// it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionedAction {
     /// The action.
     pub action: Action,
     /// The change's offset.
     pub version: u64,
+    /// The change and processor that produced it.
+    pub origin: Origin,
 }
 
 /// A document write after compaction: the last one per (index, id) wins.
@@ -124,15 +206,58 @@ pub struct DocumentWrite {
     pub document: Option<String>,
     /// Version: the change's offset.
     pub version: u64,
+    /// The change and processor behind the write.
+    pub origin: Origin,
 }
 
-/// A row operation, in action order.
+/// A row operation, in action order. Each row or id keeps the origin of
+/// its action, so a chunk the database refuses can be split by change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowOp {
     /// Upsert these rows (consecutive upserts to one table are merged).
-    Upsert(Vec<Vec<Cell>>),
+    Upsert {
+        /// The rows.
+        rows: Vec<Vec<Cell>>,
+        /// Per row: the action's origin.
+        origins: Vec<Origin>,
+    },
     /// Delete rows of these document ids (consecutive deletes are merged).
-    Delete(Vec<String>),
+    Delete {
+        /// The document ids.
+        ids: Vec<String>,
+        /// Per id: the action's origin.
+        origins: Vec<Origin>,
+    },
+}
+
+impl RowOp {
+    fn push_upsert(ops: &mut Vec<RowOp>, rows: Vec<Vec<Cell>>, origin: Origin) {
+        if let Some(RowOp::Upsert {
+            rows: existing,
+            origins,
+        }) = ops.last_mut()
+        {
+            origins.extend(std::iter::repeat_n(origin, rows.len()));
+            existing.extend(rows);
+        } else {
+            ops.push(RowOp::Upsert {
+                origins: vec![origin; rows.len()],
+                rows,
+            });
+        }
+    }
+
+    fn push_delete(ops: &mut Vec<RowOp>, id: String, origin: Origin) {
+        if let Some(RowOp::Delete { ids, origins }) = ops.last_mut() {
+            ids.push(id);
+            origins.push(origin);
+        } else {
+            ops.push(RowOp::Delete {
+                ids: vec![id],
+                origins: vec![origin],
+            });
+        }
+    }
 }
 
 /// What one chunk writes.
@@ -148,7 +273,12 @@ impl WritePlan {
     /// Compact `actions` (in processing order).
     pub fn build(actions: Vec<VersionedAction>) -> WritePlan {
         let mut plan = WritePlan::default();
-        for VersionedAction { action, version } in actions {
+        for VersionedAction {
+            action,
+            version,
+            origin,
+        } in actions
+        {
             match action {
                 Action::IndexDocument {
                     index,
@@ -161,6 +291,7 @@ impl WritePlan {
                             id,
                             document: Some(document),
                             version,
+                            origin,
                         },
                     );
                 }
@@ -171,22 +302,15 @@ impl WritePlan {
                             id,
                             document: None,
                             version,
+                            origin,
                         },
                     );
                 }
                 Action::UpsertRows { table, rows } => {
-                    let ops = plan.rows.entry(table).or_default();
-                    match ops.last_mut() {
-                        Some(RowOp::Upsert(existing)) => existing.extend(rows),
-                        _ => ops.push(RowOp::Upsert(rows)),
-                    }
+                    RowOp::push_upsert(plan.rows.entry(table).or_default(), rows, origin);
                 }
                 Action::DeleteRows { table, doc_id } => {
-                    let ops = plan.rows.entry(table).or_default();
-                    match ops.last_mut() {
-                        Some(RowOp::Delete(ids)) => ids.push(doc_id),
-                        _ => ops.push(RowOp::Delete(vec![doc_id])),
-                    }
+                    RowOp::push_delete(plan.rows.entry(table).or_default(), doc_id, origin);
                 }
             }
         }
@@ -197,14 +321,151 @@ impl WritePlan {
     pub fn is_empty(&self) -> bool {
         self.documents.is_empty() && self.rows.is_empty()
     }
+
+    /// Split into one plan per origin (change and processor), in origin
+    /// order, each keeping its writes' order per table: writing the parts
+    /// one after another lands what the whole plan would.
+    pub fn split_by_origin(self) -> Vec<(Origin, WritePlan)> {
+        let mut parts: BTreeMap<(u32, u16), WritePlan> = BTreeMap::new();
+        let key = |o: Origin| (o.change, o.processor);
+        for (index, docs) in self.documents {
+            for (id, write) in docs {
+                parts
+                    .entry(key(write.origin))
+                    .or_default()
+                    .documents
+                    .entry(index.clone())
+                    .or_default()
+                    .insert(id, write);
+            }
+        }
+        for (table, ops) in self.rows {
+            for op in ops {
+                match op {
+                    RowOp::Upsert { rows, origins } => {
+                        for (row, origin) in rows.into_iter().zip(origins) {
+                            let part = parts.entry(key(origin)).or_default();
+                            let ops = part.rows.entry(table.clone()).or_default();
+                            RowOp::push_upsert(ops, vec![row], origin);
+                        }
+                    }
+                    RowOp::Delete { ids, origins } => {
+                        for (id, origin) in ids.into_iter().zip(origins) {
+                            let part = parts.entry(key(origin)).or_default();
+                            let ops = part.rows.entry(table.clone()).or_default();
+                            RowOp::push_delete(ops, id, origin);
+                        }
+                    }
+                }
+            }
+        }
+        parts
+            .into_iter()
+            .map(|((change, processor), plan)| (Origin { change, processor }, plan))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn outage_backoff_doubles_to_a_cap_with_jitter() {
+        assert_eq!(OutageBackoff::delay(0, 0.0), Duration::from_millis(50));
+        assert_eq!(OutageBackoff::delay(0, 1.0), Duration::from_millis(100));
+        assert_eq!(OutageBackoff::delay(3, 1.0), Duration::from_millis(800));
+        assert_eq!(OutageBackoff::delay(20, 1.0), Duration::from_secs(30));
+        assert_eq!(OutageBackoff::delay(u32::MAX, 0.0), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_plan_splits_by_origin_keeping_order() {
+        let at = |change, processor, action| VersionedAction {
+            action,
+            version: u64::from(change),
+            origin: Origin { change, processor },
+        };
+        let upsert = |v| Action::UpsertRows {
+            table: "t".into(),
+            rows: vec![vec![Cell::Integer(v)]],
+        };
+        let plan = WritePlan::build(vec![
+            at(
+                0,
+                0,
+                Action::DeleteRows {
+                    table: "t".into(),
+                    doc_id: "a".into(),
+                },
+            ),
+            at(0, 0, upsert(1)),
+            at(
+                0,
+                1,
+                Action::IndexDocument {
+                    index: "i".into(),
+                    id: "a".into(),
+                    document: "{}".into(),
+                },
+            ),
+            at(1, 0, upsert(2)),
+            at(1, 0, upsert(3)),
+        ]);
+        let parts = plan.split_by_origin();
+        let origins: Vec<_> = parts.iter().map(|(o, _)| (o.change, o.processor)).collect();
+        assert_eq!(origins, vec![(0, 0), (0, 1), (1, 0)]);
+        let o00 = Origin {
+            change: 0,
+            processor: 0,
+        };
+        assert_eq!(
+            parts[0].1.rows["t"],
+            vec![
+                RowOp::Delete {
+                    ids: vec!["a".into()],
+                    origins: vec![o00]
+                },
+                RowOp::Upsert {
+                    rows: vec![vec![Cell::Integer(1)]],
+                    origins: vec![o00]
+                },
+            ],
+            "delete before upsert, as the plugin said"
+        );
+        assert!(parts[0].1.documents.is_empty());
+        assert_eq!(parts[1].1.documents["i"]["a"].version, 0);
+        let o10 = Origin {
+            change: 1,
+            processor: 0,
+        };
+        assert_eq!(
+            parts[2].1.rows["t"],
+            vec![RowOp::Upsert {
+                rows: vec![vec![Cell::Integer(2)], vec![Cell::Integer(3)]],
+                origins: vec![o10; 2]
+            }]
+        );
+    }
+
+    #[test]
+    fn outages_are_told_from_refusals() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(is_outage(&sqlx::Error::Io(refused)));
+        assert!(is_outage(&sqlx::Error::PoolTimedOut));
+        assert!(!is_outage(&sqlx::Error::RowNotFound));
+        assert!(!is_outage(&sqlx::Error::Protocol(
+            "no spec for table t".into()
+        )));
+    }
 
     fn va(action: Action, version: u64) -> VersionedAction {
-        VersionedAction { action, version }
+        VersionedAction {
+            action,
+            version,
+            origin: Origin::default(),
+        }
     }
 
     #[test]
@@ -275,16 +536,26 @@ mod tests {
             DocumentWrite {
                 id: "a".into(),
                 document: None,
-                version: 5
+                version: 5,
+                origin: Origin::default(),
             }
         );
         assert_eq!(docs["b"].version, 6);
         assert_eq!(
             plan.rows["t"],
             vec![
-                RowOp::Delete(vec!["a".into()]),
-                RowOp::Upsert(vec![vec![Cell::Integer(1)], vec![Cell::Integer(2)]]),
-                RowOp::Delete(vec!["b".into(), "c".into()]),
+                RowOp::Delete {
+                    ids: vec!["a".into()],
+                    origins: vec![Origin::default()]
+                },
+                RowOp::Upsert {
+                    rows: vec![vec![Cell::Integer(1)], vec![Cell::Integer(2)]],
+                    origins: vec![Origin::default(); 2]
+                },
+                RowOp::Delete {
+                    ids: vec!["b".into(), "c".into()],
+                    origins: vec![Origin::default(); 2]
+                },
             ]
         );
         assert!(WritePlan::build(vec![]).is_empty());

@@ -349,7 +349,7 @@ async fn apply(
             .ok_or_else(|| sqlx::Error::Protocol(format!("no spec for table {name}")))?;
         for op in ops {
             match op {
-                RowOp::Delete(ids) => {
+                RowOp::Delete { ids, .. } => {
                     let sql = format!(
                         "DELETE FROM {} WHERE doc_id = ANY ($1::text[])",
                         quote(name)
@@ -362,7 +362,7 @@ async fn apply(
                             .await?;
                     }
                 }
-                RowOp::Upsert(rows) => upsert_rows(conn, spec, rows).await?,
+                RowOp::Upsert { rows, .. } => upsert_rows(conn, spec, rows).await?,
             }
         }
     }

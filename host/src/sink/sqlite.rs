@@ -178,7 +178,7 @@ async fn apply(
         let quoted = quote(name);
         for op in ops {
             match op {
-                RowOp::Delete(ids) => {
+                RowOp::Delete { ids, .. } => {
                     for batch in ids.chunks(MAX_BINDS) {
                         let mut qb: QueryBuilder<Sqlite> =
                             QueryBuilder::new(format!("DELETE FROM {quoted} WHERE doc_id IN ("));
@@ -190,7 +190,7 @@ async fn apply(
                         qb.build().execute(&mut *conn).await?;
                     }
                 }
-                RowOp::Upsert(rows) => {
+                RowOp::Upsert { rows, .. } => {
                     let cols: Vec<_> = spec.columns.iter().map(|c| quote(&c.name)).collect();
                     let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
                     let updates: Vec<_> = spec

@@ -33,7 +33,7 @@ macro_rules! on_pool {
 
 mod plugins;
 mod postgres;
-pub use plugins::{PluginEvent, PluginEventKind, ProcessRecord};
+pub use plugins::{PluginEvent, PluginEventKind, ProcessRecord, Waiting};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,36 @@ pub enum StoreError {
         /// The sink error.
         source: SinkError,
     },
+}
+
+impl StoreError {
+    /// Whether the store is unreachable or briefly unable to serve, so the
+    /// same work may succeed later (see [`sink::is_outage`]), as opposed to
+    /// a refusal that retrying cannot fix.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Database { source, .. }
+            | StoreError::Sink {
+                source: SinkError::Database(source),
+                ..
+            } => sink::is_outage(source),
+            StoreError::Migrate { .. } | StoreError::Sink { .. } => false,
+        }
+    }
+
+    /// Whether the database refused the data written (see
+    /// [`sink::is_data_error`]): another split of the same writes may
+    /// succeed without the change at fault.
+    pub fn is_data(&self) -> bool {
+        match self {
+            StoreError::Database { source, .. }
+            | StoreError::Sink {
+                source: SinkError::Database(source),
+                ..
+            } => sink::is_data_error(source),
+            StoreError::Migrate { .. } | StoreError::Sink { .. } => false,
+        }
+    }
 }
 
 /// A failed change, ready to be recorded.

@@ -26,6 +26,19 @@ pub struct ProcessRecord {
     pub heartbeat_at_ms: i64,
     /// Set when it stopped gracefully, epoch ms.
     pub stopped_at_ms: Option<i64>,
+    /// The sink it is waiting for, during an outage.
+    pub waiting: Option<Waiting>,
+}
+
+/// A sink outage a process is waiting out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Waiting {
+    /// The sink (its display: kind and server, no password).
+    pub sink: String,
+    /// Since when, epoch ms.
+    pub since_ms: i64,
+    /// The error that started it.
+    pub error: String,
 }
 
 /// What happened to a plugin version in a pillow process.
@@ -82,7 +95,8 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)
                  ON CONFLICT (pillow, process_num) DO UPDATE SET pid = excluded.pid, host = excluded.host,
                    admin_url = excluded.admin_url, started_at_ms = excluded.started_at_ms,
-                   heartbeat_at_ms = excluded.heartbeat_at_ms, stopped_at_ms = NULL",
+                   heartbeat_at_ms = excluded.heartbeat_at_ms, stopped_at_ms = NULL,
+                   waiting_for = NULL, waiting_since_ms = NULL, waiting_error = NULL",
             )
             .bind(&p.pillow)
             .bind(p.process_num as i64)
@@ -105,6 +119,35 @@ impl Store {
     /// When the database fails.
     pub async fn heartbeat(&self, pid: u32, at_ms: i64) -> Result<(), StoreError> {
         self.update_running(pid, "heartbeat_at_ms", at_ms).await
+    }
+
+    /// Record (or clear, with `None`) the sink outage this pid's slot of
+    /// `pillow` is waiting out.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn set_waiting(
+        &self,
+        pillow: &str,
+        pid: u32,
+        waiting: Option<&Waiting>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE processes SET waiting_for = $1, waiting_since_ms = $2, waiting_error = $3
+                 WHERE pillow = $4 AND pid = $5 AND stopped_at_ms IS NULL",
+            )
+            .bind(waiting.map(|w| w.sink.as_str()))
+            .bind(waiting.map(|w| w.since_ms))
+            .bind(waiting.map(|w| w.error.as_str()))
+            .bind(pillow)
+            .bind(pid as i64)
+            .execute(pool)
+            .await
+            .map_err(self.db())?;
+        });
+        Ok(())
     }
 
     /// Mark this pid's slots as stopped gracefully.
@@ -144,7 +187,8 @@ impl Store {
     pub async fn processes(&self) -> Result<Vec<ProcessRecord>, StoreError> {
         on_pool!(self, pool => {
             let rows = sqlx::query(
-                "SELECT pillow, process_num, pid, host, admin_url, started_at_ms, heartbeat_at_ms, stopped_at_ms
+                "SELECT pillow, process_num, pid, host, admin_url, started_at_ms, heartbeat_at_ms, stopped_at_ms,
+                        waiting_for, waiting_since_ms, waiting_error
                  FROM processes ORDER BY pillow, process_num",
             )
             .fetch_all(pool)
@@ -161,6 +205,11 @@ impl Store {
                     started_at_ms: r.get(5),
                     heartbeat_at_ms: r.get(6),
                     stopped_at_ms: r.get(7),
+                    waiting: r.get::<Option<String>, _>(8).map(|sink| Waiting {
+                        sink,
+                        since_ms: r.get::<Option<i64>, _>(9).unwrap_or_default(),
+                        error: r.get::<Option<String>, _>(10).unwrap_or_default(),
+                    }),
                 })
                 .collect())
         })
