@@ -796,6 +796,15 @@ mod tests {
             "postgres store 127.0.0.1:5432/pillowtop_test (schema pillowtop)"
         );
         assert_eq!(full.pillows[0].num_processes, 2);
+        let es = full
+            .elasticsearch
+            .expect("full-stack.toml names Elasticsearch");
+        assert_eq!(es.to_string(), "elasticsearch http://127.0.0.1:19200");
+        assert_eq!(es.index_prefix, "pillowtop-");
+        assert!(
+            embedded.elasticsearch.is_none(),
+            "the embedded default needs no servers"
+        );
     }
 
     #[test]

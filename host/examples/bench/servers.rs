@@ -382,8 +382,16 @@ pub fn es_sink_bench(changes: &[pillowtop::change::Change]) {
     use pillowtop::config::ElasticConfig;
     use pillowtop::sink::elastic::ElasticSink;
     let url = std::env::var("PILLOWTOP_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".into());
+    // osmem-server indexes case-search documents (about 50 nested
+    // properties each) at a few hundred per second; a subset keeps the
+    // section to minutes.
+    let limit: usize = std::env::var("BENCH_ES_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
     let docs: Vec<(String, String)> = changes
         .iter()
+        .take(limit)
         .map(|c| {
             let mut out = String::new();
             case_search::transform::case_search_document(
