@@ -392,16 +392,7 @@ pub fn es_sink_bench(changes: &[pillowtop::change::Change]) {
     let docs: Vec<(String, String)> = changes
         .iter()
         .take(limit)
-        .map(|c| {
-            let mut out = String::new();
-            case_search::transform::case_search_document(
-                &c.id,
-                c.document.as_deref().unwrap(),
-                &mut out,
-            )
-            .unwrap();
-            (c.id.clone(), out)
-        })
+        .map(|c| (c.id.clone(), crate::case_search_document(c)))
         .collect();
     let n = docs.len();
     let avg = docs.iter().map(|(_, d)| d.len()).sum::<usize>() / n.max(1);

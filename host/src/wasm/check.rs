@@ -212,9 +212,11 @@ pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), Chec
             } => {
                 check_index(declared, index).map_err(at)?;
                 check_id("document", id).map_err(at)?;
-                // The SDK's scanner: one pass, eight bytes at a time inside strings.
-                match json::Value::parse(document) {
-                    Ok(v) if v.kind() == json::Kind::Object => {}
+                // A document goes verbatim into a bulk request body, so it
+                // must be one JSON value; the SDK's validator checks it in one
+                // pass that builds nothing.
+                match json::validate(document) {
+                    Ok(json::Kind::Object) => {}
                     Ok(_) => {
                         return Err(at(malformed(format!(
                             "document {id:?} is not a JSON object"
@@ -265,7 +267,7 @@ fn check_row(spec: &TableSpec, row: &[Cell]) -> Result<(), String> {
             (Cell::Integer(_), ColumnType::Integer) => true,
             (Cell::Float(f), ColumnType::Float) => f.is_finite(),
             (Cell::Integer(_), ColumnType::Float) => true,
-            (Cell::Text(t), ColumnType::Json) => json::Value::parse(t).is_ok(),
+            (Cell::Text(t), ColumnType::Json) => json::validate(t).is_ok(),
             (Cell::Text(t), ColumnType::Date) => is_date(t),
             (Cell::Text(t), ColumnType::Timestamp) => crate::time::parse_rfc3339_ms(t).is_some(),
             (Cell::Text(_), ColumnType::Text) => true,
