@@ -72,6 +72,18 @@ async fn snapshot(es: &ElasticSink, ids: &[String]) -> BTreeMap<String, Option<S
     out
 }
 
+/// A TCP proxy in front of the test Elasticsearch server.
+async fn es_proxy() -> Proxy {
+    let direct: std::net::SocketAddr = es_url()
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("PILLOWTOP_ES_URL must be http://IP:PORT for this test");
+    Proxy::start(direct).await
+}
+
 async fn count(es: &ElasticSink) -> u64 {
     es.refresh("case-search").await.unwrap();
     es.count("case-search").await.unwrap()
@@ -371,14 +383,7 @@ async fn the_cli_writes_to_elasticsearch_and_reports_conflicts() {
 /// no pillow error.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
-    let direct: std::net::SocketAddr = es_url()
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .expect("PILLOWTOP_ES_URL must be http://IP:PORT for this test");
-    let mut proxy = Proxy::start(direct).await;
+    let mut proxy = es_proxy().await;
     let prefix = es_prefix("outage");
     let through_proxy = es_sink_at(&format!("http://{}", proxy.addr), &prefix);
     let observer = es_sink(&prefix);
@@ -493,4 +498,85 @@ async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
             .unwrap_or_else(|| panic!("o{i} missing"));
         assert_eq!(doc.source["name"], format!("n{i}"));
     }
+}
+
+/// A pillow started while Elasticsearch is unreachable waits for it (with
+/// backoff, reading nothing) instead of exiting, then starts by itself and
+/// writes every change once the server is back; a shutdown while it waits
+/// ends the wait with no pillow.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pillow_started_before_elasticsearch_waits_for_it() {
+    let mut proxy = es_proxy().await;
+    proxy.down().await;
+    let prefix = es_prefix("late");
+    let through_proxy = es_sink_at(&format!("http://{}", proxy.addr), &prefix);
+    let observer = es_sink(&prefix);
+    let env = Env::new().await;
+    let n = 200;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            change(
+                &format!("l{i}"),
+                json!({"_id": format!("l{i}"), "type": "patient", "name": format!("n{i}"), "case_json": {}}),
+            )
+        })
+        .collect();
+    env.publish("case-sql", 2, &lines).await;
+    let config = config("es-late", 50);
+    let sinks = || Sinks {
+        store: env.store.clone(),
+        elastic: Some(through_proxy.clone()),
+    };
+
+    // Shut down while waiting: no pillow, no error, promptly.
+    let shutdown = cancelled_after(Duration::from_millis(700));
+    let waited = tokio::time::timeout(
+        Duration::from_secs(20),
+        Pillow::new_when_reachable(
+            config.clone(),
+            env.feed(),
+            sinks(),
+            vec![load(&config.processors[0])],
+            &shutdown,
+        ),
+    )
+    .await
+    .expect("the wait ignored the shutdown")
+    .unwrap_or_else(|e| panic!("an outage at startup is no error: {e}"));
+    assert!(waited.is_none(), "a pillow without its sink");
+
+    // Start while down, then bring the server up.
+    let shutdown = CancellationToken::new();
+    let feed = env.feed();
+    let processors = vec![load(&config.processors[0])];
+    let starting = tokio::spawn({
+        let config = config.clone();
+        let sinks = sinks();
+        let shutdown = shutdown.clone();
+        async move { Pillow::new_when_reachable(config, feed, sinks, processors, &shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !starting.is_finished(),
+        "startup gave up while the sink was down: {:?}",
+        starting
+            .await
+            .map(|r| r.map(|p| p.is_some()).map_err(|e| e.to_string()))
+    );
+    assert_eq!(env.checkpointed("es-late").await, 0, "nothing read yet");
+    proxy.up().await;
+    let pillow = tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("startup still waiting 30 s after the server came back")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("startup failed after the server came back: {e}"))
+        .expect("startup returned no pillow without a shutdown");
+
+    let summary = pillow
+        .run(caught_up(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("running the pillow: {e}"));
+    assert_eq!(summary.messages, n as u64);
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(count(&observer).await, n as u64);
 }

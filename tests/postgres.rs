@@ -330,25 +330,101 @@ async fn the_migrate_command_prepares_a_schema_and_explains_failures() {
     assert!(!stderr.contains("secret"), "password leaked: {stderr}");
 }
 
+/// A TCP proxy in front of the test database, and the database URL
+/// through it.
+async fn pg_proxy() -> (Proxy, String) {
+    let url = pg_url();
+    let direct: std::net::SocketAddr = pg_host_port(&url)
+        .parse()
+        .expect("PILLOWTOP_PG_URL must name IP:PORT for this test");
+    let proxy = Proxy::start(direct).await;
+    let proxied = url.replacen(&direct.to_string(), &proxy.addr.to_string(), 1);
+    assert_ne!(proxied, url, "PILLOWTOP_PG_URL must name IP:PORT");
+    (proxy, proxied)
+}
+
+/// A process started while its database is unreachable waits for it
+/// (backoff, no error) and opens the store once it is back; a shutdown
+/// while it waits ends the wait with no store. A refusal that waiting
+/// cannot fix (an unknown role) fails at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_started_before_its_database_waits_for_it() {
+    use pillowtop::config::StoreLocation;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+    let (mut proxy, proxied) = pg_proxy().await;
+    proxy.down().await;
+    let location = StoreLocation::Postgres {
+        url: proxied,
+        schema: pg_schema("late"),
+    };
+    let err = Store::connect(&location)
+        .await
+        .err()
+        .expect("no database, no store");
+    assert!(err.is_outage(), "a refused connection is an outage: {err}");
+
+    let shutdown = cancelled_after(Duration::from_millis(700));
+    let waited = tokio::time::timeout(
+        Duration::from_secs(20),
+        Store::connect_when_reachable(&location, &shutdown),
+    )
+    .await
+    .expect("the wait ignored the shutdown")
+    .unwrap_or_else(|e| panic!("an unreachable database at startup is no error: {e}"));
+    assert!(waited.is_none(), "a store without its database");
+
+    let shutdown = CancellationToken::new();
+    let opening = tokio::spawn({
+        let location = location.clone();
+        async move { Store::connect_when_reachable(&location, &shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !opening.is_finished(),
+        "startup gave up while the database was down: {:?}",
+        opening.await.map(|r| r.map(|s| s.is_some()))
+    );
+    proxy.up().await;
+    let store = tokio::time::timeout(Duration::from_secs(30), opening)
+        .await
+        .expect("still waiting 30 s after the database came back")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("opening failed after the database came back: {e}"))
+        .expect("no store without a shutdown");
+    assert!(
+        store.checkpoints("late").await.unwrap().is_empty(),
+        "migrated"
+    );
+
+    let url = pg_url().replacen("postgres://postgres@", "postgres://no_such_role@", 1);
+    assert!(
+        url.contains("no_such_role@"),
+        "PILLOWTOP_PG_URL must start with postgres://postgres@ for this test"
+    );
+    let unknown_role = StoreLocation::Postgres {
+        url,
+        schema: pg_schema("late"),
+    };
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        Store::connect_when_reachable(&unknown_role, &CancellationToken::new()),
+    )
+    .await
+    .expect("retried a refusal as if it were an outage")
+    .err()
+    .expect("an unknown role cannot open the store");
+    assert!(!err.is_outage(), "{err}");
+    assert!(err.to_string().contains("no_such_role"), "{err}");
+}
+
 /// PostgreSQL goes away mid-run (every connection cut, new ones refused)
 /// for a few seconds and comes back: the pillow holds its chunk, retries
 /// with backoff and carries on by itself. Every change lands once, no
 /// pillow error is recorded for the outage, the checkpoints end at the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
-    let url = pg_url();
-    let direct: std::net::SocketAddr = {
-        let rest = url.split_once('@').map_or(url.as_str(), |(_, r)| r);
-        let host_port = rest.split('/').next().unwrap();
-        if host_port.contains(':') {
-            host_port.parse().unwrap()
-        } else {
-            format!("{host_port}:5432").parse().unwrap()
-        }
-    };
-    let mut proxy = Proxy::start(direct).await;
-    let proxied = url.replacen(&direct.to_string(), &proxy.addr.to_string(), 1);
-    assert_ne!(proxied, url, "PILLOWTOP_PG_URL must name IP:PORT");
+    let (mut proxy, proxied) = pg_proxy().await;
     let schema = pg_schema("outage");
     let store = Store::connect(&pillowtop::config::StoreLocation::Postgres {
         url: proxied,

@@ -14,7 +14,7 @@ use pillowtop::feed::{Feed, TopicPartition};
 use pillowtop::store::Store;
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,19 @@ fn finish(child: Child) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// SIGTERM (finish the chunk, save checkpoints), then [`finish`].
+fn terminate(child: Child) -> String {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    finish(child)
 }
 
 /// The number after "pillow tagged: " in a run summary.
@@ -321,6 +334,23 @@ impl Drop for Broker {
     }
 }
 
+/// A test's own broker, a unique topic and PostgreSQL schema, and a host
+/// config for them in a temp dir (kept alive by the returned `TempDir`).
+fn own_broker_run(name: &str) -> (Broker, String, String, tempfile::TempDir, PathBuf) {
+    let broker = Broker::start();
+    let topic = unique(name);
+    let schema = pg_schema(&name.replace('-', "_"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &broker.addr,
+        &topic,
+        &pg_store_toml(&schema),
+        "",
+    );
+    (broker, topic, schema, dir, config)
+}
+
 /// Wait until the table holds `n` rows, while the pillow keeps running.
 async fn wait_for_rows(store: &Store, n: usize, child: &mut Child, seconds: u64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -346,12 +376,8 @@ async fn wait_for_rows(store: &Store, n: usize, child: &mut Child, seconds: u64)
 /// published after the restart; every change lands once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
-    let mut broker = Broker::start();
+    let (mut broker, topic, schema, _dir, config) = own_broker_run("restart");
     let brokers = broker.addr.clone();
-    let topic = unique("restart");
-    let schema = pg_schema("restart");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config_with(dir.path(), &brokers, &topic, &pg_store_toml(&schema), "");
     let first: Vec<String> = (0..2000)
         .map(|i| line(&format!("a-{i}"), 0, false))
         .collect();
@@ -375,15 +401,7 @@ async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
     wait_for_rows(&store, 4000, &mut child, 90).await;
 
     // SIGTERM: finish the chunk, save checkpoints, exit 0.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    finish(child);
+    terminate(child);
     let feed = Feed::Kafka(KafkaFeed::connect(&brokers).unwrap());
     let saved = checkpoints(&store).await;
     for tp in feed.partitions(std::slice::from_ref(&topic)).await.unwrap() {
@@ -392,6 +410,36 @@ async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
     }
     let high: u64 = saved.values().sum();
     assert_eq!(high, 4000, "each change published once");
+    assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
+}
+
+/// `run` started while its broker is down waits for it (past librdkafka's
+/// metadata timeout, no exit), then starts by itself when the broker comes
+/// up and processes every change once; SIGTERM then exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_started_before_its_broker_waits_for_it() {
+    let (mut broker, topic, schema, _dir, config) = own_broker_run("late-broker");
+    let brokers = broker.addr.clone();
+    let lines: Vec<String> = (0..500)
+        .map(|i| line(&format!("l-{i}"), 0, false))
+        .collect();
+    publish_lines(&brokers, &topic, 2, &lines);
+    broker.kill();
+    let store = pg_store(&schema).await;
+    let mut child = spawn_run(&config, &[]);
+    // Longer than the 10 s metadata request timeout: the first attempt
+    // has failed and the process is still there.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "run exited while the broker was down: {}",
+        finish(child)
+    );
+    assert!(tagged(&store).await.is_empty());
+    broker.up();
+    wait_for_rows(&store, 500, &mut child, 90).await;
+    let stdout = terminate(child);
+    assert_eq!(changes_read(&stdout), 500, "{stdout}");
     assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
 }
 

@@ -264,20 +264,7 @@ pub fn es_sink(prefix: &str) -> pillowtop::sink::elastic::ElasticSink {
 pub fn pg_url() -> String {
     let url = std::env::var("PILLOWTOP_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/pillowtop_test".into());
-    let host_port = url
-        .split_once("://")
-        .map_or(url.as_str(), |(_, r)| r)
-        .rsplit_once('@')
-        .map_or_else(|| url.as_str(), |(_, r)| r)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let addr = if host_port.contains(':') {
-        host_port
-    } else {
-        format!("{host_port}:5432")
-    };
+    let addr = pg_host_port(&url);
     let reachable = addr.parse::<std::net::SocketAddr>().ok().is_some_and(|a| {
         std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()
     });
@@ -286,6 +273,23 @@ pub fn pg_url() -> String {
         "PostgreSQL is not reachable at {addr} ({url}): run `make services` (make test does), or set PILLOWTOP_PG_URL"
     );
     url
+}
+
+/// `host:port` of a PostgreSQL URL (port 5432 when it names none).
+pub fn pg_host_port(url: &str) -> String {
+    let host_port = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r)
+        .rsplit_once('@')
+        .map_or(url, |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    }
 }
 
 /// A fresh PostgreSQL schema name for one test.
@@ -340,6 +344,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A shutdown token that fires after `delay`.
+pub fn cancelled_after(delay: std::time::Duration) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        cancel.cancel();
+    });
+    token
 }
 
 /// A TCP proxy on a loopback port to `target`, which a test can take down

@@ -517,8 +517,14 @@ fn stop_on_signals(token: CancellationToken) {
 
 async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Result<()> {
     let pillows = selected(config, only)?;
+    // Signals also stop a startup that waits for its store or sinks.
+    let shutdown = CancellationToken::new();
+    stop_on_signals(shutdown.clone());
     let feed = open_feed(config).await?;
-    let store = Store::connect(&config.store).await?;
+    let Some(store) = Store::connect_when_reachable(&config.store, &shutdown).await? else {
+        tracing::warn!("stopped while waiting for the store at startup; nothing was read");
+        return Ok(());
+    };
     let elastic = config
         .elasticsearch
         .as_ref()
@@ -531,8 +537,6 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
     let runtime = runtime_for(config)?;
     let metrics = Arc::new(Metrics::new());
     let plugins = Arc::new(Plugins::new(runtime, metrics.clone()));
-    let shutdown = CancellationToken::new();
-    stop_on_signals(shutdown.clone());
 
     let mut prepared = Vec::new();
     let mut indices = std::collections::BTreeSet::new();
@@ -549,10 +553,19 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
                     .map(|i| i.name.clone()),
             );
         }
-        let pillow = Pillow::new(p.clone(), feed.clone(), sinks.clone(), processors)
-            .await?
-            .following(followers)
-            .with_metrics(metrics.clone());
+        let Some(pillow) = Pillow::new_when_reachable(
+            p.clone(),
+            feed.clone(),
+            sinks.clone(),
+            processors,
+            &shutdown,
+        )
+        .await?
+        else {
+            tracing::warn!(pillow = %p.name, "stopped while waiting for a sink at startup; nothing was read");
+            return Ok(());
+        };
+        let pillow = pillow.following(followers).with_metrics(metrics.clone());
         tracing::info!(pillow = %p.name, startup_ms = started.elapsed().as_secs_f64() * 1e3, "pillow ready");
         prepared.push((p, pillow));
     }

@@ -316,7 +316,66 @@ impl Pillow {
                 .await
                 .map_err(|e| e.into_pillow(&config.name))?;
         }
-        Ok(Pillow {
+        Ok(Pillow::assemble(config, feed, sinks, processors))
+    }
+
+    /// [`Pillow::new`] for a process starting up: while a sink is
+    /// unreachable (connection refused, 429, 5xx, a PostgreSQL connection
+    /// error), log what it waits for and try again with capped, jittered
+    /// backoff instead of exiting, so a pillow started before its sinks
+    /// comes up by itself. `Ok(None)` when `shutdown` fires first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pillow::new`] for everything but an outage (a mapping conflict,
+    /// refused credentials): retrying cannot fix those. An outage is never
+    /// given up on: only a reachable sink or `shutdown` ends the wait.
+    pub async fn new_when_reachable(
+        config: PillowConfig,
+        feed: Feed,
+        sinks: impl Into<Sinks>,
+        processors: Vec<Processor>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Pillow>, PillowError> {
+        let sinks = sinks.into();
+        // Owned copies: a borrow of a `Processor` (not `Sync`) held across
+        // an await would make this future unsendable.
+        let infos: Vec<PluginInfo> = processors
+            .iter()
+            .map(|p| p.plugin().info().clone())
+            .collect();
+        let ready = {
+            let (sinks, infos) = (&sinks, &infos);
+            crate::sink::wait_until_reachable(
+                &format!("a sink of pillow {}", config.name),
+                shutdown,
+                |e: &OutputError| match e {
+                    OutputError::Store(e) => e.is_outage(),
+                    OutputError::Elastic(e) => e.is_outage(),
+                },
+                || async move {
+                    for info in infos {
+                        sinks.ensure_outputs(info).await?;
+                    }
+                    Ok::<_, OutputError>(())
+                },
+            )
+            .await
+        };
+        match ready {
+            None => Ok(None),
+            Some(Err(e)) => Err(e.into_pillow(&config.name)),
+            Some(Ok(())) => Ok(Some(Pillow::assemble(config, feed, sinks, processors))),
+        }
+    }
+
+    fn assemble(
+        config: PillowConfig,
+        feed: Feed,
+        sinks: Sinks,
+        processors: Vec<Processor>,
+    ) -> Pillow {
+        Pillow {
             config,
             feed,
             store: sinks.store,
@@ -324,7 +383,7 @@ impl Pillow {
             processors,
             followers: Vec::new(),
             metrics: Arc::new(Metrics::new()),
-        })
+        }
     }
 
     /// Follow plugin slots for hot reload: one follower per processor, in
@@ -385,7 +444,21 @@ impl Pillow {
             source,
         };
         let checkpoint_id = config.checkpoint_id().to_owned();
-        let pairs = feed.partitions(&config.topics).await.map_err(feed_err)?;
+        // A broker down at startup is waited for, as a sink is.
+        let Some(pairs) = crate::sink::wait_until_reachable(
+            &format!("the feed of pillow {name}"),
+            &shutdown,
+            FeedError::is_outage,
+            || feed.partitions(&config.topics),
+        )
+        .await
+        else {
+            return Ok(RunSummary {
+                pillow: name.clone(),
+                ..Default::default()
+            });
+        };
+        let pairs = pairs.map_err(feed_err)?;
         let num_processes = options.num_processes.unwrap_or(config.num_processes);
         let assigned = partition::assign(
             pairs,
@@ -767,24 +840,12 @@ impl OutageRetry {
                     }
                     self.metrics
                         .add("pillowtop_sink_retries_total", &labels, 1.0);
-                    // Jitter from the clock's nanoseconds: enough to spread
-                    // the retries of several pillows apart.
-                    let jitter = f64::from(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.subsec_nanos())
-                            % 1000,
-                    ) / 1000.0;
-                    let delay = OutageBackoff::delay(attempt, jitter);
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => {
-                            tracing::warn!(pillow = %self.pillow, sink = location, "stopping while a sink is unavailable: this chunk is not committed and will be read again on restart");
-                            self.waiting(None).await;
-                            return Err(e);
-                        }
+                    if !OutageBackoff::sleep_unless(attempt, &self.shutdown).await {
+                        tracing::warn!(pillow = %self.pillow, sink = location, "stopping while a sink is unavailable: this chunk is not committed and will be read again on restart");
+                        self.waiting(None).await;
+                        return Err(e);
                     }
+                    attempt = attempt.saturating_add(1);
                 }
                 Err(e) => return Err(e),
             }

@@ -33,10 +33,29 @@ pub struct KafkaFeed {
 }
 
 fn kafka_error(brokers: &str, what: &str, e: KafkaError) -> FeedError {
-    FeedError::Kafka {
-        brokers: brokers.to_owned(),
-        message: format!("{what}: {e}"),
+    let brokers = brokers.to_owned();
+    let message = format!("{what}: {e}");
+    if e.rdkafka_error_code().is_some_and(is_unreachable) {
+        FeedError::Unreachable { brokers, message }
+    } else {
+        FeedError::Kafka { brokers, message }
     }
+}
+
+/// Whether librdkafka's error means the brokers could not be reached (or
+/// not in time), so the same request may succeed later.
+fn is_unreachable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NetworkException
+    )
 }
 
 impl KafkaFeed {

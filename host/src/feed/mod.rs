@@ -120,6 +120,17 @@ pub enum FeedError {
         /// What failed.
         message: String,
     },
+    /// The brokers could not be reached, or not in time: the same request
+    /// may succeed later.
+    #[error(
+        "kafka {brokers}: {message}; the brokers are unreachable: check they are up (`make services` starts a local one) and [feed] brokers"
+    )]
+    Unreachable {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// What failed.
+        message: String,
+    },
     /// The broker no longer holds the offset being read.
     #[error(
         "kafka {brokers}: {message}: the broker no longer holds this position (retention); see `pillowtop status` and move the checkpoint with `pillowtop checkpoint`"
@@ -144,6 +155,14 @@ pub enum FeedError {
         /// The checkpoint.
         needed: u64,
     },
+}
+
+impl FeedError {
+    /// Whether the feed is unreachable, so the same request may succeed
+    /// later, as opposed to a refusal retrying cannot fix.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, FeedError::Unreachable { .. })
+    }
 }
 
 /// CommCare's sentence for a checkpoint the feed no longer holds.

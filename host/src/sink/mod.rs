@@ -106,6 +106,70 @@ impl OutageBackoff {
             .min(Self::CAP);
         full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
+
+    /// [`OutageBackoff::delay`] with jitter from the clock's nanoseconds:
+    /// enough to spread the retries of several pillows apart.
+    fn jittered(attempt: u32) -> std::time::Duration {
+        let jitter = f64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                % 1000,
+        ) / 1000.0;
+        Self::delay(attempt, jitter)
+    }
+
+    /// Sleep the jittered delay before retry `attempt`; `false` when
+    /// `shutdown` fires first (stop retrying).
+    pub async fn sleep_unless(
+        attempt: u32,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(Self::jittered(attempt)) => true,
+            () = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// For startup: run `attempt` until it succeeds or fails with an error
+/// that is not an outage (`is_outage`), sleeping [`OutageBackoff`] between
+/// outages and logging each with `what` (the server waited for). `None`
+/// when `shutdown` fires first.
+///
+/// # Errors
+///
+/// The first error that is not an outage. An outage is never given up
+/// on: only success or `shutdown` ends the wait.
+pub async fn wait_until_reachable<T, E, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    is_outage: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Err(e) if is_outage(&e) => {
+                tracing::warn!(error = %e, attempt = failures + 1, "{what} is unreachable at startup; waiting for it (Ctrl-C or SIGTERM to stop)");
+                if !OutageBackoff::sleep_unless(failures, shutdown).await {
+                    return None;
+                }
+                failures = failures.saturating_add(1);
+            }
+            result => {
+                if failures > 0 && result.is_ok() {
+                    tracing::info!(attempts = failures + 1, "{what} is reachable; starting");
+                }
+                return Some(result);
+            }
+        }
+    }
 }
 
 /// Whether a database error means the store is unreachable or briefly

@@ -54,6 +54,16 @@ pub enum StoreError {
         /// What failed and what to do.
         message: String,
     },
+    /// The database server could not be reached while opening the store
+    /// (connection refused, too many connections, shutting down): the
+    /// same open may succeed later.
+    #[error("{store}: {message}")]
+    Unreachable {
+        /// Which store.
+        store: String,
+        /// What failed and what to check.
+        message: String,
+    },
     /// Preparing or writing a sink table failed.
     #[error("{store}: {source}")]
     Sink {
@@ -75,6 +85,7 @@ impl StoreError {
                 source: SinkError::Database(source),
                 ..
             } => sink::is_outage(source),
+            StoreError::Unreachable { .. } => true,
             StoreError::Migrate { .. } | StoreError::Sink { .. } => false,
         }
     }
@@ -89,7 +100,9 @@ impl StoreError {
                 source: SinkError::Database(source),
                 ..
             } => sink::is_data_error(source),
-            StoreError::Migrate { .. } | StoreError::Sink { .. } => false,
+            StoreError::Migrate { .. }
+            | StoreError::Unreachable { .. }
+            | StoreError::Sink { .. } => false,
         }
     }
 }
@@ -223,10 +236,17 @@ impl Store {
                 })?)
             }
             StoreLocation::Postgres { url, schema } => {
-                Backend::Postgres(postgres::open(url, schema).await.map_err(|message| {
-                    StoreError::Migrate {
-                        store: name.clone(),
-                        message,
+                Backend::Postgres(postgres::open(url, schema).await.map_err(|e| {
+                    if e.outage {
+                        StoreError::Unreachable {
+                            store: name.clone(),
+                            message: e.message,
+                        }
+                    } else {
+                        StoreError::Migrate {
+                            store: name.clone(),
+                            message: e.message,
+                        }
                     }
                 })?)
             }
@@ -236,6 +256,31 @@ impl Store {
             location: name.into(),
             tables: Arc::default(),
         })
+    }
+
+    /// [`Store::connect`] for a process starting up: while the database
+    /// is unreachable, log it and try again with capped, jittered backoff
+    /// instead of failing, so a process started before its database comes
+    /// up by itself. `Ok(None)` when `shutdown` fires first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::connect`] for everything but an outage (a bad URL, an
+    /// unknown role, a failed migration): retrying cannot fix those. An
+    /// outage is never given up on: only a reachable database or
+    /// `shutdown` ends the wait.
+    pub async fn connect_when_reachable(
+        location: &StoreLocation,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<Store>, StoreError> {
+        sink::wait_until_reachable(
+            &location.to_string(),
+            shutdown,
+            StoreError::is_outage,
+            || Store::connect(location),
+        )
+        .await
+        .transpose()
     }
 
     /// Which store this is, for messages (no password).

@@ -10,27 +10,51 @@ use std::time::Duration;
 /// status, heartbeats and plugin events.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// Why the store could not be opened: a message naming what failed and
+/// what to check, and whether the server was unreachable (so the same open
+/// may succeed later) rather than refusing (bad URL, role, permissions).
+#[derive(Debug)]
+pub struct OpenError {
+    /// What failed and what to check.
+    pub message: String,
+    /// The server could not be reached or was briefly unable to serve.
+    pub outage: bool,
+}
+
+impl OpenError {
+    fn refused(message: String) -> OpenError {
+        OpenError {
+            message,
+            outage: false,
+        }
+    }
+}
+
 /// Open and migrate the store in `schema` of the database at `url`.
 ///
 /// # Errors
 ///
-/// A message naming what failed and what to check.
-pub async fn open(url: &str, schema: &str) -> Result<PgPool, String> {
+/// An [`OpenError`].
+pub async fn open(url: &str, schema: &str) -> Result<PgPool, OpenError> {
     static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
     let options = PgConnectOptions::from_str(url)
-        .map_err(|e| format!("invalid store.url: {e}"))?
+        .map_err(|e| OpenError::refused(format!("invalid store.url: {e}")))?
         .application_name("pillowtop");
-    let unreachable = |e: sqlx::Error| {
-        format!(
+    let unreachable = |e: sqlx::Error| OpenError {
+        outage: crate::sink::is_outage(&e),
+        message: format!(
             "cannot connect: {e}; check that PostgreSQL runs and store.url (or PILLOWTOP_STORE_URL) names its host, port, user and database"
-        )
+        ),
     };
     // The schema must exist before a connection can use it as search_path.
     // `CREATE SCHEMA IF NOT EXISTS` is not atomic: two processes starting
     // together can both try to create it, so creation takes a lock.
     let mut conn = options.connect().await.map_err(unreachable)?;
-    let cannot_create = |e: sqlx::Error| {
-        format!("cannot create schema {schema}: {e}; create it, or grant CREATE on the database")
+    let cannot_create = |e: sqlx::Error| OpenError {
+        outage: crate::sink::is_outage(&e),
+        message: format!(
+            "cannot create schema {schema}: {e}; create it, or grant CREATE on the database"
+        ),
     };
     let mut tx = conn.begin().await.map_err(cannot_create)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pillowtop.store.schema'))")
@@ -52,9 +76,9 @@ pub async fn open(url: &str, schema: &str) -> Result<PgPool, String> {
         .connect_with(options.options([("search_path", schema)]))
         .await
         .map_err(unreachable)?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(|e| format!("migration failed: {e}"))?;
+    MIGRATOR.run(&pool).await.map_err(|e| OpenError {
+        outage: matches!(&e, sqlx::migrate::MigrateError::Execute(e) if crate::sink::is_outage(e)),
+        message: format!("migration failed: {e}"),
+    })?;
     Ok(pool)
 }
