@@ -72,6 +72,19 @@ async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
     store.ensure_outputs(&info()).await.unwrap();
     // Twice: an existing matching table is accepted.
     store.ensure_outputs(&info()).await.unwrap();
+    // Documents are compressed with lz4 where the server has it (the
+    // Debian PostgreSQL `make services` uses does), pglz otherwise.
+    let pool = store.postgres().unwrap();
+    let lz4 = pillowtop::sink::postgres::lz4_supported(&mut pool.acquire().await.unwrap())
+        .await
+        .unwrap();
+    let method: String = sqlx::query_scalar(
+        r#"SELECT attcompression::text FROM pg_attribute WHERE attrelid = '"doc_cases"'::regclass AND attname = 'document'"#,
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(method, if lz4 { "l" } else { "" }, "lz4 supported: {lz4}");
     let upsert = |rows| Action::UpsertRows {
         table: "visits".into(),
         rows,

@@ -3,7 +3,8 @@
 //! saves pillow errors and the checkpoint (effectively-once for rows).
 //!
 //! Each declared index is a table `"doc_<index>"` (`id` primary key,
-//! `document` JSON text, NULL for a deleted document, and `version`). Row
+//! `document` JSON text, NULL for a deleted document, compressed with lz4
+//! where the server has it, and `version`). Row
 //! tables are created from their specs with native types (`bigint`,
 //! `double precision`, `boolean`, `text`, `date`, `timestamptz`, `jsonb`).
 //!
@@ -45,11 +46,36 @@ async fn lock_ddl(conn: &mut PgConnection) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// Whether the server can compress values with lz4 (PostgreSQL 14+ built
+/// with it; Debian's and the official images are).
+///
+/// Document texts are kilobytes of JSON, which PostgreSQL compresses once a
+/// row passes about 2 KB (TOAST). With its default method, pglz, that
+/// compression cost more than everything else in writing a chunk of
+/// case-search documents; lz4 is several times faster at a similar ratio:
+/// Kafka -> case-search -> PostgreSQL went from about 15k to 30k changes/s
+/// on one 2-core machine (docs/BENCHMARKS.md, section 6).
+pub async fn lz4_supported(conn: &mut PgConnection) -> Result<bool, SinkError> {
+    let supported: Option<bool> = sqlx::query_scalar(
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(supported == Some(true))
+}
+
 async fn ensure_index(conn: &mut PgConnection, spec: &IndexSpec) -> Result<(), SinkError> {
     lock_ddl(conn).await?;
     let table = quote(&index_table(&spec.name));
+    // A table created before keeps its method; `ALTER TABLE ... ALTER
+    // COLUMN document SET COMPRESSION lz4` switches it for new writes.
+    let compression = if lz4_supported(conn).await? {
+        " COMPRESSION lz4"
+    } else {
+        ""
+    };
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, document TEXT, version BIGINT NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, document TEXT{compression}, version BIGINT NOT NULL)"
     )))
     .execute(&mut *conn)
     .await?;
