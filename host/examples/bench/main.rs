@@ -46,6 +46,24 @@ fn pillowtop_bin() -> PathBuf {
         .join("release/pillowtop")
 }
 
+/// The pillowtop binary as a command that runs on the config file the
+/// benchmark wrote and nothing else: the environment overrides `make
+/// services` prints (PILLOWTOP_ES_URL, PILLOWTOP_KAFKA_BROKERS, ...) would
+/// otherwise reroute a section's feed or sinks to another server.
+fn pillowtop_cmd() -> std::process::Command {
+    let mut cmd = std::process::Command::new(pillowtop_bin());
+    for key in [
+        "PILLOWTOP_FEED_PATH",
+        "PILLOWTOP_KAFKA_BROKERS",
+        "PILLOWTOP_STORE_URL",
+        "PILLOWTOP_STORE_SCHEMA",
+        "PILLOWTOP_ES_URL",
+    ] {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
 fn cases(n: usize) -> Vec<String> {
     let mut g = Generator::new(GenOptions {
         seed: 42,
@@ -239,7 +257,7 @@ fn run_child(args: &[&str], stdin: Option<std::process::Stdio>) -> (f64, f64, f6
     let bin = pillowtop_bin();
     let cpu0 = children_cpu();
     let started = Instant::now();
-    let mut cmd = std::process::Command::new(&bin);
+    let mut cmd = pillowtop_cmd();
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
@@ -325,8 +343,7 @@ fn end_to_end_bench(n: usize) {
         )
         .unwrap();
         let config = config.to_str().unwrap();
-        let bin = pillowtop_bin();
-        let mut generator = std::process::Command::new(&bin)
+        let mut generator = pillowtop_cmd()
             .args([
                 "gen",
                 "--count",
@@ -547,7 +564,6 @@ fn reload_bench() {
         ),
     )
     .unwrap();
-    let bin = pillowtop_bin();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let feed = pillowtop::feed::embedded::EmbeddedFeed::open(&dir.path().join("feed.db"))
@@ -555,7 +571,7 @@ fn reload_bench() {
             .unwrap();
         feed.create_topic("load", Some(2)).await.unwrap();
     });
-    let mut child = std::process::Command::new(&bin)
+    let mut child = pillowtop_cmd()
         .args(["--config", config.to_str().unwrap(), "--log", "warn", "run"])
         .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
         .stdout(std::process::Stdio::null())

@@ -1,8 +1,10 @@
-//! Sections 6 to 8: benchmarks against the real servers `make services`
-//! starts (tansu on PILLOWTOP_KAFKA_BROKERS, PostgreSQL on PILLOWTOP_PG_URL,
-//! osmem-server on PILLOWTOP_ES_URL).
+//! Sections 6 to 8: benchmarks against real servers. Section 6 starts its
+//! own tansu with the memory engine (the binary `make services` installs;
+//! `BENCH_KAFKA_BROKERS` points it at another broker instead); PostgreSQL
+//! on PILLOWTOP_PG_URL and osmem-server on PILLOWTOP_ES_URL are the ones
+//! `make services` starts.
 
-use super::{pillowtop_bin, proc_cpu, root, run_child, write_case_search_plugin};
+use super::{pillowtop_cmd, proc_cpu, root, run_child, write_case_search_plugin};
 use pillowtop::action::{Action, Cell, Column, ColumnType, PluginInfo, TableSpec};
 use pillowtop::config::StoreLocation;
 use pillowtop::feed::kafka::KafkaFeed;
@@ -17,20 +19,112 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn brokers() -> String {
-    let brokers =
-        std::env::var("PILLOWTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    let first = brokers.split(',').next().unwrap_or_default().to_owned();
-    assert!(
-        first
-            .parse()
-            .ok()
-            .is_some_and(
-                |a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
-            ),
-        "no Kafka broker at {brokers}: run `make services`"
-    );
-    brokers
+fn reachable(addr: &str) -> bool {
+    addr.parse()
+        .ok()
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// The broker section 6 measures against.
+enum Broker {
+    /// `BENCH_KAFKA_BROKERS`, run by someone else.
+    External(String),
+    /// A tansu with the memory engine on a free port, killed on drop. The
+    /// shared broker of `make services` keeps the sqlite engine because
+    /// tests need exact end offsets, which the memory engine can report
+    /// late; this section reads whole topics and needs no exact offsets.
+    Memory {
+        addr: String,
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Broker {
+    fn start() -> Broker {
+        if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
+            let first = brokers.split(',').next().unwrap_or_default();
+            assert!(
+                reachable(first),
+                "no Kafka broker at {brokers} (BENCH_KAFKA_BROKERS)"
+            );
+            return Broker::External(brokers);
+        }
+        let bin = std::env::var_os("PILLOWTOP_TANSU").map_or_else(
+            || {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/pillowtop/tools/bin/tansu")
+            },
+            std::path::PathBuf::from,
+        );
+        assert!(
+            bin.exists(),
+            "tansu is missing at {}: run `make services`, or set PILLOWTOP_TANSU",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reachable(&addr) {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {addr}: {}",
+                std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker::Memory {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn brokers(&self) -> String {
+        match self {
+            Broker::External(b) => b.clone(),
+            Broker::Memory { addr, .. } => addr.clone(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Broker::External(b) => format!("the broker at {b}"),
+            Broker::Memory { .. } => {
+                "tansu with its memory engine, started for this section".into()
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Broker::Memory { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn pg_url() -> String {
@@ -57,7 +151,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// returns the wall seconds it took.
 fn publish(brokers: &str, topic: &str, lines: &[String]) -> f64 {
     let started = Instant::now();
-    let mut child = Command::new(pillowtop_bin())
+    let mut child = pillowtop_cmd()
         .args([
             "publish",
             "--brokers",
@@ -96,11 +190,13 @@ async fn checkpointed(store: &Store) -> u64 {
 pub fn kafka_bench(lines: &[String]) {
     let n = lines.len();
     let avg = lines.iter().map(String::len).sum::<usize>() / n.max(1);
-    let brokers = brokers();
+    let broker = Broker::start();
+    let brokers = broker.brokers();
     let topic = unique("bench-case-sql").replace('_', "-");
     let schema = unique("bench_kafka");
     println!(
-        "\n## 6. Kafka -> case-search -> PostgreSQL ({n} changes of {avg} bytes, 4 partitions, tansu and PostgreSQL on this machine)\n"
+        "\n## 6. Kafka -> case-search -> PostgreSQL ({n} changes of {avg} bytes, 4 partitions; {}, and PostgreSQL, on this machine)\n",
+        broker.describe()
     );
     let publish_secs = publish(&brokers, &topic, lines);
     println!(
@@ -159,7 +255,7 @@ pub fn kafka_bench(lines: &[String]) {
             schema: schema.clone(),
         }))
         .unwrap();
-    let mut child = Command::new(pillowtop_bin())
+    let mut child = pillowtop_cmd()
         .args(["--config", config, "--log", "warn", "run"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -242,16 +338,19 @@ fn consumer_bench(brokers: &str, topic: &str, total: u64) {
                 .unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        let started = Instant::now();
+        // Timed from the first message on (not counted), as below:
+        // connecting and the first fetch are not throughput.
+        let mut started = None;
         let (mut count, mut bytes) = (0u64, 0usize);
         while count < total {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                started.get_or_insert_with(Instant::now);
                 bytes += m.payload().map_or(0, <[u8]>::len);
                 count += 1;
             }
         }
         std::hint::black_box(bytes);
-        count as f64 / started.elapsed().as_secs_f64()
+        (count - 1) as f64 / started.map_or(0.0, |t| t.elapsed().as_secs_f64())
     };
     let rt = runtime();
     let host = || {
@@ -259,15 +358,26 @@ fn consumer_bench(brokers: &str, topic: &str, total: u64) {
             let feed = Feed::Kafka(KafkaFeed::connect(brokers).unwrap());
             let positions = (0..4).map(|p| (TopicPartition::new(topic, p), 0)).collect();
             let mut reader = feed.reader(positions).unwrap();
-            let started = Instant::now();
+            // The clock starts at the first batch, which is not counted.
+            let mut started: Option<(Instant, u64)> = None;
             let mut count = 0u64;
             while count < total {
-                for m in reader.poll(2000, Duration::from_millis(100)).await.unwrap() {
-                    std::hint::black_box(pillowtop::change::decode(&m).ok());
+                let batch = reader.poll(2000, Duration::from_millis(100)).await.unwrap();
+                if batch.is_empty() {
+                    continue;
+                }
+                let first = started.is_none();
+                for m in &batch {
+                    std::hint::black_box(pillowtop::change::decode(m).ok());
                     count += 1;
                 }
+                if first {
+                    started = Some((Instant::now(), count));
+                }
             }
-            count as f64 / started.elapsed().as_secs_f64()
+            started.map_or(0.0, |(t, first)| {
+                (count - first) as f64 / t.elapsed().as_secs_f64()
+            })
         })
     };
     let (mut best_raw, mut best_host) = (0f64, 0f64);
