@@ -277,11 +277,10 @@ pub fn pg_url() -> String {
 
 /// `host:port` of a PostgreSQL URL (port 5432 when it names none).
 pub fn pg_host_port(url: &str) -> String {
-    let host_port = url
-        .split_once("://")
-        .map_or(url, |(_, r)| r)
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest
         .rsplit_once('@')
-        .map_or(url, |(_, r)| r)
+        .map_or(rest, |(_, r)| r)
         .split('/')
         .next()
         .unwrap_or_default();
@@ -346,15 +345,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A shutdown token that fires after `delay`.
-pub fn cancelled_after(delay: std::time::Duration) -> tokio_util::sync::CancellationToken {
+/// A startup wait for an unreachable server (`wait`, given its shutdown
+/// token) ends with `Ok(None)`, no error, once the token fires 700 ms in.
+pub async fn assert_shutdown_ends_wait<T, E, Fut>(
+    wait: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+) where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<Option<T>, E>>,
+{
     let token = tokio_util::sync::CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
         cancel.cancel();
     });
-    token
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(20), wait(token))
+        .await
+        .expect("the wait ignored the shutdown")
+        .unwrap_or_else(|e| panic!("an unreachable server at startup is no error: {e}"));
+    assert!(waited.is_none(), "the wait ended without its server");
 }
 
 /// A TCP proxy on a loopback port to `target`, which a test can take down

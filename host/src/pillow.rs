@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::partition::{self, AssignmentError};
 use crate::reload::{Follower, SlotChange};
 use crate::sink::elastic::{ElasticError, ElasticSink};
-use crate::sink::{Origin, OutageBackoff, VersionedAction, WritePlan};
+use crate::sink::{Origin, Outage, OutageBackoff, VersionedAction, WritePlan};
 use crate::store::{
     ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError, Waiting,
 };
@@ -179,6 +179,15 @@ enum OutputError {
     Elastic(#[from] ElasticError),
 }
 
+impl Outage for OutputError {
+    fn is_outage(&self) -> bool {
+        match self {
+            OutputError::Store(e) => e.is_outage(),
+            OutputError::Elastic(e) => e.is_outage(),
+        }
+    }
+}
+
 impl OutputError {
     fn into_pillow(self, pillow: &str) -> PillowError {
         let pillow = pillow.to_owned();
@@ -189,8 +198,24 @@ impl OutputError {
     }
 }
 
+/// What each processor declared, owned: a borrow of a `Processor` (not
+/// `Sync`) held across an await would make the future unsendable.
+fn declared(processors: &[Processor]) -> Vec<PluginInfo> {
+    processors
+        .iter()
+        .map(|p| p.plugin().info().clone())
+        .collect()
+}
+
 impl Sinks {
-    /// Create (or check) the tables and indices a plugin declared.
+    /// [`Sinks::ensure_outputs`] for every processor's declaration, in order.
+    async fn ensure_all(&self, infos: &[PluginInfo]) -> Result<(), OutputError> {
+        for info in infos {
+            self.ensure_outputs(info).await?;
+        }
+        Ok(())
+    }
+
     async fn ensure_outputs(&self, info: &PluginInfo) -> Result<(), OutputError> {
         match &self.elastic {
             Some(es) => {
@@ -310,12 +335,10 @@ impl Pillow {
         processors: Vec<Processor>,
     ) -> Result<Pillow, PillowError> {
         let sinks = sinks.into();
-        for p in &processors {
-            sinks
-                .ensure_outputs(p.plugin().info())
-                .await
-                .map_err(|e| e.into_pillow(&config.name))?;
-        }
+        sinks
+            .ensure_all(&declared(&processors))
+            .await
+            .map_err(|e| e.into_pillow(&config.name))?;
         Ok(Pillow::assemble(config, feed, sinks, processors))
     }
 
@@ -338,30 +361,13 @@ impl Pillow {
         shutdown: &CancellationToken,
     ) -> Result<Option<Pillow>, PillowError> {
         let sinks = sinks.into();
-        // Owned copies: a borrow of a `Processor` (not `Sync`) held across
-        // an await would make this future unsendable.
-        let infos: Vec<PluginInfo> = processors
-            .iter()
-            .map(|p| p.plugin().info().clone())
-            .collect();
-        let ready = {
-            let (sinks, infos) = (&sinks, &infos);
-            crate::sink::wait_until_reachable(
-                &format!("a sink of pillow {}", config.name),
-                shutdown,
-                |e: &OutputError| match e {
-                    OutputError::Store(e) => e.is_outage(),
-                    OutputError::Elastic(e) => e.is_outage(),
-                },
-                || async move {
-                    for info in infos {
-                        sinks.ensure_outputs(info).await?;
-                    }
-                    Ok::<_, OutputError>(())
-                },
-            )
-            .await
-        };
+        let infos = declared(&processors);
+        let ready = crate::sink::wait_until_reachable(
+            &format!("a sink of pillow {}", config.name),
+            shutdown,
+            || sinks.ensure_all(&infos),
+        )
+        .await;
         match ready {
             None => Ok(None),
             Some(Err(e)) => Err(e.into_pillow(&config.name)),
@@ -448,7 +454,6 @@ impl Pillow {
         let Some(pairs) = crate::sink::wait_until_reachable(
             &format!("the feed of pillow {name}"),
             &shutdown,
-            FeedError::is_outage,
             || feed.partitions(&config.topics),
         )
         .await
@@ -754,23 +759,6 @@ impl Pillow {
         summary.elapsed = started.elapsed();
         tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
         Ok(summary)
-    }
-}
-
-/// Errors that tell an outage (retry later) from a refusal.
-trait Outage: std::fmt::Display {
-    fn is_outage(&self) -> bool;
-}
-
-impl Outage for StoreError {
-    fn is_outage(&self) -> bool {
-        StoreError::is_outage(self)
-    }
-}
-
-impl Outage for ElasticError {
-    fn is_outage(&self) -> bool {
-        ElasticError::is_outage(self)
     }
 }
 

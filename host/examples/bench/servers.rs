@@ -372,14 +372,11 @@ fn consumer_bench(brokers: &str, topic: &str, total: u64) {
                 if batch.is_empty() {
                     continue;
                 }
-                let first = started.is_none();
                 for m in &batch {
                     std::hint::black_box(pillowtop::change::decode(m).ok());
                     count += 1;
                 }
-                if first {
-                    started = Some((Instant::now(), count));
-                }
+                started.get_or_insert_with(|| (Instant::now(), count));
             }
             started.map_or(0.0, |(t, first)| {
                 (count - first) as f64 / t.elapsed().as_secs_f64()

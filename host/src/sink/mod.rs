@@ -132,30 +132,53 @@ impl OutageBackoff {
     }
 }
 
+/// Errors that tell an outage (the server is unreachable or briefly unable
+/// to serve: retry the same work later) from a refusal.
+pub(crate) trait Outage: std::fmt::Display {
+    fn is_outage(&self) -> bool;
+}
+
+impl Outage for crate::store::StoreError {
+    fn is_outage(&self) -> bool {
+        crate::store::StoreError::is_outage(self)
+    }
+}
+
+impl Outage for elastic::ElasticError {
+    fn is_outage(&self) -> bool {
+        elastic::ElasticError::is_outage(self)
+    }
+}
+
+impl Outage for crate::feed::FeedError {
+    fn is_outage(&self) -> bool {
+        crate::feed::FeedError::is_outage(self)
+    }
+}
+
 /// For startup: run `attempt` until it succeeds or fails with an error
-/// that is not an outage (`is_outage`), sleeping [`OutageBackoff`] between
-/// outages and logging each with `what` (the server waited for). `None`
-/// when `shutdown` fires first.
+/// that is not an outage, sleeping [`OutageBackoff`] between outages and
+/// logging each with `what` (the server waited for). `None` when
+/// `shutdown` fires first.
 ///
 /// # Errors
 ///
 /// The first error that is not an outage. An outage is never given up
 /// on: only success or `shutdown` ends the wait.
-pub async fn wait_until_reachable<T, E, F, Fut>(
+pub(crate) async fn wait_until_reachable<T, E, F, Fut>(
     what: &str,
     shutdown: &tokio_util::sync::CancellationToken,
-    is_outage: impl Fn(&E) -> bool,
     mut attempt: F,
 ) -> Option<Result<T, E>>
 where
-    E: std::fmt::Display,
+    E: Outage,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut failures = 0u32;
     loop {
         match attempt().await {
-            Err(e) if is_outage(&e) => {
+            Err(e) if e.is_outage() => {
                 tracing::warn!(error = %e, attempt = failures + 1, "{what} is unreachable at startup; waiting for it (Ctrl-C or SIGTERM to stop)");
                 if !OutageBackoff::sleep_unless(failures, shutdown).await {
                     return None;

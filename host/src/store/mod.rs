@@ -273,14 +273,9 @@ impl Store {
         location: &StoreLocation,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<Option<Store>, StoreError> {
-        sink::wait_until_reachable(
-            &location.to_string(),
-            shutdown,
-            StoreError::is_outage,
-            || Store::connect(location),
-        )
-        .await
-        .transpose()
+        sink::wait_until_reachable(&location.to_string(), shutdown, || Store::connect(location))
+            .await
+            .transpose()
     }
 
     /// Which store this is, for messages (no password).
