@@ -30,6 +30,7 @@ fn config(name: &str, chunk_size: usize) -> PillowConfig {
         checkpoint_max_delay_seconds: 300,
         num_processes: 1,
         dedicated_migration_process: false,
+        transform_threads: 1,
     }
 }
 

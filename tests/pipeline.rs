@@ -25,6 +25,7 @@ fn pillow_config(name: &str, topic: &str, manifest: PathBuf, chunk_size: usize) 
         checkpoint_max_delay_seconds: 300,
         num_processes: 1,
         dedicated_migration_process: false,
+        transform_threads: 1,
     }
 }
 
@@ -238,20 +239,7 @@ async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(env: 
         .recent_errors("hostile-pillow", 100)
         .await
         .unwrap();
-    let kinds: HashMap<_, _> = errors
-        .iter()
-        .map(|e| (e.doc_id.as_str(), e.kind.as_str()))
-        .collect();
-    assert_eq!(
-        kinds,
-        HashMap::from([
-            ("h-panic", "trap"),
-            ("h-bomb", "memory"),
-            ("h-loop", "fuel"),
-            ("h-undeclared-table", "capability"),
-            ("h-bad-json", "malformed")
-        ])
-    );
+    assert_each_hostile_change_failed_as_itself(&errors);
     for e in &errors {
         assert_eq!(e.processor, "hostile");
         assert!(
@@ -272,6 +260,24 @@ async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(env: 
     assert_eq!(ids, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
     let counts = env.store.sink_counts().await.unwrap();
     assert_eq!(counts.documents, vec![("hostile".to_string(), 10)]);
+}
+
+/// One pillow error per hostile change, of the kind its misbehaviour earns.
+fn assert_each_hostile_change_failed_as_itself(errors: &[pillowtop::store::StoredError]) {
+    let kinds: HashMap<_, _> = errors
+        .iter()
+        .map(|e| (e.doc_id.as_str(), e.kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        HashMap::from([
+            ("h-panic", "trap"),
+            ("h-bomb", "memory"),
+            ("h-loop", "fuel"),
+            ("h-undeclared-table", "capability"),
+            ("h-bad-json", "malformed")
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -565,5 +571,101 @@ async fn a_row_the_store_refuses_is_a_pillow_error_for_its_change_only_in(
     assert_eq!(
         saved, n as u64,
         "the checkpoint moves past the refused change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transform_threads_split_each_chunk_across_their_own_instances() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tagger_manifest(dir.path());
+    let toml = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{toml}count_calls = true\n")).unwrap();
+    let n = 1200;
+    let lines: Vec<String> = (0..n)
+        .map(|i| change(&format!("d{i:04}"), serde_json::json!({ "i": i })))
+        .collect();
+    env.publish("lanes", 1, &lines).await;
+    let config = PillowConfig {
+        transform_threads: 3,
+        ..pillow_config("lanes", "lanes", manifest, 600)
+    };
+    let summary = run(&env, &config, caught_up()).await;
+    assert_eq!(summary.messages, n as u64);
+    assert_checkpoints_at_end(&env, "lanes", "lanes").await;
+
+    // Every change landed once, as the result of its own call: results
+    // went back to the change they came from.
+    let rows = env
+        .strings(r#"SELECT doc_id || ':' || "offset" || ':' || seq FROM tagged ORDER BY doc_id"#)
+        .await;
+    assert_eq!(rows.len(), n);
+    let mut seqs = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let parts: Vec<&str> = row.split(':').collect();
+        assert_eq!(
+            (parts[0], parts[1]),
+            (format!("d{i:04}").as_str(), i.to_string().as_str())
+        );
+        seqs.push(parts[2].parse::<usize>().unwrap());
+    }
+    // `seq` counts each instance's calls from 1: three instances took
+    // part, each with about a third of every chunk (one instance would
+    // have counted to 1200).
+    let instances = seqs.iter().filter(|&&s| s == 1).count();
+    let busiest = seqs.iter().max().copied().unwrap_or(0);
+    assert_eq!(instances, 3, "instances that ran: {instances}");
+    assert!(
+        busiest <= n / 3 + 64,
+        "one instance ran {busiest} of {n} changes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_changes_in_parallel_lanes_fail_alone() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest(
+        dir.path(),
+        "fuel = 20_000_000\nmemory_mb = 16\ntimeout_ms = 3000",
+        "",
+    );
+    // One chunk of 305 changes split three ways (runs of 102): hostile
+    // changes in every run, one of them the first change of the middle run
+    // (line 102) and two in the same run (so its instance is replaced
+    // between them).
+    let hostile = [
+        (20, "panic"),
+        (101, "bomb"),
+        (103, "loop"),
+        (204, "undeclared-table"),
+        (290, "bad-json"),
+    ];
+    let mut lines = Vec::new();
+    for i in 0..300 {
+        if let Some((_, mode)) = hostile.iter().find(|(at, _)| *at == i) {
+            lines.push(change(
+                &format!("h-{mode}"),
+                serde_json::json!({"hostile": mode}),
+            ));
+        }
+        lines.push(change(&format!("n{i:03}"), serde_json::json!({})));
+    }
+    env.publish("hl", 1, &lines).await;
+    let config = PillowConfig {
+        transform_threads: 3,
+        ..pillow_config("hostile-lanes", "hl", manifest, 400)
+    };
+    let summary = run(&env, &config, caught_up()).await;
+    assert_eq!(summary.messages, 305);
+    assert_checkpoints_at_end(&env, "hostile-lanes", "hl").await;
+    let errors = env.store.recent_errors("hostile-lanes", 100).await.unwrap();
+    assert_each_hostile_change_failed_as_itself(&errors);
+    let ids = env
+        .strings("SELECT doc_id FROM hostile_rows ORDER BY doc_id")
+        .await;
+    assert_eq!(
+        ids,
+        (0..300).map(|i| format!("n{i:03}")).collect::<Vec<_>>()
     );
 }

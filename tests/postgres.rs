@@ -461,6 +461,7 @@ async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
         checkpoint_max_delay_seconds: 300,
         num_processes: 1,
         dedicated_migration_process: false,
+        transform_threads: 1,
     };
     let pillow = pillowtop::pillow::Pillow::new(
         config,

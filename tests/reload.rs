@@ -52,7 +52,7 @@ impl TaggerPlugin {
             "description": "each change becomes one row tagged with the version",
             "topic": "load", "partition": 1, "offset": 7,
             "change": {"document_id": "d1", "document_type": "CommCareCase", "domain": "x", "document": {}},
-            "expect": [{"upsert_rows": {"table": "tagged", "rows": [["d1", fixture_tag, "load", 1, 7]]}}]
+            "expect": [{"upsert_rows": {"table": "tagged", "rows": [["d1", fixture_tag, "load", 1, 7, 0]]}}]
         });
         std::fs::write(
             self.dir.join("fixtures/01-row.json"),

@@ -25,6 +25,7 @@
 //! topics = ["case-sql"]
 //! processors = ["../plugins/case-search/plugin.toml"]
 //! chunk_size = 500
+//! # transform_threads = 2      # threads (each with its own plugin instances) per chunk
 //! ```
 
 use serde::Deserialize;
@@ -329,6 +330,13 @@ pub struct PillowConfig {
     /// Process 0 reads nothing (it runs migrations); the others split the partitions.
     #[serde(default)]
     pub dedicated_migration_process: bool,
+    /// Threads that run the processors over a chunk at once, each with its
+    /// own instance of every plugin (1..=64). A chunk is split into
+    /// contiguous runs of at least 64 changes, one per thread, and the
+    /// results are put back in chunk order, so what lands is the same as
+    /// with one thread. More than the machine's cores only adds instances.
+    #[serde(default = "default_transform_threads")]
+    pub transform_threads: usize,
 }
 
 fn default_chunk_size() -> usize {
@@ -344,6 +352,9 @@ fn default_checkpoint_max_delay_seconds() -> u64 {
     300
 }
 fn default_num_processes() -> u32 {
+    1
+}
+fn default_transform_threads() -> usize {
     1
 }
 
@@ -587,6 +598,15 @@ impl HostConfig {
                     "must be at least 1".into(),
                 ));
             }
+            if !(1..=64).contains(&p.transform_threads) {
+                return Err(invalid(
+                    &key("transform_threads"),
+                    format!(
+                        "{} is out of range 1..=64 (threads per pillow that run its plugins)",
+                        p.transform_threads
+                    ),
+                ));
+            }
             if p.num_processes == 0 {
                 return Err(invalid(&key("num_processes"), "must be at least 1".into()));
             }
@@ -717,6 +737,7 @@ mod tests {
             ),
             (500, 1000, 300)
         );
+        assert_eq!(p.transform_threads, 1, "one transform thread unless asked");
         assert_eq!(p.checkpoint_id(), "case-search");
         assert_eq!(c.admin, AdminConfig::default());
         assert_eq!(c.admin.listen_address, "127.0.0.1:0");
@@ -879,6 +900,16 @@ mod tests {
                 "num_processes = 2",
                 "chunk_size = 0",
                 &["pillows[0].chunk_size", "1..=100000"],
+            ),
+            (
+                "num_processes = 2",
+                "transform_threads = 0",
+                &["pillows[0].transform_threads", "1..=64"],
+            ),
+            (
+                "num_processes = 2",
+                "transform_threads = 65",
+                &["pillows[0].transform_threads", "65 is out of range"],
             ),
             (
                 "topics = [\"case-sql\"]",

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! poll feed (up to chunk_size, or max_wait) ─> decode ─> dedupe by document id (last wins)
-//!   ─> processors in manifest order (blocking thread) ─> compact writes
+//!   ─> processors in manifest order (blocking thread; `transform_threads`
+//!      lanes of plugin instances split the chunk) ─> compact writes
 //!   ─> Elasticsearch bulk writes (when configured; refused documents become pillow errors)
 //!   ─> one store transaction: SQL sink writes + pillow errors + checkpoint (when due)
 //! ```
@@ -31,7 +32,7 @@ use crate::sink::{Origin, Outage, OutageBackoff, VersionedAction, WritePlan};
 use crate::store::{
     ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError, Waiting,
 };
-use crate::wasm::{LoadError, Processor};
+use crate::wasm::{Failure, LoadError, Processor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -322,6 +323,17 @@ struct ProcessorStats {
     fuel: u64,
 }
 
+impl ProcessorStats {
+    /// Add another lane's counts for the same processor.
+    fn add(&mut self, other: ProcessorStats) {
+        self.ok += other.ok;
+        self.fuel += other.fuel;
+        for (kind, n) in other.failed {
+            *self.failed.entry(kind).or_default() += n;
+        }
+    }
+}
+
 impl Pillow {
     /// Prepare a pillow: create the tables and indices its processors declared.
     ///
@@ -435,12 +447,24 @@ impl Pillow {
             feed,
             store,
             elastic,
-            mut processors,
+            processors,
             mut followers,
             metrics,
         } = self;
         let started = Instant::now();
         let name = config.name.clone();
+        // One lane of processors per transform thread; lane 0 is the one
+        // versions, metrics and pillow errors are read from (all lanes run
+        // the same plugin versions).
+        let mut lanes: Vec<Vec<Processor>> = vec![processors];
+        for _ in 1..config.transform_threads {
+            lanes.push(
+                lanes[0]
+                    .iter()
+                    .map(|p| Processor::new(p.plugin().clone()))
+                    .collect(),
+            );
+        }
         let feed_err = |source| PillowError::Feed {
             pillow: name.clone(),
             source,
@@ -525,7 +549,7 @@ impl Pillow {
             partitions: assigned.clone(),
             ..Default::default()
         };
-        let versions: Vec<String> = processors
+        let versions: Vec<String> = lanes[0]
             .iter()
             .map(|p| format!("{}@{}", p.plugin().manifest().name, p.plugin().version()))
             .collect();
@@ -551,7 +575,7 @@ impl Pillow {
             };
         // Built before awaiting: the future must not hold a borrow of a
         // `Processor` (not `Sync`) across an await.
-        let started_versions: Vec<PluginEvent> = processors
+        let started_versions: Vec<PluginEvent> = lanes[0]
             .iter()
             .map(|p| {
                 let plugin = p.plugin();
@@ -634,8 +658,10 @@ impl Pillow {
                             let version = plugin.version().to_string();
                             match sinks.ensure_outputs(plugin.info()).await {
                                 Ok(()) => {
-                                    tracing::info!(pillow = %name, plugin = %processor, %version, from = %processors[i].plugin().version(), "new plugin version live at this chunk boundary");
-                                    processors[i] = Processor::new(plugin);
+                                    tracing::info!(pillow = %name, plugin = %processor, %version, from = %lanes[0][i].plugin().version(), "new plugin version live at this chunk boundary");
+                                    for lane in &mut lanes {
+                                        lane[i] = Processor::new(plugin.clone());
+                                    }
                                     plugin_event(
                                         &processor,
                                         PluginEventKind::Live,
@@ -692,13 +718,13 @@ impl Pillow {
             let t1 = Instant::now();
             let pillow = name.clone();
             let (back, outcome) =
-                tokio::task::spawn_blocking(move || run_chunk(pillow, processors, changes))
+                tokio::task::spawn_blocking(move || run_chunk(pillow, lanes, changes))
                     .await
                     .map_err(|e| PillowError::Worker {
                         pillow: name.clone(),
                         message: e.to_string(),
                     })?;
-            processors = back;
+            lanes = back;
             summary.transform_time += t1.elapsed();
 
             let t2 = Instant::now();
@@ -707,7 +733,7 @@ impl Pillow {
             for a in &outcome.actions {
                 *summary.actions.entry(a.action.kind()).or_default() += 1;
             }
-            report(&metrics, &name, &processors, &outcome.stats);
+            report(&metrics, &name, &lanes[0], &outcome.stats);
             for (tp, n) in &next {
                 let tp = tp.to_string();
                 metrics.set(
@@ -1117,17 +1143,92 @@ fn changed(
     out
 }
 
-/// Run a chunk through the processors (on a blocking thread: Wasm is CPU-bound).
+/// A transform thread gets at least this many changes of a chunk: fewer
+/// would cost more in thread start-up than they save.
+const MIN_CHANGES_PER_THREAD: usize = 64;
+
+/// What one lane made of its run of a chunk.
+struct LaneOutcome {
+    actions: Vec<VersionedAction>,
+    failures: Vec<(Origin, Failure)>,
+    stats: Vec<ProcessorStats>,
+}
+
+/// Run a chunk through the processors (on a blocking thread: Wasm is
+/// CPU-bound). With several lanes the chunk is split into contiguous runs,
+/// one per lane and thread, and the outcomes are joined in chunk order.
+///
+/// # Panics
+///
+/// Re-raises a panic of a lane's thread (a host bug); the caller's
+/// `spawn_blocking` turns it into [`PillowError::Worker`].
 fn run_chunk(
     pillow: String,
-    mut processors: Vec<Processor>,
+    mut lanes: Vec<Vec<Processor>>,
     changes: Vec<(Change, Vec<u8>)>,
-) -> (Vec<Processor>, ChunkOutcome) {
+) -> (Vec<Vec<Processor>>, ChunkOutcome) {
+    let threads = lanes
+        .len()
+        .min(changes.len().div_ceil(MIN_CHANGES_PER_THREAD))
+        .max(1);
+    let per_thread = changes.len().div_ceil(threads).max(1);
+    let outcomes: Vec<LaneOutcome> = if threads == 1 {
+        vec![run_lane(&mut lanes[0], &changes, 0)]
+    } else {
+        std::thread::scope(|scope| {
+            let mut runs = lanes.iter_mut().zip(changes.chunks(per_thread)).enumerate();
+            let (_, (first_lane, first_run)) = runs.next().expect("a chunk has a first run");
+            let others: Vec<_> = runs
+                .map(|(k, (lane, run))| scope.spawn(move || run_lane(lane, run, k * per_thread)))
+                .collect();
+            let mut outcomes = vec![run_lane(first_lane, first_run, 0)];
+            for handle in others {
+                outcomes.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            outcomes
+        })
+    };
+
     let mut outcome = ChunkOutcome {
-        stats: vec![ProcessorStats::default(); processors.len()],
+        stats: vec![ProcessorStats::default(); lanes[0].len()],
         ..ChunkOutcome::default()
     };
     let mut failures = Vec::new();
+    for lane in outcomes {
+        outcome.actions.extend(lane.actions);
+        failures.extend(lane.failures);
+        for (total, part) in outcome.stats.iter_mut().zip(lane.stats) {
+            total.add(part);
+        }
+    }
+    outcome.sources = ChunkSources {
+        pillow,
+        changes,
+        processors: lanes[0].iter().map(ProcessorRef::of).collect(),
+    };
+    outcome.errors = failures
+        .into_iter()
+        .map(|(origin, f)| outcome.sources.record(origin, f.kind, f.message))
+        .collect();
+    (lanes, outcome)
+}
+
+/// Run `changes` (which start at position `first` of the chunk) through
+/// one lane's processors, in order.
+fn run_lane(
+    processors: &mut [Processor],
+    changes: &[(Change, Vec<u8>)],
+    first: usize,
+) -> LaneOutcome {
+    let mut outcome = LaneOutcome {
+        actions: Vec::new(),
+        failures: Vec::new(),
+        stats: vec![ProcessorStats::default(); processors.len()],
+    };
     for (i, (change, _)) in changes.iter().enumerate() {
         for (j, (p, stats)) in processors
             .iter_mut()
@@ -1138,7 +1239,7 @@ fn run_chunk(
                 continue;
             }
             let origin = Origin {
-                change: i as u32,
+                change: (first + i) as u32,
                 processor: j as u16,
             };
             let result = p.process(change);
@@ -1156,21 +1257,12 @@ fn run_chunk(
                 }
                 Err(failure) => {
                     *stats.failed.entry(failure.kind).or_default() += 1;
-                    failures.push((origin, failure));
+                    outcome.failures.push((origin, failure));
                 }
             }
         }
     }
-    outcome.sources = ChunkSources {
-        pillow,
-        changes,
-        processors: processors.iter().map(ProcessorRef::of).collect(),
-    };
-    outcome.errors = failures
-        .into_iter()
-        .map(|(origin, f)| outcome.sources.record(origin, f.kind, f.message))
-        .collect();
-    (processors, outcome)
+    outcome
 }
 
 /// Add a chunk's per-processor counts to the metrics, labelled with the

@@ -2,7 +2,10 @@
 //! hot-reload tests.
 //!
 //! `[config] tag = "v1"` names the version. Every change becomes one row of
-//! table `tagged`: (doc_id, tag, topic, partition, offset). Tests swap
+//! table `tagged`: (doc_id, tag, topic, partition, offset, seq). With
+//! `count_calls = true`, `seq` counts this instance's calls from 1 (tests of
+//! parallel transform threads tell instances apart by it); otherwise it is
+//! 0, so the plugin stays deterministic and passes its fixtures. Tests swap
 //! versions under load and check from the rows that each change was
 //! processed by exactly one version, on the right side of each switch point.
 //! A deletion deletes the document's row instead (sink and crash tests
@@ -14,8 +17,12 @@ mod component {
     use pillowtop_sdk::json::Value;
     use pillowtop_sdk::types::{Value as Cell, *};
     use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
     static TAG: OnceLock<String> = OnceLock::new();
+    static COUNT_CALLS: AtomicBool = AtomicBool::new(false);
+    /// Calls of `process-change` on this instance so far.
+    static CALLS: AtomicI64 = AtomicI64::new(0);
 
     struct Tagger;
 
@@ -38,6 +45,8 @@ mod component {
                 .and_then(|v| v.as_str().map(|s| s.into_owned()))
                 .ok_or("config key `tag` (a string) is required")?;
             let _ = TAG.set(tag);
+            let count = config.get("count_calls").and_then(|v| v.as_bool()) == Some(true);
+            COUNT_CALLS.store(count, Ordering::Relaxed);
             Ok(PluginInfo {
                 tables: vec![TableSpec {
                     name: "tagged".into(),
@@ -47,6 +56,7 @@ mod component {
                         column("topic", ColumnType::Text),
                         column("partition", ColumnType::Integer),
                         column("offset", ColumnType::Integer),
+                        column("seq", ColumnType::Integer),
                     ],
                     primary_key: vec!["doc_id".into()],
                 }],
@@ -55,6 +65,11 @@ mod component {
         }
 
         fn process_change(change: Change) -> Result<Vec<Action>, ProcessError> {
+            let seq = if COUNT_CALLS.load(Ordering::Relaxed) {
+                CALLS.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                0
+            };
             if change.is_deletion {
                 return Ok(vec![Action::DeleteRows(DeleteRows {
                     table: "tagged".into(),
@@ -70,6 +85,7 @@ mod component {
                     Cell::Text(change.topic),
                     Cell::Integer(change.partition.into()),
                     Cell::Integer(change.offset as i64),
+                    Cell::Integer(seq),
                 ]],
             })])
         }
