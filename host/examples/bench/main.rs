@@ -143,6 +143,9 @@ fn transform_bench(changes: &[Change]) {
     ] {
         let runtime = Runtime::new(RuntimeOptions {
             meter_fuel,
+            // `BENCH_PERFMAP=1 perf record -e cpu-clock ...` names the
+            // plugin's functions in `perf report`.
+            perf_map: std::env::var_os("BENCH_PERFMAP").is_some(),
             ..RuntimeOptions::default()
         })
         .unwrap();
@@ -326,10 +329,10 @@ fn end_to_end_bench(n: usize) {
         "Measured on the real `pillowtop run --until-caught-up` process (every domain enabled, so every case is written).\n"
     );
     println!(
-        "| chunk_size | changes/s (wall, whole run incl. start) | pillow process CPU µs/change (user+sys) | peak RSS of the pillow process |"
+        "| chunk_size | transform_threads | changes/s (wall, whole run incl. start) | pillow process CPU µs/change (user+sys) | peak RSS of the pillow process |"
     );
-    println!("|---:|---:|---:|---:|");
-    for chunk_size in [500usize, 2000] {
+    println!("|---:|---:|---:|---:|---:|");
+    for (chunk_size, threads) in [(500usize, 1usize), (2000, 1), (2000, 2)] {
         let dir = tempfile::tempdir().unwrap();
         write_case_search_plugin(dir.path());
         let config = dir.path().join("pillowtop.toml");
@@ -337,7 +340,7 @@ fn end_to_end_bench(n: usize) {
             &config,
             format!(
                 "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
-                 [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [\"plugin/plugin.toml\"]\nchunk_size = {chunk_size}\nmax_wait_ms = 100\n",
+                 [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [\"plugin/plugin.toml\"]\nchunk_size = {chunk_size}\nmax_wait_ms = 100\ntransform_threads = {threads}\n",
                 root().join("data/compile-cache")
             ),
         )
@@ -381,7 +384,7 @@ fn end_to_end_bench(n: usize) {
             None,
         );
         println!(
-            "| {chunk_size} | {:.0} | {:.1} | {rss:.0} MiB |",
+            "| {chunk_size} | {threads} | {:.0} | {:.1} | {rss:.0} MiB |",
             n as f64 / wall,
             cpu * 1e6 / n as f64
         );
@@ -389,7 +392,7 @@ fn end_to_end_bench(n: usize) {
             .lines()
             .filter(|l| l.contains("changes read") || l.contains("time:"))
         {
-            eprintln!("  chunk {chunk_size}: {}", line.trim());
+            eprintln!("  chunk {chunk_size}, {threads} thread(s): {}", line.trim());
         }
     }
 }

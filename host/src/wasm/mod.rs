@@ -83,6 +83,10 @@ pub struct RuntimeOptions {
     /// Enforce `limits.fuel`. Always on in the host; off only to measure
     /// what fuel metering costs (`make bench`).
     pub meter_fuel: bool,
+    /// Write `/tmp/perf-<pid>.map` so `perf report` can name the compiled
+    /// plugin functions it samples (for profiling plugins; `make bench`
+    /// turns it on with `BENCH_PERFMAP=1`).
+    pub perf_map: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -92,6 +96,7 @@ impl Default for RuntimeOptions {
             guest_log_lines_per_second: 100,
             lookups: Arc::new(MemoryLookups::default()),
             meter_fuel: true,
+            perf_map: false,
         }
     }
 }
@@ -230,6 +235,9 @@ impl Runtime {
         config.consume_fuel(options.meter_fuel);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if options.perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<HostState>::new(&engine);
