@@ -413,11 +413,7 @@ fn quick_validate(b: &[u8]) -> Option<Kind> {
                 open.pop();
             }
             b'"' => i = quick_string(b, i)?,
-            b't' => i = quick_literal(b, i, b"true")?,
-            b'f' => i = quick_literal(b, i, b"false")?,
-            b'n' => i = quick_literal(b, i, b"null")?,
-            b'-' | b'0'..=b'9' => i = quick_number(b, i)?,
-            _ => return None,
+            _ => i = quick_scalar(b, i)?,
         }
         // A value is complete: close containers until one goes on.
         loop {
@@ -546,6 +542,18 @@ fn quick_string(b: &[u8], mut i: usize) -> Option<usize> {
             c if c < 0x20 => return None,
             _ => i += 1,
         }
+    }
+}
+
+/// From the first byte of a number or literal at `i`: one past its end.
+#[inline]
+fn quick_scalar(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b't' => quick_literal(b, i, b"true"),
+        b'f' => quick_literal(b, i, b"false"),
+        b'n' => quick_literal(b, i, b"null"),
+        b'-' | b'0'..=b'9' => quick_number(b, i),
+        _ => None,
     }
 }
 

@@ -31,7 +31,7 @@
 //! the answer is [`Value::parse`](super::Value::parse)'s; a test compares
 //! the two on tens of thousands of random corruptions.
 
-use super::{Containers, Kind, kind_at, quick_literal, quick_number};
+use super::{Containers, Kind, kind_at, quick_scalar};
 use std::arch::x86_64::{
     __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
     _mm_set1_epi8,
@@ -255,14 +255,7 @@ impl<'a> Tokens<'a> {
 /// whole run of scalar bytes there.
 #[inline(never)]
 fn scalar(b: &[u8], i: usize) -> Option<()> {
-    let end = match b[i] {
-        b't' => quick_literal(b, i, b"true")?,
-        b'f' => quick_literal(b, i, b"false")?,
-        b'n' => quick_literal(b, i, b"null")?,
-        b'-' | b'0'..=b'9' => quick_number(b, i)?,
-        _ => return None,
-    };
-    match b.get(end) {
+    match b.get(quick_scalar(b, i)?) {
         Some(&next)
             if !matches!(
                 next,
