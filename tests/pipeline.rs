@@ -669,3 +669,62 @@ async fn hostile_changes_in_parallel_lanes_fail_alone() {
         (0..300).map(|i| format!("n{i:03}")).collect::<Vec<_>>()
     );
 }
+
+/// Length of `path` (0 while it does not exist).
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Wait (up to 20 s) until the database file at `path` has grown by at
+/// least `bytes` over `before`: its WAL pages were copied into it.
+async fn wait_until_checkpointed(path: &std::path::Path, before: u64, bytes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while file_len(path) < before + bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is {} bytes, expected at least {before} + {bytes} once its log was checkpointed; \
+             its -wal file holds {} bytes: nothing copied the committed pages into the database file",
+            path.display(),
+            file_len(path),
+            file_len(&path.with_extension("db-wal")),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Committing connections leave WAL checkpoints to a background connection
+/// (they checkpoint by themselves only past `WAL_SAFETY_PAGES`, 64 MiB):
+/// soon after a commit, what it wrote is in the database file itself, for
+/// the feed (publish) and the store (chunk commits) alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_commits_are_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let (feed_db, store_db) = (dir.path().join("feed.db"), dir.path().join("store.db"));
+    let store = pillowtop::store::Store::open(&store_db).await.unwrap();
+    let env = Env::with_store(dir, store).await;
+    let safety: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(env.store.sqlite().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(safety, i64::from(pillowtop::sqlite::WAL_SAFETY_PAGES));
+
+    let lines = cases(9, 400);
+    let published: u64 = lines.iter().map(|l| l.len() as u64).sum();
+    let before = file_len(&feed_db);
+    env.publish("case-sql", 2, &lines).await;
+    wait_until_checkpointed(&feed_db, before, published).await;
+
+    let before = file_len(&store_db);
+    let config = pillow_config("bg", "case-sql", case_search_manifest(), 100);
+    let summary = run(&env, &config, caught_up()).await;
+    assert!(summary.chunks >= 4, "{summary:?}");
+    let written: i64 = sqlx::query_scalar(r#"SELECT SUM(LENGTH(document)) FROM "doc_case-search""#)
+        .fetch_one(env.store.sqlite().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        written > 100_000,
+        "only {written} bytes of documents written"
+    );
+    wait_until_checkpointed(&store_db, before, written as u64).await;
+}

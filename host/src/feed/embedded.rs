@@ -6,7 +6,8 @@
 //! never block the writer.
 
 use super::{FeedError, Message, TopicPartition, Watermarks, partition_for_key};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use crate::sqlite::Database;
+use sqlx::{QueryBuilder, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ const IDLE_POLL: Duration = Duration::from_millis(20);
 /// The embedded feed.
 #[derive(Clone)]
 pub struct EmbeddedFeed {
-    pool: SqlitePool,
+    db: Database,
     path: Arc<PathBuf>,
 }
 
@@ -41,11 +42,11 @@ impl EmbeddedFeed {
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<EmbeddedFeed, FeedError> {
         static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-feed");
-        let pool = crate::sqlite::open(path, &MIGRATOR)
+        let db = crate::sqlite::open(path, &MIGRATOR)
             .await
             .map_err(|e| FeedError::Invalid(format!("embedded feed {}: {e}", path.display())))?;
         Ok(EmbeddedFeed {
-            pool,
+            db,
             path: Arc::new(path.to_owned()),
         })
     }
@@ -82,7 +83,7 @@ impl EmbeddedFeed {
         let existing: Option<i64> =
             sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
                 .bind(topic)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await
                 .map_err(db_error(&self.path))?;
         match (existing, partitions) {
@@ -98,7 +99,7 @@ impl EmbeddedFeed {
                     .bind(topic)
                     .bind(p as i64)
                     .bind(crate::time::now_ms())
-                    .execute(&self.pool)
+                    .execute(&self.db.pool)
                     .await
                     .map_err(db_error(&self.path))?;
                 Ok(p)
@@ -113,7 +114,7 @@ impl EmbeddedFeed {
     /// When the database fails.
     pub async fn topics(&self) -> Result<Vec<(String, u32)>, FeedError> {
         let rows = sqlx::query("SELECT name, partitions FROM topics ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await
             .map_err(db_error(&self.path))?;
         Ok(rows
@@ -138,7 +139,7 @@ impl EmbeddedFeed {
         let partitions: Option<i64> =
             sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
                 .bind(topic)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await
                 .map_err(db_error(&self.path))?;
         let partitions = partitions.ok_or_else(|| FeedError::UnknownTopic(topic.into()))? as u32;
@@ -146,6 +147,7 @@ impl EmbeddedFeed {
         let mut written = 0;
         for batch in messages.chunks(PUBLISH_BATCH) {
             let mut tx = self
+                .db
                 .pool
                 .begin_with("BEGIN IMMEDIATE")
                 .await
@@ -180,6 +182,7 @@ impl EmbeddedFeed {
                 .await
                 .map_err(db_error(&self.path))?;
             tx.commit().await.map_err(db_error(&self.path))?;
+            self.db.committed();
             written += batch.len();
         }
         Ok(written)
@@ -195,7 +198,7 @@ impl EmbeddedFeed {
         for topic in topics {
             let n: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
                 .bind(topic)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db.pool)
                 .await
                 .map_err(db_error(&self.path))?;
             let n = n.ok_or_else(|| FeedError::UnknownTopic(topic.clone()))?;
@@ -213,7 +216,7 @@ impl EmbeddedFeed {
         let row = sqlx::query(r#"SELECT MIN("offset"), MAX("offset") FROM messages WHERE topic = ? AND partition = ?"#)
             .bind(&*tp.topic)
             .bind(tp.partition as i64)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db.pool)
             .await
             .map_err(db_error(&self.path))?;
         let (low, high): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
@@ -289,7 +292,7 @@ impl EmbeddedReader {
             .bind(tp.partition as i64)
             .bind(*position as i64)
             .bind((max - out.len()) as i64)
-            .fetch_all(&self.feed.pool)
+            .fetch_all(&self.feed.db.pool)
             .await
             .map_err(db_error(&self.feed.path))?;
             for r in rows {

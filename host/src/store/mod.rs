@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite($pool) => $body,
+            Backend::Sqlite(crate::sqlite::Database { pool: $pool, .. }) => $body,
             Backend::Postgres($pool) => $body,
         }
     };
@@ -187,7 +187,7 @@ pub struct Checkpoint {
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite(crate::sqlite::Database),
     Postgres(PgPool),
 }
 
@@ -300,7 +300,7 @@ impl Store {
     /// The SQLite pool, when the store is SQLite (for tests and tools).
     pub fn sqlite(&self) -> Option<&SqlitePool> {
         match &self.backend {
-            Backend::Sqlite(pool) => Some(pool),
+            Backend::Sqlite(db) => Some(&db.pool),
             Backend::Postgres(_) => None,
         }
     }
@@ -432,7 +432,11 @@ impl Store {
                 .map_err(self.db())?;
             }
             tx.commit().await.map_err(self.db())
-        })
+        })?;
+        if let Backend::Sqlite(db) = &self.backend {
+            db.committed();
+        }
+        Ok(())
     }
 
     /// Set checkpoints directly (operator tooling).
