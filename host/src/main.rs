@@ -896,7 +896,7 @@ async fn print_summary(
             }
         );
         println!(
-            "  time: waiting for the feed {:.2} s, decode {:.2} s, transform (wasm) {:.2} s, waiting for the store {:.2} s",
+            "  time: waiting for the feed {:.2} s, decode {:.2} s (beside the transform), transform (wasm) {:.2} s, waiting for the store {:.2} s",
             s.read_time.as_secs_f64(),
             s.decode_time.as_secs_f64(),
             s.transform_time.as_secs_f64(),
