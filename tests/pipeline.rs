@@ -707,6 +707,13 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
         .await
         .unwrap();
     assert_eq!(safety, i64::from(pillowtop::sqlite::WAL_SAFETY_PAGES));
+    // Statement journals of the multi-row upserts stay in memory (2 =
+    // MEMORY) instead of going to temporary files beside the commit.
+    let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+        .fetch_one(env.store.sqlite().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(temp_store, 2);
 
     let lines = cases(9, 400);
     let published: u64 = lines.iter().map(|l| l.len() as u64).sum();

@@ -96,7 +96,12 @@ pub async fn open(path: &Path, migrator: &Migrator) -> Result<Database, OpenErro
         // A chunk commit writes megabytes; the default 2 MiB page cache
         // spills mid-transaction. 16 MiB per connection (negative = KiB).
         .pragma("cache_size", "-16384")
-        .pragma("wal_autocheckpoint", WAL_SAFETY_PAGES.to_string());
+        .pragma("wal_autocheckpoint", WAL_SAFETY_PAGES.to_string())
+        // A multi-row upsert inside a transaction keeps a statement journal
+        // (the pages it changes, to undo just that statement if it fails
+        // part way); in memory, not in a temporary file: a chunk commit
+        // wrote megabytes of them.
+        .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options.clone())
