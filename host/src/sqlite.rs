@@ -30,6 +30,14 @@ use tokio::sync::mpsc;
 /// reached only when the background checkpointer falls behind.
 pub const WAL_SAFETY_PAGES: u32 = 4096;
 
+/// Rows a connection's thread may hand to the reading task before it
+/// waits for the task to take them (sqlx's default is 50). A feed read
+/// returns up to `chunk_size` rows; with 50, once the buffer filled, the
+/// connection thread and the reader woke each other row by row: about half
+/// of a pillow's context switches on a 2-core machine (BENCHMARKS.md 3f).
+/// Bounded, so a huge query still applies back-pressure.
+const ROW_BUFFER: usize = 4096;
+
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -101,7 +109,8 @@ pub async fn open(path: &Path, migrator: &Migrator) -> Result<Database, OpenErro
         // (the pages it changes, to undo just that statement if it fails
         // part way); in memory, not in a temporary file: a chunk commit
         // wrote megabytes of them.
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        .row_buffer_size(ROW_BUFFER);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options.clone())
