@@ -695,7 +695,8 @@ async fn wait_until_checkpointed(path: &std::path::Path, before: u64, bytes: u64
 /// Committing connections leave WAL checkpoints to a background connection
 /// (they checkpoint by themselves only past `WAL_SAFETY_PAGES`, 64 MiB):
 /// soon after a commit, what it wrote is in the database file itself, for
-/// the feed (publish) and the store (chunk commits) alike.
+/// the feed (publish) and the store (chunk commits) alike. Statement
+/// journals stay in memory, so a commit writes only the log.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_commits_are_checkpointed_in_the_background() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,9 +33,9 @@ pub const WAL_SAFETY_PAGES: u32 = 4096;
 /// Rows a connection's thread may hand to the reading task before it
 /// waits for the task to take them (sqlx's default is 50). A feed read
 /// returns up to `chunk_size` rows; with 50, once the buffer filled, the
-/// connection thread and the reader woke each other row by row: about half
-/// of a pillow's context switches on a 2-core machine (BENCHMARKS.md 3f).
-/// Bounded, so a huge query still applies back-pressure.
+/// connection thread and the reader woke each other row by row (4096 cut a
+/// pillow's context switches by 40-47%, BENCHMARKS.md 3f). Bounded, so a
+/// huge query still applies back-pressure.
 const ROW_BUFFER: usize = 4096;
 
 /// Why a database could not be opened.
@@ -108,7 +108,8 @@ pub async fn open(path: &Path, migrator: &Migrator) -> Result<Database, OpenErro
         // A multi-row upsert inside a transaction keeps a statement journal
         // (the pages it changes, to undo just that statement if it fails
         // part way); in memory, not in a temporary file: a chunk commit
-        // wrote megabytes of them.
+        // wrote megabytes of them. Sorts' temporary b-trees live in memory
+        // too; each is bounded by its one query.
         .pragma("temp_store", "memory")
         .row_buffer_size(ROW_BUFFER);
     let pool = SqlitePoolOptions::new()
