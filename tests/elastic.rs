@@ -431,7 +431,6 @@ async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     proxy.down().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let during = count(&observer).await;
     assert!(during < n as u64, "the outage came too late: publish more");
     let waiting = loop {

@@ -404,11 +404,16 @@ impl Proxy {
         }));
     }
 
+    /// Cut every connection and refuse new ones. Returns half a second
+    /// later: a request forwarded before the cut (a COMMIT, a bulk write)
+    /// still completes on the server, its client just never hears back,
+    /// and a test's "nothing lands while down" baseline must include it.
     pub async fn down(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
