@@ -692,6 +692,31 @@ async fn wait_until_checkpointed(path: &std::path::Path, before: u64, bytes: u64
     }
 }
 
+/// The bundled SQLite is built with `.cargo/config.toml`'s
+/// `LIBSQLITE3_FLAGS`: no global lock around every allocation (memory
+/// statistics off) and no page-cache group shared by all connections
+/// (memory management off), so the feed reader, the store writer and the
+/// checkpointer do not serialize on them.
+#[tokio::test(flavor = "multi_thread")]
+async fn bundled_sqlite_has_no_process_wide_allocation_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pillowtop::store::Store::open(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+        .fetch_all(store.sqlite().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "SQLite was built with memory statistics on (is LIBSQLITE3_FLAGS from .cargo/config.toml applied?): {options:?}"
+    );
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "SQLite was built with SQLITE_ENABLE_MEMORY_MANAGEMENT (one page-cache group for every connection): {options:?}"
+    );
+}
+
 /// Committing connections leave WAL checkpoints to a background connection
 /// (they checkpoint by themselves only past `WAL_SAFETY_PAGES`, 64 MiB):
 /// soon after a commit, what it wrote is in the database file itself, for
