@@ -6,6 +6,7 @@ use pillowtop::manifest::Manifest;
 use pillowtop::store::Store;
 use pillowtop::wasm::{Processor, Runtime, RuntimeOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 pub fn root() -> PathBuf {
@@ -374,6 +375,8 @@ pub struct Proxy {
     pub addr: std::net::SocketAddr,
     target: std::net::SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the running task accepted a connection since `up`.
+    forwarded: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -383,6 +386,7 @@ impl Proxy {
             addr,
             target,
             task: None,
+            forwarded: Arc::default(),
         };
         proxy.up().await;
         proxy
@@ -391,10 +395,13 @@ impl Proxy {
     pub async fn up(&mut self) {
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         let target = self.target;
+        let forwarded = Arc::clone(&self.forwarded);
+        forwarded.store(false, Ordering::Relaxed);
         self.task = Some(tokio::spawn(async move {
             // Dropping the set (when this task is aborted) cuts every connection.
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                forwarded.store(true, Ordering::Relaxed);
                 connections.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -404,16 +411,19 @@ impl Proxy {
         }));
     }
 
-    /// Cut every connection and refuse new ones. Returns half a second
-    /// later: a request forwarded before the cut (a COMMIT, a bulk write)
-    /// still completes on the server, its client just never hears back,
-    /// and a test's "nothing lands while down" baseline must include it.
+    /// Cut every connection and refuse new ones. If any connection was
+    /// forwarded, returns half a second later: a request forwarded before
+    /// the cut (a COMMIT, a bulk write) still completes on the server, its
+    /// client just never hears back, and a test's "nothing lands while
+    /// down" baseline must include it.
     pub async fn down(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
+            if self.forwarded.load(Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
