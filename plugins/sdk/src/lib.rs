@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod json;
+pub mod mem;
 
 /// The generated bindings of `wit/processor.wit`.
 #[cfg(target_arch = "wasm32")]
