@@ -182,9 +182,31 @@ impl<'a> Key<'a> {
     /// key has no escapes).
     pub fn is(&self, name: &str) -> bool {
         let inner = &self.raw[1..self.raw.len() - 1];
-        // Equal as written is equal (an escape-free name matches itself);
-        // only a key with escapes needs decoding to compare.
-        inner == name || (inner.as_bytes().contains(&b'\\') && self.decoded() == name)
+        let (written, name_bytes) = (inner.as_bytes(), name.as_bytes());
+        // Written and decoded forms are the same for a key without escapes.
+        // Every escape is longer written than decoded (`\n` is two bytes
+        // for one, `\u00e9` six for two), so a key with escapes is written
+        // longer than any name it equals: a key as long as `name` equals it
+        // only if identical and escape-free, and a shorter one never does.
+        if written.len() <= name_bytes.len() {
+            return written == name_bytes && !written.contains(&b'\\');
+        }
+        // Longer as written: equal only through an escape. Up to the first
+        // escape the written and decoded bytes are the same, so the first
+        // byte where the key differs from a `name` it decodes to is a `\`:
+        // the `\` of that escape or, for a run of escaped backslashes (two
+        // written bytes each), a `\` still inside the run. A first
+        // difference anywhere else settles it without decoding, which is
+        // nearly every key after a byte or two.
+        let differs = written
+            .iter()
+            .zip(name_bytes)
+            .position(|(w, n)| w != n)
+            .unwrap_or(name_bytes.len());
+        if written[differs] != b'\\' {
+            return false;
+        }
+        self.decoded() == name
     }
 }
 
@@ -1194,6 +1216,63 @@ mod tests {
         assert_eq!(Value::parse(&text).unwrap_err().reason, "nesting too deep");
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(Value::parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn keys_compare_by_their_decoded_text() {
+        let v = Value::parse(
+            r#"{"case_json":1,"case\u005fjson":2,"a\nb":3,"\u00e9":4,"é":5,"cas":6,"\"ab":7}"#,
+        )
+        .unwrap();
+        let keys: Vec<Key<'_>> = v.members().map(|(k, _)| k).collect();
+        let is = |i: usize, name: &str| keys[i].is(name);
+        assert!(is(0, "case_json") && is(1, "case_json"));
+        assert!(is(2, "a\nb"), "an escaped newline is a newline");
+        assert!(!is(2, r"a\nb"), "written as `a\\nb`, not the text `a\\nb`");
+        assert!(is(3, "é") && is(4, "é"));
+        assert!(!is(3, r"\u00e9"));
+        assert!(!is(5, "case_json") && !is(0, "cas"));
+        assert!(is(6, "\"ab") && !is(6, r#"\"ab"#));
+        // Every key agrees with its decoded text.
+        for k in &keys {
+            assert!(k.is(&k.decoded()), "{}", k.raw());
+        }
+    }
+
+    #[test]
+    fn key_comparison_agrees_with_decoding_on_every_small_key() {
+        // Every key of up to three pieces, plain or escaped, against every
+        // such key's decoded and written text: `is` must answer exactly
+        // what decoding and comparing answers.
+        let pieces = ["a", "b", r"\\", r"\n", r"\u0061", r#"\""#, r"\/", "/"];
+        let mut written = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = written
+                .iter()
+                .flat_map(|w| pieces.iter().map(move |p| format!("{w}{p}")))
+                .collect();
+            written.extend(longer);
+        }
+        written.sort();
+        written.dedup();
+        let texts: Vec<String> = written.iter().map(|w| format!("{{\"{w}\":0}}")).collect();
+        let keys: Vec<Key<'_>> = texts
+            .iter()
+            .map(|t| Value::parse(t).unwrap().members().next().unwrap().0)
+            .collect();
+        let mut names: Vec<String> = keys.iter().map(|k| k.decoded().into_owned()).collect();
+        names.extend(written.iter().cloned());
+        for k in &keys {
+            let decoded = k.decoded();
+            for name in &names {
+                assert_eq!(
+                    k.is(name),
+                    *decoded == **name,
+                    "key {} name {name:?}",
+                    k.raw()
+                );
+            }
+        }
     }
 
     #[test]
