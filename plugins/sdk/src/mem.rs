@@ -16,9 +16,11 @@ use core::ptr::read_unaligned;
 /// Compare `n` bytes at `a` and `b` as unsigned bytes, like C's `memcmp`:
 /// negative if `a` sorts first, zero if equal, positive if `b` sorts first.
 ///
-/// Eight bytes per step (four, then single bytes, for what is left); on a
+/// Eight bytes per step, then four, two and one for what is left; on a
 /// differing word, the first differing byte comes from the lowest set bit
-/// of the two words' XOR (loads are little-endian on Wasm and x86).
+/// of the two words' XOR (loads are little-endian on Wasm and x86). No
+/// loop compares single bytes, so the compiler has no byte-compare idiom
+/// to turn back into a call of `memcmp` (this function).
 ///
 /// # Safety
 ///
@@ -26,34 +28,36 @@ use core::ptr::read_unaligned;
 #[inline]
 pub unsafe fn compare(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
-    // SAFETY: every read below stays within `i..n`, which the caller
-    // guarantees readable at both pointers.
-    unsafe {
-        while i + 8 <= n {
-            let x = read_unaligned(a.add(i).cast::<u64>());
-            let y = read_unaligned(b.add(i).cast::<u64>());
-            if x != y {
-                let k = i + ((x ^ y).trailing_zeros() / 8) as usize;
-                return i32::from(*a.add(k)) - i32::from(*b.add(k));
+    // If a word of type `$t` fits at `i`, compare it: return at a
+    // difference, step past it when equal.
+    macro_rules! word {
+        ($t:ty) => {
+            if i + size_of::<$t>() <= n {
+                // SAFETY: `i + size_of::<$t>() <= n`, and the caller
+                // guarantees `n` readable bytes at both pointers.
+                let (x, y) = unsafe {
+                    (
+                        read_unaligned(a.add(i).cast::<$t>()),
+                        read_unaligned(b.add(i).cast::<$t>()),
+                    )
+                };
+                if x != y {
+                    let k = i + ((x ^ y).trailing_zeros() / 8) as usize;
+                    // SAFETY: `k` is inside the word just read.
+                    return unsafe { i32::from(*a.add(k)) - i32::from(*b.add(k)) };
+                }
+                i += size_of::<$t>();
             }
-            i += 8;
-        }
-        if i + 4 <= n {
-            let x = read_unaligned(a.add(i).cast::<u32>());
-            let y = read_unaligned(b.add(i).cast::<u32>());
-            if x != y {
-                let k = i + ((x ^ y).trailing_zeros() / 8) as usize;
-                return i32::from(*a.add(k)) - i32::from(*b.add(k));
-            }
-            i += 4;
-        }
-        while i < n {
-            let (x, y) = (*a.add(i), *b.add(i));
-            if x != y {
-                return i32::from(x) - i32::from(y);
-            }
-            i += 1;
-        }
+        };
+    }
+    while i + 8 <= n {
+        word!(u64);
+    }
+    word!(u32);
+    word!(u16);
+    if i < n {
+        // SAFETY: `i < n`.
+        return unsafe { i32::from(*a.add(i)) - i32::from(*b.add(i)) };
     }
     0
 }
