@@ -1228,7 +1228,10 @@ mod tests {
         let is = |i: usize, name: &str| keys[i].is(name);
         assert!(is(0, "case_json") && is(1, "case_json"));
         assert!(is(2, "a\nb"), "an escaped newline is a newline");
-        assert!(!is(2, r"a\nb"), "written as `a\\nb`, not the text `a\\nb`");
+        assert!(
+            !is(2, r"a\nb"),
+            "the key is a, newline, b; not a, backslash, n, b"
+        );
         assert!(is(3, "é") && is(4, "é"));
         assert!(!is(3, r"\u00e9"));
         assert!(!is(5, "case_json") && !is(0, "cas"));
