@@ -28,7 +28,8 @@
 #![warn(missing_docs)]
 
 pub mod json;
-pub mod mem;
+// Not public: it only supplies the guest's `memcmp` symbol.
+mod mem;
 
 /// The generated bindings of `wit/processor.wit`.
 #[cfg(target_arch = "wasm32")]

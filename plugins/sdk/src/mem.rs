@@ -11,6 +11,7 @@
 //! and the linker takes it instead of libc's. [`compare`] is plain Rust so
 //! it is tested natively against slice ordering.
 
+#[cfg(any(target_arch = "wasm32", test))]
 use core::ptr::read_unaligned;
 
 /// Compare `n` bytes at `a` and `b` as unsigned bytes, like C's `memcmp`:
@@ -25,8 +26,9 @@ use core::ptr::read_unaligned;
 /// # Safety
 ///
 /// `a` and `b` must each be valid for reads of `n` bytes.
+#[cfg(any(target_arch = "wasm32", test))]
 #[inline]
-pub unsafe fn compare(a: *const u8, b: *const u8, n: usize) -> i32 {
+unsafe fn compare(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     // If a word of type `$t` fits at `i`, compare it: return at a
     // difference, step past it when equal.
@@ -69,7 +71,7 @@ pub unsafe fn compare(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// As C's `memcmp`: `a` and `b` valid for reads of `n` bytes.
 #[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: the caller's contract is `compare`'s.
     unsafe { compare(a, b, n) }
 }
