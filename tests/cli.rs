@@ -2,7 +2,6 @@
 //! plugin check, and config errors.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -117,18 +116,10 @@ fn sigterm_finishes_the_chunk_saves_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 20);
     gen_and_publish(&config, 30_000);
-    let mut child = bin()
-        .args(["--config", config.to_str().unwrap(), "--log", "info", "run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = bin();
+    run.args(["--config", config.to_str().unwrap(), "--log", "info", "run"]);
     // Wait for the pillow to start, let it work briefly, then SIGTERM.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("pillow started") {
-        line.clear();
-    }
+    let (mut child, _stderr) = spawn_started(run);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -31,6 +31,7 @@ fn config(name: &str, chunk_size: usize) -> PillowConfig {
         num_processes: 1,
         dedicated_migration_process: false,
         transform_threads: 1,
+        chunk_memory_mb: 256,
     }
 }
 
@@ -459,6 +460,7 @@ async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
         &config,
         &env.feed(),
         &env.store,
+        pillowtop::wasm::DEFAULT_MAX_COMPONENT_BYTES,
     )
     .await
     .unwrap()]);

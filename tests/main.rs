@@ -9,6 +9,7 @@ mod cli;
 mod elastic;
 mod kafka;
 mod languages;
+mod limits;
 mod loading;
 mod pipeline;
 mod postgres;

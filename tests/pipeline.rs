@@ -26,6 +26,7 @@ fn pillow_config(name: &str, topic: &str, manifest: PathBuf, chunk_size: usize) 
         num_processes: 1,
         dedicated_migration_process: false,
         transform_threads: 1,
+        chunk_memory_mb: 256,
     }
 }
 

@@ -462,6 +462,7 @@ async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
         num_processes: 1,
         dedicated_migration_process: false,
         transform_threads: 1,
+        chunk_memory_mb: 256,
     };
     let pillow = pillowtop::pillow::Pillow::new(
         config,

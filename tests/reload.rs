@@ -176,6 +176,28 @@ async fn a_reload_stages_only_versions_that_compile_init_and_pass_fixtures() {
     assert!(!metrics.contains(&format!("version=\"{v1}\"")), "{metrics}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_whose_init_sleeps_is_staged_without_holding_the_reload() {
+    // Before, `init` sleeping (WASI served the sleep with real time) hung
+    // `plugin reload` and every later reload of the plugin.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest(dir.path(), "fuel = 50_000_000\ntimeout_ms = 1000", "");
+    let plugins = plugins();
+    let slot = tokio::task::block_in_place(|| plugins.load(&manifest))
+        .unwrap()
+        .0;
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n[config]\nsleep_init = true\n")).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        plugins.reload_named(Some("hostile")),
+    )
+    .await
+    .expect("the reload returned: init sleeps under a frozen clock");
+    assert!(matches!(out[0], ReloadOutcome::Live { .. }), "{out:?}");
+    assert_eq!(slot.generation(), 1);
+}
+
 fn write_config(dir: &Path, manifest: &Path, watch: bool) -> PathBuf {
     let path = dir.join("pillowtop.toml");
     let text = format!(

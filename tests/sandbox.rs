@@ -179,3 +179,230 @@ fn the_same_change_gives_the_same_actions() {
     let b = p.process(&hostile("sandbox", "d")).unwrap();
     assert_eq!(a, b);
 }
+
+/// Run `f` on its own thread; fail (instead of hanging the suite) if it
+/// has not returned within `seconds`. A liveness bound, not a benchmark.
+fn within<T: Send + 'static>(
+    seconds: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(seconds))
+        .unwrap_or_else(|_| panic!("{what} did not return within {seconds} s"))
+}
+
+fn document(actions: &[Action]) -> serde_json::Value {
+    let Action::IndexDocument { document, .. } = &actions[0] else {
+        panic!("{actions:?}")
+    };
+    serde_json::from_str(document).unwrap()
+}
+
+#[test]
+fn a_sleep_returns_at_once_under_the_frozen_clock() {
+    // `std::thread::sleep(1 hour)`: before, wasmtime-wasi slept for real
+    // inside the host call, where the epoch deadline cannot fire.
+    let (_dir, mut p) = processor("fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 1000", "");
+    let actions = within(60, "a sleeping plugin", move || {
+        let a = p.process(&hostile("sleep", "zz")).unwrap();
+        assert_next_change_works(&mut p, "sleep");
+        a
+    });
+    assert_eq!(document(&actions)["slept"], true);
+}
+
+#[test]
+fn a_sleep_loop_spins_into_its_fuel_limit() {
+    let (_dir, mut p) = processor("fuel = 20_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
+    let err = within(60, "a sleep loop", move || {
+        p.process(&hostile("sleep-loop", "zz")).unwrap_err()
+    });
+    assert_eq!(err.kind, ErrorKind::Fuel, "{}", err.message);
+}
+
+#[test]
+fn an_init_that_sleeps_does_not_hold_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest(
+        dir.path(),
+        "fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 1000",
+        "[config]\nsleep_init = true",
+    );
+    let mut p = within(120, "loading a plugin whose init sleeps", move || {
+        load(&manifest)
+    });
+    assert_next_change_works(&mut p, "a sleeping init");
+}
+
+#[test]
+fn aliased_outputs_are_refused_while_the_host_copies_them() {
+    // A 4 MiB guest returns 100 documents that all point at one 1 MiB
+    // string: 100 MiB once copied. The default limits.output_mb (16) stops
+    // the copy; the host never holds the whole output.
+    let (_dir, mut p) = processor("fuel = 500_000_000\nmemory_mb = 4\ntimeout_ms = 5000", "");
+    let err = p.process(&hostile("alias", "al")).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Output, "{}", err.message);
+    assert!(
+        err.message
+            .contains("more than limits.output_mb allows (16777216 bytes"),
+        "{}",
+        err.message
+    );
+    assert_next_change_works(&mut p, "an aliased output");
+}
+
+#[test]
+fn output_mb_bounds_one_large_document_and_can_be_raised() {
+    // 20 MiB in one document: over the default 16 MiB, within 32.
+    let big = change(
+        "big",
+        1,
+        serde_json::json!({"hostile": "big", "kib": 20 * 1024}),
+    );
+    let (_dir, mut p) = processor("fuel = 500_000_000\nmemory_mb = 64\ntimeout_ms = 5000", "");
+    let err = p.process(&big).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Output, "{}", err.message);
+    assert_next_change_works(&mut p, "a large document");
+    let (_dir, mut p) = processor(
+        "fuel = 500_000_000\nmemory_mb = 64\ntimeout_ms = 5000\noutput_mb = 32",
+        "",
+    );
+    let actions = p.process(&big).unwrap();
+    let Action::IndexDocument { document, .. } = &actions[0] else {
+        panic!("{actions:?}")
+    };
+    assert!(document.len() > 20 << 20);
+    assert!(
+        p.last_output_bytes() > 20 << 20,
+        "counted: {}",
+        p.last_output_bytes()
+    );
+}
+
+#[test]
+fn a_plugin_error_message_is_cut_with_its_length() {
+    let (_dir, mut p) = processor("fuel = 500_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
+    let err = p
+        .process(&change(
+            "e",
+            1,
+            serde_json::json!({"hostile": "big-error", "kib": 1024}),
+        ))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Retryable);
+    assert!(err.message.len() < 4200, "{} bytes", err.message.len());
+    assert!(err.message.starts_with("eeee"), "{}", &err.message[..40]);
+    assert!(
+        err.message
+            .ends_with("[cut: the message was 1048576 bytes]"),
+        "{}",
+        &err.message[err.message.len() - 60..]
+    );
+}
+
+#[test]
+fn random_numbers_follow_the_change_not_the_instance() {
+    let (_dir, mut p) = processor("fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
+    let at = |offset| change("r", offset, serde_json::json!({"hostile": "random"}));
+    let first = document(&p.process(&at(5)).unwrap());
+    let other = document(&p.process(&at(6)).unwrap());
+    let again = document(&p.process(&at(5)).unwrap());
+    p.reinstantiate().unwrap();
+    let fresh = document(&p.process(&at(5)).unwrap());
+    assert_eq!(
+        first["random"], again["random"],
+        "same change, same instance"
+    );
+    assert_eq!(
+        first["random"], fresh["random"],
+        "same change, fresh instance"
+    );
+    assert_ne!(
+        first["random"], other["random"],
+        "another change, other numbers"
+    );
+    // The clocks are frozen: a 50 ms sleep takes no time, and it is 1970.
+    assert_eq!(first["monotonic_elapsed_ns"], 0, "{first}");
+    assert_eq!(first["wall_ns"], 0, "{first}");
+}
+
+#[test]
+fn key_values_longer_than_document_ids_are_malformed() {
+    let (_dir, mut p) = processor("fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
+    let err = p.process(&hostile("long-key", "lk")).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Malformed, "{}", err.message);
+    assert!(err.message.contains("at most 512 bytes"), "{}", err.message);
+    assert_next_change_works(&mut p, "a long key");
+}
+
+/// A lookup resource that takes its time (as one backed by a database
+/// can) and ignores the deadline it is given, counting the lookups it served.
+#[derive(Default)]
+struct SlowLookups(std::sync::atomic::AtomicUsize);
+
+impl pillowtop::wasm::Lookups for SlowLookups {
+    fn get(&self, _resource: &str, _key: &str, _deadline: std::time::Instant) -> Option<String> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some("v".into())
+    }
+}
+
+#[test]
+fn time_spent_in_host_calls_counts_against_the_deadline() {
+    let lookups = Arc::new(SlowLookups::default());
+    let runtime = pillowtop::wasm::Runtime::new(pillowtop::wasm::RuntimeOptions {
+        compile_cache_dir: Some(cache_dir()),
+        lookups: lookups.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest(
+        dir.path(),
+        "fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 500",
+        "lookups = [\"slow\"]",
+    );
+    let manifest = pillowtop::manifest::Manifest::load(&manifest).unwrap();
+    let (mut p, _) = runtime.load(&manifest).unwrap();
+    let one = change("l1", 1, serde_json::json!({"hostile": "lookups", "n": 1}));
+    assert_eq!(document(&p.process(&one).unwrap())["found"], 1);
+    // Five lookups of 300 ms each in a 500 ms call: the deadline passes
+    // during the second, and no third one starts.
+    let before = lookups.0.load(std::sync::atomic::Ordering::SeqCst);
+    let five = change("l5", 2, serde_json::json!({"hostile": "lookups", "n": 5}));
+    let err = p.process(&five).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{}", err.message);
+    assert_eq!(
+        lookups.0.load(std::sync::atomic::Ordering::SeqCst) - before,
+        2,
+        "lookups served in the 500 ms call"
+    );
+}
+
+#[test]
+fn fixtures_catch_output_that_drifts_after_some_calls() {
+    let (_dir, mut p) = processor("fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
+    let fixture = serde_json::json!({
+        "change": {"document_id": "d", "document_type": "CommCareCase", "document": {"hostile": "drift", "from_call": 4}},
+        "expect": [{"index_document": {"index": "hostile", "id": "d", "document": {"n": 0}}}]
+    });
+    let fixture: pillowtop::fixtures::Fixture = serde_json::from_str(&fixture.to_string()).unwrap();
+    // Two calls on one instance look deterministic; the fourth is not.
+    assert_eq!(
+        pillowtop::fixtures::run_times(&mut p, "drift", &fixture, 2).failure,
+        None
+    );
+    p.reinstantiate().unwrap();
+    let failure = pillowtop::fixtures::run_times(&mut p, "drift", &fixture, 4)
+        .failure
+        .expect("the fourth call differs");
+    assert!(
+        failure.contains("not deterministic: call 4 of the same change on one instance"),
+        "{failure}"
+    );
+}

@@ -211,6 +211,28 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Spawn `run` (a `pillowtop ... --log info run` command) with piped output
+/// and return once its pillow has started, with the rest of its stderr.
+pub fn spawn_started(
+    mut run: std::process::Command,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    use std::io::BufRead;
+    let mut child = run
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("pillow started") {
+        line.clear();
+    }
+    (child, stderr)
+}
+
 /// The `pillowtop` binary, with no PILLOWTOP_* settings from the environment.
 pub fn bin() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pillowtop"));

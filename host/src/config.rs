@@ -217,9 +217,24 @@ pub struct RuntimeConfig {
     #[serde(default = "default_cache_dir")]
     pub compile_cache_dir: PathBuf,
     /// Plugin log and stdout/stderr lines per second per plugin before the
-    /// rest are dropped (and counted).
+    /// rest are dropped (and counted). The same rate bounds the host's own
+    /// "change failed" lines per plugin.
     #[serde(default = "default_log_lines_per_second")]
     pub guest_log_lines_per_second: u32,
+    /// Largest component file loaded, in MiB. Anything else (a directory,
+    /// a device such as `/dev/zero`, a FIFO) is refused before reading.
+    #[serde(default = "default_max_component_mb")]
+    pub max_component_mb: u32,
+    /// How long `run` may take to stop after SIGTERM or Ctrl-C, in
+    /// seconds: it finishes the chunk in hand and saves checkpoints. A
+    /// plugin call still running when the time is up (a long
+    /// `limits.timeout_ms`) is left behind: the process logs which plugin,
+    /// change and partition it was, exits with status 1, and the
+    /// uncommitted chunk is read again on restart. Keep it below your
+    /// supervisor's kill timeout (Kubernetes: 30 s by default). A second
+    /// signal stops at once the same way.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -228,13 +243,28 @@ fn default_cache_dir() -> PathBuf {
 fn default_log_lines_per_second() -> u32 {
     100
 }
+fn default_max_component_mb() -> u32 {
+    256
+}
+fn default_shutdown_grace_seconds() -> u64 {
+    20
+}
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             compile_cache_dir: default_cache_dir(),
             guest_log_lines_per_second: default_log_lines_per_second(),
+            max_component_mb: default_max_component_mb(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// `max_component_mb` in bytes.
+    pub fn max_component_bytes(&self) -> u64 {
+        u64::from(self.max_component_mb) << 20
     }
 }
 
@@ -337,6 +367,14 @@ pub struct PillowConfig {
     /// with one thread. More than the machine's cores only adds instances.
     #[serde(default = "default_transform_threads")]
     pub transform_threads: usize,
+    /// Most bytes of actions (documents, ids, row cells) a chunk holds
+    /// before it is written, in MiB. A chunk whose actions would exceed it
+    /// is written early in smaller pieces (its checkpoint still waits for
+    /// the last piece), so a chunk of large outputs cannot exhaust the
+    /// host's memory. Peak memory for actions is about twice this (one
+    /// piece written while the next is processed).
+    #[serde(default = "default_chunk_memory_mb")]
+    pub chunk_memory_mb: u32,
 }
 
 fn default_chunk_size() -> usize {
@@ -357,8 +395,16 @@ fn default_num_processes() -> u32 {
 fn default_transform_threads() -> usize {
     1
 }
+fn default_chunk_memory_mb() -> u32 {
+    256
+}
 
 impl PillowConfig {
+    /// `chunk_memory_mb` in bytes.
+    pub fn chunk_memory_bytes(&self) -> usize {
+        self.chunk_memory_mb as usize * 1024 * 1024
+    }
+
     /// The checkpoint id in use.
     pub fn checkpoint_id(&self) -> &str {
         self.checkpoint_id.as_deref().unwrap_or(&self.name)
@@ -549,6 +595,21 @@ impl HostConfig {
         }
         let mut runtime = raw.runtime;
         runtime.compile_cache_dir = resolve(&runtime.compile_cache_dir);
+        if !(1..=4096).contains(&runtime.max_component_mb) {
+            return Err(invalid(
+                "runtime.max_component_mb",
+                format!("{} is out of range 1..=4096", runtime.max_component_mb),
+            ));
+        }
+        if !(1..=3600).contains(&runtime.shutdown_grace_seconds) {
+            return Err(invalid(
+                "runtime.shutdown_grace_seconds",
+                format!(
+                    "{} is out of range 1..=3600",
+                    runtime.shutdown_grace_seconds
+                ),
+            ));
+        }
 
         let mut names = std::collections::HashSet::new();
         for (i, p) in raw.pillows.iter_mut().enumerate() {
@@ -590,6 +651,12 @@ impl HostConfig {
                 return Err(invalid(
                     &key("chunk_size"),
                     format!("{} is out of range 1..=100000", p.chunk_size),
+                ));
+            }
+            if !(1..=65_536).contains(&p.chunk_memory_mb) {
+                return Err(invalid(
+                    &key("chunk_memory_mb"),
+                    format!("{} is out of range 1..=65536", p.chunk_memory_mb),
                 ));
             }
             if p.checkpoint_every == 0 {
@@ -738,6 +805,9 @@ mod tests {
             (500, 1000, 300)
         );
         assert_eq!(p.transform_threads, 1, "one transform thread unless asked");
+        assert_eq!(p.chunk_memory_bytes(), 256 << 20);
+        assert_eq!(c.runtime.max_component_bytes(), 256 << 20);
+        assert_eq!(c.runtime.shutdown_grace_seconds, 20);
         assert_eq!(p.checkpoint_id(), "case-search");
         assert_eq!(c.admin, AdminConfig::default());
         assert_eq!(c.admin.listen_address, "127.0.0.1:0");
@@ -915,6 +985,21 @@ mod tests {
                 "topics = [\"case-sql\"]",
                 "topics = []",
                 &["pillows[0].topics"],
+            ),
+            (
+                "num_processes = 2",
+                "chunk_memory_mb = 0",
+                &["pillows[0].chunk_memory_mb", "1..=65536"],
+            ),
+            (
+                "[store]",
+                "[runtime]\nmax_component_mb = 0\n[store]",
+                &["key `runtime.max_component_mb`", "1..=4096"],
+            ),
+            (
+                "[store]",
+                "[runtime]\nshutdown_grace_seconds = 0\n[store]",
+                &["key `runtime.shutdown_grace_seconds`", "1..=3600"],
             ),
             (
                 "[store]",

@@ -7,6 +7,27 @@
 
 use std::fmt;
 
+/// Longest pillow error message kept, in bytes: the same cut as a plugin's
+/// log lines. A message is stored, logged and shown by `status`, so a
+/// plugin must not be able to make it arbitrarily large.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] on a character
+/// boundary; a cut message ends with a note of its original length, so
+/// nobody mistakes it for the whole text. Cutting a cut message changes
+/// nothing.
+pub fn cut_message(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let note = format!("… [cut: the message was {} bytes]", message.len());
+    let mut end = MAX_MESSAGE_BYTES - note.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &message[..end])
+}
+
 /// What kind of failure a pillow error records. The names are stable: they
 /// are stored, shown by `status` and used as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +40,10 @@ pub enum ErrorKind {
     Timeout,
     /// The plugin tried to grow memory beyond `limits.memory_mb`.
     Memory,
+    /// The plugin handed the host more data in one call than
+    /// `limits.output_mb` (its actions' strings and rows, a log line, a
+    /// request for random bytes).
+    Output,
     /// The plugin trapped: a panic, an `unreachable`, a stack overflow.
     Trap,
     /// The plugin used a table, index or lookup it did not declare.
@@ -38,11 +63,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Decode,
         ErrorKind::Fuel,
         ErrorKind::Timeout,
         ErrorKind::Memory,
+        ErrorKind::Output,
         ErrorKind::Trap,
         ErrorKind::Capability,
         ErrorKind::Malformed,
@@ -59,6 +85,7 @@ impl ErrorKind {
             ErrorKind::Fuel => "fuel",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Memory => "memory",
+            ErrorKind::Output => "output",
             ErrorKind::Trap => "trap",
             ErrorKind::Capability => "capability",
             ErrorKind::Malformed => "malformed",
@@ -143,6 +170,30 @@ mod tests {
         assert_eq!(b.next_attempt_ms(3, 0), Some(45 * min));
         assert_eq!(b.next_attempt_ms(8, 1000), Some(1000 + 45 * min));
         assert_eq!(b.next_attempt_ms(9, 0), None);
+    }
+
+    #[test]
+    fn long_messages_are_cut_with_their_length() {
+        assert_eq!(cut_message("short".into()), "short");
+        let exact = "a".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(cut_message(exact.clone()), exact);
+        let long = "é".repeat(MAX_MESSAGE_BYTES); // 2 bytes a character
+        let cut = cut_message(long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{} bytes", cut.len());
+        assert!(cut.len() > MAX_MESSAGE_BYTES - 64, "{} bytes", cut.len());
+        assert!(cut.starts_with("éé"), "{cut}");
+        assert!(
+            cut.ends_with(&format!(
+                "é… [cut: the message was {} bytes]",
+                2 * MAX_MESSAGE_BYTES
+            )),
+            "a cut never splits a character: {cut}"
+        );
+        assert_eq!(
+            cut_message(cut.clone()),
+            cut,
+            "a cut message stays as it is"
+        );
     }
 
     #[test]

@@ -15,13 +15,15 @@
 //! `upsert_rows` (rows of JSON scalars) or `delete_rows`; documents are
 //! compared as JSON values (member order does not matter, array order
 //! does). Instead of `expect`, `expect_error` names the error kind. Each
-//! fixture runs three times, twice on one instance and once on a fresh one:
-//! all runs must give the same result (plugins must be deterministic and
-//! must not depend on state left by earlier calls).
+//! fixture runs several times on one instance ([`DEFAULT_RUNS`], or
+//! `plugin check --runs N`) and once more on a fresh one: all runs must
+//! give the same result (plugins must be deterministic and must not depend
+//! on state left by earlier calls). Failures describe a large output by a
+//! summary, never whole.
 
 use crate::action::{Action, Cell};
 use crate::feed::{Message, TopicPartition};
-use crate::wasm::Processor;
+use crate::wasm::{Failure, Processor};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,15 @@ fn default_topic() -> String {
     "fixtures".into()
 }
 
+/// Calls of each fixture on one instance (a fresh instance runs it once more).
+pub const DEFAULT_RUNS: usize = 3;
+
+/// Largest fixture file read.
+const MAX_FIXTURE_BYTES: u64 = 16 << 20;
+
+/// Longest rendering of an output or action in a failure message.
+const MAX_SHOWN_CHARS: usize = 2000;
+
 /// The result of one fixture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixtureResult {
@@ -79,7 +90,7 @@ pub enum FixtureError {
         /// Path.
         path: PathBuf,
         /// Error.
-        source: std::io::Error,
+        source: crate::file::ReadError,
     },
     /// A file is not a valid fixture.
     #[error("invalid fixture {path}: {message}")]
@@ -97,9 +108,9 @@ pub enum FixtureError {
 ///
 /// See [`FixtureError`].
 pub fn load(dir: &Path) -> Result<Vec<(String, Fixture)>, FixtureError> {
-    let read = |source| FixtureError::Read {
+    let read = |source: std::io::Error| FixtureError::Read {
         path: dir.to_owned(),
-        source,
+        source: source.into(),
     };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(read)?
@@ -110,7 +121,12 @@ pub fn load(dir: &Path) -> Result<Vec<(String, Fixture)>, FixtureError> {
     paths
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).map_err(|source| FixtureError::Read {
+            let text = crate::file::read_text_bounded(
+                &path,
+                MAX_FIXTURE_BYTES,
+                "a fixture is at most 16 MiB",
+            )
+            .map_err(|source| FixtureError::Read {
                 path: path.clone(),
                 source,
             })?;
@@ -134,8 +150,20 @@ pub fn load(dir: &Path) -> Result<Vec<(String, Fixture)>, FixtureError> {
         .collect()
 }
 
-/// Run one fixture through `processor`.
+/// Run one fixture through `processor`, [`DEFAULT_RUNS`] times on one
+/// instance and once on a fresh one.
 pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureResult {
+    run_times(processor, name, fixture, DEFAULT_RUNS)
+}
+
+/// Run one fixture through `processor`, `runs` times (at least 2) on one
+/// instance and once on a fresh one; every result must be the same.
+pub fn run_times(
+    processor: &mut Processor,
+    name: &str,
+    fixture: &Fixture,
+    runs: usize,
+) -> FixtureResult {
     let message = Message {
         tp: TopicPartition::new(&fixture.topic, fixture.partition),
         offset: fixture.offset,
@@ -153,17 +181,23 @@ pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureR
         Ok(c) => c,
         Err(e) => return fail(format!("the fixture's change does not decode: {e}"), 0),
     };
-    // Three runs: twice on one instance, then on a fresh one. All must
+    // Several runs on one instance, then one on a fresh instance. All must
     // agree: a plugin may not depend on state left by earlier calls (the
     // host replaces instances after a trap and after a reload).
     let first = processor.process(&change);
     let fuel_used = processor.last_fuel_used();
-    let second = processor.process(&change);
-    if first != second {
-        return fail(
-            format!("not deterministic: the same change gave {first:?} and then {second:?}"),
-            fuel_used,
-        );
+    for call in 2..=runs.max(2) {
+        let again = processor.process(&change);
+        if first != again {
+            return fail(
+                format!(
+                    "not deterministic: call {call} of the same change on one instance gave {} where call 1 gave {}",
+                    summarize(&again),
+                    summarize(&first)
+                ),
+                fuel_used,
+            );
+        }
     }
     let memory_bytes = processor.memory_bytes();
     if let Err(e) = processor.reinstantiate() {
@@ -173,7 +207,9 @@ pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureR
     if first != fresh {
         return fail(
             format!(
-                "depends on earlier calls: the same change gave {first:?} on a used instance and {fresh:?} on a fresh one"
+                "depends on earlier calls: the same change gave {} on a used instance and {} on a fresh one",
+                summarize(&first),
+                summarize(&fresh)
             ),
             fuel_used,
         );
@@ -195,6 +231,64 @@ pub fn run(processor: &mut Processor, name: &str, fixture: &Fixture) -> FixtureR
         fuel_used,
         memory_bytes,
     }
+}
+
+/// A call's result for a message: whole when short, else its size and
+/// kinds and the start of its first action.
+pub fn summarize(result: &Result<Vec<Action>, Failure>) -> String {
+    let actions = match result {
+        Err(f) => {
+            return format!(
+                "error {}",
+                crate::wasm::check::clip(&f.to_string(), MAX_SHOWN_CHARS)
+            );
+        }
+        Ok(actions) => actions,
+    };
+    let bytes: usize = actions.iter().map(text_bytes).sum();
+    if actions.len() <= 20 && bytes <= MAX_SHOWN_CHARS {
+        return Value::from(actions.iter().map(action_json).collect::<Vec<_>>()).to_string();
+    }
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    for a in actions {
+        *kinds.entry(a.kind()).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!(
+        "{} actions ({}) holding {bytes} bytes of text, starting {}",
+        actions.len(),
+        kinds.join(", "),
+        shown(&action_json(&actions[0]))
+    )
+}
+
+/// The text an action carries, in bytes.
+fn text_bytes(a: &Action) -> usize {
+    match a {
+        Action::IndexDocument {
+            index,
+            id,
+            document,
+        } => index.len() + id.len() + document.len(),
+        Action::DeleteDocument { index, id } => index.len() + id.len(),
+        Action::UpsertRows { table, rows } => {
+            table.len()
+                + rows
+                    .iter()
+                    .flatten()
+                    .map(|c| match c {
+                        Cell::Text(t) => t.len(),
+                        _ => 8,
+                    })
+                    .sum::<usize>()
+        }
+        Action::DeleteRows { table, doc_id } => table.len() + doc_id.len(),
+    }
+}
+
+/// A JSON value for a message, cut to [`MAX_SHOWN_CHARS`].
+fn shown(v: &Value) -> String {
+    crate::wasm::check::clip(&v.to_string(), MAX_SHOWN_CHARS)
 }
 
 /// An action as fixture JSON.
@@ -229,22 +323,24 @@ pub fn action_json(action: &Action) -> Value {
 }
 
 fn compare(expected: &[Value], actual: &[Action]) -> Result<(), String> {
-    let actual: Vec<Value> = actual.iter().map(action_json).collect();
     if expected.len() != actual.len() {
         return Err(format!(
             "expected {} actions, got {}: {}",
             expected.len(),
             actual.len(),
-            Value::from(actual.clone())
+            summarize(&Ok(actual.to_vec()))
         ));
     }
-    for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
-        if e != a {
+    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
+        let a = action_json(a);
+        if *e != a {
             return Err(format!(
-                "action {i} differs{}\n  expected: {e}\n  actual:   {a}",
-                first_difference(e, a, "")
+                "action {i} differs{}\n  expected: {}\n  actual:   {}",
+                first_difference(e, &a, "")
                     .map(|p| format!(" at {p}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                shown(e),
+                shown(&a)
             ));
         }
     }
@@ -325,6 +421,46 @@ mod tests {
             compare(&[], &actual)
                 .unwrap_err()
                 .contains("expected 0 actions, got 1")
+        );
+    }
+
+    #[test]
+    fn large_outputs_are_summarized_not_printed() {
+        let doc = format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000));
+        let actions: Vec<Action> = (0..1000)
+            .map(|i| Action::IndexDocument {
+                index: "i".into(),
+                id: format!("d{i}"),
+                document: doc.clone(),
+            })
+            .collect();
+        let message = compare(&[], &actions).unwrap_err();
+        assert!(
+            message.len() < 3 * MAX_SHOWN_CHARS,
+            "{} bytes",
+            message.len()
+        );
+        assert!(
+            message.contains("1000 actions (1000 index-document) holding 100"),
+            "{}",
+            &message[..200]
+        );
+        let small = summarize(&Ok(vec![Action::DeleteDocument {
+            index: "i".into(),
+            id: "a".into(),
+        }]));
+        assert_eq!(small, r#"[{"delete_document":{"id":"a","index":"i"}}]"#);
+        // One huge action that differs is cut too.
+        let one = compare(
+            &[json!({"index_document": {"index": "i", "id": "d0", "document": {}}})],
+            &actions[..1],
+        )
+        .unwrap_err();
+        assert!(one.len() < 3 * MAX_SHOWN_CHARS, "{} bytes", one.len());
+        assert!(
+            one.contains("at .index_document.document.pad (unexpected)"),
+            "{}",
+            &one[..200]
         );
     }
 }

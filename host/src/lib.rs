@@ -20,6 +20,7 @@
 //! | [`action`] | what plugins return, in host types |
 //! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
 //! | [`feed`] | partitioned ordered logs: the embedded SQLite feed, Kafka |
+//! | [`file`] | reading user-named files with a size bound |
 //! | [`partition`] | which process reads which partitions |
 //! | [`checkpoint`] | when checkpoints are saved |
 //! | [`errors`] | pillow error records and retry backoff |
@@ -45,6 +46,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod errors;
 pub mod feed;
+pub mod file;
 pub mod fixtures;
 pub mod generate;
 pub mod manifest;

@@ -131,15 +131,22 @@ enum Command {
 enum PluginCommand {
     /// The conformance kit, for a plugin in any language: load it, check
     /// its declaration against the manifest's capabilities, and run its
-    /// golden fixtures (each three times, on a used and a fresh instance,
-    /// to check determinism); every action is checked against the
-    /// declaration. Prints fuel and memory per fixture against the limits.
+    /// golden fixtures (each --runs times on one instance and once on a
+    /// fresh one, to check determinism); every action is checked against
+    /// the declaration. Prints fuel and memory per fixture against the limits.
     Check {
         /// The plugin's manifest (`plugin.toml`).
         manifest: PathBuf,
         /// Compile cache directory.
         #[arg(long, default_value = "data/compile-cache")]
         compile_cache: PathBuf,
+        /// Calls of each fixture on one instance (at least 2; a fresh
+        /// instance runs it once more).
+        #[arg(long, default_value_t = fixtures::DEFAULT_RUNS as u32, value_parser = clap::value_parser!(u32).range(2..=1000))]
+        runs: u32,
+        /// Largest component file loaded, in MiB (as `runtime.max_component_mb`).
+        #[arg(long, default_value_t = 256)]
+        max_component_mb: u32,
     },
     /// Scaffold a working plugin: source, manifest, one golden fixture and
     /// a Makefile that builds the component. Then: `make` in the new
@@ -255,7 +262,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Never wait on a blocking thread still running a plugin call (a stop
+    // past its grace period leaves one behind): exiting ends it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -274,8 +285,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 PluginCommand::Check {
                     manifest,
                     compile_cache,
+                    runs,
+                    max_component_mb,
                 },
-        } => plugin_check(&manifest, compile_cache).await,
+        } => {
+            let max_component_bytes = u64::from(max_component_mb) << 20;
+            plugin_check(&manifest, compile_cache, runs as usize, max_component_bytes).await
+        }
         Command::Migrate => {
             let config = HostConfig::load(&cli.config)?;
             let store = Store::connect(&config.store).await?;
@@ -449,7 +465,9 @@ async fn statuses(config: &HostConfig, only: Option<&str>) -> Result<Vec<status:
     let store = Store::connect(&config.store).await?;
     let mut out = Vec::new();
     for p in selected(config, only)? {
-        out.push(status::pillow_status(p, &feed, &store).await?);
+        out.push(
+            status::pillow_status(p, &feed, &store, config.runtime.max_component_bytes()).await?,
+        );
     }
     Ok(out)
 }
@@ -481,45 +499,72 @@ fn selected<'a>(
 fn runtime_for(config: &HostConfig) -> Result<Arc<Runtime>> {
     Ok(Arc::new(Runtime::new(RuntimeOptions {
         compile_cache_dir: Some(config.runtime.compile_cache_dir.clone()),
+        max_component_bytes: config.runtime.max_component_bytes(),
         guest_log_lines_per_second: config.runtime.guest_log_lines_per_second,
         ..RuntimeOptions::default()
     })?))
 }
 
-/// Cancel `token` on Ctrl-C or SIGTERM.
-fn stop_on_signals(token: CancellationToken) {
+/// Cancel `token` on the first Ctrl-C or SIGTERM, and `force` on the
+/// second (stop without waiting for the chunk in hand).
+fn stop_on_signals(token: CancellationToken, force: CancellationToken, grace: Duration) {
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::terminate(),
-            ) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                None
+            }
+        };
+        for signal in 0.. {
+            #[cfg(unix)]
+            let got = match term.as_mut() {
+                Some(term) => tokio::select! {
+                    r = tokio::signal::ctrl_c() => r.is_ok(),
+                    r = term.recv() => r.is_some(),
+                },
+                None => tokio::signal::ctrl_c().await.is_ok(),
             };
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
+            #[cfg(not(unix))]
+            let got = tokio::signal::ctrl_c().await.is_ok();
+            if !got {
+                return;
+            }
+            if signal == 0 {
+                tracing::info!(
+                    grace_seconds = grace.as_secs(),
+                    "stopping: finishing the current chunk and saving checkpoints (up to runtime.shutdown_grace_seconds; a second signal stops at once)"
+                );
+                token.cancel();
+            } else {
+                tracing::warn!("second stop signal: stopping now");
+                force.cancel();
+                return;
             }
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("stopping: finishing the current chunk and saving checkpoints");
-        token.cancel();
     });
+}
+
+/// Resolves once a stop was requested and then `grace` passed (or a
+/// second signal came): the time a stopping process may take is up.
+async fn grace_over(shutdown: &CancellationToken, force: &CancellationToken, grace: Duration) {
+    shutdown.cancelled().await;
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => {},
+        _ = force.cancelled() => {},
+    }
 }
 
 async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Result<()> {
     let pillows = selected(config, only)?;
     // Signals also stop a startup that waits for its store or sinks.
     let shutdown = CancellationToken::new();
-    stop_on_signals(shutdown.clone());
+    let force = CancellationToken::new();
+    let grace = Duration::from_secs(config.runtime.shutdown_grace_seconds);
+    stop_on_signals(shutdown.clone(), force.clone(), grace);
     let feed = open_feed(config).await?;
     let Some(store) = Store::connect_when_reachable(&config.store, &shutdown).await? else {
         tracing::warn!("stopped while waiting for the store at startup; nothing was read");
@@ -536,7 +581,7 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
     };
     let runtime = runtime_for(config)?;
     let metrics = Arc::new(Metrics::new());
-    let plugins = Arc::new(Plugins::new(runtime, metrics.clone()));
+    let plugins = Arc::new(Plugins::new(runtime.clone(), metrics.clone()));
 
     let mut prepared = Vec::new();
     let mut indices = std::collections::BTreeSet::new();
@@ -627,22 +672,49 @@ async fn run(config: &HostConfig, only: Option<&str>, options: RunOptions) -> Re
         .into_iter()
         .map(|(_, pillow)| tokio::spawn(pillow.run(options.clone(), shutdown.clone())))
         .collect();
-    let mut summaries: Vec<RunSummary> = Vec::new();
-    let mut failed = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(s)) => summaries.push(s),
-            Ok(Err(e)) => {
-                // One pillow failing stops the others gracefully.
-                shutdown.cancel();
-                failed.get_or_insert(anyhow::Error::new(e));
-            }
-            Err(e) => {
-                shutdown.cancel();
-                failed.get_or_insert(anyhow::anyhow!("pillow task failed: {e}"));
+    let joined = async {
+        let mut summaries: Vec<RunSummary> = Vec::new();
+        let mut failed = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(s)) => summaries.push(s),
+                Ok(Err(e)) => {
+                    // One pillow failing stops the others gracefully.
+                    shutdown.cancel();
+                    failed.get_or_insert(anyhow::Error::new(e));
+                }
+                Err(e) => {
+                    shutdown.cancel();
+                    failed.get_or_insert(anyhow::anyhow!("pillow task failed: {e}"));
+                }
             }
         }
-    }
+        (summaries, failed)
+    };
+    // A stop may take `grace`; a plugin call still running then (a long
+    // limits.timeout_ms) is left behind on its thread, uncommitted.
+    let (summaries, failed) = tokio::select! {
+        joined = joined => joined,
+        _ = grace_over(&shutdown, &force, grace) => {
+            let stuck = runtime.calls_in_progress();
+            for call in &stuck {
+                tracing::error!(%call, "still running when the stop's grace period ended; its chunk is not committed and will be read again on restart");
+            }
+            side.cancel();
+            // Best effort, bounded: the store may be what holds us up.
+            let stopped = store.process_stopped(pid, pillowtop::time::now_ms());
+            let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
+            bail!(
+                "stopped before the chunk in hand finished (runtime.shutdown_grace_seconds = {}, or a second signal); {}; every committed chunk is kept and the rest is read again on restart",
+                grace.as_secs(),
+                match stuck.as_slice() {
+                    [] => "no plugin call was running (a sink or the feed was still answering)".into(),
+                    [call] => format!("{call} was still running"),
+                    [call, more @ ..] => format!("{call} was still running, and {} more calls", more.len()),
+                }
+            )
+        }
+    };
     side.cancel();
     store
         .process_stopped(pid, pillowtop::time::now_ms())
@@ -877,6 +949,12 @@ async fn print_summary(
             s.messages as f64 / secs,
             s.chunks
         );
+        if s.extra_pieces > 0 {
+            println!(
+                "  {} extra pieces: chunks whose actions went over chunk_memory_mb were written in parts",
+                s.extra_pieces
+            );
+        }
         let actions: Vec<_> = s.actions.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!(
             "  actions: {}",
@@ -913,7 +991,8 @@ async fn print_summary(
     }
     for s in summaries {
         if let Some(p) = config.pillow(&s.pillow) {
-            let st = status::pillow_status(p, feed, store).await?;
+            let st =
+                status::pillow_status(p, feed, store, config.runtime.max_component_bytes()).await?;
             let errors: u64 = st.errors.iter().map(|(_, n)| n).sum();
             println!(
                 "pillow {}: lag (need-processing) {} over {} partitions; pillow errors stored: {errors}",
@@ -926,10 +1005,16 @@ async fn print_summary(
     Ok(())
 }
 
-async fn plugin_check(manifest_path: &Path, compile_cache: PathBuf) -> Result<()> {
+async fn plugin_check(
+    manifest_path: &Path,
+    compile_cache: PathBuf,
+    runs: usize,
+    max_component_bytes: u64,
+) -> Result<()> {
     let manifest = Manifest::load(manifest_path)?;
     let runtime = Runtime::new(RuntimeOptions {
         compile_cache_dir: Some(compile_cache),
+        max_component_bytes,
         ..RuntimeOptions::default()
     })?;
     let m = manifest.clone();
@@ -969,7 +1054,7 @@ async fn plugin_check(manifest_path: &Path, compile_cache: PathBuf) -> Result<()
     let (results, _runtime) = tokio::task::spawn_blocking(move || {
         let results: Vec<_> = fixtures
             .iter()
-            .map(|(name, f)| fixtures::run(&mut processor, name, f))
+            .map(|(name, f)| fixtures::run_times(&mut processor, name, f, runs))
             .collect();
         (results, runtime)
     })

@@ -17,6 +17,7 @@
 //!                       # `pillowtop plugin check` reports for a large change
 //! memory_mb = 64        # linear memory cap
 //! timeout_ms = 1000     # wall-clock deadline per call
+//! output_mb = 16        # data the host copies out of one call
 //!
 //! [subscription]        # empty lists mean "all"
 //! topics = ["case-sql"]
@@ -46,8 +47,8 @@ pub enum ManifestError {
     Read {
         /// The manifest path.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why.
+        source: crate::file::ReadError,
     },
     /// The TOML is invalid or has unknown or mistyped keys.
     #[error("invalid plugin manifest {path}: {message}")]
@@ -86,9 +87,19 @@ pub struct Limits {
     /// Linear memory cap in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
-    /// Wall-clock deadline per call, in milliseconds.
+    /// Wall-clock deadline per call, in milliseconds. It bounds the whole
+    /// call: clocks and polls never wait in the sandbox, and host calls
+    /// that could (lookups) check it.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Most data the host copies out of one call, in MiB: every string and
+    /// list of the result as the host holds it (documents, ids, row cells
+    /// at 32 bytes each plus their text), and of each log line or lookup.
+    /// `memory_mb` bounds the guest; this bounds what the guest makes the
+    /// host allocate (a guest can return one string many times over). A
+    /// call over it fails with an `output` error.
+    #[serde(default = "default_output_mb")]
+    pub output_mb: u32,
 }
 
 fn default_fuel() -> u64 {
@@ -100,6 +111,9 @@ fn default_memory_mb() -> u32 {
 fn default_timeout_ms() -> u64 {
     1000
 }
+fn default_output_mb() -> u32 {
+    16
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -107,7 +121,15 @@ impl Default for Limits {
             fuel: default_fuel(),
             memory_mb: default_memory_mb(),
             timeout_ms: default_timeout_ms(),
+            output_mb: default_output_mb(),
         }
+    }
+}
+
+impl Limits {
+    /// `output_mb` in bytes.
+    pub fn output_bytes(&self) -> usize {
+        self.output_mb as usize * 1024 * 1024
     }
 }
 
@@ -222,6 +244,9 @@ pub struct Manifest {
 /// Upper bounds that keep a typo from disabling a limit.
 const MAX_MEMORY_MB: u32 = 4096;
 const MAX_TIMEOUT_MS: u64 = 600_000;
+const MAX_OUTPUT_MB: u32 = 1024;
+/// Largest manifest file read; real ones are a few KB.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 impl Manifest {
     /// Load and validate the manifest at `path`.
@@ -230,10 +255,12 @@ impl Manifest {
     ///
     /// See [`ManifestError`]; each names the file and key.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            crate::file::read_text_bounded(path, MAX_MANIFEST_BYTES, "a manifest is at most 1 MiB")
+                .map_err(|source| ManifestError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
         Manifest::parse(&text, path)
     }
 
@@ -290,6 +317,12 @@ impl Manifest {
             return Err(invalid(
                 "limits.timeout_ms",
                 format!("{} is out of range 1..={MAX_TIMEOUT_MS}", l.timeout_ms),
+            ));
+        }
+        if l.output_mb == 0 || l.output_mb > MAX_OUTPUT_MB {
+            return Err(invalid(
+                "limits.output_mb",
+                format!("{} is out of range 1..={MAX_OUTPUT_MB}", l.output_mb),
             ));
         }
         if raw.retry.max_attempts == 0 {
@@ -355,7 +388,8 @@ mod tests {
             Limits {
                 fuel: 1000,
                 memory_mb: 16,
-                timeout_ms: 50
+                timeout_ms: 50,
+                output_mb: 16,
             }
         );
         assert_eq!(m.retry.max_attempts, 3);
@@ -381,7 +415,7 @@ mod tests {
                 vec![
                     "plugins/x/plugin.toml",
                     "unknown field `fule`",
-                    "`fuel`, `memory_mb`, `timeout_ms`",
+                    "`fuel`, `memory_mb`, `timeout_ms`, `output_mb`",
                 ],
             ),
             (
@@ -403,6 +437,14 @@ mod tests {
             (
                 "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\nfuel = 0",
                 vec!["key `limits.fuel`"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\noutput_mb = 0",
+                vec!["key `limits.output_mb`", "1..=1024"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\noutput_mb = 2048",
+                vec!["key `limits.output_mb`", "2048 is out of range"],
             ),
             (
                 "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[limits]\ntimeout_ms = \"fast\"",

@@ -17,12 +17,20 @@
 //! become pillow errors in the same transaction; the partition goes on.
 //! On shutdown the loop finishes the chunk in hand, saves the checkpoint
 //! and returns.
+//!
+//! A chunk whose actions would hold more than `chunk_memory_mb` is written
+//! in pieces: the transform stops once the piece is over the budget, the
+//! piece is delivered (without a checkpoint), and the rest of the chunk
+//! follows; the checkpoint goes with the last piece. A crash between
+//! pieces replays the whole chunk, which writes the same documents and rows
+//! again. The only reordering is between documents (a chunk holds one
+//! change per document), never between two changes of one document.
 
 use crate::action::PluginInfo;
 use crate::change::{self, Change};
 use crate::checkpoint::{CheckpointPolicy, CheckpointTracker};
 use crate::config::PillowConfig;
-use crate::errors::{Backoff, ErrorKind};
+use crate::errors::{Backoff, ErrorKind, cut_message};
 use crate::feed::{Feed, FeedError, FeedReader, Message, TopicPartition};
 use crate::metrics::Metrics;
 use crate::partition::{self, AssignmentError};
@@ -32,10 +40,12 @@ use crate::sink::{Origin, Outage, OutageBackoff, VersionedAction, WritePlan};
 use crate::store::{
     ChunkCommit, PillowErrorRecord, PluginEvent, PluginEventKind, Store, StoreError, Waiting,
 };
+use crate::wasm::sandbox::RateLimiter;
 use crate::wasm::{Failure, LoadError, Processor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -130,6 +140,9 @@ pub struct RunSummary {
     pub deduplicated: u64,
     /// Chunks committed.
     pub chunks: u64,
+    /// Pieces beyond the first that chunks were written in because their
+    /// actions went over `chunk_memory_mb`.
+    pub extra_pieces: u64,
     /// Commits that saved checkpoints (with a chunk, or on their own when
     /// idle or stopping).
     pub checkpoint_saves: u64,
@@ -299,7 +312,7 @@ impl ChunkSources {
             processor: processor.name.clone(),
             plugin_version: Some(processor.version.clone()),
             kind,
-            message,
+            message: cut_message(message),
             tp: TopicPartition {
                 topic: change.topic.clone(),
                 partition: change.partition,
@@ -610,11 +623,14 @@ impl Pillow {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
+        let failure_log = Arc::new(FailureLog::default());
         let delivery = Arc::new(Delivery {
             sinks: sinks.clone(),
             outage: outage.clone(),
             checkpoint_id: checkpoint_id.clone(),
+            failure_log: failure_log.clone(),
         });
+        let chunk_budget = config.chunk_memory_bytes();
         let mut in_flight: Option<InFlight> = None;
         let mut reader = Some(reader);
         let mut polling: Option<Polling> = None;
@@ -717,25 +733,75 @@ impl Pillow {
             summary.deduplicated += skipped;
             summary.changes += changes.len() as u64;
 
-            let t1 = Instant::now();
-            let pillow = name.clone();
-            let (back, outcome) =
-                tokio::task::spawn_blocking(move || run_chunk(pillow, lanes, changes))
-                    .await
-                    .map_err(|e| PillowError::Worker {
-                        pillow: name.clone(),
-                        message: e.to_string(),
-                    })?;
-            lanes = back;
-            summary.transform_time += t1.elapsed();
+            // The chunk, in pieces when its actions go over chunk_memory_mb
+            // (one piece otherwise). Every piece is processed and handed to
+            // delivery before the loop looks at shutdown again: `next`
+            // already covers the whole chunk.
+            let mut pending = changes;
+            loop {
+                let t1 = Instant::now();
+                let pillow = name.clone();
+                let (back, outcome, rest) = tokio::task::spawn_blocking(move || {
+                    run_chunk(pillow, lanes, pending, chunk_budget)
+                })
+                .await
+                .map_err(|e| PillowError::Worker {
+                    pillow: name.clone(),
+                    message: e.to_string(),
+                })?;
+                lanes = back;
+                summary.transform_time += t1.elapsed();
+                let last = rest.is_empty();
 
-            let t2 = Instant::now();
-            let mut errors = outcome.errors;
-            errors.append(&mut decode_errors);
-            for a in &outcome.actions {
-                *summary.actions.entry(a.action.kind()).or_default() += 1;
+                let t2 = Instant::now();
+                let mut errors = outcome.errors;
+                errors.append(&mut decode_errors);
+                for a in &outcome.actions {
+                    *summary.actions.entry(a.action.kind()).or_default() += 1;
+                }
+                report(&metrics, &name, &lanes[0], &outcome.stats);
+                for e in &errors {
+                    *summary.errors.entry(e.kind).or_default() += 1;
+                    failure_log.log(e);
+                }
+                // The previous commit first: a checkpoint it saved covers
+                // changes up to that chunk, not this one, so this chunk
+                // counts towards the next save only after it.
+                finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
+                let checkpoints = if last {
+                    tracker.record(n);
+                    let caught_up =
+                        options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t);
+                    if tracker.due(Instant::now()) || caught_up {
+                        changed(&next, &committed)
+                    } else {
+                        vec![]
+                    }
+                } else {
+                    summary.extra_pieces += 1;
+                    tracing::debug!(pillow = %name, left = rest.len(), budget_mb = config.chunk_memory_mb, "chunk over chunk_memory_mb: writing this piece before the rest");
+                    vec![]
+                };
+                let commit = ChunkCommit {
+                    plan: WritePlan::build(outcome.actions),
+                    errors,
+                    checkpoints,
+                };
+                // Commit in the background while the next chunk (or piece)
+                // is read and transformed; commits stay strictly in order
+                // (this one starts only after the previous one finished),
+                // so a checkpoint never passes an uncommitted chunk.
+                let delivery = delivery.clone();
+                let sources = outcome.sources;
+                in_flight = Some(tokio::spawn(async move {
+                    delivery.deliver(commit, sources).await
+                }));
+                summary.load_time += t2.elapsed();
+                if last {
+                    break;
+                }
+                pending = rest;
             }
-            report(&metrics, &name, &lanes[0], &outcome.stats);
             for (tp, n) in &next {
                 let tp = tp.to_string();
                 metrics.set(
@@ -744,37 +810,7 @@ impl Pillow {
                     *n as f64,
                 );
             }
-            for e in &errors {
-                *summary.errors.entry(e.kind).or_default() += 1;
-                tracing::warn!(pillow = %name, tp = %e.tp, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
-            }
-            // The previous chunk's commit first: a checkpoint it saved covers
-            // changes up to that chunk, not this one, so this chunk counts
-            // towards the next save only after it.
-            finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
-            tracker.record(n);
-            let caught_up = options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t);
-            let checkpoints = if tracker.due(Instant::now()) || caught_up {
-                changed(&next, &committed)
-            } else {
-                vec![]
-            };
-            let commit = ChunkCommit {
-                plan: WritePlan::build(outcome.actions),
-                errors,
-                checkpoints,
-            };
-            // Commit in the background while the next chunk is read and
-            // transformed; commits stay strictly in order (this one starts
-            // only after the previous one finished), so a checkpoint never
-            // passes an uncommitted chunk.
-            let delivery = delivery.clone();
-            let sources = outcome.sources;
-            in_flight = Some(tokio::spawn(async move {
-                delivery.deliver(commit, sources).await
-            }));
             summary.chunks += 1;
-            summary.load_time += t2.elapsed();
             bar.inc(n);
         }
         // Graceful stop: everything processed is committed; save where we are.
@@ -885,6 +921,36 @@ struct Delivery {
     sinks: Sinks,
     outage: OutageRetry,
     checkpoint_id: String,
+    failure_log: Arc<FailureLog>,
+}
+
+/// Log lines per second, per processor, for changes that fail.
+const FAILURE_LOG_LINES_PER_SECOND: u32 = 10;
+
+/// The "change failed" log, rate-limited per processor: a plugin failing
+/// every change must not flood the log (every failure is still recorded
+/// as a pillow error and counted in metrics).
+#[derive(Default)]
+struct FailureLog {
+    limiters: Mutex<HashMap<String, RateLimiter>>,
+}
+
+impl FailureLog {
+    fn log(&self, e: &PillowErrorRecord) {
+        let now = Instant::now();
+        let allowed = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+            limiters
+                .entry(e.processor.clone())
+                .or_insert_with(|| RateLimiter::new(FAILURE_LOG_LINES_PER_SECOND, now))
+                .allow(now)
+        };
+        let Some(dropped) = allowed else { return };
+        if dropped > 0 {
+            tracing::warn!(pillow = %e.pillow, processor = %e.processor, dropped, "more changes failed than are logged (all are recorded as pillow errors)");
+        }
+        tracing::warn!(pillow = %e.pillow, tp = %e.tp, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
+    }
 }
 
 /// What a delivered chunk saved.
@@ -928,7 +994,7 @@ impl Delivery {
                         r.reason
                     );
                     let record = sources.record(r.origin, ErrorKind::Rejected, message);
-                    tracing::warn!(pillow = %pillow, tp = %record.tp, offset = record.offset, doc_id = %record.doc_id, processor = %record.processor, kind = %record.kind, error = %record.message, "change failed; recorded as a pillow error");
+                    self.failure_log.log(&record);
                     commit.errors.push(record);
                 }
             }
@@ -993,7 +1059,7 @@ impl Delivery {
                         ErrorKind::Rejected,
                         format!("the store refused this change's writes: {e}"),
                     );
-                    tracing::warn!(pillow = %record.pillow, tp = %record.tp, offset = record.offset, doc_id = %record.doc_id, processor = %record.processor, kind = %record.kind, error = %record.message, "change failed; recorded as a pillow error");
+                    self.failure_log.log(&record);
                     commit.errors.push(record);
                     rejected += 1;
                 }
@@ -1134,7 +1200,7 @@ fn decode_chunk(
                     processor: String::new(),
                     plugin_version: None,
                     kind: ErrorKind::Decode,
-                    message: e.to_string(),
+                    message: cut_message(e.to_string()),
                     tp: m.tp,
                     offset: m.offset,
                     domain: None,
@@ -1188,11 +1254,39 @@ struct LaneOutcome {
     actions: Vec<VersionedAction>,
     failures: Vec<(Origin, Failure)>,
     stats: Vec<ProcessorStats>,
+    /// Changes of its run it processed (all of them unless the chunk's
+    /// action budget ran out first).
+    done: usize,
 }
+
+/// The bytes of actions a chunk (piece) may hold, shared by its lanes.
+struct ActionBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ActionBudget {
+    /// Count `bytes` more; whether the budget is now spent.
+    fn spend(&self, bytes: usize) -> bool {
+        self.used.fetch_add(bytes, Ordering::Relaxed) + bytes >= self.limit
+    }
+
+    fn spent(&self) -> bool {
+        self.used.load(Ordering::Relaxed) >= self.limit
+    }
+}
+
+/// A chunk's changes, with the raw feed value of each.
+type Changes = Vec<(Change, Vec<u8>)>;
 
 /// Run a chunk through the processors (on a blocking thread: Wasm is
 /// CPU-bound). With several lanes the chunk is split into contiguous runs,
 /// one per lane and thread, and the outcomes are joined in chunk order.
+///
+/// The lanes stop once their actions together hold `budget_bytes` (each
+/// lane finishes the change in hand, so every call makes progress); the
+/// outcome then covers the changes processed, and the rest of the chunk is
+/// returned in order, for the next piece.
 ///
 /// # Panics
 ///
@@ -1201,23 +1295,31 @@ struct LaneOutcome {
 fn run_chunk(
     pillow: String,
     mut lanes: Vec<Vec<Processor>>,
-    changes: Vec<(Change, Vec<u8>)>,
-) -> (Vec<Vec<Processor>>, ChunkOutcome) {
+    changes: Changes,
+    budget_bytes: usize,
+) -> (Vec<Vec<Processor>>, ChunkOutcome, Changes) {
     let threads = lanes
         .len()
         .min(changes.len().div_ceil(MIN_CHANGES_PER_THREAD))
         .max(1);
     let per_thread = changes.len().div_ceil(threads).max(1);
+    let budget = ActionBudget {
+        limit: budget_bytes,
+        used: AtomicUsize::new(0),
+    };
     let outcomes: Vec<LaneOutcome> = if threads == 1 {
-        vec![run_lane(&mut lanes[0], &changes, 0)]
+        vec![run_lane(&mut lanes[0], &changes, 0, &budget)]
     } else {
         std::thread::scope(|scope| {
+            let budget = &budget;
             let mut runs = lanes.iter_mut().zip(changes.chunks(per_thread)).enumerate();
             let (_, (first_lane, first_run)) = runs.next().expect("a chunk has a first run");
             let others: Vec<_> = runs
-                .map(|(k, (lane, run))| scope.spawn(move || run_lane(lane, run, k * per_thread)))
+                .map(|(k, (lane, run))| {
+                    scope.spawn(move || run_lane(lane, run, k * per_thread, budget))
+                })
                 .collect();
-            let mut outcomes = vec![run_lane(first_lane, first_run, 0)];
+            let mut outcomes = vec![run_lane(first_lane, first_run, 0, budget)];
             for handle in others {
                 outcomes.push(
                     handle
@@ -1234,13 +1336,32 @@ fn run_chunk(
         ..ChunkOutcome::default()
     };
     let mut failures = Vec::new();
-    for lane in outcomes {
+    let mut processed = Vec::with_capacity(outcomes.len());
+    for (k, lane) in outcomes.into_iter().enumerate() {
+        let start = k * per_thread;
+        processed.push(start..start + lane.done);
         outcome.actions.extend(lane.actions);
         failures.extend(lane.failures);
         for (total, part) in outcome.stats.iter_mut().zip(lane.stats) {
             total.add(part);
         }
     }
+    let (changes, rest) = match split_processed(changes, &processed) {
+        Split::All(changes) => (changes, Vec::new()),
+        Split::Part {
+            processed,
+            rest,
+            index,
+        } => {
+            for a in &mut outcome.actions {
+                a.origin.change = index[a.origin.change as usize];
+            }
+            for (origin, _) in &mut failures {
+                origin.change = index[origin.change as usize];
+            }
+            (processed, rest)
+        }
+    };
     outcome.sources = ChunkSources {
         pillow,
         changes,
@@ -1250,22 +1371,71 @@ fn run_chunk(
         .into_iter()
         .map(|(origin, f)| outcome.sources.record(origin, f.kind, f.message))
         .collect();
-    (lanes, outcome)
+    (lanes, outcome, rest)
+}
+
+/// A chunk's changes split into those processed and the rest.
+#[derive(Debug, PartialEq)]
+enum Split<T> {
+    /// Every change was processed (indices unchanged).
+    All(Vec<T>),
+    /// Some were: the processed ones in order, the rest in order, and each
+    /// processed change's new index, by old index.
+    Part {
+        processed: Vec<T>,
+        rest: Vec<T>,
+        index: Vec<u32>,
+    },
+}
+
+/// Split `changes` by the `processed` ranges (in order, disjoint).
+fn split_processed<T>(changes: Vec<T>, processed: &[std::ops::Range<usize>]) -> Split<T> {
+    let count: usize = processed.iter().map(|r| r.len()).sum();
+    if count == changes.len() {
+        return Split::All(changes);
+    }
+    let mut done = vec![false; changes.len()];
+    for r in processed {
+        done[r.clone()].fill(true);
+    }
+    let mut index = vec![u32::MAX; changes.len()];
+    let mut kept = Vec::with_capacity(count);
+    let mut rest = Vec::with_capacity(changes.len() - count);
+    for (i, (c, d)) in changes.into_iter().zip(done).enumerate() {
+        if d {
+            index[i] = kept.len() as u32;
+            kept.push(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    Split::Part {
+        processed: kept,
+        rest,
+        index,
+    }
 }
 
 /// Run `changes` (which start at position `first` of the chunk) through
-/// one lane's processors, in order.
+/// one lane's processors, in order, until the chunk's action budget is
+/// spent.
 fn run_lane(
     processors: &mut [Processor],
     changes: &[(Change, Vec<u8>)],
     first: usize,
+    budget: &ActionBudget,
 ) -> LaneOutcome {
     let mut outcome = LaneOutcome {
         actions: Vec::new(),
         failures: Vec::new(),
         stats: vec![ProcessorStats::default(); processors.len()],
+        done: 0,
     };
     for (i, (change, _)) in changes.iter().enumerate() {
+        if budget.spent() {
+            break;
+        }
+        let mut bytes = 0;
         for (j, (p, stats)) in processors
             .iter_mut()
             .zip(outcome.stats.iter_mut())
@@ -1283,6 +1453,7 @@ fn run_lane(
             match result {
                 Ok(actions) => {
                     stats.ok += 1;
+                    bytes += p.last_output_bytes();
                     outcome
                         .actions
                         .extend(actions.into_iter().map(|action| VersionedAction {
@@ -1296,6 +1467,10 @@ fn run_lane(
                     outcome.failures.push((origin, failure));
                 }
             }
+        }
+        outcome.done = i + 1;
+        if budget.spend(bytes) {
+            break;
         }
     }
     outcome
@@ -1353,4 +1528,49 @@ fn progress_bar(enabled: bool, bounded: bool, total: u64, name: &str) -> Progres
     );
     bar.set_prefix(name.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fully_processed_chunk_is_not_split() {
+        assert_eq!(
+            split_processed(vec!['a', 'b', 'c'], &[0..2, 2..3]),
+            Split::All(vec!['a', 'b', 'c'])
+        );
+    }
+
+    #[test]
+    fn the_rest_of_each_lane_run_follows_in_chunk_order() {
+        // Two lanes over runs 0..3 and 3..6; the budget ran out after one
+        // change of the first run and two of the second.
+        let split = split_processed(vec!['a', 'b', 'c', 'd', 'e', 'f'], &[0..1, 3..5]);
+        let Split::Part {
+            processed,
+            rest,
+            index,
+        } = split
+        else {
+            panic!("expected a split")
+        };
+        assert_eq!(processed, vec!['a', 'd', 'e']);
+        assert_eq!(rest, vec!['b', 'c', 'f']);
+        assert_eq!(index[0], 0);
+        assert_eq!(index[3], 1);
+        assert_eq!(index[4], 2);
+    }
+
+    #[test]
+    fn the_budget_is_spent_once_the_limit_is_reached() {
+        let b = ActionBudget {
+            limit: 10,
+            used: AtomicUsize::new(0),
+        };
+        assert!(!b.spend(4));
+        assert!(!b.spent());
+        assert!(b.spend(6), "reaching the limit spends it");
+        assert!(b.spent());
+    }
 }

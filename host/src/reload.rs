@@ -383,15 +383,16 @@ impl Plugins {
                 ),
             ));
         }
-        let version = wasm::plugin_version(&manifest).map_err(|e| {
-            refuse(
-                None,
-                format!(
-                    "cannot read component {}: {e}",
-                    manifest.component.display()
-                ),
-            )
-        })?;
+        let version =
+            wasm::plugin_version(&manifest, self.runtime.max_component_bytes()).map_err(|e| {
+                refuse(
+                    None,
+                    format!(
+                        "cannot read component {}: {e}",
+                        manifest.component.display()
+                    ),
+                )
+            })?;
         if &version == live.version() {
             return Ok(None);
         }

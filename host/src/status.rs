@@ -117,6 +117,7 @@ pub async fn pillow_status(
     config: &PillowConfig,
     feed: &Feed,
     store: &Store,
+    max_component_bytes: u64,
 ) -> Result<PillowStatus, StatusError> {
     let pairs = feed.partitions(&config.topics).await?;
     let checkpoints = store.checkpoints(config.checkpoint_id()).await?;
@@ -147,7 +148,7 @@ pub async fn pillow_status(
         .iter()
         .map(|path| {
             let (processor, on_disk) = match Manifest::load(path) {
-                Ok(m) => match crate::wasm::plugin_version(&m) {
+                Ok(m) => match crate::wasm::plugin_version(&m, max_component_bytes) {
                     Ok(v) => (m.name, v.to_string()),
                     Err(e) => (m.name, format!("component unreadable: {e}")),
                 },

@@ -27,7 +27,43 @@ fn malformed(message: String) -> CheckError {
 }
 
 /// Longest document id accepted (Elasticsearch's limit is 512 bytes).
+/// Row `doc_id`s and primary-key text values are held to it too: they are
+/// document ids, and PostgreSQL refuses btree keys over about 2.7 KB.
 pub const MAX_ID_BYTES: usize = 512;
+
+/// Most columns a declared table may have: PostgreSQL's limit (SQLite's is
+/// 2000), so a table that passes `init` can be created in either store.
+pub const MAX_COLUMNS: usize = 1600;
+
+/// Longest table name: PostgreSQL names are at most 63 bytes, and each
+/// table gets an index named `<table>_doc_id`.
+pub const MAX_TABLE_NAME_BYTES: usize = 56;
+
+/// Longest index name: without Elasticsearch an index is stored as the
+/// table `doc_<index>`, which must fit PostgreSQL's 63 bytes.
+pub const MAX_INDEX_NAME_BYTES: usize = 59;
+
+/// The store's own tables (and the embedded feed's). A plugin may not
+/// declare them: its rows would land in the host's bookkeeping.
+pub const RESERVED_TABLES: [&str; 8] = [
+    "checkpoints",
+    "pillow_errors",
+    "processes",
+    "plugin_events",
+    "sink_indices",
+    "sink_tables",
+    "topics",
+    "messages",
+];
+
+/// Table name prefixes that are not the plugin's: `doc_` holds a declared
+/// index's documents in an SQL store; `sqlite_` and `pg_` are the
+/// databases' own.
+pub const RESERVED_TABLE_PREFIXES: [&str; 3] = ["doc_", "sqlite_", "pg_"];
+
+fn reserved(table: &str) -> bool {
+    RESERVED_TABLES.contains(&table) || RESERVED_TABLE_PREFIXES.iter().any(|p| table.starts_with(p))
+}
 
 /// What a plugin may write, from its validated `init` output.
 #[derive(Debug, Clone, Default)]
@@ -38,9 +74,11 @@ pub struct Declared {
     pub indices: HashSet<String>,
 }
 
-fn valid_table_name(s: &str) -> bool {
+/// A table or column name: a-z, 0-9 and `_`, starting with a letter, at
+/// most `max` bytes.
+fn valid_sql_name(s: &str, max: usize) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= max
         && s.as_bytes()[0].is_ascii_lowercase()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -48,7 +86,7 @@ fn valid_table_name(s: &str) -> bool {
 
 fn valid_index_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 255
+        && s.len() <= MAX_INDEX_NAME_BYTES
         && (s.as_bytes()[0].is_ascii_lowercase() || s.as_bytes()[0].is_ascii_digit())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
@@ -64,7 +102,7 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
     for index in &info.indices {
         if !valid_index_name(&index.name) {
             return Err(format!(
-                "init declared index {:?}: index names use a-z, 0-9, '-' and '_' and start with a letter or digit",
+                "init declared index {:?}: index names use a-z, 0-9, '-' and '_', start with a letter or digit, at most {MAX_INDEX_NAME_BYTES} bytes",
                 index.name
             ));
         }
@@ -90,9 +128,22 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
     }
     for table in &info.tables {
         let name = &table.name;
-        if !valid_table_name(name) {
+        if !valid_sql_name(name, MAX_TABLE_NAME_BYTES) {
             return Err(format!(
-                "init declared table {name:?}: table names use a-z, 0-9 and '_', start with a letter, at most 63 bytes"
+                "init declared table {name:?}: table names use a-z, 0-9 and '_', start with a letter, at most {MAX_TABLE_NAME_BYTES} bytes"
+            ));
+        }
+        if reserved(name) {
+            return Err(format!(
+                "init declared table {name:?}, a name the host keeps for itself; reserved: {} and names starting with {}; rename the table",
+                RESERVED_TABLES.join(", "),
+                RESERVED_TABLE_PREFIXES.join(", ")
+            ));
+        }
+        if table.columns.len() > MAX_COLUMNS {
+            return Err(format!(
+                "table {name:?} declares {} columns; at most {MAX_COLUMNS} fit a table in every store (PostgreSQL's limit); split it into several tables",
+                table.columns.len()
             ));
         }
         if !manifest.capabilities.tables.contains(name) {
@@ -103,9 +154,9 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
         }
         let mut columns = HashSet::new();
         for c in &table.columns {
-            if !valid_table_name(&c.name) {
+            if !valid_sql_name(&c.name, 63) {
                 return Err(format!(
-                    "table {name:?}: column {:?} must use a-z, 0-9 and '_' and start with a letter",
+                    "table {name:?}: column {:?} must use a-z, 0-9 and '_', start with a letter, at most 63 bytes",
                     c.name
                 ));
             }
@@ -261,6 +312,16 @@ fn check_row(spec: &TableSpec, row: &[Cell]) -> Result<(), String> {
         ));
     }
     for (cell, col) in row.iter().zip(&spec.columns) {
+        if let Cell::Text(t) = cell
+            && t.len() > MAX_ID_BYTES
+            && (col.name == "doc_id" || spec.primary_key.contains(&col.name))
+        {
+            return Err(format!(
+                "column {:?} is part of the key, and its value is {} bytes; key values are at most {MAX_ID_BYTES} bytes, as document ids are",
+                col.name,
+                t.len()
+            ));
+        }
         let ok = match (cell, col.kind) {
             (Cell::Null, _) => col.nullable,
             (Cell::Boolean(_), ColumnType::Boolean) => true,
@@ -393,6 +454,83 @@ mod tests {
             check_info(&i, &manifest())
                 .unwrap_err()
                 .contains("not a JSON object")
+        );
+    }
+
+    #[test]
+    fn declarations_must_fit_every_store() {
+        let granted = |tables: &[&str]| {
+            let list: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+            Manifest::parse(
+                &format!(
+                    "name = \"p\"\nversion = \"1\"\ncomponent = \"p.wasm\"\n[capabilities]\nindices = [\"docs\"]\ntables = [{}]",
+                    list.join(", ")
+                ),
+                Path::new("p/plugin.toml"),
+            )
+            .unwrap()
+        };
+        for name in [
+            "checkpoints",
+            "pillow_errors",
+            "processes",
+            "doc_docs",
+            "sqlite_master",
+            "pg_class",
+        ] {
+            let mut i = info();
+            i.tables[0].name = name.into();
+            let err = check_info(&i, &granted(&[name])).unwrap_err();
+            assert!(
+                err.contains("a name the host keeps for itself"),
+                "{name}: {err}"
+            );
+            assert!(
+                err.contains("checkpoints, pillow_errors"),
+                "names the reserved set: {err}"
+            );
+            assert!(err.contains("doc_, sqlite_, pg_"), "{err}");
+        }
+        // Wider than PostgreSQL allows: refused at init, not at the first write.
+        let mut i = info();
+        for n in 0..MAX_COLUMNS {
+            i.tables[0].columns.push(Column {
+                name: format!("c{n}"),
+                kind: ColumnType::Integer,
+                nullable: true,
+            });
+        }
+        let err = check_info(&i, &manifest()).unwrap_err();
+        assert!(err.contains("declares 1603 columns; at most 1600"), "{err}");
+        i.tables[0].columns.truncate(MAX_COLUMNS);
+        assert!(check_info(&i, &manifest()).is_ok(), "1600 columns fit");
+        // Names whose derived identifiers would not fit 63 bytes.
+        let long_table = "t".repeat(MAX_TABLE_NAME_BYTES + 1);
+        let mut i = info();
+        i.tables[0].name = long_table.clone();
+        let err = check_info(&i, &granted(&[&long_table])).unwrap_err();
+        assert!(err.contains("at most 56 bytes"), "{err}");
+        let mut i = info();
+        i.indices[0].name = "i".repeat(MAX_INDEX_NAME_BYTES + 1);
+        let err = check_info(&i, &manifest()).unwrap_err();
+        assert!(err.contains("at most 59 bytes"), "{err}");
+    }
+
+    #[test]
+    fn key_values_are_held_to_the_id_limit() {
+        let d = check_info(&info(), &manifest()).unwrap();
+        let row = |doc_id: String| Action::UpsertRows {
+            table: "rows".into(),
+            rows: vec![vec![Cell::Text(doc_id), Cell::Null, Cell::Null]],
+        };
+        assert_eq!(check_actions(&d, &[row("a".repeat(MAX_ID_BYTES))]), Ok(()));
+        let err = check_actions(&d, &[row("a".repeat(MAX_ID_BYTES + 1))]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Malformed);
+        assert!(
+            err.message
+                .contains("column \"doc_id\" is part of the key, and its value is 513 bytes"),
+            "{}",
+            err.message
         );
     }
 

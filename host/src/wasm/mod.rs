@@ -14,19 +14,31 @@
 //!   dropped and a fresh one (instantiated and `init`-ed) serves the next
 //!   change.
 //!
+//! What bounds a call: fuel (`limits.fuel`), the epoch deadline
+//! (`limits.timeout_ms`; WASI clocks and polls never wait, see
+//! [`overrides`], so no host call can outlast it), linear memory
+//! (`limits.memory_mb`) and the data the host copies out of the guest
+//! (`limits.output_mb`: wasmtime's per-call "hostcall fuel", charged while
+//! the results are lifted, so an oversized output fails before the host
+//! holds it). [`calls`] knows which calls run, for a process stopping past
+//! its grace period.
+//!
 //! Calls are synchronous and CPU-bound: callers run them on blocking threads
 //! (`tokio::task::spawn_blocking`), never on the async runtime's workers.
 //! Compiling is also slow (up to seconds) and runs there too.
 
 pub mod cache;
+pub mod calls;
 pub mod check;
+mod overrides;
 pub mod sandbox;
 
 use crate::action::{self, Action, Cell, PluginInfo};
 use crate::change::Change;
-use crate::errors::ErrorKind;
-use crate::manifest::Manifest;
+use crate::errors::{ErrorKind, cut_message};
+use crate::manifest::{Limits, Manifest};
 use cache::{CacheOutcome, CompileCache};
+use calls::{CallInProgress, CallSlot, Calls};
 use check::Declared;
 use sandbox::{GuestLevel, GuestLog, GuestOutput, MemoryLimiter};
 use sha2::{Digest, Sha256};
@@ -57,8 +69,11 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Read-only data plugins may look up (granted per resource in the manifest).
 pub trait Lookups: Send + Sync {
-    /// The value for `key` in `resource`, if any.
-    fn get(&self, resource: &str, key: &str) -> Option<String>;
+    /// The value for `key` in `resource`, if any. It runs inside a plugin
+    /// call and must not wait past `deadline` (the call's
+    /// `limits.timeout_ms`): an implementation that waits on I/O bounds
+    /// its wait by it. The host starts no lookup after the deadline.
+    fn get(&self, resource: &str, key: &str, deadline: Instant) -> Option<String>;
 }
 
 /// In-memory lookups: resource -> key -> value.
@@ -66,7 +81,7 @@ pub trait Lookups: Send + Sync {
 pub struct MemoryLookups(pub HashMap<String, HashMap<String, String>>);
 
 impl Lookups for MemoryLookups {
-    fn get(&self, resource: &str, key: &str) -> Option<String> {
+    fn get(&self, resource: &str, key: &str, _deadline: Instant) -> Option<String> {
         self.0.get(resource)?.get(key).cloned()
     }
 }
@@ -76,6 +91,8 @@ impl Lookups for MemoryLookups {
 pub struct RuntimeOptions {
     /// Compile cache directory; `None` disables the cache.
     pub compile_cache_dir: Option<PathBuf>,
+    /// Largest component file loaded, in bytes (`runtime.max_component_mb`).
+    pub max_component_bytes: u64,
     /// Guest log lines per second per plugin.
     pub guest_log_lines_per_second: u32,
     /// Data behind the `lookup` import.
@@ -93,6 +110,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             compile_cache_dir: None,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             guest_log_lines_per_second: 100,
             lookups: Arc::new(MemoryLookups::default()),
             meter_fuel: true,
@@ -101,10 +119,15 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// The default of `runtime.max_component_mb`: 256 MiB, ten times the
+/// largest component a toolchain here produces (componentize-py, ~18 MB).
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
 /// Why a plugin could not be loaded. The running version (if any) stays.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The component file could not be read.
+    /// The component file could not be read: missing, not a regular
+    /// file, or over `runtime.max_component_mb`.
     #[error(
         "plugin {plugin}: cannot read component {path}: {source}; build it with `make plugins` or fix `component` in the manifest"
     )]
@@ -113,8 +136,8 @@ pub enum LoadError {
         plugin: String,
         /// Component path.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why.
+        source: crate::file::ReadError,
     },
     /// Not a valid component, or it does not compile.
     #[error("plugin {plugin}: {path} is not a valid WebAssembly component: {message}")]
@@ -165,10 +188,18 @@ impl std::fmt::Display for PluginVersion {
 ///
 /// # Errors
 ///
-/// Fails when the component cannot be read.
-pub fn plugin_version(manifest: &Manifest) -> std::io::Result<PluginVersion> {
-    let bytes = std::fs::read(&manifest.component)?;
+/// Fails when the component cannot be read, is not a regular file or is
+/// larger than `max_component_bytes`.
+pub fn plugin_version(
+    manifest: &Manifest,
+    max_component_bytes: u64,
+) -> Result<PluginVersion, crate::file::ReadError> {
+    let bytes = read_component(&manifest.component, max_component_bytes)?;
     Ok(version_of(manifest, &bytes))
+}
+
+fn read_component(path: &std::path::Path, max: u64) -> Result<Vec<u8>, crate::file::ReadError> {
+    crate::file::read_bounded(path, max, "runtime.max_component_mb")
 }
 
 fn version_of(manifest: &Manifest, component: &[u8]) -> PluginVersion {
@@ -200,6 +231,7 @@ pub struct Runtime {
     cache: CompileCache,
     options: RuntimeOptions,
     ticker_stop: Arc<AtomicBool>,
+    calls: Arc<Calls>,
 }
 
 impl Drop for Runtime {
@@ -242,6 +274,10 @@ impl Runtime {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Clocks, polls and random numbers are replaced (see `overrides`).
+        linker.allow_shadowing(true);
+        overrides::add_to_linker(&mut linker)?;
+        linker.allow_shadowing(false);
         bindings::Processor::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -264,12 +300,24 @@ impl Runtime {
             cache,
             options,
             ticker_stop,
+            calls: Arc::default(),
         })
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The largest component file this runtime loads, in bytes.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.options.max_component_bytes
+    }
+
+    /// Plugin calls running right now (for a process stopping past its
+    /// grace period), longest first.
+    pub fn calls_in_progress(&self) -> Vec<CallInProgress> {
+        self.calls.in_progress()
     }
 
     /// Load, compile (or fetch from cache), link, instantiate and `init` a plugin.
@@ -281,11 +329,13 @@ impl Runtime {
     /// See [`LoadError`].
     pub fn load(&self, manifest: &Manifest) -> Result<(Processor, LoadTimings), LoadError> {
         let name = manifest.name.clone();
-        let bytes = std::fs::read(&manifest.component).map_err(|source| LoadError::Read {
-            plugin: name.clone(),
-            path: manifest.component.clone(),
-            source,
-        })?;
+        let bytes = read_component(&manifest.component, self.options.max_component_bytes).map_err(
+            |source| LoadError::Read {
+                plugin: name.clone(),
+                path: manifest.component.clone(),
+                source,
+            },
+        )?;
         let content_hash = hex(&Sha256::digest(&bytes));
         let (component, cache, compile) = self
             .cache
@@ -311,27 +361,38 @@ impl Runtime {
             format!("{}@{}", manifest.name, version),
             self.options.guest_log_lines_per_second,
         ));
+        let label: Arc<str> = Arc::from(format!("{}@{}", manifest.name, version));
         let mut plugin = Plugin {
             manifest: manifest.clone(),
             version,
+            label,
             pre,
             engine: self.engine.clone(),
             log,
             lookups: self.options.lookups.clone(),
+            calls: self.calls.clone(),
             info: PluginInfo::default(),
             declared: Declared::default(),
         };
+        let slot = plugin.calls.slot(plugin.label.clone());
         let started = Instant::now();
+        slot.begin_init();
         let mut instance = plugin.instantiate().map_err(|e| LoadError::Init {
             plugin: name.clone(),
             message: e.message,
-        })?;
+        });
         let instantiate = started.elapsed();
         let started = Instant::now();
-        let info = instance.init(&plugin).map_err(|e| LoadError::Init {
-            plugin: name.clone(),
-            message: e.message,
-        })?;
+        let info = match &mut instance {
+            Ok(instance) => instance.init(&plugin).map_err(|e| LoadError::Init {
+                plugin: name.clone(),
+                message: e.message,
+            }),
+            Err(_) => Ok(PluginInfo::default()),
+        };
+        slot.end();
+        let instance = instance?;
+        let info = info?;
         let init = started.elapsed();
         let declared = check::check_info(&info, manifest).map_err(|message| LoadError::Init {
             plugin: name.clone(),
@@ -343,6 +404,8 @@ impl Runtime {
             plugin: Arc::new(plugin),
             instance: Some(instance),
             last_fuel_used: 0,
+            last_output_bytes: 0,
+            slot,
         };
         Ok((
             processor,
@@ -360,10 +423,13 @@ impl Runtime {
 pub struct Plugin {
     manifest: Manifest,
     version: PluginVersion,
+    /// `name@version+hash`, for logs and the calls registry.
+    label: Arc<str>,
     pre: bindings::ProcessorPre<HostState>,
     engine: Engine,
     log: Arc<GuestLog>,
     lookups: Arc<dyn Lookups>,
+    calls: Arc<Calls>,
     info: PluginInfo,
     declared: Declared,
 }
@@ -400,11 +466,17 @@ impl Plugin {
             lookups: self.lookups.clone(),
             granted_lookups: self.manifest.capabilities.lookups.clone(),
             violation: None,
+            random: overrides::CallRandom::default(),
+            output_budget_bytes: limits.output_bytes(),
+            deadline: Instant::now(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        arm(&mut store, limits.fuel, limits.timeout_ms);
+        // Every string and list the guest hands the host (results, log
+        // lines, lookup keys) is charged against this while it is lifted.
+        store.set_hostcall_fuel(limits.output_bytes());
+        arm(&mut store, &limits, overrides::INIT_SEED);
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -413,14 +485,16 @@ impl Plugin {
     }
 }
 
-/// Give the store a fresh fuel budget and deadline for one call.
-fn arm(store: &mut Store<HostState>, fuel: u64, timeout_ms: u64) {
+/// Give the store a fresh fuel budget, deadline and random seed for one call.
+fn arm(store: &mut Store<HostState>, limits: &Limits, seed: u64) {
     // Fails only on an engine built without fuel metering (benchmarks).
-    let _ = store.set_fuel(fuel);
-    store.set_epoch_deadline(timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
+    let _ = store.set_fuel(limits.fuel);
+    store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
     let data = store.data_mut();
     data.limiter.hit = false;
     data.violation = None;
+    data.deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+    data.random.reseed(seed);
     data.output.start_call();
 }
 
@@ -433,7 +507,7 @@ struct Instance {
 impl Instance {
     fn init(&mut self, plugin: &Plugin) -> Result<PluginInfo, Failure> {
         let limits = plugin.manifest.limits;
-        arm(&mut self.store, limits.fuel, limits.timeout_ms);
+        arm(&mut self.store, &limits, overrides::INIT_SEED);
         match self
             .bindings
             .call_init(&mut self.store, &plugin.manifest.config_json)
@@ -441,7 +515,7 @@ impl Instance {
             Ok(Ok(info)) => Ok(convert_info(info)),
             Ok(Err(message)) => Err(Failure {
                 kind: ErrorKind::Instantiate,
-                message: format!("init returned an error: {message}"),
+                message: cut_message(format!("init returned an error: {message}")),
             }),
             Err(e) => Err(classify(&e, &mut self.store, "init")),
         }
@@ -463,11 +537,25 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// What wasmtime says when a call's data copied out of the guest exceeds
+/// the store's hostcall fuel (its error type is private, so the text is the
+/// only handle; the sandbox tests of aliased and oversized outputs fail if
+/// a wasmtime upgrade changes it).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// Whether `error` is wasmtime's refusal to copy more than the hostcall fuel.
+fn is_output_over_budget(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.to_string().contains(HOSTCALL_FUEL_EXHAUSTED))
+}
+
 /// Map a call error to an error kind, using what the store saw.
 fn classify(error: &wasmtime::Error, store: &mut Store<HostState>, during: &str) -> Failure {
     let data = store.data_mut();
     let limits_hit = data.limiter.hit;
     let violation = data.violation.take();
+    let budget = data.output_budget_bytes;
     let stderr = data.output.stderr_tail();
     let with_stderr = |m: String| {
         if stderr.is_empty() {
@@ -476,10 +564,15 @@ fn classify(error: &wasmtime::Error, store: &mut Store<HostState>, during: &str)
             format!("{m}; plugin stderr: {stderr}")
         }
     };
-    if let Some(v) = violation {
+    if let Some((kind, message)) = violation {
+        return Failure { kind, message };
+    }
+    if is_output_over_budget(error) {
         return Failure {
-            kind: ErrorKind::Capability,
-            message: v,
+            kind: ErrorKind::Output,
+            message: format!(
+                "{during} handed the host more than limits.output_mb allows ({budget} bytes, counted over every string and row of its result as the host copies it); return less per call or raise limits.output_mb"
+            ),
         };
     }
     match error.downcast_ref::<Trap>() {
@@ -515,16 +608,21 @@ pub struct Processor {
     plugin: Arc<Plugin>,
     instance: Option<Instance>,
     last_fuel_used: u64,
+    last_output_bytes: usize,
+    slot: CallSlot,
 }
 
 impl Processor {
     /// A processor for a loaded plugin; its first call makes an instance
     /// (instantiate + `init`, tens of microseconds from a loaded plugin).
     pub fn new(plugin: Arc<Plugin>) -> Processor {
+        let slot = plugin.calls.slot(plugin.label.clone());
         Processor {
             plugin,
             instance: None,
             last_fuel_used: 0,
+            last_output_bytes: 0,
+            slot,
         }
     }
 
@@ -536,6 +634,12 @@ impl Processor {
     /// Fuel the last call used.
     pub fn last_fuel_used(&self) -> u64 {
         self.last_fuel_used
+    }
+
+    /// Bytes the host holds for the last call's actions (their strings
+    /// and row cells), counted while converting them.
+    pub fn last_output_bytes(&self) -> usize {
+        self.last_output_bytes
     }
 
     /// Peak linear memory of the current instance, in bytes.
@@ -589,6 +693,14 @@ impl Processor {
     ///
     /// A [`Failure`] with the precise kind; the change should become a pillow error.
     pub fn process(&mut self, change: &Change) -> Result<Vec<Action>, Failure> {
+        self.slot.begin_change(change);
+        let result = self.process_marked(change);
+        self.slot.end();
+        result
+    }
+
+    fn process_marked(&mut self, change: &Change) -> Result<Vec<Action>, Failure> {
+        self.last_output_bytes = 0;
         if self.instance.is_none() {
             self.instance = Some(self.fresh_instance()?);
         }
@@ -596,7 +708,8 @@ impl Processor {
             unreachable!("instance was just created")
         };
         let limits = self.plugin.manifest.limits;
-        arm(&mut instance.store, limits.fuel, limits.timeout_ms);
+        let seed = overrides::change_seed(&change.topic, change.partition, change.offset);
+        arm(&mut instance.store, &limits, seed);
         let param = wit::Change {
             id: &change.id,
             topic: &change.topic,
@@ -618,27 +731,32 @@ impl Processor {
             .saturating_sub(instance.store.get_fuel().unwrap_or(0));
         match result {
             Ok(Ok(actions)) => {
-                if let Some(v) = instance.store.data_mut().violation.take() {
-                    // The plugin asked for an ungranted lookup and carried on.
-                    return Err(Failure {
-                        kind: ErrorKind::Capability,
-                        message: v,
-                    });
+                if let Some((kind, message)) = instance.store.data_mut().violation.take() {
+                    // The plugin was refused something (an ungranted
+                    // lookup, a host call past its deadline) and carried on.
+                    return Err(Failure { kind, message });
                 }
-                let actions: Vec<Action> = actions.into_iter().map(convert_action).collect();
+                let mut bytes = 0;
+                let actions: Vec<Action> = actions
+                    .into_iter()
+                    .map(|a| convert_action(a, &mut bytes))
+                    .collect();
+                self.last_output_bytes = bytes;
                 check::check_actions(&self.plugin.declared, &actions).map_err(|e| Failure {
                     kind: e.kind,
                     message: e.message,
                 })?;
                 Ok(actions)
             }
+            // A plugin's own message is cut (as its log lines are) before
+            // it reaches the store, the log or `status`.
             Ok(Err(wit::ProcessError::Retryable(m))) => Err(Failure {
                 kind: ErrorKind::Retryable,
-                message: m,
+                message: cut_message(m),
             }),
             Ok(Err(wit::ProcessError::Permanent(m))) => Err(Failure {
                 kind: ErrorKind::Permanent,
-                message: m,
+                message: cut_message(m),
             }),
             Err(e) => {
                 let failure = classify(&e, &mut instance.store, "process-change");
@@ -688,39 +806,59 @@ fn convert_info(info: wit::PluginInfo) -> PluginInfo {
     }
 }
 
-fn convert_action(a: wit::Action) -> Action {
+/// Convert one action by move, adding the bytes the host now holds for it
+/// (strings and row cells) to `bytes`.
+fn convert_action(a: wit::Action, bytes: &mut usize) -> Action {
+    const CELL: usize = std::mem::size_of::<Cell>();
+    *bytes += std::mem::size_of::<Action>();
     match a {
-        wit::Action::IndexDocument(d) => Action::IndexDocument {
-            index: d.index,
-            id: d.id,
-            document: d.document,
-        },
-        wit::Action::DeleteDocument(d) => Action::DeleteDocument {
-            index: d.index,
-            id: d.id,
-        },
-        wit::Action::UpsertRows(u) => Action::UpsertRows {
-            table: u.table,
-            rows: u
-                .rows
-                .into_iter()
-                .map(|row| {
-                    row.into_iter()
-                        .map(|v| match v {
-                            wit::Value::Null => Cell::Null,
-                            wit::Value::Boolean(b) => Cell::Boolean(b),
-                            wit::Value::Integer(i) => Cell::Integer(i),
-                            wit::Value::Float(f) => Cell::Float(f),
-                            wit::Value::Text(t) => Cell::Text(t),
-                        })
-                        .collect()
-                })
-                .collect(),
-        },
-        wit::Action::DeleteRows(d) => Action::DeleteRows {
-            table: d.table,
-            doc_id: d.doc_id,
-        },
+        wit::Action::IndexDocument(d) => {
+            *bytes += d.index.len() + d.id.len() + d.document.len();
+            Action::IndexDocument {
+                index: d.index,
+                id: d.id,
+                document: d.document,
+            }
+        }
+        wit::Action::DeleteDocument(d) => {
+            *bytes += d.index.len() + d.id.len();
+            Action::DeleteDocument {
+                index: d.index,
+                id: d.id,
+            }
+        }
+        wit::Action::UpsertRows(u) => {
+            *bytes += u.table.len();
+            Action::UpsertRows {
+                table: u.table,
+                rows: u
+                    .rows
+                    .into_iter()
+                    .map(|row| {
+                        *bytes += row.len() * CELL;
+                        row.into_iter()
+                            .map(|v| match v {
+                                wit::Value::Null => Cell::Null,
+                                wit::Value::Boolean(b) => Cell::Boolean(b),
+                                wit::Value::Integer(i) => Cell::Integer(i),
+                                wit::Value::Float(f) => Cell::Float(f),
+                                wit::Value::Text(t) => {
+                                    *bytes += t.len();
+                                    Cell::Text(t)
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            }
+        }
+        wit::Action::DeleteRows(d) => {
+            *bytes += d.table.len() + d.doc_id.len();
+            Action::DeleteRows {
+                table: d.table,
+                doc_id: d.doc_id,
+            }
+        }
     }
 }
 
@@ -733,8 +871,27 @@ pub struct HostState {
     log: Arc<GuestLog>,
     lookups: Arc<dyn Lookups>,
     granted_lookups: Vec<String>,
-    /// Set when the plugin used something it was not granted.
-    violation: Option<String>,
+    /// Set when a host call refused the plugin something (an ungranted
+    /// lookup, a wait, too much data, its deadline passed): the error kind
+    /// and what happened. It fails the call even if the plugin carries on.
+    violation: Option<(ErrorKind, String)>,
+    /// The call's random sources (seeded per call, see `overrides`).
+    random: overrides::CallRandom,
+    /// `limits.output_mb` in bytes.
+    output_budget_bytes: usize,
+    /// When the current call's `limits.timeout_ms` runs out. Epoch
+    /// interruption enforces it inside Wasm; host calls that could take
+    /// time check it themselves.
+    deadline: Instant,
+}
+
+impl HostState {
+    /// Refuse the current host call: record why (it fails the call with
+    /// `kind`) and trap.
+    fn violate<T>(&mut self, kind: ErrorKind, message: String) -> wasmtime::Result<T> {
+        self.violation = Some((kind, message));
+        Err(wasmtime::Error::new(CapabilityViolation))
+    }
 }
 
 impl WasiView for HostState {
@@ -746,13 +903,14 @@ impl WasiView for HostState {
     }
 }
 
-/// Marker error: a capability violation inside a host import (traps the call).
+/// Marker error: a host import refused the call (traps it; the reason is
+/// in [`HostState`]'s `violation`).
 #[derive(Debug)]
 struct CapabilityViolation;
 
 impl std::fmt::Display for CapabilityViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("capability violation")
+        f.write_str("refused by the sandbox")
     }
 }
 
@@ -772,13 +930,23 @@ impl wit_host::Host for HostState {
 
     fn lookup(&mut self, resource: String, key: String) -> wasmtime::Result<Option<String>> {
         if !self.granted_lookups.contains(&resource) {
-            self.violation = Some(format!(
+            let message = format!(
                 "lookup of resource {resource:?}, which the manifest does not grant (capabilities.lookups = {:?})",
                 self.granted_lookups
-            ));
-            return Err(wasmtime::Error::new(CapabilityViolation));
+            );
+            return self.violate(ErrorKind::Capability, message);
         }
-        Ok(self.lookups.get(&resource, &key))
+        // A lookup may wait (on a cache, later on a database): it must not
+        // start once the call's time is up, whatever the epoch says.
+        if Instant::now() >= self.deadline {
+            return self.violate(
+                ErrorKind::Timeout,
+                format!(
+                    "lookup of resource {resource:?} after the call's wall-clock deadline (limits.timeout_ms)"
+                ),
+            );
+        }
+        Ok(self.lookups.get(&resource, &key, self.deadline))
     }
 }
 

@@ -3,15 +3,40 @@
 //! The change's document field `"hostile"` picks the behaviour; any other
 //! document is processed normally (one document into index `hostile`, one
 //! row into table `hostile_rows`), so tests can check that the partition
-//! goes on after each kind of failure.
+//! goes on after each kind of failure. Some modes read a size from the
+//! document (`"kib"`, `"copies"`, `"from_call"`).
+//!
+//! `init` misbehaves when the manifest's `[config]` has one of the keys
+//! `fail_init`, `sleep_init`, `reserved_table`, `wide_table`.
 
 #[cfg(target_arch = "wasm32")]
 mod component {
     use pillowtop_sdk::host::{self, Level};
     use pillowtop_sdk::json;
     use pillowtop_sdk::types::{Value as Cell, *};
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     struct Hostile;
+
+    /// Calls of `process-change` on this instance.
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    fn column(name: String, kind: ColumnType, nullable: bool) -> Column {
+        Column {
+            name,
+            kind,
+            nullable,
+        }
+    }
+
+    /// A JSON object document of about `kib` KiB.
+    fn padded(kib: usize) -> String {
+        let mut d = String::with_capacity(kib * 1024 + 16);
+        d.push_str("{\"pad\":\"");
+        d.push_str(&"x".repeat(kib * 1024));
+        d.push_str("\"}");
+        d
+    }
 
     fn index(id: &str, document: String) -> Action {
         Action::IndexDocument(IndexDocument {
@@ -26,21 +51,28 @@ mod component {
             if config.contains("fail_init") {
                 return Err("config asks init to fail (fail_init)".into());
             }
+            if config.contains("sleep_init") {
+                // An hour, were the clock real.
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+            let mut columns = vec![
+                column("doc_id".into(), ColumnType::Text, false),
+                column("n".into(), ColumnType::Integer, true),
+            ];
+            if config.contains("wide_table") {
+                columns.extend(
+                    (0..10_000).map(|i| column(format!("c{i}"), ColumnType::Integer, true)),
+                );
+            }
+            let name = if config.contains("reserved_table") {
+                "checkpoints"
+            } else {
+                "hostile_rows"
+            };
             Ok(PluginInfo {
                 tables: vec![TableSpec {
-                    name: "hostile_rows".into(),
-                    columns: vec![
-                        Column {
-                            name: "doc_id".into(),
-                            kind: ColumnType::Text,
-                            nullable: false,
-                        },
-                        Column {
-                            name: "n".into(),
-                            kind: ColumnType::Integer,
-                            nullable: true,
-                        },
-                    ],
+                    name: name.into(),
+                    columns,
                     primary_key: vec!["doc_id".into()],
                 }],
                 indices: vec![IndexSpec {
@@ -51,13 +83,86 @@ mod component {
         }
 
         fn process_change(change: Change) -> Result<Vec<Action>, ProcessError> {
+            let call = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
             let doc = change.document.clone().unwrap_or_else(|| "{}".into());
-            let mode = json::Value::parse(&doc)
-                .ok()
-                .and_then(|v| v.get("hostile"))
+            let parsed = json::Value::parse(&doc).ok();
+            let field = |name: &str| parsed.as_ref().and_then(|v| v.get(name));
+            let number = |name: &str, default: usize| {
+                field(name)
+                    .and_then(|v| v.as_f64())
+                    .map_or(default, |n| n as usize)
+            };
+            let mode = field("hostile")
                 .and_then(|v| v.as_str().map(|s| s.into_owned()))
                 .unwrap_or_default();
             match mode.as_str() {
+                "sleep" => {
+                    // An hour, were the clock real; then carry on normally.
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                    Ok(vec![index(&change.id, "{\"slept\":true}".into())])
+                }
+                "sleep-loop" => loop {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                },
+                "alias" => {
+                    // `copies` index actions whose documents are all the same
+                    // `kib` KiB string of this instance's memory: a small
+                    // guest, a large output once the host copies each one.
+                    let document = std::mem::ManuallyDrop::new(padded(number("kib", 1024)));
+                    let (ptr, len) = (document.as_ptr() as *mut u8, document.len());
+                    let actions = (0..number("copies", 100))
+                        .map(|i| {
+                            // SAFETY (as far as the guest goes): the strings
+                            // alias one leaked buffer and are never dropped
+                            // here; lowering only reads them. This is the
+                            // point of the test: the host must not trust
+                            // that outputs are disjoint.
+                            let document = unsafe { String::from_raw_parts(ptr, len, len) };
+                            index(&format!("{}-{i}", change.id), document)
+                        })
+                        .collect();
+                    Ok(actions)
+                }
+                "big" => Ok(vec![index(&change.id, padded(number("kib", 1024)))]),
+                "big-error" => Err(ProcessError::Retryable(
+                    "e".repeat(number("kib", 1024) * 1024),
+                )),
+                "random" => {
+                    use std::hash::BuildHasher;
+                    let random = getrandom::u64().unwrap_or(0);
+                    let hashed = std::collections::hash_map::RandomState::new().hash_one(42u64);
+                    let t0 = std::time::Instant::now();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    let elapsed = t0.elapsed().as_nanos();
+                    let wall = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(1);
+                    let out = format!(
+                        "{{\"random\":\"{random}\",\"hash\":\"{hashed}\",\"monotonic_elapsed_ns\":{elapsed},\"wall_ns\":{wall}}}"
+                    );
+                    Ok(vec![index(&change.id, out)])
+                }
+                "drift" => {
+                    // Deterministic for the first calls of an instance, then not.
+                    let n = if call >= number("from_call", 3) as u32 {
+                        call
+                    } else {
+                        0
+                    };
+                    Ok(vec![index(&change.id, format!("{{\"n\":{n}}}"))])
+                }
+                "lookups" => {
+                    // `n` lookups of key "k" in the granted resource "slow".
+                    let found = (0..number("n", 2))
+                        .filter(|_| host::lookup("slow", "k").is_some())
+                        .count();
+                    Ok(vec![index(&change.id, format!("{{\"found\":{found}}}"))])
+                }
+                "long-key" => Ok(vec![Action::UpsertRows(UpsertRows {
+                    table: "hostile_rows".into(),
+                    rows: vec![vec![Cell::Text("k".repeat(1000)), Cell::Integer(1)]],
+                })]),
                 "loop" => {
                     let mut n: u64 = 0;
                     loop {
