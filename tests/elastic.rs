@@ -11,7 +11,8 @@ use pillowtop::action::IndexSpec;
 use pillowtop::config::PillowConfig;
 use pillowtop::feed::TopicPartition;
 use pillowtop::generate::{GenOptions, Generator, Kind};
-use pillowtop::pillow::{Pillow, RunOptions, RunSummary, Sinks};
+use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
+use pillowtop::sink::Sinks;
 use pillowtop::sink::elastic::{ElasticSink, StoredDocument};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -43,10 +44,7 @@ fn caught_up() -> RunOptions {
 }
 
 async fn pillow(env: &Env, es: &ElasticSink, config: &PillowConfig) -> Pillow {
-    let sinks = Sinks {
-        store: env.store.clone(),
-        elastic: Some(es.clone()),
-    };
+    let sinks = Sinks::new(env.store.clone(), Some(es.clone()));
     Pillow::new(
         config.clone(),
         env.feed(),
@@ -184,8 +182,7 @@ async fn documents_land_with_offsets_as_versions_and_a_replay_changes_nothing() 
     assert_eq!(replay.messages, lines.len() as u64, "the whole topic again");
     assert!(replay.errors.is_empty(), "{:?}", replay.errors);
     assert!(
-        env.store
-            .recent_errors("es-replay", 5)
+        recent_errors(&env.store, "es-replay", 5)
             .await
             .unwrap()
             .is_empty()
@@ -233,11 +230,11 @@ async fn a_refused_document_is_a_pillow_error_for_its_change_only() {
     );
     assert_eq!(count(&es).await, n as u64 - 1);
     assert!(es.document("case-search", "r17").await.unwrap().is_none());
-    let errors = env.store.recent_errors("es-refused", 10).await.unwrap();
+    let errors = recent_errors(&env.store, "es-refused", 10).await.unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = &errors[0];
     assert_eq!(e.doc_id, "r17");
-    assert_eq!(e.kind, "rejected");
+    assert_eq!(e.kind.as_str(), "rejected");
     assert_eq!(e.processor, "case-search");
     assert!(e.message.contains("closed"), "{}", e.message);
     assert!(e.message.contains("case-search"), "{}", e.message);
@@ -265,10 +262,7 @@ async fn index_mappings_are_checked_at_startup() {
         })
         .await
         .unwrap();
-    let sinks = Sinks {
-        store: env.store.clone(),
-        elastic: Some(conflicting.clone()),
-    };
+    let sinks = Sinks::new(env.store.clone(), Some(conflicting.clone()));
     let err = match Pillow::new(
         config("es-conflict", 10),
         env.feed(),
@@ -481,8 +475,7 @@ async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
     assert_eq!(summary.messages, n as u64, "each change read once");
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert!(
-        env.store
-            .recent_errors("es-outage", 5)
+        recent_errors(&env.store, "es-outage", 5)
             .await
             .unwrap()
             .is_empty()
@@ -520,10 +513,7 @@ async fn a_pillow_started_before_elasticsearch_waits_for_it() {
     let n = 200;
     env.publish("case-sql", 2, &patients("l", n)).await;
     let config = config("es-late", 50);
-    let sinks = || Sinks {
-        store: env.store.clone(),
-        elastic: Some(through_proxy.clone()),
-    };
+    let sinks = || Sinks::new(env.store.clone(), Some(through_proxy.clone()));
 
     // Shut down while waiting: no pillow, no error, promptly.
     assert_shutdown_ends_wait(|shutdown| {

@@ -6,8 +6,8 @@ use pillowtop::config::PillowConfig;
 use pillowtop::feed::TopicPartition;
 use pillowtop::generate::{GenOptions, Generator, Kind};
 use pillowtop::pillow::{Pillow, RunOptions, RunSummary};
+use pillowtop::sink::ChunkCommit;
 use pillowtop::sink::{VersionedAction, WritePlan};
-use pillowtop::store::ChunkCommit;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -112,10 +112,10 @@ async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: E
     assert_checkpoints_at_end(&env, "cs", "case-sql").await;
 
     // Decode errors: recorded with the exact bytes received, nothing lost.
-    let errors = env.store.recent_errors("cs", 100).await.unwrap();
+    let errors = recent_errors(&env.store, "cs", 100).await.unwrap();
     assert_eq!(errors.len(), 3, "{errors:?}");
     for e in &errors {
-        assert_eq!(e.kind, "decode");
+        assert_eq!(e.kind.as_str(), "decode");
         assert!(
             malformed
                 .iter()
@@ -143,7 +143,7 @@ async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: E
     let enabled = ["demo-0", "demo-1", "demo-2"];
     let mut expected_live = 0;
     for (id, change) in &last {
-        let stored = env.store.document("case-search", id).await.unwrap();
+        let stored = env.sql().document("case-search", id).await.unwrap();
         let live = change["is_deletion"] != true
             && change["document"].is_object()
             && enabled.contains(&change["domain"].as_str().unwrap_or(""));
@@ -178,7 +178,7 @@ async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: E
             "latest version of {id}"
         );
     }
-    let counts = env.store.sink_counts().await.unwrap();
+    let counts = env.sql().counts().await.unwrap();
     assert_eq!(
         counts.documents,
         vec![("case-search".to_string(), expected_live)]
@@ -235,9 +235,7 @@ async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(env: 
     assert_eq!(summary.messages, 15);
     assert_checkpoints_at_end(&env, "hostile-pillow", "h").await;
 
-    let errors = env
-        .store
-        .recent_errors("hostile-pillow", 100)
+    let errors = recent_errors(&env.store, "hostile-pillow", 100)
         .await
         .unwrap();
     assert_each_hostile_change_failed_as_itself(&errors);
@@ -259,12 +257,12 @@ async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(env: 
         .strings("SELECT doc_id FROM hostile_rows ORDER BY doc_id")
         .await;
     assert_eq!(ids, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
-    let counts = env.store.sink_counts().await.unwrap();
+    let counts = env.sql().counts().await.unwrap();
     assert_eq!(counts.documents, vec![("hostile".to_string(), 10)]);
 }
 
 /// One pillow error per hostile change, of the kind its misbehaviour earns.
-fn assert_each_hostile_change_failed_as_itself(errors: &[pillowtop::store::StoredError]) {
+fn assert_each_hostile_change_failed_as_itself(errors: &[pillowtop::errors::PillowError]) {
     let kinds: HashMap<_, _> = errors
         .iter()
         .map(|e| (e.doc_id.as_str(), e.kind.as_str()))
@@ -299,7 +297,7 @@ async fn a_chunk_keeps_only_the_last_change_of_a_document() {
         (4, 2, 2)
     );
     let (stored, version) = env
-        .store
+        .sql()
         .document("case-search", "same")
         .await
         .unwrap()
@@ -334,7 +332,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
     let config = pillow_config("replay", "case-sql", case_search_manifest(), 1);
     run(&env, &config, caught_up()).await;
     let before = env
-        .store
+        .sql()
         .document("case-search", "r1")
         .await
         .unwrap()
@@ -350,7 +348,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
         version: 0,
         origin: Default::default(),
     };
-    env.store
+    env.sql()
         .commit(
             "replay",
             &ChunkCommit {
@@ -361,7 +359,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
         .await
         .unwrap();
     assert_eq!(
-        env.store
+        env.sql()
             .document("case-search", "r1")
             .await
             .unwrap()
@@ -377,7 +375,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
     let again = run(&env, &config, caught_up()).await;
     assert_eq!(again.messages, 2);
     assert_eq!(
-        env.store
+        env.sql()
             .document("case-search", "r1")
             .await
             .unwrap()
@@ -385,8 +383,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
         before
     );
     assert!(
-        env.store
-            .recent_errors("replay", 10)
+        recent_errors(&env.store, "replay", 10)
             .await
             .unwrap()
             .is_empty()
@@ -557,10 +554,10 @@ async fn a_row_the_store_refuses_is_a_pillow_error_for_its_change_only_in(
     let rows = env.strings("SELECT doc_id FROM tagged").await;
     assert_eq!(rows.len(), n - 1, "{rows:?}");
     assert!(!rows.contains(&"bad".to_string()));
-    let errors = env.store.recent_errors("refuse", 10).await.unwrap();
+    let errors = recent_errors(&env.store, "refuse", 10).await.unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].doc_id, "bad");
-    assert_eq!(errors[0].kind, "rejected");
+    assert_eq!(errors[0].kind.as_str(), "rejected");
     assert_eq!(errors[0].processor, "tagger");
     assert!(
         errors[0].message.contains("no_bad"),
@@ -660,7 +657,9 @@ async fn hostile_changes_in_parallel_lanes_fail_alone() {
     let summary = run(&env, &config, caught_up()).await;
     assert_eq!(summary.messages, 305);
     assert_checkpoints_at_end(&env, "hostile-lanes", "hl").await;
-    let errors = env.store.recent_errors("hostile-lanes", 100).await.unwrap();
+    let errors = recent_errors(&env.store, "hostile-lanes", 100)
+        .await
+        .unwrap();
     assert_each_hostile_change_failed_as_itself(&errors);
     let ids = env
         .strings("SELECT doc_id FROM hostile_rows ORDER BY doc_id")
@@ -733,7 +732,7 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
         .fetch_one(env.store.sqlite().unwrap())
         .await
         .unwrap();
-    assert_eq!(safety, i64::from(pillowtop::sqlite::WAL_SAFETY_PAGES));
+    assert_eq!(safety, i64::from(pillowtop::db::sqlite::WAL_SAFETY_PAGES));
     // Statement journals of the multi-row upserts stay in memory (2 =
     // MEMORY) instead of going to temporary files beside the commit.
     let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")

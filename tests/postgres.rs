@@ -6,8 +6,9 @@
 use crate::support::*;
 use pillowtop::action::{Action, Cell, Column, ColumnType, IndexSpec, PluginInfo, TableSpec};
 use pillowtop::feed::TopicPartition;
+use pillowtop::sink::{ChunkCommit, SqlSink};
 use pillowtop::sink::{VersionedAction, WritePlan};
-use pillowtop::store::{ChunkCommit, Store};
+use pillowtop::store::Store;
 use sqlx::Row;
 
 fn visits() -> TableSpec {
@@ -69,9 +70,10 @@ fn at(action: Action, version: u64) -> VersionedAction {
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
     let store = pg_store(&pg_schema("pgsink")).await;
-    store.ensure_outputs(&info()).await.unwrap();
+    let sql = SqlSink::new(&store);
+    sql.ensure_outputs(&info()).await.unwrap();
     // Twice: an existing matching table is accepted.
-    store.ensure_outputs(&info()).await.unwrap();
+    sql.ensure_outputs(&info()).await.unwrap();
     // Documents are compressed with lz4 where the server has it (the
     // Debian PostgreSQL `make services` uses does), pglz otherwise.
     let pool = store.postgres().unwrap();
@@ -120,17 +122,16 @@ async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
         ),
     ]);
     let tp = TopicPartition::new("case-sql", 3);
-    store
-        .commit(
-            "pg",
-            &ChunkCommit {
-                plan,
-                errors: vec![],
-                checkpoints: vec![(tp.clone(), 13)],
-            },
-        )
-        .await
-        .unwrap();
+    sql.commit(
+        "pg",
+        &ChunkCommit {
+            plan,
+            errors: vec![],
+            checkpoints: vec![(tp.clone(), 13)],
+        },
+    )
+    .await
+    .unwrap();
 
     let pool = store.postgres().unwrap();
     let rows = sqlx::query(
@@ -181,10 +182,10 @@ async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
     assert_eq!(saved.len(), 1);
     assert_eq!((saved[0].tp.clone(), saved[0].next_offset), (tp, 13));
     assert_eq!(
-        store.document("cases", "a").await.unwrap(),
+        sql.document("cases", "a").await.unwrap(),
         Some((Some("{\"v\":1}".into()), 11))
     );
-    let counts = store.sink_counts().await.unwrap();
+    let counts = sql.counts().await.unwrap();
     assert_eq!(counts.rows, vec![("visits".to_string(), 2)]);
     assert_eq!(counts.documents, vec![("cases".to_string(), 1)]);
 }
@@ -193,7 +194,8 @@ async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_commit_keeps_nothing_of_the_chunk() {
     let store = pg_store(&pg_schema("pgrollback")).await;
-    store.ensure_outputs(&info()).await.unwrap();
+    let sql = SqlSink::new(&store);
+    sql.ensure_outputs(&info()).await.unwrap();
     // Rows for a table the store has no spec for fail after the document
     // write went through; the transaction must undo it.
     let plan = WritePlan::build(vec![
@@ -213,7 +215,7 @@ async fn a_failed_commit_keeps_nothing_of_the_chunk() {
             1,
         ),
     ]);
-    let err = store
+    let err = sql
         .commit(
             "pg",
             &ChunkCommit {
@@ -225,7 +227,7 @@ async fn a_failed_commit_keeps_nothing_of_the_chunk() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("undeclared"), "{err}");
-    assert_eq!(store.document("cases", "x").await.unwrap(), None);
+    assert_eq!(sql.document("cases", "x").await.unwrap(), None);
     assert!(store.checkpoints("pg").await.unwrap().is_empty());
 }
 
@@ -235,6 +237,7 @@ async fn a_failed_commit_keeps_nothing_of_the_chunk() {
 async fn a_mismatching_table_is_refused_naming_table_and_column() {
     let schema = pg_schema("pgmismatch");
     let store = pg_store(&schema).await;
+    let sql = SqlSink::new(&store);
     let pool = store.postgres().unwrap();
     sqlx::query(
         "CREATE TABLE visits (doc_id TEXT NOT NULL, n BIGINT NOT NULL, day TEXT, at TIMESTAMPTZ,
@@ -243,7 +246,7 @@ async fn a_mismatching_table_is_refused_naming_table_and_column() {
     .execute(pool)
     .await
     .unwrap();
-    let err = store.ensure_outputs(&info()).await.unwrap_err().to_string();
+    let err = sql.ensure_outputs(&info()).await.unwrap_err().to_string();
     for needle in [
         "\"visits\"",
         "\"day\"",
@@ -266,7 +269,7 @@ async fn a_mismatching_table_is_refused_naming_table_and_column() {
     .execute(pool)
     .await
     .unwrap();
-    let err = store.ensure_outputs(&info()).await.unwrap_err().to_string();
+    let err = sql.ensure_outputs(&info()).await.unwrap_err().to_string();
     assert!(err.contains("primary key is [\"doc_id\"]"), "{err}");
 }
 
@@ -373,8 +376,7 @@ async fn a_process_started_before_its_database_waits_for_it() {
     };
     let err = Store::connect(&location)
         .await
-        .err()
-        .expect("no database, no store");
+        .expect_err("no database, no store");
     assert!(err.is_outage(), "a refused connection is an outage: {err}");
 
     assert_shutdown_ends_wait(|shutdown| {
@@ -421,8 +423,7 @@ async fn a_process_started_before_its_database_waits_for_it() {
     )
     .await
     .expect("retried a refusal as if it were an outage")
-    .err()
-    .expect("an unknown role cannot open the store");
+    .expect_err("an unknown role cannot open the store");
     assert!(!err.is_outage(), "{err}");
     assert!(err.to_string().contains("no_such_role"), "{err}");
 }
@@ -521,8 +522,7 @@ async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
     assert_eq!(summary.messages, n as u64, "each change read once");
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert!(
-        observer
-            .recent_errors("outage", 5)
+        recent_errors(&observer, "outage", 5)
             .await
             .unwrap()
             .is_empty()

@@ -265,7 +265,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unsaved_tail() {
     let all = expected(&messages, |_| u64::MAX);
     assert_eq!(all.len(), docs - docs / 5, "live documents");
     assert_rows(&tagged(&store).await, &all, "rows after the restart");
-    assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
+    assert!(recent_errors(&store, "tagged", 5).await.unwrap().is_empty());
 }
 
 /// A tansu broker on its own port and storage, restartable.
@@ -410,7 +410,7 @@ async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
     }
     let high: u64 = saved.values().sum();
     assert_eq!(high, 4000, "each change published once");
-    assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
+    assert!(recent_errors(&store, "tagged", 5).await.unwrap().is_empty());
 }
 
 /// `run` started while its broker is down waits for it (past librdkafka's
@@ -440,7 +440,7 @@ async fn a_run_started_before_its_broker_waits_for_it() {
     wait_for_rows(&store, 500, &mut child, 90).await;
     let stdout = terminate(child);
     assert_eq!(changes_read(&stdout), 500, "{stdout}");
-    assert!(store.recent_errors("tagged", 5).await.unwrap().is_empty());
+    assert!(recent_errors(&store, "tagged", 5).await.unwrap().is_empty());
 }
 
 /// Two processes of one pillow share a PostgreSQL store: they create the

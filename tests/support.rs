@@ -139,6 +139,11 @@ impl Env {
         }
     }
 
+    /// The SQL sinks of this env's store.
+    pub fn sql(&self) -> pillowtop::sink::SqlSink {
+        pillowtop::sink::SqlSink::new(&self.store)
+    }
+
     pub fn feed(&self) -> Feed {
         Feed::Embedded(self.feed.clone())
     }
@@ -160,6 +165,15 @@ impl Env {
             .collect();
         self.feed.publish(topic, messages).await.unwrap();
     }
+}
+
+/// The latest `limit` pillow errors of `pillow` in `store`, newest first.
+pub async fn recent_errors(
+    store: &Store,
+    pillow: &str,
+    limit: u32,
+) -> Result<Vec<pillowtop::errors::PillowError>, sqlx::Error> {
+    pillowtop::errors::sql::recent(store.db(), pillow, limit).await
 }
 
 /// Changes covered by `store`'s saved checkpoints of `checkpoint_id`.

@@ -192,6 +192,54 @@ pub async fn request_reload(
     })
 }
 
+/// Why `pillowtop plugin reload` could not ask the running hosts.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRequestError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// No live process with an admin endpoint is recorded.
+    #[error(
+        "no running pillowtop process with an admin endpoint is recorded in the {0}; start one with `pillowtop run`, or send it SIGHUP"
+    )]
+    NoneRunning(String),
+    /// A process did not answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Ask every live host process recorded in `store` (by the liveness rule)
+/// to reload plugin `name` (every plugin when `None`); each admin URL with
+/// what it answered.
+///
+/// # Errors
+///
+/// See [`ReloadRequestError`].
+pub async fn reload_running(
+    store: &crate::store::Store,
+    name: Option<&str>,
+) -> Result<Vec<(String, Vec<ReloadOutcome>)>, ReloadRequestError> {
+    let now = crate::time::now_ms();
+    let mut urls: Vec<String> = store
+        .processes()
+        .await?
+        .into_iter()
+        .filter(|p| p.liveness(now) == crate::store::Liveness::Running)
+        .filter_map(|p| p.admin_url)
+        .collect();
+    urls.sort();
+    urls.dedup();
+    if urls.is_empty() {
+        return Err(ReloadRequestError::NoneRunning(store.location().to_owned()));
+    }
+    let mut out = Vec::with_capacity(urls.len());
+    for url in urls {
+        let outcomes = request_reload(&url, name).await?;
+        out.push((url, outcomes));
+    }
+    Ok(out)
+}
+
 /// `GET path` from the host at `base_url` (e.g. `/metrics`); the body.
 ///
 /// # Errors

@@ -9,33 +9,90 @@
 //! replays at most the unsaved tail, which versioned, idempotent sink writes
 //! absorb.
 //!
-//! Operators move checkpoints with `pillowtop checkpoint` ([`inspect`],
-//! [`apply`]): after a retention gap, to skip a backlog, or to reprocess.
+//! Where each partition stands ([`positions`]: the feed's offsets joined
+//! with the saved checkpoints, the one query `status`, the checkpoint
+//! commands and a starting pillow share). Operators move checkpoints with
+//! `pillowtop checkpoint` ([`inspect`], [`apply`]): after a retention gap,
+//! to skip a backlog, or to reprocess.
 
 use crate::config::PillowConfig;
 use crate::feed::{Feed, FeedError, TopicPartition};
-use crate::store::{Store, StoreError};
+use crate::store::{Liveness, Store, StoreError};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// One partition's checkpoint against what the feed holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PartitionCheckpoint {
+pub struct PartitionPosition {
     /// The partition.
     pub partition: TopicPartition,
     /// The saved checkpoint (next offset), if any.
     pub checkpoint: Option<u64>,
+    /// When the checkpoint was saved, epoch ms.
+    pub saved_at_ms: Option<i64>,
     /// First offset the feed still holds.
     pub first_offset: u64,
     /// Next offset the feed will write.
     pub end_offset: u64,
 }
 
-impl PartitionCheckpoint {
+impl PartitionPosition {
     /// Whether the checkpoint is below what the feed still holds.
     pub fn retention_gap(&self) -> bool {
         self.checkpoint.is_some_and(|c| c < self.first_offset)
     }
+
+    /// Changes the feed holds past the checkpoint (all of them without one).
+    pub fn need_processing(&self) -> u64 {
+        self.end_offset.saturating_sub(self.checkpoint.unwrap_or(0))
+    }
+
+    /// Where a pillow starts reading: the checkpoint, or the first offset
+    /// the feed holds when there is none.
+    ///
+    /// # Errors
+    ///
+    /// A retention gap: the checkpoint is below what the feed still holds
+    /// (CommCare stops too, rather than skip changes silently).
+    pub fn start(&self) -> Result<u64, FeedError> {
+        match self.checkpoint {
+            Some(needed) if needed < self.first_offset => Err(FeedError::RetentionGap {
+                tp: self.partition.clone(),
+                first: self.first_offset,
+                needed,
+            }),
+            Some(checkpoint) => Ok(checkpoint),
+            None => Ok(self.first_offset),
+        }
+    }
+}
+
+/// The position of each of `pairs`: the feed's first and end offsets and
+/// the checkpoint saved under `checkpoint_id`, in the order given.
+///
+/// # Errors
+///
+/// When the feed or store fails.
+pub async fn positions(
+    feed: &Feed,
+    store: &Store,
+    checkpoint_id: &str,
+    pairs: &[TopicPartition],
+) -> Result<Vec<PartitionPosition>, CheckpointError> {
+    let saved = store.checkpoints(checkpoint_id).await?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for tp in pairs {
+        let w = feed.watermarks(tp).await?;
+        let checkpoint = saved.iter().find(|c| &c.tp == tp);
+        out.push(PartitionPosition {
+            partition: tp.clone(),
+            checkpoint: checkpoint.map(|c| c.next_offset),
+            saved_at_ms: checkpoint.map(|c| c.updated_at_ms),
+            first_offset: w.low,
+            end_offset: w.high,
+        });
+    }
+    Ok(out)
 }
 
 /// Why checkpoints could not be read or moved.
@@ -89,19 +146,9 @@ pub async fn inspect(
     pillow: &PillowConfig,
     feed: &Feed,
     store: &Store,
-) -> Result<Vec<PartitionCheckpoint>, CheckpointError> {
-    let saved = store.checkpoints(pillow.checkpoint_id()).await?;
-    let mut out = Vec::new();
-    for tp in feed.partitions(&pillow.topics).await? {
-        let w = feed.watermarks(&tp).await?;
-        out.push(PartitionCheckpoint {
-            checkpoint: saved.iter().find(|c| c.tp == tp).map(|c| c.next_offset),
-            partition: tp,
-            first_offset: w.low,
-            end_offset: w.high,
-        });
-    }
-    Ok(out)
+) -> Result<Vec<PartitionPosition>, CheckpointError> {
+    let pairs = feed.partitions(&pillow.topics).await?;
+    positions(feed, store, pillow.checkpoint_id(), &pairs).await
 }
 
 /// Where to move checkpoints.
@@ -132,19 +179,22 @@ pub async fn apply(
 ) -> Result<Vec<(TopicPartition, Option<u64>, u64)>, CheckpointError> {
     if !force {
         let now = crate::time::now_ms();
-        if let Some(p) = store.processes().await?.into_iter().find(|p| {
-            p.pillow == pillow.name && p.stopped_at_ms.is_none() && now - p.heartbeat_at_ms < 15_000
-        }) {
+        if let Some(p) = store
+            .processes()
+            .await?
+            .into_iter()
+            .find(|p| p.pillow == pillow.name && p.liveness(now) == Liveness::Running)
+        {
             return Err(CheckpointError::Running {
                 pillow: pillow.name.clone(),
                 process_num: p.process_num,
                 pid: p.pid,
-                age_s: (now - p.heartbeat_at_ms) / 1000,
+                age_s: p.seconds_since_heartbeat(now),
             });
         }
     }
     let all = inspect(pillow, feed, store).await?;
-    let chosen: Vec<&PartitionCheckpoint> = if partitions.is_empty() {
+    let chosen: Vec<&PartitionPosition> = if partitions.is_empty() {
         all.iter().collect()
     } else {
         partitions
@@ -237,6 +287,29 @@ impl CheckpointTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pillow_starts_at_its_checkpoint_or_the_first_offset_never_across_a_gap() {
+        let at = |checkpoint| PartitionPosition {
+            partition: TopicPartition::new("t", 3),
+            checkpoint,
+            saved_at_ms: None,
+            first_offset: 10,
+            end_offset: 50,
+        };
+        assert_eq!(at(None).start().unwrap(), 10);
+        assert_eq!(at(Some(10)).start().unwrap(), 10);
+        assert_eq!(at(Some(42)).start().unwrap(), 42);
+        let gap = at(Some(7));
+        assert!(gap.retention_gap());
+        let err = gap.start().unwrap_err().to_string();
+        assert!(
+            err.starts_with("First available topic offset for t:3 is 10 but needed 7."),
+            "CommCare's message: {err}"
+        );
+        assert_eq!(at(Some(42)).need_processing(), 8);
+        assert_eq!(at(None).need_processing(), 50);
+    }
 
     #[test]
     fn due_by_count_or_delay_never_when_clean() {

@@ -19,41 +19,104 @@ pub enum MetricType {
     Gauge,
 }
 
-/// The metrics pillowtop exports: name, type, help.
-pub const METRICS: &[(&str, MetricType, &str)] = &[
-    (
-        "pillowtop_plugin_info",
-        MetricType::Gauge,
-        "1 for the plugin version live in a pillow (version = manifest version + content hash)",
-    ),
-    (
-        "pillowtop_plugin_reloads_total",
-        MetricType::Counter,
-        "Plugin reload attempts by outcome: live, unchanged, refused",
-    ),
-    (
-        "pillowtop_plugin_refused",
-        MetricType::Gauge,
-        "1 while the newest version of a plugin on disk was refused and an older one keeps running",
-    ),
-    (
-        "pillowtop_changes_total",
-        MetricType::Counter,
-        "Changes run through a processor, by plugin version and outcome (ok or an error kind)",
-    ),
-    (
-        "pillowtop_fuel_used_total",
-        MetricType::Counter,
-        "Fuel used by a processor's calls",
-    ),
-    (
-        "pillowtop_processed_offset",
-        MetricType::Gauge,
-        "Next offset to process, per pillow and partition",
-    ),
-];
+/// Every metric pillowtop exports. A metric is used by this name, so one
+/// that is not declared here cannot be set: the registry and the code that
+/// reports cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Metric {
+    /// `pillowtop_plugin_info`.
+    PluginInfo,
+    /// `pillowtop_plugin_reloads_total`.
+    PluginReloadsTotal,
+    /// `pillowtop_plugin_refused`.
+    PluginRefused,
+    /// `pillowtop_changes_total`.
+    ChangesTotal,
+    /// `pillowtop_fuel_used_total`.
+    FuelUsedTotal,
+    /// `pillowtop_processed_offset`.
+    ProcessedOffset,
+    /// `pillowtop_sink_down`.
+    SinkDown,
+    /// `pillowtop_sink_retries_total`.
+    SinkRetriesTotal,
+}
 
-type Key = (&'static str, Vec<(&'static str, String)>);
+impl Metric {
+    /// Every metric, in the order `/metrics` lists them.
+    pub const ALL: [Metric; 8] = [
+        Metric::PluginInfo,
+        Metric::PluginReloadsTotal,
+        Metric::PluginRefused,
+        Metric::ChangesTotal,
+        Metric::FuelUsedTotal,
+        Metric::ProcessedOffset,
+        Metric::SinkDown,
+        Metric::SinkRetriesTotal,
+    ];
+
+    /// Its exported name.
+    pub fn name(self) -> &'static str {
+        self.describe().0
+    }
+
+    /// Counter or gauge.
+    pub fn kind(self) -> MetricType {
+        self.describe().1
+    }
+
+    /// What it measures, as `# HELP` says.
+    pub fn help(self) -> &'static str {
+        self.describe().2
+    }
+
+    fn describe(self) -> (&'static str, MetricType, &'static str) {
+        match self {
+            Metric::PluginInfo => (
+                "pillowtop_plugin_info",
+                MetricType::Gauge,
+                "1 for the plugin version live in a pillow (version = manifest version + content hash)",
+            ),
+            Metric::PluginReloadsTotal => (
+                "pillowtop_plugin_reloads_total",
+                MetricType::Counter,
+                "Plugin reload attempts by outcome: live, unchanged, refused",
+            ),
+            Metric::PluginRefused => (
+                "pillowtop_plugin_refused",
+                MetricType::Gauge,
+                "1 while the newest version of a plugin on disk was refused and an older one keeps running",
+            ),
+            Metric::ChangesTotal => (
+                "pillowtop_changes_total",
+                MetricType::Counter,
+                "Changes run through a processor, by plugin version and outcome (ok or an error kind)",
+            ),
+            Metric::FuelUsedTotal => (
+                "pillowtop_fuel_used_total",
+                MetricType::Counter,
+                "Fuel used by a processor's calls",
+            ),
+            Metric::ProcessedOffset => (
+                "pillowtop_processed_offset",
+                MetricType::Gauge,
+                "Next offset to process, per pillow and partition",
+            ),
+            Metric::SinkDown => (
+                "pillowtop_sink_down",
+                MetricType::Gauge,
+                "1 while a pillow holds a chunk because its sink (store or elasticsearch) is unreachable",
+            ),
+            Metric::SinkRetriesTotal => (
+                "pillowtop_sink_retries_total",
+                MetricType::Counter,
+                "Writes retried because their sink (store or elasticsearch) was unreachable",
+            ),
+        }
+    }
+}
+
+type Key = (Metric, Vec<(&'static str, String)>);
 
 /// The registry.
 #[derive(Debug, Default)]
@@ -74,25 +137,21 @@ impl Metrics {
         f(&mut values);
     }
 
-    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-        debug_assert!(
-            METRICS.iter().any(|(n, _, _)| *n == name),
-            "unregistered metric {name}"
-        );
+    fn key(metric: Metric, labels: &[(&'static str, &str)]) -> Key {
         (
-            name,
+            metric,
             labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
         )
     }
 
     /// Add `by` to a counter.
-    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], by: f64) {
+    pub fn add(&self, name: Metric, labels: &[(&'static str, &str)], by: f64) {
         let key = Self::key(name, labels);
         self.with(|v| *v.entry(key).or_default() += by);
     }
 
     /// Set a gauge.
-    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
+    pub fn set(&self, name: Metric, labels: &[(&'static str, &str)], value: f64) {
         let key = Self::key(name, labels);
         self.with(|v| {
             v.insert(key, value);
@@ -101,7 +160,7 @@ impl Metrics {
 
     /// Remove every series of `name` whose labels include all of `labels`
     /// (e.g. the old version's `plugin_info` when a new one goes live).
-    pub fn remove_matching(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+    pub fn remove_matching(&self, name: Metric, labels: &[(&'static str, &str)]) {
         self.with(|v| {
             v.retain(|(n, ls), _| {
                 *n != name
@@ -113,7 +172,7 @@ impl Metrics {
     }
 
     /// The current value of one series, if set.
-    pub fn get(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Option<f64> {
+    pub fn get(&self, name: Metric, labels: &[(&'static str, &str)]) -> Option<f64> {
         let key = Self::key(name, labels);
         let mut out = None;
         self.with(|v| out = v.get(&key).copied());
@@ -124,14 +183,15 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.with(|values| {
-            for (name, kind, help) in METRICS {
-                let kind = match kind {
+            for metric in Metric::ALL {
+                let (name, help) = (metric.name(), metric.help());
+                let kind = match metric.kind() {
                     MetricType::Counter => "counter",
                     MetricType::Gauge => "gauge",
                 };
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for ((n, labels), value) in values.iter() {
-                    if n != name {
+                for ((m, labels), value) in values.iter() {
+                    if *m != metric {
                         continue;
                     }
                     out.push_str(name);
@@ -168,16 +228,16 @@ mod tests {
     fn renders_prometheus_text_with_escaped_labels() {
         let m = Metrics::new();
         m.add(
-            "pillowtop_changes_total",
+            Metric::ChangesTotal,
             &[("pillow", "p"), ("outcome", "ok")],
             2.0,
         );
         m.add(
-            "pillowtop_changes_total",
+            Metric::ChangesTotal,
             &[("pillow", "p"), ("outcome", "ok")],
             3.0,
         );
-        m.set("pillowtop_plugin_info", &[("plugin", "a\"b\\c\nd")], 1.0);
+        m.set(Metric::PluginInfo, &[("plugin", "a\"b\\c\nd")], 1.0);
         let text = m.render();
         assert!(text.contains("# TYPE pillowtop_changes_total counter\n"));
         assert!(text.contains("pillowtop_changes_total{pillow=\"p\",outcome=\"ok\"} 5\n"));
@@ -185,31 +245,42 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_is_rendered_with_its_type_and_a_unique_name() {
+        let text = Metrics::new().render();
+        let mut names = std::collections::HashSet::new();
+        for m in Metric::ALL {
+            assert!(names.insert(m.name()), "{} twice", m.name());
+            assert!(m.name().starts_with("pillowtop_"));
+            assert_eq!(
+                m.name().ends_with("_total"),
+                m.kind() == MetricType::Counter,
+                "counters and only counters end in _total: {}",
+                m.name()
+            );
+            assert!(text.contains(&format!("# TYPE {} ", m.name())), "{text}");
+        }
+    }
+
+    #[test]
     fn remove_matching_drops_only_matching_series() {
         let m = Metrics::new();
         m.set(
-            "pillowtop_plugin_info",
+            Metric::PluginInfo,
             &[("plugin", "a"), ("version", "1")],
             1.0,
         );
         m.set(
-            "pillowtop_plugin_info",
+            Metric::PluginInfo,
             &[("plugin", "b"), ("version", "1")],
             1.0,
         );
-        m.remove_matching("pillowtop_plugin_info", &[("plugin", "a")]);
+        m.remove_matching(Metric::PluginInfo, &[("plugin", "a")]);
         assert_eq!(
-            m.get(
-                "pillowtop_plugin_info",
-                &[("plugin", "a"), ("version", "1")]
-            ),
+            m.get(Metric::PluginInfo, &[("plugin", "a"), ("version", "1")]),
             None
         );
         assert_eq!(
-            m.get(
-                "pillowtop_plugin_info",
-                &[("plugin", "b"), ("version", "1")]
-            ),
+            m.get(Metric::PluginInfo, &[("plugin", "b"), ("version", "1")]),
             Some(1.0)
         );
     }

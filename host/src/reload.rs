@@ -25,7 +25,7 @@
 
 use crate::fixtures;
 use crate::manifest::Manifest;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::wasm::{self, LoadError, LoadTimings, Plugin, Processor, Runtime};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -296,12 +296,12 @@ impl Plugins {
     fn set_live_metric(&self, plugin: &str, previous: Option<&str>, version: &str) {
         if let Some(previous) = previous {
             self.metrics.remove_matching(
-                "pillowtop_plugin_info",
+                Metric::PluginInfo,
                 &[("plugin", plugin), ("version", previous)],
             );
         }
         self.metrics.set(
-            "pillowtop_plugin_info",
+            Metric::PluginInfo,
             &[("plugin", plugin), ("version", version)],
             1.0,
         );
@@ -347,13 +347,13 @@ impl Plugins {
         let refused = matches!(outcome, ReloadOutcome::Refused { .. });
         if !matches!(outcome, ReloadOutcome::Unchanged { .. }) {
             self.metrics.set(
-                "pillowtop_plugin_refused",
+                Metric::PluginRefused,
                 &[("plugin", &slot.name)],
                 if refused { 1.0 } else { 0.0 },
             );
         }
         self.metrics.add(
-            "pillowtop_plugin_reloads_total",
+            Metric::PluginReloadsTotal,
             &[("plugin", &slot.name), ("outcome", outcome.label())],
             1.0,
         );

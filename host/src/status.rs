@@ -3,11 +3,13 @@
 //! the last checkpoint and the owning process; error counts, recent errors
 //! and plugin versions. One screen for the firefighting guide.
 
+use crate::checkpoint::{self, CheckpointError};
 use crate::config::PillowConfig;
+use crate::errors::{ErrorKind, PillowError};
 use crate::feed::{Feed, FeedError};
 use crate::manifest::Manifest;
 use crate::partition;
-use crate::store::{PluginEvent, PluginEventKind, Store, StoreError, StoredError, Waiting};
+use crate::store::{PluginEvent, PluginEventKind, Store, StoreError, Waiting};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -40,10 +42,10 @@ pub struct PillowStatus {
     /// Total need-processing.
     pub need_processing: u64,
     /// Pillow errors by kind.
-    pub errors: Vec<(String, u64)>,
+    pub errors: Vec<(ErrorKind, u64)>,
     /// The latest errors.
     #[serde(skip)]
-    pub recent_errors: Vec<StoredError>,
+    pub recent_errors: Vec<PillowError>,
     /// Processors: what runs, what is on disk, what was refused.
     pub plugins: Vec<PluginStatus>,
     /// Host processes that ran this pillow.
@@ -84,7 +86,7 @@ pub struct ProcessStatus {
     /// Host name.
     pub host: String,
     /// `running`, `stopped` (gracefully), or `unresponsive` (no heartbeat
-    /// for 15 s: killed or hung).
+    /// for [`crate::store::STALE_AFTER`]: killed or hung).
     pub state: &'static str,
     /// Admin endpoint.
     pub admin_url: Option<String>,
@@ -103,6 +105,17 @@ pub enum StatusError {
     /// Store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Checkpoints.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Pillow errors.
+    #[error("{store}: reading pillow errors: {source}")]
+    Errors {
+        /// Which store.
+        store: String,
+        /// The error.
+        source: sqlx::Error,
+    },
     /// The process layout is impossible.
     #[error(transparent)]
     Assignment(#[from] partition::AssignmentError),
@@ -120,28 +133,30 @@ pub async fn pillow_status(
     max_component_bytes: u64,
 ) -> Result<PillowStatus, StatusError> {
     let pairs = feed.partitions(&config.topics).await?;
-    let checkpoints = store.checkpoints(config.checkpoint_id()).await?;
     let now = crate::time::now_ms();
     let owners = partition::owners(
         &pairs,
         config.num_processes,
         config.dedicated_migration_process,
     )?;
-    let mut partitions = Vec::new();
-    for tp in &pairs {
-        let end = feed.watermarks(tp).await?.high;
-        let saved = checkpoints.iter().find(|c| &c.tp == tp);
-        let checkpoint = saved.map(|c| c.next_offset);
-        partitions.push(PartitionStatus {
-            partition: tp.to_string(),
-            process: owners.get(tp).copied().unwrap_or(0),
-            checkpoint,
-            end_offset: end,
-            need_processing: end.saturating_sub(checkpoint.unwrap_or(0)),
-            seconds_since_checkpoint: saved.map(|c| (now - c.updated_at_ms).max(0) / 1000),
-        });
-    }
+    let mut partitions: Vec<PartitionStatus> =
+        checkpoint::positions(feed, store, config.checkpoint_id(), &pairs)
+            .await?
+            .into_iter()
+            .map(|p| PartitionStatus {
+                process: owners.get(&p.partition).copied().unwrap_or(0),
+                partition: p.partition.to_string(),
+                checkpoint: p.checkpoint,
+                end_offset: p.end_offset,
+                need_processing: p.need_processing(),
+                seconds_since_checkpoint: p.saved_at_ms.map(|at| (now - at).max(0) / 1000),
+            })
+            .collect();
     partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+    let errors_err = |source| StatusError::Errors {
+        store: store.location().to_owned(),
+        source,
+    };
     let events = store.plugin_events(&config.name).await?;
     let plugins = config
         .processors
@@ -162,21 +177,14 @@ pub async fn pillow_status(
         .await?
         .into_iter()
         .filter(|p| p.pillow == config.name)
-        .map(|p| {
-            let age = (now - p.heartbeat_at_ms).max(0) / 1000;
-            ProcessStatus {
-                process_num: p.process_num,
-                pid: p.pid,
-                host: p.host,
-                state: match p.stopped_at_ms {
-                    Some(_) => "stopped",
-                    None if age >= 15 => "unresponsive",
-                    None => "running",
-                },
-                admin_url: p.admin_url,
-                seconds_since_heartbeat: age,
-                waiting: p.waiting.filter(|_| p.stopped_at_ms.is_none()),
-            }
+        .map(|p| ProcessStatus {
+            process_num: p.process_num,
+            pid: p.pid,
+            host: p.host.clone(),
+            state: p.liveness(now).as_str(),
+            admin_url: p.admin_url.clone(),
+            seconds_since_heartbeat: p.seconds_since_heartbeat(now),
+            waiting: p.waiting.clone().filter(|_| p.stopped_at_ms.is_none()),
         })
         .collect();
     Ok(PillowStatus {
@@ -184,8 +192,12 @@ pub async fn pillow_status(
         checkpoint_id: config.checkpoint_id().to_owned(),
         need_processing: partitions.iter().map(|p| p.need_processing).sum(),
         partitions,
-        errors: store.error_counts(&config.name).await?,
-        recent_errors: store.recent_errors(&config.name, 5).await?,
+        errors: crate::errors::sql::counts(store.db(), &config.name)
+            .await
+            .map_err(errors_err)?,
+        recent_errors: crate::errors::sql::recent(store.db(), &config.name, 5)
+            .await
+            .map_err(errors_err)?,
         plugins,
         processes,
     })

@@ -9,8 +9,9 @@ use pillowtop::action::{Action, Cell, Column, ColumnType, PluginInfo, TableSpec}
 use pillowtop::config::StoreLocation;
 use pillowtop::feed::kafka::KafkaFeed;
 use pillowtop::feed::{Feed, TopicPartition};
+use pillowtop::sink::{ChunkCommit, SqlSink};
 use pillowtop::sink::{VersionedAction, WritePlan};
-use pillowtop::store::{ChunkCommit, Store};
+use pillowtop::store::Store;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
@@ -454,7 +455,8 @@ pub fn pg_sink_bench() {
                 schema,
             }))
             .unwrap();
-        rt.block_on(store.ensure_outputs(&PluginInfo {
+        let sql = SqlSink::new(&store);
+        rt.block_on(sql.ensure_outputs(&PluginInfo {
             tables: vec![ucr_table()],
             indices: vec![],
         }))
@@ -478,7 +480,7 @@ pub fn pg_sink_bench() {
                     errors: vec![],
                     checkpoints: vec![(TopicPartition::new("case-sql", 0), (start + batch) as u64)],
                 };
-                rt.block_on(store.commit("bench", &commit)).unwrap();
+                rt.block_on(sql.commit("bench", &commit)).unwrap();
             }
             rates.push(rows_total as f64 / started.elapsed().as_secs_f64());
         }

@@ -6,7 +6,7 @@
 //! never block the writer.
 
 use super::{FeedError, Message, TopicPartition, Watermarks, partition_for_key};
-use crate::sqlite::Database;
+use crate::db::sqlite::Database;
 use sqlx::{QueryBuilder, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ impl EmbeddedFeed {
     /// When the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<EmbeddedFeed, FeedError> {
         static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-feed");
-        let db = crate::sqlite::open(path, &MIGRATOR)
+        let db = crate::db::sqlite::open(path, &MIGRATOR)
             .await
             .map_err(|e| FeedError::Invalid(format!("embedded feed {}: {e}", path.display())))?;
         Ok(EmbeddedFeed {

@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod publish;
 
 use std::fmt;
 use std::sync::Arc;
@@ -165,6 +166,12 @@ impl FeedError {
     }
 }
 
+impl crate::outage::Outage for FeedError {
+    fn is_outage(&self) -> bool {
+        FeedError::is_outage(self)
+    }
+}
+
 /// CommCare's sentence for a checkpoint the feed no longer holds.
 pub fn gap_message(tp: &TopicPartition, first: u64, needed: u64) -> String {
     format!("First available topic offset for {tp} is {first} but needed {needed}")
@@ -241,6 +248,22 @@ impl Feed {
             Feed::Embedded(f) => FeedReader::Embedded(f.reader(positions)),
             Feed::Kafka(f) => FeedReader::Kafka(f.reader(positions)?),
         })
+    }
+
+    /// Open the feed `config` names (creating the embedded log if missing).
+    ///
+    /// # Errors
+    ///
+    /// When the log cannot be opened, or the Kafka client not created.
+    pub async fn open(config: &crate::config::FeedConfig) -> Result<Feed, FeedError> {
+        match config {
+            crate::config::FeedConfig::Embedded { path } => {
+                Ok(Feed::Embedded(embedded::EmbeddedFeed::open(path).await?))
+            }
+            crate::config::FeedConfig::Kafka { brokers } => {
+                Ok(Feed::Kafka(kafka::KafkaFeed::connect(brokers)?))
+            }
+        }
     }
 
     /// Where it is, for messages: the feed file or the brokers.

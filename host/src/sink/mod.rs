@@ -1,8 +1,12 @@
 //! Sinks: where actions land.
 //!
 //! A chunk's actions are first compacted into a [`WritePlan`] (pure, so it
-//! is unit-tested without a database), then written by a sink inside the
-//! store transaction that also saves pillow errors and the checkpoint.
+//! is unit-tested without a database), then [`Delivery`] writes it:
+//! documents to Elasticsearch ([`elastic`]) when configured, then one
+//! transaction of the store's database with the SQL sink writes ([`sql`]:
+//! [`sqlite`], [`postgres`]), the pillow errors and the checkpoint. A
+//! delivery needs no feed: whatever produced the actions (a pillow, the
+//! retry queue) hands them over with where they came from ([`Sources`]).
 //!
 //! Documents are versioned by the offset of the change that produced them:
 //! a write with an older version than the stored one is skipped, so a
@@ -12,29 +16,60 @@
 //! Rows keep action order per table: a processor that deletes a document's
 //! rows and upserts new ones (UCR's pattern) gets exactly that.
 
+pub mod delivery;
 pub mod elastic;
 pub mod postgres;
+pub mod shape;
+pub mod sql;
 pub mod sqlite;
 
-use crate::action::{Action, Cell, IndexSpec, TableSpec};
-use std::collections::{BTreeMap, HashMap};
+pub use delivery::{Delivery, ProcessorRef, Sources};
+pub use sql::{ChunkCommit, SinkCounts, SqlSink};
+
+use crate::action::{Action, Cell, PluginInfo, TableSpec};
+use crate::db::DbError;
+use crate::outage::Outage;
+use crate::store::Store;
+use elastic::{ElasticError, ElasticSink};
+use std::collections::BTreeMap;
 
 /// Why a SQL sink could not prepare or write.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// A table exists with other columns than the spec asks for.
     #[error(
-        "table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin"
+        "{store}: table {table:?} already exists and does not match the plugin's spec: {detail}; migrate or drop the table, or rename it in the plugin"
     )]
     Mismatch {
+        /// Which store.
+        store: String,
         /// Table.
         table: String,
         /// Which column differs and how.
         detail: String,
     },
     /// The database failed.
-    #[error("sql sink: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl SinkError {
+    /// Whether the database is unreachable or briefly unable to serve.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, SinkError::Database(e) if e.is_outage())
+    }
+
+    /// Whether the database refused the data written: writing the chunk
+    /// one change at a time finds the change at fault.
+    pub fn is_data(&self) -> bool {
+        matches!(self, SinkError::Database(e) if e.is_data())
+    }
+}
+
+impl Outage for SinkError {
+    fn is_outage(&self) -> bool {
+        SinkError::is_outage(self)
+    }
 }
 
 /// The table holding the documents of `index` in a SQL store.
@@ -42,201 +77,89 @@ pub fn index_table(index: &str) -> String {
     format!("doc_{index}")
 }
 
-/// Quote an identifier (names are validated by the contract checks, but
-/// quoting keeps '-' in index names and reserved words safe). The same
-/// rule holds in SQLite and PostgreSQL.
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
+/// Where a pillow's actions go: rows, pillow errors and checkpoints to the
+/// store's database; documents to Elasticsearch when configured, else to
+/// the store's `doc_<index>` tables.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The store (checkpoints, process records).
+    pub store: Store,
+    /// The SQL sink tables in the store's database.
+    pub sql: SqlSink,
+    /// The Elasticsearch sink, if documents go there.
+    pub elastic: Option<ElasticSink>,
 }
 
-/// A SQL sink: a connection of the store's database, inside the store's
-/// transaction. Implemented for SQLite ([`sqlite`]) and PostgreSQL
-/// ([`postgres`]), so the store commits sink writes, pillow errors and the
-/// checkpoint together whichever database it is.
-pub trait SqlSink {
-    /// Create the document table of an index if missing.
-    ///
-    /// # Errors
-    ///
-    /// When the database fails.
-    fn ensure_index(
-        &mut self,
-        spec: &IndexSpec,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
-
-    /// Create a row table if missing, or check that the existing one matches.
-    ///
-    /// # Errors
-    ///
-    /// [`SinkError::Mismatch`] naming the table and column when they differ.
-    fn ensure_table(
-        &mut self,
-        spec: &TableSpec,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
-
-    /// Write `plan` (inside the caller's transaction).
-    ///
-    /// # Errors
-    ///
-    /// When the database fails; the caller rolls back.
-    fn apply(
-        &mut self,
-        plan: &WritePlan,
-        tables: &HashMap<String, TableSpec>,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+impl From<Store> for Sinks {
+    fn from(store: Store) -> Sinks {
+        Sinks::new(store, None)
+    }
 }
 
-/// Capped exponential backoff with jitter, for retrying the same chunk
-/// while its sink is down (connection refused, timeouts, a server
-/// restarting): 100 ms, 200 ms, 400 ms ... up to 30 s between attempts.
-pub struct OutageBackoff;
+/// Why a plugin's declared outputs could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// A SQL table or document table.
+    #[error(transparent)]
+    Sql(#[from] SinkError),
+    /// An Elasticsearch index.
+    #[error(transparent)]
+    Elastic(#[from] ElasticError),
+}
 
-impl OutageBackoff {
-    /// The first delay.
-    pub const BASE: std::time::Duration = std::time::Duration::from_millis(100);
-    /// The longest delay.
-    pub const CAP: std::time::Duration = std::time::Duration::from_secs(30);
-
-    /// The delay before retry `attempt` (0-based), with `jitter` in
-    /// `[0, 1)`: uniform in `[d/2, d]` where `d = min(CAP, BASE * 2^attempt)`,
-    /// so retries of many pillows spread out but never spin.
-    pub fn delay(attempt: u32, jitter: f64) -> std::time::Duration {
-        let full = Self::BASE
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(Self::CAP);
-        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-    }
-
-    /// [`OutageBackoff::delay`] with jitter from the clock's nanoseconds:
-    /// enough to spread the retries of several pillows apart.
-    fn jittered(attempt: u32) -> std::time::Duration {
-        let jitter = f64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-                % 1000,
-        ) / 1000.0;
-        Self::delay(attempt, jitter)
-    }
-
-    /// Sleep the jittered delay before retry `attempt`; `false` when
-    /// `shutdown` fires first (stop retrying).
-    pub async fn sleep_unless(
-        attempt: u32,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(Self::jittered(attempt)) => true,
-            () = shutdown.cancelled() => false,
+impl Outage for OutputError {
+    fn is_outage(&self) -> bool {
+        match self {
+            OutputError::Sql(e) => e.is_outage(),
+            OutputError::Elastic(e) => e.is_outage(),
         }
     }
 }
 
-/// Errors that tell an outage (the server is unreachable or briefly unable
-/// to serve: retry the same work later) from a refusal.
-pub(crate) trait Outage: std::fmt::Display {
-    fn is_outage(&self) -> bool;
-}
-
-impl Outage for crate::store::StoreError {
-    fn is_outage(&self) -> bool {
-        crate::store::StoreError::is_outage(self)
+impl Sinks {
+    /// The store's SQL sinks, and Elasticsearch for documents when given.
+    pub fn new(store: Store, elastic: Option<ElasticSink>) -> Sinks {
+        Sinks {
+            sql: SqlSink::new(&store),
+            store,
+            elastic,
+        }
     }
-}
 
-impl Outage for elastic::ElasticError {
-    fn is_outage(&self) -> bool {
-        elastic::ElasticError::is_outage(self)
+    /// [`Sinks::ensure_outputs`] for every declaration, in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sinks::ensure_outputs`].
+    pub async fn ensure_all(&self, infos: &[PluginInfo]) -> Result<(), OutputError> {
+        for info in infos {
+            self.ensure_outputs(info).await?;
+        }
+        Ok(())
     }
-}
 
-impl Outage for crate::feed::FeedError {
-    fn is_outage(&self) -> bool {
-        crate::feed::FeedError::is_outage(self)
-    }
-}
-
-/// For startup: run `attempt` until it succeeds or fails with an error
-/// that is not an outage, sleeping [`OutageBackoff`] between outages and
-/// logging each with `what` (the server waited for). `None` when
-/// `shutdown` fires first.
-///
-/// # Errors
-///
-/// The first error that is not an outage. An outage is never given up
-/// on: only success or `shutdown` ends the wait.
-pub(crate) async fn wait_until_reachable<T, E, F, Fut>(
-    what: &str,
-    shutdown: &tokio_util::sync::CancellationToken,
-    mut attempt: F,
-) -> Option<Result<T, E>>
-where
-    E: Outage,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut failures = 0u32;
-    loop {
-        match attempt().await {
-            Err(e) if e.is_outage() => {
-                tracing::warn!(error = %e, attempt = failures + 1, "{what} is unreachable at startup; waiting for it (Ctrl-C or SIGTERM to stop)");
-                if !OutageBackoff::sleep_unless(failures, shutdown).await {
-                    return None;
+    /// Create the tables and indices a plugin declared (indices in
+    /// Elasticsearch when it is configured), checking existing ones.
+    ///
+    /// # Errors
+    ///
+    /// A mismatching table or index, or an unreachable sink.
+    pub async fn ensure_outputs(&self, info: &PluginInfo) -> Result<(), OutputError> {
+        match &self.elastic {
+            Some(es) => {
+                for index in &info.indices {
+                    es.ensure_index(index).await?;
                 }
-                failures = failures.saturating_add(1);
+                let tables = PluginInfo {
+                    tables: info.tables.clone(),
+                    indices: Vec::new(),
+                };
+                self.sql.ensure_outputs(&tables).await?;
             }
-            result => {
-                if failures > 0 && result.is_ok() {
-                    tracing::info!(attempts = failures + 1, "{what} is reachable; starting");
-                }
-                return Some(result);
-            }
+            None => self.sql.ensure_outputs(info).await?,
         }
+        Ok(())
     }
-}
-
-/// Whether a database error means the store is unreachable or briefly
-/// unable to serve (retry the same work later), rather than a refusal of
-/// the data: I/O errors, pool timeouts, and PostgreSQL's connection
-/// exceptions (class 08), shutdowns (57P01-57P03), too many connections
-/// (53300), serialization failures and deadlocks (40001, 40P01).
-pub fn is_outage(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || matches!(
-                    &*code,
-                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
-                )
-        }),
-        _ => false,
-    }
-}
-
-/// Whether a database error is a refusal of the data written (a value
-/// out of range, a constraint an operator added), so writing the chunk
-/// one change at a time finds the change at fault: PostgreSQL's data
-/// exceptions and integrity violations (classes 22, 23); SQLite's
-/// constraint and type mismatch errors.
-pub fn is_data_error(e: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = e else {
-        return false;
-    };
-    if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
-        return true;
-    }
-    db.code().is_some_and(|code| {
-        if code.starts_with("22") || code.starts_with("23") {
-            return true;
-        }
-        // SQLite's extended result codes: the primary code is the low byte.
-        code.parse::<u32>()
-            .is_ok_and(|n| matches!(n & 0xff, 19 | 20))
-    })
 }
 
 /// How a table spec is recorded in the store's `sink_tables` registry.
@@ -456,16 +379,6 @@ impl WritePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn outage_backoff_doubles_to_a_cap_with_jitter() {
-        assert_eq!(OutageBackoff::delay(0, 0.0), Duration::from_millis(50));
-        assert_eq!(OutageBackoff::delay(0, 1.0), Duration::from_millis(100));
-        assert_eq!(OutageBackoff::delay(3, 1.0), Duration::from_millis(800));
-        assert_eq!(OutageBackoff::delay(20, 1.0), Duration::from_secs(30));
-        assert_eq!(OutageBackoff::delay(u32::MAX, 0.0), Duration::from_secs(15));
-    }
 
     #[test]
     fn a_plan_splits_by_origin_keeping_order() {
@@ -534,17 +447,6 @@ mod tests {
                 origins: vec![o10; 2]
             }]
         );
-    }
-
-    #[test]
-    fn outages_are_told_from_refusals() {
-        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert!(is_outage(&sqlx::Error::Io(refused)));
-        assert!(is_outage(&sqlx::Error::PoolTimedOut));
-        assert!(!is_outage(&sqlx::Error::RowNotFound));
-        assert!(!is_outage(&sqlx::Error::Protocol(
-            "no spec for table t".into()
-        )));
     }
 
     fn va(action: Action, version: u64) -> VersionedAction {

@@ -13,9 +13,12 @@
 //! into rows, so a batch of 10,000 rows is one round trip with a fixed
 //! statement text (prepared once per connection), not 10,000 bound scalars.
 
-use super::{RowOp, SinkError, SqlSink, WritePlan, describe_spec, index_table, quote};
+use super::shape::{self, Found, FoundColumn};
+use super::sql::TableError;
+use super::{RowOp, WritePlan, describe_spec, index_table};
 use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
-use sqlx::{PgConnection, Row};
+use crate::db::quote;
+use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet};
 
 /// Rows per statement: large enough to amortise the round trip, small
@@ -39,7 +42,7 @@ fn pg_type(kind: ColumnType) -> (&'static str, &'static str) {
 /// Serialises creating tables: two processes of one pillow starting
 /// together would otherwise race on `CREATE TABLE IF NOT EXISTS` (which is
 /// not atomic in PostgreSQL). Held until the transaction ends.
-async fn lock_ddl(conn: &mut PgConnection) -> Result<(), SinkError> {
+async fn lock_ddl(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pillowtop.sink.ddl'))")
         .execute(&mut *conn)
         .await?;
@@ -55,7 +58,7 @@ async fn lock_ddl(conn: &mut PgConnection) -> Result<(), SinkError> {
 /// case-search documents; lz4 is several times faster at a similar ratio:
 /// Kafka -> case-search -> PostgreSQL went from about 15k to 30k changes/s
 /// on one 2-core machine (docs/BENCHMARKS.md, section 6).
-pub async fn lz4_supported(conn: &mut PgConnection) -> Result<bool, SinkError> {
+pub async fn lz4_supported(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     let supported: Option<bool> = sqlx::query_scalar(
         "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
     )
@@ -64,7 +67,10 @@ pub async fn lz4_supported(conn: &mut PgConnection) -> Result<bool, SinkError> {
     Ok(supported == Some(true))
 }
 
-async fn ensure_index(conn: &mut PgConnection, spec: &IndexSpec) -> Result<(), SinkError> {
+pub(super) async fn ensure_index(
+    conn: &mut PgConnection,
+    spec: &IndexSpec,
+) -> Result<(), sqlx::Error> {
     lock_ddl(conn).await?;
     let table = quote(&index_table(&spec.name));
     // A table created before keeps its method; `ALTER TABLE ... ALTER
@@ -87,10 +93,21 @@ async fn ensure_index(conn: &mut PgConnection, spec: &IndexSpec) -> Result<(), S
     Ok(())
 }
 
-async fn ensure_table(conn: &mut PgConnection, spec: &TableSpec) -> Result<(), SinkError> {
+/// A column as `information_schema.columns` describes it.
+#[derive(sqlx::FromRow)]
+struct ColumnInfo {
+    name: String,
+    sql_type: String,
+    nullable: bool,
+}
+
+pub(super) async fn ensure_table(
+    conn: &mut PgConnection,
+    spec: &TableSpec,
+) -> Result<(), TableError> {
     lock_ddl(conn).await?;
-    let existing = sqlx::query(
-        "SELECT column_name::text, data_type::text, is_nullable = 'YES'
+    let existing: Vec<ColumnInfo> = sqlx::query_as(
+        "SELECT column_name::text AS name, data_type::text AS sql_type, is_nullable = 'YES' AS nullable
          FROM information_schema.columns
          WHERE table_schema = current_schema() AND table_name = $1
          ORDER BY ordinal_position",
@@ -121,40 +138,6 @@ async fn ensure_table(conn: &mut PgConnection, spec: &TableSpec) -> Result<(), S
         .execute(&mut *conn)
         .await?;
     } else {
-        let found: Vec<(String, String, bool)> = existing
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        let mismatch = |detail: String| SinkError::Mismatch {
-            table: spec.name.clone(),
-            detail,
-        };
-        for c in &spec.columns {
-            let Some((_, ty, nullable)) = found.iter().find(|(n, ..)| n == &c.name) else {
-                return Err(mismatch(format!("column {:?} is missing", c.name)));
-            };
-            let want = pg_type(c.kind).0;
-            if ty != want {
-                return Err(mismatch(format!(
-                    "column {:?} is {ty}, the spec needs {want} ({})",
-                    c.name,
-                    c.kind.as_str()
-                )));
-            }
-            if *nullable != c.nullable {
-                return Err(mismatch(format!(
-                    "column {:?} is {}, the spec says {}",
-                    c.name,
-                    if *nullable { "nullable" } else { "NOT NULL" },
-                    if c.nullable { "nullable" } else { "NOT NULL" }
-                )));
-            }
-        }
-        for (name, ..) in &found {
-            if !spec.columns.iter().any(|c| &c.name == name) {
-                return Err(mismatch(format!("column {name:?} is not in the spec")));
-            }
-        }
         let pk: Vec<String> = sqlx::query_scalar(
             "SELECT a.attname::text FROM pg_index i
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -164,12 +147,18 @@ async fn ensure_table(conn: &mut PgConnection, spec: &TableSpec) -> Result<(), S
         .bind(&quoted)
         .fetch_all(&mut *conn)
         .await?;
-        if pk != spec.primary_key {
-            return Err(mismatch(format!(
-                "primary key is {pk:?}, the spec says {:?}",
-                spec.primary_key
-            )));
-        }
+        let found = Found {
+            columns: existing
+                .into_iter()
+                .map(|c| FoundColumn {
+                    name: c.name,
+                    sql_type: c.sql_type,
+                    nullable: c.nullable,
+                })
+                .collect(),
+            primary_key: pk,
+        };
+        shape::check(spec, &found, |kind| pg_type(kind).0).map_err(TableError::Mismatch)?;
     }
     sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
         .bind(&spec.name)
@@ -302,7 +291,7 @@ async fn upsert_rows(
     conn: &mut PgConnection,
     spec: &TableSpec,
     rows: &[Vec<Cell>],
-) -> Result<(), SinkError> {
+) -> Result<(), sqlx::Error> {
     let pk: Vec<usize> = spec
         .primary_key
         .iter()
@@ -319,12 +308,12 @@ async fn upsert_rows(
         for row in batch {
             for ((values, cell), column) in columns.iter_mut().zip(row.iter()).zip(&spec.columns) {
                 if !values.push(cell) {
-                    return Err(SinkError::Database(sqlx::Error::Protocol(format!(
+                    return Err(sqlx::Error::Protocol(format!(
                         "table {:?} column {:?} ({}) got {cell:?}: the host's output check should have refused it",
                         spec.name,
                         column.name,
                         column.kind.as_str()
-                    ))));
+                    )));
                 }
             }
         }
@@ -342,11 +331,11 @@ async fn upsert_rows(
     Ok(())
 }
 
-async fn apply(
+pub(super) async fn apply(
     conn: &mut PgConnection,
     plan: &WritePlan,
     tables: &HashMap<String, TableSpec>,
-) -> Result<(), SinkError> {
+) -> Result<(), sqlx::Error> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
         // An older version never replaces a newer one (replay safety).
@@ -393,30 +382,6 @@ async fn apply(
         }
     }
     Ok(())
-}
-
-impl SqlSink for PgConnection {
-    fn ensure_index(
-        &mut self,
-        spec: &IndexSpec,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        ensure_index(self, spec)
-    }
-
-    fn ensure_table(
-        &mut self,
-        spec: &TableSpec,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        ensure_table(self, spec)
-    }
-
-    fn apply(
-        &mut self,
-        plan: &WritePlan,
-        tables: &HashMap<String, TableSpec>,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        apply(self, plan, tables)
-    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,12 @@
 //! row table is created from its spec under its own name. Writes happen
 //! inside the caller's transaction.
 
-use super::{RowOp, SinkError, SqlSink, WritePlan, describe_spec, index_table, quote};
+use super::shape::{self, Found, FoundColumn};
+use super::sql::TableError;
+use super::{RowOp, WritePlan, describe_spec, index_table};
 use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use crate::db::quote;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::HashMap;
 
 /// Most bound values per statement (SQLite allows 32766).
@@ -26,7 +29,10 @@ fn sql_type(kind: ColumnType) -> &'static str {
 /// # Errors
 ///
 /// When the database fails.
-async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Result<(), SinkError> {
+pub(super) async fn ensure_index(
+    conn: &mut SqliteConnection,
+    spec: &IndexSpec,
+) -> Result<(), sqlx::Error> {
     let table = quote(&index_table(&spec.name));
     sqlx::query(sqlx::AssertSqlSafe(format!(
         // A rowid table: documents are kilobytes, too large for a clustered
@@ -43,13 +49,27 @@ async fn ensure_index(conn: &mut SqliteConnection, spec: &IndexSpec) -> Result<(
     Ok(())
 }
 
+/// A column as `PRAGMA table_info` describes it.
+#[derive(sqlx::FromRow)]
+struct TableInfo {
+    name: String,
+    #[sqlx(rename = "type")]
+    sql_type: String,
+    notnull: i64,
+    /// Position in the primary key (1-based), 0 when not in it.
+    pk: i64,
+}
+
 /// Create a row table if missing, or check that the existing one matches.
 ///
 /// # Errors
 ///
-/// [`SinkError::Mismatch`] naming the table and column when they differ.
-async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(), SinkError> {
-    let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+/// [`TableError::Mismatch`] naming the column when they differ.
+pub(super) async fn ensure_table(
+    conn: &mut SqliteConnection,
+    spec: &TableSpec,
+) -> Result<(), TableError> {
+    let existing: Vec<TableInfo> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "PRAGMA table_info({})",
         quote(&spec.name)
     )))
@@ -78,61 +98,20 @@ async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(
         .execute(&mut *conn)
         .await?;
     } else {
-        // (cid, name, type, notnull, dflt_value, pk)
-        let found: Vec<(String, String, bool, i64)> = existing
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>(1),
-                    r.get::<String, _>(2),
-                    r.get::<i64, _>(3) != 0,
-                    r.get::<i64, _>(5),
-                )
-            })
-            .collect();
-        let mismatch = |detail: String| SinkError::Mismatch {
-            table: spec.name.clone(),
-            detail,
+        let mut key: Vec<&TableInfo> = existing.iter().filter(|c| c.pk > 0).collect();
+        key.sort_by_key(|c| c.pk);
+        let found = Found {
+            columns: existing
+                .iter()
+                .map(|c| FoundColumn {
+                    name: c.name.clone(),
+                    sql_type: c.sql_type.clone(),
+                    nullable: c.notnull == 0,
+                })
+                .collect(),
+            primary_key: key.into_iter().map(|c| c.name.clone()).collect(),
         };
-        for c in &spec.columns {
-            let Some((_, ty, notnull, _)) = found.iter().find(|(n, ..)| n == &c.name) else {
-                return Err(mismatch(format!("column {:?} is missing", c.name)));
-            };
-            if !ty.eq_ignore_ascii_case(sql_type(c.kind)) {
-                return Err(mismatch(format!(
-                    "column {:?} is {ty}, the spec needs {} ({})",
-                    c.name,
-                    sql_type(c.kind),
-                    c.kind.as_str()
-                )));
-            }
-            if *notnull == c.nullable {
-                return Err(mismatch(format!(
-                    "column {:?} is {}, the spec says {}",
-                    c.name,
-                    if *notnull { "NOT NULL" } else { "nullable" },
-                    if c.nullable { "nullable" } else { "NOT NULL" }
-                )));
-            }
-        }
-        for (name, ..) in &found {
-            if !spec.columns.iter().any(|c| &c.name == name) {
-                return Err(mismatch(format!("column {name:?} is not in the spec")));
-            }
-        }
-        let mut pk: Vec<_> = found
-            .iter()
-            .filter(|f| f.3 > 0)
-            .map(|f| (f.3, f.0.clone()))
-            .collect();
-        pk.sort();
-        let pk: Vec<_> = pk.into_iter().map(|(_, n)| n).collect();
-        if pk != spec.primary_key {
-            return Err(mismatch(format!(
-                "primary key is {pk:?}, the spec says {:?}",
-                spec.primary_key
-            )));
-        }
+        shape::check(spec, &found, sql_type).map_err(TableError::Mismatch)?;
     }
     let spec_text = describe_spec(spec);
     sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
@@ -148,11 +127,11 @@ async fn ensure_table(conn: &mut SqliteConnection, spec: &TableSpec) -> Result<(
 /// # Errors
 ///
 /// When the database fails; the caller rolls back.
-async fn apply(
+pub(super) async fn apply(
     conn: &mut SqliteConnection,
     plan: &WritePlan,
     tables: &HashMap<String, TableSpec>,
-) -> Result<(), SinkError> {
+) -> Result<(), sqlx::Error> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
         let writes: Vec<_> = writes.values().collect();
@@ -228,28 +207,4 @@ async fn apply(
         }
     }
     Ok(())
-}
-
-impl SqlSink for SqliteConnection {
-    fn ensure_index(
-        &mut self,
-        spec: &IndexSpec,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        ensure_index(self, spec)
-    }
-
-    fn ensure_table(
-        &mut self,
-        spec: &TableSpec,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        ensure_table(self, spec)
-    }
-
-    fn apply(
-        &mut self,
-        plan: &WritePlan,
-        tables: &HashMap<String, TableSpec>,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send {
-        apply(self, plan, tables)
-    }
 }

@@ -106,6 +106,18 @@ pub struct RuntimeOptions {
     pub perf_map: bool,
 }
 
+impl RuntimeOptions {
+    /// The options a host config's `[runtime]` asks for.
+    pub fn from_config(config: &crate::config::RuntimeConfig) -> RuntimeOptions {
+        RuntimeOptions {
+            compile_cache_dir: Some(config.compile_cache_dir.clone()),
+            max_component_bytes: config.max_component_bytes(),
+            guest_log_lines_per_second: config.guest_log_lines_per_second,
+            ..RuntimeOptions::default()
+        }
+    }
+}
+
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {

@@ -27,9 +27,9 @@
 pub mod bulk;
 pub mod mapping;
 
+use super::{DocumentWrite, Origin};
 use crate::action::IndexSpec;
 use crate::config::ElasticConfig;
-use crate::sink::{DocumentWrite, Origin};
 use bulk::{Op, Reply};
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
@@ -99,6 +99,12 @@ impl ElasticError {
     /// succeed later.
     pub fn is_outage(&self) -> bool {
         matches!(self, ElasticError::Unavailable { .. })
+    }
+}
+
+impl crate::outage::Outage for ElasticError {
+    fn is_outage(&self) -> bool {
+        ElasticError::is_outage(self)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Opening the PostgreSQL store: create the schema if missing, point every
-//! connection's `search_path` at it, run `migrations/postgres`.
+//! Opening a PostgreSQL database: create the schema if missing, point every
+//! connection's `search_path` at it, run the migrations.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -30,18 +30,21 @@ impl OpenError {
     }
 }
 
-/// Open and migrate the store in `schema` of the database at `url`.
+/// Open `schema` of the database at `url` and run `migrator` there.
 ///
 /// # Errors
 ///
 /// An [`OpenError`].
-pub async fn open(url: &str, schema: &str) -> Result<PgPool, OpenError> {
-    static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub async fn open(
+    url: &str,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<PgPool, OpenError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| OpenError::refused(format!("invalid store.url: {e}")))?
         .application_name("pillowtop");
     let unreachable = |e: sqlx::Error| OpenError {
-        outage: crate::sink::is_outage(&e),
+        outage: super::is_outage(&e),
         message: format!(
             "cannot connect: {e}; check that PostgreSQL runs and store.url (or PILLOWTOP_STORE_URL) names its host, port, user and database"
         ),
@@ -51,7 +54,7 @@ pub async fn open(url: &str, schema: &str) -> Result<PgPool, OpenError> {
     // together can both try to create it, so creation takes a lock.
     let mut conn = options.connect().await.map_err(unreachable)?;
     let cannot_create = |e: sqlx::Error| OpenError {
-        outage: crate::sink::is_outage(&e),
+        outage: super::is_outage(&e),
         message: format!(
             "cannot create schema {schema}: {e}; create it, or grant CREATE on the database"
         ),
@@ -63,7 +66,7 @@ pub async fn open(url: &str, schema: &str) -> Result<PgPool, OpenError> {
         .map_err(cannot_create)?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS {}",
-        crate::sink::quote(schema)
+        super::quote(schema)
     )))
     .execute(&mut *tx)
     .await
@@ -76,8 +79,8 @@ pub async fn open(url: &str, schema: &str) -> Result<PgPool, OpenError> {
         .connect_with(options.options([("search_path", schema)]))
         .await
         .map_err(unreachable)?;
-    MIGRATOR.run(&pool).await.map_err(|e| OpenError {
-        outage: matches!(&e, sqlx::migrate::MigrateError::Execute(e) if crate::sink::is_outage(e)),
+    migrator.run(&pool).await.map_err(|e| OpenError {
+        outage: matches!(&e, sqlx::migrate::MigrateError::Execute(e) if super::is_outage(e)),
         message: format!("migration failed: {e}"),
     })?;
     Ok(pool)

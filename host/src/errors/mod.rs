@@ -1,10 +1,18 @@
-//! Pillow errors: a change that failed in a processor, kept for the retry
-//! queue, and the backoff that decides when it is tried again.
+//! Pillow errors, end to end: what failed ([`ErrorKind`]), the record kept
+//! for the retry queue ([`PillowError`]), its message bound
+//! ([`cut_message`]), when it is tried again ([`backoff`]) and how it is
+//! stored in SQLite and PostgreSQL ([`sql`]).
 //!
 //! A pillow error is unique per (document id, pillow, processor). A change
 //! that fails again updates the same record: attempts go up, the message and
 //! the change are replaced, and the next attempt moves out.
 
+pub mod backoff;
+pub mod sql;
+
+pub use backoff::Backoff;
+
+use crate::feed::TopicPartition;
 use std::fmt;
 
 /// Longest pillow error message kept, in bytes: the same cut as a plugin's
@@ -109,68 +117,58 @@ impl ErrorKind {
     }
 }
 
+/// Serialized by its stored name.
+impl serde::Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// When a failed change is tried again.
-///
-/// CommCare's schedule: after attempt `a` (1-based) the next try is
-/// `5 min × a²` later for the first three attempts (5, 20, 45 minutes);
-/// later attempts wait the capped 45 minutes; after `max_attempts` attempts
-/// in total (CommCare: 9) the error is parked and only an operator re-queues
-/// it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Base delay in milliseconds (CommCare: 5 minutes).
-    pub base_ms: i64,
-    /// Attempts after which the delay stops growing (CommCare: 3).
-    pub growth_attempts: u32,
-    /// Attempts after which the error is parked (CommCare: 9).
-    pub max_attempts: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base_ms: 5 * 60 * 1000,
-            growth_attempts: 3,
-            max_attempts: 9,
-        }
-    }
-}
-
-impl Backoff {
-    /// The next attempt time after `attempts` attempts, the last at
-    /// `last_ms`; `None` when the error is parked.
-    pub fn next_attempt_ms(&self, attempts: u32, last_ms: i64) -> Option<i64> {
-        if attempts == 0 {
-            return Some(last_ms);
-        }
-        if attempts >= self.max_attempts {
-            return None;
-        }
-        let a = attempts.min(self.growth_attempts) as i64;
-        Some(last_ms + self.base_ms * a * a)
-    }
+/// A failed (change, processor): what is recorded, and what is read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PillowError {
+    /// Document id (or `topic:partition:offset` when the message had none).
+    pub doc_id: String,
+    /// Pillow name.
+    pub pillow: String,
+    /// Processor (plugin) name; empty for decode errors.
+    pub processor: String,
+    /// Plugin version (`version+hash`), if a plugin ran.
+    pub plugin_version: Option<String>,
+    /// Kind.
+    pub kind: ErrorKind,
+    /// What happened (at most [`MAX_MESSAGE_BYTES`]).
+    pub message: String,
+    /// Where the change was.
+    pub tp: TopicPartition,
+    /// Its offset.
+    pub offset: u64,
+    /// Its domain.
+    pub domain: Option<String>,
+    /// Its document type.
+    pub document_type: Option<String>,
+    /// The raw feed message value, so nothing is lost.
+    pub change: Vec<u8>,
+    /// When it (last) failed, epoch ms.
+    pub at_ms: i64,
+    /// Attempts so far, as stored (0 for a failure not yet recorded).
+    pub attempts: u32,
+    /// The next attempt, as stored (`None`: parked, or not yet recorded).
+    pub next_attempt_ms: Option<i64>,
+    /// The retry schedule to apply when this failure is recorded (the
+    /// processor's; the default for one read back).
+    pub backoff: Backoff,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commcare_schedule() {
-        let b = Backoff::default();
-        let min = 60_000;
-        assert_eq!(b.next_attempt_ms(1, 0), Some(5 * min));
-        assert_eq!(b.next_attempt_ms(2, 0), Some(20 * min));
-        assert_eq!(b.next_attempt_ms(3, 0), Some(45 * min));
-        assert_eq!(b.next_attempt_ms(8, 1000), Some(1000 + 45 * min));
-        assert_eq!(b.next_attempt_ms(9, 0), None);
-    }
 
     #[test]
     fn long_messages_are_cut_with_their_length() {

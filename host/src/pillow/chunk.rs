@@ -1,0 +1,539 @@
+//! One chunk, from feed messages to actions: decoding beside the previous
+//! chunk's transform ([`spawn_poll`]), dedupe by document id
+//! ([`decode_chunk`]), the processors in lanes of threads within the
+//! chunk's action budget ([`run_chunk`]), and per-processor counts for
+//! metrics. Everything here but the poll is synchronous and testable
+//! without a feed or a sink.
+
+use crate::change::{self, Change};
+use crate::errors::{Backoff, ErrorKind, PillowError, cut_message};
+use crate::feed::{FeedError, FeedReader, Message, TopicPartition};
+use crate::metrics::{Metric, Metrics};
+use crate::sink::{Origin, ProcessorRef, Sources, VersionedAction};
+use crate::wasm::{Failure, Processor};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// What one poll read: each message with its decoded change (or why it
+/// does not decode), in feed order.
+pub(super) struct Polled {
+    pub(super) messages: Vec<(Message, Result<Change, change::DecodeError>)>,
+    /// CPU time the decoding took (beside the previous chunk's transform).
+    pub(super) decode_time: Duration,
+}
+
+/// A feed poll running in the background; gives the reader back with the
+/// messages it read, already decoded.
+pub(super) type Polling = tokio::task::JoinHandle<(FeedReader, Result<Polled, FeedError>)>;
+
+pub(super) fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration) -> Polling {
+    tokio::spawn(async move {
+        let result = match reader.poll(max, max_wait).await {
+            Ok(messages) if messages.is_empty() => Ok(Polled {
+                messages: Vec::new(),
+                decode_time: Duration::ZERO,
+            }),
+            // Decoding parses every message's JSON (about 5 µs for a 1.8 KB
+            // case): on a blocking thread, so it overlaps the previous
+            // chunk's transform without holding up the runtime.
+            Ok(messages) => tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let messages = messages
+                    .into_iter()
+                    .map(|m| {
+                        let decoded = change::decode(&m);
+                        (m, decoded)
+                    })
+                    .collect();
+                Polled {
+                    messages,
+                    decode_time: started.elapsed(),
+                }
+            })
+            .await
+            .map_err(|e| FeedError::Invalid(format!("decoding a chunk of messages failed, a bug in pillowtop (please report it): {e}"))),
+            Err(e) => Err(e),
+        };
+        (reader, result)
+    })
+}
+
+/// Decode messages, advance positions, and keep only the last change of
+/// each document. Returns (changes with their raw values, decode errors,
+/// changes skipped by dedupe).
+#[allow(clippy::type_complexity)]
+pub(super) fn decode_chunk(
+    pillow: &str,
+    messages: Vec<(Message, Result<Change, change::DecodeError>)>,
+    next: &mut HashMap<TopicPartition, u64>,
+) -> (Vec<(Change, Vec<u8>)>, Vec<PillowError>, u64) {
+    let now = crate::time::now_ms();
+    let mut changes = Vec::with_capacity(messages.len());
+    let mut errors = Vec::new();
+    for (m, decoded) in messages {
+        if let Some(pos) = next.get_mut(&m.tp) {
+            *pos = (*pos).max(m.offset + 1);
+        }
+        match decoded {
+            Ok(c) => changes.push((c, m.value)),
+            Err(e) => {
+                let doc_id = m
+                    .key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .filter(|k| !k.is_empty())
+                    .map_or_else(|| format!("{}:{}", m.tp, m.offset), str::to_owned);
+                errors.push(PillowError {
+                    doc_id,
+                    pillow: pillow.to_owned(),
+                    processor: String::new(),
+                    plugin_version: None,
+                    kind: ErrorKind::Decode,
+                    message: cut_message(e.to_string()),
+                    tp: m.tp,
+                    offset: m.offset,
+                    domain: None,
+                    document_type: None,
+                    change: m.value,
+                    at_ms: now,
+                    attempts: 0,
+                    next_attempt_ms: None,
+                    backoff: Backoff::default(),
+                });
+            }
+        }
+    }
+    // Dedupe: walk backwards marking the last change of each id (borrowing
+    // the ids, no copies), then keep the marked ones in order.
+    let before = changes.len();
+    let mut keep = vec![false; before];
+    {
+        let mut seen = HashSet::with_capacity(before);
+        for (i, (c, _)) in changes.iter().enumerate().rev() {
+            keep[i] = seen.insert(c.id.as_str());
+        }
+    }
+    let kept: Vec<_> = changes
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect();
+    let skipped = (before - kept.len()) as u64;
+    (kept, errors, skipped)
+}
+
+/// The result of running one chunk through the processors.
+#[derive(Default)]
+pub(super) struct ChunkOutcome {
+    pub(super) actions: Vec<VersionedAction>,
+    pub(super) errors: Vec<PillowError>,
+    /// Per processor, in order.
+    pub(super) stats: Vec<ProcessorStats>,
+    /// The chunk's changes, for errors a sink finds later.
+    pub(super) sources: Sources,
+}
+
+/// What one processor did in one chunk, for metrics.
+#[derive(Default, Clone)]
+pub(super) struct ProcessorStats {
+    ok: u64,
+    failed: BTreeMap<ErrorKind, u64>,
+    fuel: u64,
+}
+
+impl ProcessorStats {
+    /// Add another lane's counts for the same processor.
+    fn add(&mut self, other: ProcessorStats) {
+        self.ok += other.ok;
+        self.fuel += other.fuel;
+        for (kind, n) in other.failed {
+            *self.failed.entry(kind).or_default() += n;
+        }
+    }
+}
+
+/// A transform thread gets at least this many changes of a chunk: fewer
+/// would cost more in thread start-up than they save.
+const MIN_CHANGES_PER_THREAD: usize = 64;
+
+/// What one lane made of its run of a chunk.
+struct LaneOutcome {
+    actions: Vec<VersionedAction>,
+    failures: Vec<(Origin, Failure)>,
+    stats: Vec<ProcessorStats>,
+    /// Changes of its run it processed (all of them unless the chunk's
+    /// action budget ran out first).
+    done: usize,
+}
+
+/// The bytes of actions a chunk (piece) may hold, shared by its lanes.
+struct ActionBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ActionBudget {
+    /// Count `bytes` more; whether the budget is now spent.
+    fn spend(&self, bytes: usize) -> bool {
+        self.used.fetch_add(bytes, Ordering::Relaxed) + bytes >= self.limit
+    }
+
+    fn spent(&self) -> bool {
+        self.used.load(Ordering::Relaxed) >= self.limit
+    }
+}
+
+/// A chunk's changes, with the raw feed value of each.
+pub(super) type Changes = Vec<(Change, Vec<u8>)>;
+
+/// Run a chunk through the processors (on a blocking thread: Wasm is
+/// CPU-bound). With several lanes the chunk is split into contiguous runs,
+/// one per lane and thread, and the outcomes are joined in chunk order.
+///
+/// The lanes stop once their actions together hold `budget_bytes` (each
+/// lane finishes the change in hand, so every call makes progress); the
+/// outcome then covers the changes processed, and the rest of the chunk is
+/// returned in order, for the next piece.
+///
+/// # Panics
+///
+/// Re-raises a panic of a lane's thread (a host bug); the caller's
+/// `spawn_blocking` turns it into [`super::RunError::Worker`].
+pub(super) fn run_chunk(
+    pillow: String,
+    mut lanes: Vec<Vec<Processor>>,
+    changes: Changes,
+    budget_bytes: usize,
+) -> (Vec<Vec<Processor>>, ChunkOutcome, Changes) {
+    let threads = lanes
+        .len()
+        .min(changes.len().div_ceil(MIN_CHANGES_PER_THREAD))
+        .max(1);
+    let per_thread = changes.len().div_ceil(threads).max(1);
+    let budget = ActionBudget {
+        limit: budget_bytes,
+        used: AtomicUsize::new(0),
+    };
+    let outcomes: Vec<LaneOutcome> = if threads == 1 {
+        vec![run_lane(&mut lanes[0], &changes, 0, &budget)]
+    } else {
+        std::thread::scope(|scope| {
+            let budget = &budget;
+            let mut runs = lanes.iter_mut().zip(changes.chunks(per_thread)).enumerate();
+            let (_, (first_lane, first_run)) = runs.next().expect("a chunk has a first run");
+            let others: Vec<_> = runs
+                .map(|(k, (lane, run))| {
+                    scope.spawn(move || run_lane(lane, run, k * per_thread, budget))
+                })
+                .collect();
+            let mut outcomes = vec![run_lane(first_lane, first_run, 0, budget)];
+            for handle in others {
+                outcomes.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            outcomes
+        })
+    };
+
+    let mut outcome = ChunkOutcome {
+        stats: vec![ProcessorStats::default(); lanes[0].len()],
+        ..ChunkOutcome::default()
+    };
+    let mut failures = Vec::new();
+    let mut processed = Vec::with_capacity(outcomes.len());
+    for (k, lane) in outcomes.into_iter().enumerate() {
+        let start = k * per_thread;
+        processed.push(start..start + lane.done);
+        outcome.actions.extend(lane.actions);
+        failures.extend(lane.failures);
+        for (total, part) in outcome.stats.iter_mut().zip(lane.stats) {
+            total.add(part);
+        }
+    }
+    let (changes, rest) = match split_processed(changes, &processed) {
+        Split::All(changes) => (changes, Vec::new()),
+        Split::Part {
+            processed,
+            rest,
+            index,
+        } => {
+            for a in &mut outcome.actions {
+                a.origin.change = index[a.origin.change as usize];
+            }
+            for (origin, _) in &mut failures {
+                origin.change = index[origin.change as usize];
+            }
+            (processed, rest)
+        }
+    };
+    outcome.sources = Sources {
+        pillow,
+        changes,
+        processors: lanes[0].iter().map(processor_ref).collect(),
+    };
+    outcome.errors = failures
+        .into_iter()
+        .map(|(origin, f)| outcome.sources.record(origin, f.kind, f.message))
+        .collect();
+    (lanes, outcome, rest)
+}
+
+/// A chunk's changes split into those processed and the rest.
+#[derive(Debug, PartialEq)]
+enum Split<T> {
+    /// Every change was processed (indices unchanged).
+    All(Vec<T>),
+    /// Some were: the processed ones in order, the rest in order, and each
+    /// processed change's new index, by old index.
+    Part {
+        processed: Vec<T>,
+        rest: Vec<T>,
+        index: Vec<u32>,
+    },
+}
+
+/// Split `changes` by the `processed` ranges (in order, disjoint).
+fn split_processed<T>(changes: Vec<T>, processed: &[std::ops::Range<usize>]) -> Split<T> {
+    let count: usize = processed.iter().map(|r| r.len()).sum();
+    if count == changes.len() {
+        return Split::All(changes);
+    }
+    let mut done = vec![false; changes.len()];
+    for r in processed {
+        done[r.clone()].fill(true);
+    }
+    let mut index = vec![u32::MAX; changes.len()];
+    let mut kept = Vec::with_capacity(count);
+    let mut rest = Vec::with_capacity(changes.len() - count);
+    for (i, (c, d)) in changes.into_iter().zip(done).enumerate() {
+        if d {
+            index[i] = kept.len() as u32;
+            kept.push(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    Split::Part {
+        processed: kept,
+        rest,
+        index,
+    }
+}
+
+/// Run `changes` (which start at position `first` of the chunk) through
+/// one lane's processors, in order, until the chunk's action budget is
+/// spent.
+fn run_lane(
+    processors: &mut [Processor],
+    changes: &[(Change, Vec<u8>)],
+    first: usize,
+    budget: &ActionBudget,
+) -> LaneOutcome {
+    let mut outcome = LaneOutcome {
+        actions: Vec::new(),
+        failures: Vec::new(),
+        stats: vec![ProcessorStats::default(); processors.len()],
+        done: 0,
+    };
+    for (i, (change, _)) in changes.iter().enumerate() {
+        if budget.spent() {
+            break;
+        }
+        let mut bytes = 0;
+        for (j, (p, stats)) in processors
+            .iter_mut()
+            .zip(outcome.stats.iter_mut())
+            .enumerate()
+        {
+            if !p.wants(change) {
+                continue;
+            }
+            let origin = Origin {
+                change: (first + i) as u32,
+                processor: j as u16,
+            };
+            let result = p.process(change);
+            stats.fuel += p.last_fuel_used();
+            match result {
+                Ok(actions) => {
+                    stats.ok += 1;
+                    bytes += p.last_output_bytes();
+                    outcome
+                        .actions
+                        .extend(actions.into_iter().map(|action| VersionedAction {
+                            action,
+                            version: change.offset,
+                            origin,
+                        }))
+                }
+                Err(failure) => {
+                    *stats.failed.entry(failure.kind).or_default() += 1;
+                    outcome.failures.push((origin, failure));
+                }
+            }
+        }
+        outcome.done = i + 1;
+        if budget.spend(bytes) {
+            break;
+        }
+    }
+    outcome
+}
+
+/// A processor as pillow errors name it.
+pub(super) fn processor_ref(p: &Processor) -> ProcessorRef {
+    let plugin = p.plugin();
+    ProcessorRef {
+        name: plugin.manifest().name.clone(),
+        version: plugin.version().to_string(),
+        max_attempts: plugin.manifest().retry.max_attempts,
+    }
+}
+
+/// Add a chunk's per-processor counts to the metrics, labelled with the
+/// version that processed them.
+pub(super) fn report(
+    metrics: &Metrics,
+    pillow: &str,
+    processors: &[Processor],
+    stats: &[ProcessorStats],
+) {
+    for (p, s) in processors.iter().zip(stats) {
+        let plugin = p.plugin();
+        let processor = plugin.manifest().name.as_str();
+        let version = plugin.version().to_string();
+        let labels = |outcome| {
+            [
+                ("pillow", pillow),
+                ("processor", processor),
+                ("version", version.as_str()),
+                ("outcome", outcome),
+            ]
+        };
+        if s.ok > 0 {
+            metrics.add(Metric::ChangesTotal, &labels("ok"), s.ok as f64);
+        }
+        for (kind, n) in &s.failed {
+            metrics.add(Metric::ChangesTotal, &labels(kind.as_str()), *n as f64);
+        }
+        if s.fuel > 0 {
+            metrics.add(
+                Metric::FuelUsedTotal,
+                &[("pillow", pillow), ("processor", processor)],
+                s.fuel as f64,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(
+        offset: u64,
+        key: Option<&str>,
+        value: &str,
+    ) -> (Message, Result<Change, change::DecodeError>) {
+        let m = Message {
+            tp: TopicPartition::new("t", 0),
+            offset,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: value.as_bytes().to_vec(),
+            timestamp_ms: None,
+        };
+        let decoded = change::decode(&m);
+        (m, decoded)
+    }
+
+    fn doc(id: &str, n: u32) -> String {
+        format!(r#"{{"document_id": "{id}", "document": {{"n": {n}}}}}"#)
+    }
+
+    #[test]
+    fn a_chunk_keeps_the_last_change_of_each_document_in_feed_order() {
+        let tp = TopicPartition::new("t", 0);
+        let mut next = HashMap::from([(tp.clone(), 0)]);
+        let messages = vec![
+            message(0, Some("a"), &doc("a", 1)),
+            message(1, Some("b"), &doc("b", 1)),
+            message(2, Some("a"), &doc("a", 2)),
+            message(3, Some("c"), &doc("c", 1)),
+        ];
+        let (changes, errors, skipped) = decode_chunk("p", messages, &mut next);
+        let kept: Vec<(&str, u64)> = changes
+            .iter()
+            .map(|(c, _)| (c.id.as_str(), c.offset))
+            .collect();
+        assert_eq!(kept, vec![("b", 1), ("a", 2), ("c", 3)]);
+        assert_eq!(skipped, 1);
+        assert!(errors.is_empty());
+        assert_eq!(next[&tp], 4, "the position passes every message read");
+    }
+
+    #[test]
+    fn a_message_that_does_not_decode_is_a_pillow_error_the_position_passes() {
+        let tp = TopicPartition::new("t", 0);
+        let mut next = HashMap::from([(tp.clone(), 5)]);
+        let messages = vec![
+            message(5, Some("k1"), "not json"),
+            message(6, None, "{}"),
+            message(7, Some("d"), &doc("d", 1)),
+        ];
+        let (changes, errors, _) = decode_chunk("p", messages, &mut next);
+        assert_eq!(changes.len(), 1);
+        let ids: Vec<&str> = errors.iter().map(|e| e.doc_id.as_str()).collect();
+        assert_eq!(ids, vec!["k1", "t:0:6"], "the key, else where it was");
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.kind == ErrorKind::Decode && e.processor.is_empty())
+        );
+        assert_eq!(errors[0].change, b"not json", "the raw message is kept");
+        assert_eq!(next[&tp], 8);
+    }
+
+    #[test]
+    fn a_fully_processed_chunk_is_not_split() {
+        assert_eq!(
+            split_processed(vec!['a', 'b', 'c'], &[0..2, 2..3]),
+            Split::All(vec!['a', 'b', 'c'])
+        );
+    }
+
+    #[test]
+    fn the_rest_of_each_lane_run_follows_in_chunk_order() {
+        // Two lanes over runs 0..3 and 3..6; the budget ran out after one
+        // change of the first run and two of the second.
+        let split = split_processed(vec!['a', 'b', 'c', 'd', 'e', 'f'], &[0..1, 3..5]);
+        let Split::Part {
+            processed,
+            rest,
+            index,
+        } = split
+        else {
+            panic!("expected a split")
+        };
+        assert_eq!(processed, vec!['a', 'd', 'e']);
+        assert_eq!(rest, vec!['b', 'c', 'f']);
+        assert_eq!(index[0], 0);
+        assert_eq!(index[3], 1);
+        assert_eq!(index[4], 2);
+    }
+
+    #[test]
+    fn the_budget_is_spent_once_the_limit_is_reached() {
+        let b = ActionBudget {
+            limit: 10,
+            used: AtomicUsize::new(0),
+        };
+        assert!(!b.spend(4));
+        assert!(!b.spent());
+        assert!(b.spend(6), "reaching the limit spends it");
+        assert!(b.spent());
+    }
+}
