@@ -302,10 +302,13 @@ pub async fn run(
     }
     let pid = std::process::id();
     let now = crate::time::now_ms();
-    for (name, _) in &prepared {
+    // Names first: a borrow of a `Pillow` (its processors are not `Sync`)
+    // held across an await would make this future unsendable.
+    let names: Vec<String> = prepared.iter().map(|(name, _)| name.clone()).collect();
+    for name in names {
         store
             .register_process(&ProcessRecord {
-                pillow: name.clone(),
+                pillow: name,
                 process_num: options.run.process_num,
                 pid,
                 host: hostname(),
