@@ -344,7 +344,7 @@ fn key_values_longer_than_document_ids_are_malformed() {
 #[derive(Default)]
 struct SlowLookups(std::sync::atomic::AtomicUsize);
 
-impl pillowtop::wasm::Lookups for SlowLookups {
+impl pillowtop::lookup::Lookups for SlowLookups {
     fn get(&self, _resource: &str, _key: &str, _deadline: std::time::Instant) -> Option<String> {
         std::thread::sleep(std::time::Duration::from_millis(300));
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -1,40 +1,51 @@
 //! pillowtop: runs change processors as sandboxed WebAssembly components.
 //!
-//! Data flows one way, and no module reaches back:
+//! Data flows one way:
 //!
 //! ```text
 //! feed ──> pillow ──> wasm ──> sink ──> checkpoint
 //!  │         │          │        │
-//!  │         │          │        ├ sink::elastic (documents, bulk, external versions), before the store commit
-//!  │         │          │        └ sink::{sqlite,postgres} (rows, documents), in the store transaction
+//!  │         │          │        └ sink::delivery: Elasticsearch first, then one store
+//!  │         │          │          transaction with rows, pillow errors and the checkpoint
 //!  │         │          └ wasm: engine, compile cache, limits, sandboxed WASI, host imports
-//!  │         └ pillow: chunks, dedupe, subscriptions, pillow errors, checkpoint policy
+//!  │         └ pillow: startup, chunks (decode, dedupe, lanes), the hot-reload swap
 //!  └ feed::embedded (SQLite log), feed::kafka
 //! ```
 //!
+//! **The rule: no module reaches back.** A module uses only modules below
+//! it (in the table, a module's row is above everything it uses); a need
+//! two modules share gets a module of its own below both (an outage rule,
+//! a database helper). The unit test `layers` reads every `crate::` path of
+//! `host/src` and fails on any import cycle.
+//!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the host config (`pillowtop.toml`) |
-//! | [`manifest`] | plugin manifests (`plugin.toml`) |
-//! | [`change`] | decoding feed messages into changes (CommCare `ChangeMeta`) |
-//! | [`action`] | what plugins return, in host types |
-//! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
-//! | [`feed`] | partitioned ordered logs: the embedded SQLite feed, Kafka |
-//! | [`file`] | reading user-named files with a size bound |
-//! | [`partition`] | which process reads which partitions |
-//! | [`checkpoint`] | when checkpoints are saved |
-//! | [`errors`] | pillow error records and retry backoff |
-//! | [`store`] | the store (SQLite or PostgreSQL): checkpoints, pillow errors, sink tables, one transaction per chunk |
-//! | [`sink`] | writing actions: Elasticsearch, and sink tables in SQLite or PostgreSQL; outage classification and backoff |
-//! | [`sqlite`] | opening the SQLite files with one set of settings |
-//! | [`pillow`] | the run loop |
-//! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
-//! | [`metrics`] | Prometheus metrics |
-//! | [`scaffold`] | `pillowtop plugin new`: starter plugins in Rust, Python, JavaScript |
-//! | [`admin`] | the admin HTTP endpoint: metrics, status, plugin reloads |
-//! | [`fixtures`] | golden fixtures: change in, actions out |
+//! | [`process`] | the whole host as one call: open, start, supervise every task, stop |
+//! | [`admin`] | the admin HTTP endpoint (metrics, plugins, reloads) and its client |
 //! | [`status`] | what `pillowtop status` shows |
-//! | [`generate`] | synthetic CommCare-like changes |
+//! | [`conformance`] | `pillowtop plugin check`: load, declaration, fixtures, fuel |
+//! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |
+//! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
+//! | [`sink`] | writing actions: Elasticsearch, the SQL sink tables, delivery of a chunk |
+//! | [`checkpoint`] | partition positions, when checkpoints are saved, moving them |
+//! | [`store`] | checkpoints, host processes (one liveness rule), plugin events |
+//! | [`fixtures`] | golden fixtures: change in, actions out |
+//! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
+//! | [`errors`] | pillow errors end to end: kinds, the record, backoff, SQL |
+//! | [`lookup`] | the read-only data plugins may look up |
+//! | [`metrics`] | Prometheus metrics, each declared once |
+//! | [`partition`] | which process reads which partitions |
+//! | [`generate`] | synthetic CommCare-like changes (`pillowtop gen`) |
+//! | [`change`] | decoding feed messages into changes (CommCare `ChangeMeta`) |
+//! | [`feed`] | partitioned ordered logs: the embedded SQLite feed, Kafka; publishing |
+//! | [`db`] | the store's database: SQLite or PostgreSQL, transactions, error classification |
+//! | [`outage`] | telling outages from refusals, backoff, waiting for a server |
+//! | [`manifest`] | plugin manifests (`plugin.toml`) |
+//! | [`scaffold`] | `pillowtop plugin new`: starter plugins in Rust, Python, JavaScript |
+//! | [`config`] | the host config (`pillowtop.toml`) |
+//! | [`action`] | what plugins return and declare, in host types |
+//! | [`file`] | reading user-named files with a size bound |
+//! | [`rate`] | rate limiting log lines |
 //! | [`time`] | RFC 3339 timestamps without a date library |
 
 #![warn(missing_docs)]
@@ -51,12 +62,16 @@ pub mod feed;
 pub mod file;
 pub mod fixtures;
 pub mod generate;
+#[cfg(test)]
+mod layers;
+pub mod lookup;
 pub mod manifest;
 pub mod metrics;
 pub mod outage;
 pub mod partition;
 pub mod pillow;
 pub mod process;
+pub mod rate;
 pub mod reload;
 pub mod scaffold;
 pub mod sink;

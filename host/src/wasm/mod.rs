@@ -36,13 +36,13 @@ pub mod sandbox;
 use crate::action::{self, Action, Cell, PluginInfo};
 use crate::change::Change;
 use crate::errors::{ErrorKind, cut_message};
+use crate::lookup::{Lookups, MemoryLookups};
 use crate::manifest::{Limits, Manifest};
 use cache::{CacheOutcome, CompileCache};
 use calls::{CallInProgress, CallSlot, Calls};
 use check::Declared;
 use sandbox::{GuestLevel, GuestLog, GuestOutput, MemoryLimiter};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,25 +66,6 @@ use bindings::pillowtop::processor::{host as wit_host, types as wit};
 
 /// How often the epoch advances; `timeout_ms` is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// Read-only data plugins may look up (granted per resource in the manifest).
-pub trait Lookups: Send + Sync {
-    /// The value for `key` in `resource`, if any. It runs inside a plugin
-    /// call and must not wait past `deadline` (the call's
-    /// `limits.timeout_ms`): an implementation that waits on I/O bounds
-    /// its wait by it. The host starts no lookup after the deadline.
-    fn get(&self, resource: &str, key: &str, deadline: Instant) -> Option<String>;
-}
-
-/// In-memory lookups: resource -> key -> value.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryLookups(pub HashMap<String, HashMap<String, String>>);
-
-impl Lookups for MemoryLookups {
-    fn get(&self, resource: &str, key: &str, _deadline: Instant) -> Option<String> {
-        self.0.get(resource)?.get(key).cloned()
-    }
-}
 
 /// Runtime settings.
 #[derive(Clone)]

@@ -7,10 +7,12 @@
 //! - no preopened directories, so every filesystem call fails;
 //! - no sockets and no name lookup;
 //! - no environment variables and no arguments;
-//! - clocks frozen at the Unix epoch and a fixed-seed random source, so the
-//!   same change always produces the same actions;
+//! - clocks frozen at the Unix epoch (whose timers never wait) and random
+//!   sources seeded per call from the change (both in the `overrides` module),
+//!   so the same change always produces the same actions;
 //! - stdout and stderr as lines in the host log, tagged with the plugin.
 
+use crate::rate::RateLimiter;
 use rand::SeedableRng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,44 +24,6 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx};
 const STDERR_TAIL_BYTES: usize = 2048;
 /// Longest line logged; the rest of a longer line is cut.
 const MAX_LINE_BYTES: usize = 4096;
-
-/// A token bucket over log lines: `rate` lines per second, bursts of `rate`.
-#[derive(Debug)]
-pub struct RateLimiter {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-    dropped: u64,
-}
-
-impl RateLimiter {
-    /// A full bucket of `lines_per_second`.
-    pub fn new(lines_per_second: u32, now: Instant) -> Self {
-        let rate = f64::from(lines_per_second.max(1));
-        RateLimiter {
-            rate,
-            tokens: rate,
-            last: now,
-            dropped: 0,
-        }
-    }
-
-    /// Whether a line may be logged at `now`: `Some(n)` if so, where `n`
-    /// counts the lines dropped since the last allowed one (reported once);
-    /// `None` if this line is dropped.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Some(std::mem::take(&mut self.dropped))
-        } else {
-            self.dropped += 1;
-            None
-        }
-    }
-}
 
 /// Where a plugin's log lines go: shared by its stdout, stderr and the
 /// `log` import, across instances of the same plugin.
@@ -354,20 +318,6 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limiter_allows_bursts_then_counts_drops() {
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(3, t0);
-        assert_eq!(r.allow(t0), Some(0));
-        assert_eq!(r.allow(t0), Some(0));
-        assert_eq!(r.allow(t0), Some(0));
-        assert_eq!(r.allow(t0), None);
-        assert_eq!(r.allow(t0), None);
-        // A third of a second refills one token; the drops are reported once.
-        assert_eq!(r.allow(t0 + Duration::from_millis(340)), Some(2));
-        assert_eq!(r.allow(t0 + Duration::from_millis(340)), None);
-    }
 
     #[test]
     fn truncates_on_char_boundaries() {
