@@ -31,7 +31,8 @@
 //! the answer is [`Value::parse`](super::Value::parse)'s; a test compares
 //! the two on tens of thousands of random corruptions.
 
-use super::{Containers, Kind, kind_at, quick_scalar};
+use super::Kind;
+use super::validate::{Containers, kind_at, quick_scalar};
 use std::arch::x86_64::{
     __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
     _mm_set1_epi8,
