@@ -16,7 +16,7 @@ JS_PLUGIN := plugins/examples/js-case-search
 MAPPINGS := plugins/case-search/mappings.json
 RUN_CASES ?= 20000
 
-.PHONY: run test bench plugins rust-plugins build wasm-target services clean
+.PHONY: run test bench plugins rust-plugins case-search-plugin build wasm-target services clean
 
 ## Build the Wasm target if missing (idempotent).
 wasm-target:
@@ -28,12 +28,22 @@ plugins: rust-plugins $(TARGET_DIR)/py-case-search/case_search_py.wasm $(TARGET_
 	@cmp -s $(TARGET_DIR)/py-case-search/case_search_py.wasm $(PY_PLUGIN)/case_search_py.wasm || cp $(TARGET_DIR)/py-case-search/case_search_py.wasm $(PY_PLUGIN)/
 	@cmp -s $(TARGET_DIR)/js-case-search/case_search_js.wasm $(JS_PLUGIN)/case_search_js.wasm || cp $(TARGET_DIR)/js-case-search/case_search_js.wasm $(JS_PLUGIN)/
 
-rust-plugins: wasm-target
-	$(CARGO) build --release --target wasm32-wasip2 -p case-search -p hostile -p tagger
-	@for pair in case_search:plugins/case-search hostile:plugins/testing/hostile tagger:plugins/testing/tagger; do \
+# Build Rust plugin crates $(1) and copy each component ($(2): name:folder
+# pairs) next to its manifest, only when it changed.
+define build_rust_plugins
+	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(1))
+	@for pair in $(2); do \
 	  src=$(WASM)/$${pair%%:*}.wasm; dst=$${pair#*:}/$${pair%%:*}.wasm; \
 	  cmp -s $$src $$dst || cp $$src $$dst; \
 	done
+endef
+
+rust-plugins: wasm-target
+	$(call build_rust_plugins,case-search hostile tagger,case_search:plugins/case-search hostile:plugins/testing/hostile tagger:plugins/testing/tagger)
+
+## Only the plugin the embedded `make run` job loads.
+case-search-plugin: wasm-target
+	$(call build_rust_plugins,case-search,case_search:plugins/case-search)
 
 $(PY_STAMP):
 	python3 -m venv $(TOOLS)/py
@@ -65,7 +75,7 @@ build:
 	$(CARGO) build --release -p pillowtop
 
 ## The main job on the embedded default: fresh sample data, run until caught up, summary.
-run: plugins build
+run: case-search-plugin build
 	@mkdir -p data
 	@rm -f data/feed.db* data/store.db*
 	$(PILLOWTOP) --config $(CONFIG) gen --kind case --count $(RUN_CASES) --seed 42 \

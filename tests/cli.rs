@@ -233,6 +233,58 @@ fn a_bad_config_is_a_clear_error() {
     );
 }
 
+/// An error says each cause once: the OS error of a missing manifest is
+/// not repeated by the chain of errors around it.
+#[test]
+fn a_missing_manifest_says_its_os_error_once() {
+    let out = bin()
+        .args(["plugin", "check", "/nonexistent/plugin.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read plugin manifest /nonexistent/plugin.toml"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// The embedded store serves one process: a second `run` on it is refused
+/// at start, naming the process that has it (not `database is locked`).
+#[test]
+fn a_second_process_on_the_embedded_store_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 20);
+    gen_and_publish(&config, 100);
+    let mut run = bin();
+    run.args(["--config", config.to_str().unwrap(), "--log", "info", "run"]);
+    let (mut first, _stderr) = spawn_started(run);
+    let out = bin()
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is in use by pillowtop process {}", first.id())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("database is locked"), "{stderr}");
+    let kill = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    // Once it stopped, the store is free again.
+    assert!(run_until_caught_up(&config).status.success());
+}
+
 fn cli(config: &Path, args: &[&str], succeeds: bool) -> String {
     let out = bin()
         .arg("--config")

@@ -147,20 +147,61 @@ fn a_trapped_instance_is_replaced_not_reused() {
 #[test]
 fn the_sandbox_has_nothing_real_behind_it() {
     let (_dir, mut p) = processor("fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
-    // Set an environment variable the plugin must not see.
     let actions = p.process(&hostile("sandbox", "s")).unwrap();
-    let Action::IndexDocument { document, .. } = &actions[0] else {
-        panic!("{actions:?}")
-    };
-    let seen: serde_json::Value = serde_json::from_str(document).unwrap();
+    let seen = document(&actions);
     assert_eq!(seen["env"], 0, "no environment variables: {seen}");
     assert_eq!(seen["args"], 0, "no arguments: {seen}");
     assert_eq!(seen["fs"], false, "no filesystem: {seen}");
     assert_eq!(seen["net"], false, "no network: {seen}");
+    // Refused by the sandbox (WASI's access-denied: TCP is not allowed),
+    // not failing because the socket API is missing (`Unsupported`).
+    assert_eq!(seen["net_error"], "PermissionDenied", "{seen}");
     assert_eq!(
         seen["clock_secs"], 0,
         "the clock is frozen at the epoch: {seen}"
     );
+}
+
+/// The host's own environment does not reach a plugin: `plugin check`,
+/// run with a variable set, passes a fixture that says the plugin sees
+/// no variable at all (and the same refusals as above).
+#[test]
+fn a_variable_set_in_the_host_is_invisible_to_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = dir.path().join("fixtures");
+    std::fs::create_dir(&fixtures).unwrap();
+    let seen = serde_json::json!({"env": 0, "probe": null, "args": 0, "fs": false, "net": false,
+                                  "net_error": "PermissionDenied", "clock_secs": 0});
+    std::fs::write(
+        fixtures.join("sandbox.json"),
+        serde_json::json!({
+            "change": {"document_id": "s", "document_type": "CommCareCase", "document": {"hostile": "sandbox"}},
+            "expect": [{"index_document": {"index": "hostile", "id": "s", "document": seen}}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let manifest = hostile_manifest(dir.path(), "fuel = 50_000_000", "");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("fixtures = \"fixtures\"\n{text}")).unwrap();
+    let out = bin()
+        .args([
+            "plugin",
+            "check",
+            manifest.to_str().unwrap(),
+            "--compile-cache",
+        ])
+        .arg(cache_dir())
+        .env("PILLOWTOP_SANDBOX_PROBE", "visible to the host")
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("fixtures: 1 passed, 0 failed"), "{report}");
 }
 
 #[test]
@@ -173,10 +214,12 @@ fn a_log_flood_neither_fails_nor_stalls_the_change() {
 
 #[test]
 fn the_same_change_gives_the_same_actions() {
+    // The plugin reports the random numbers and clocks it sees: the same
+    // change must see the same ones on a fresh instance.
     let (_dir, mut p) = processor("fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000", "");
-    let a = p.process(&hostile("sandbox", "d")).unwrap();
+    let a = p.process(&hostile("random", "d")).unwrap();
     p.reinstantiate().unwrap();
-    let b = p.process(&hostile("sandbox", "d")).unwrap();
+    let b = p.process(&hostile("random", "d")).unwrap();
     assert_eq!(a, b);
 }
 

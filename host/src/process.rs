@@ -663,3 +663,52 @@ impl fmt::Display for ProcessSummary {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_period_starts_at_the_stop_request_and_a_second_signal_ends_it() {
+        let grace = Duration::from_secs(20);
+        let stop = Stop::new();
+        // No stop requested: the grace never runs out.
+        let over = tokio::time::timeout(Duration::from_secs(3600), stop.grace_over(grace)).await;
+        assert!(over.is_err(), "no stop, no grace period");
+        stop.request();
+        let started = tokio::time::Instant::now();
+        stop.grace_over(grace).await;
+        assert_eq!(started.elapsed(), grace);
+        // Forced: over at once.
+        let stop = Stop::new();
+        stop.request();
+        stop.force();
+        let started = tokio::time::Instant::now();
+        stop.grace_over(grace).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_stop_past_its_grace_names_the_calls_left_behind() {
+        let call = |plugin: &str| CallInProgress {
+            plugin: plugin.into(),
+            call: "init",
+            change: None,
+            running_for: Duration::from_secs(3),
+        };
+        let text = |stuck| {
+            ProcessError::GraceOver {
+                grace_seconds: 20,
+                stuck,
+            }
+            .to_string()
+        };
+        assert!(text(vec![]).contains("no plugin call was running"));
+        assert!(
+            text(vec![call("a@1")]).contains("plugin a@1 in init for 3.0 s was still running;")
+        );
+        assert!(
+            text(vec![call("a@1"), call("b@1")]).contains("was still running, and 1 more calls")
+        );
+    }
+}

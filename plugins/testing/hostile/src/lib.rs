@@ -215,23 +215,35 @@ mod component {
                     Ok(vec![index(&change.id, "{}".into())])
                 }
                 "sandbox" => {
-                    // Report what the sandbox lets this plugin see.
+                    // Report what the sandbox lets this plugin see, and how
+                    // it refuses what it does not.
                     let env = std::env::vars().count();
+                    let probe = std::env::var("PILLOWTOP_SANDBOX_PROBE").ok();
                     let args = std::env::args().count();
                     let fs = std::fs::read_dir("/").is_ok() || std::fs::read("/etc/passwd").is_ok();
-                    let net = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+                    let (net, net_error) = match std::net::TcpStream::connect("127.0.0.1:5432") {
+                        Ok(_) => (true, String::new()),
+                        Err(e) => (false, format!("{:?}", e.kind())),
+                    };
                     let clock = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
                     let mut out = String::from("{\"env\":");
                     out.push_str(&env.to_string());
+                    out.push_str(",\"probe\":");
+                    match probe {
+                        Some(p) => json::write_str(&mut out, &p),
+                        None => out.push_str("null"),
+                    }
                     out.push_str(",\"args\":");
                     out.push_str(&args.to_string());
                     out.push_str(",\"fs\":");
                     out.push_str(if fs { "true" } else { "false" });
                     out.push_str(",\"net\":");
                     out.push_str(if net { "true" } else { "false" });
+                    out.push_str(",\"net_error\":");
+                    json::write_str(&mut out, &net_error);
                     out.push_str(",\"clock_secs\":");
                     out.push_str(&clock.to_string());
                     out.push('}');
