@@ -13,9 +13,8 @@
 //! into rows, so a batch of 10,000 rows is one round trip with a fixed
 //! statement text (prepared once per connection), not 10,000 bound scalars.
 
-use super::shape::{self, Found, FoundColumn};
-use super::sql::TableError;
-use super::{RowOp, WritePlan, describe_spec, index_table};
+use super::shape::{Found, FoundColumn};
+use super::{RowOp, WritePlan, index_table};
 use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
 use crate::db::quote;
 use sqlx::PgConnection;
@@ -42,7 +41,7 @@ fn pg_type(kind: ColumnType) -> (&'static str, &'static str) {
 /// Serialises creating tables: two processes of one pillow starting
 /// together would otherwise race on `CREATE TABLE IF NOT EXISTS` (which is
 /// not atomic in PostgreSQL). Held until the transaction ends.
-async fn lock_ddl(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn lock_ddl(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pillowtop.sink.ddl'))")
         .execute(&mut *conn)
         .await?;
@@ -67,11 +66,20 @@ pub async fn lz4_supported(conn: &mut PgConnection) -> Result<bool, sqlx::Error>
     Ok(supported == Some(true))
 }
 
-pub(super) async fn ensure_index(
+/// The type a column type is stored as, as `information_schema` names it.
+pub(super) fn sql_type(kind: ColumnType) -> &'static str {
+    pg_type(kind).0
+}
+
+/// Create the document table of an index if missing.
+///
+/// # Errors
+///
+/// When the database fails.
+pub(super) async fn create_index_table(
     conn: &mut PgConnection,
     spec: &IndexSpec,
 ) -> Result<(), sqlx::Error> {
-    lock_ddl(conn).await?;
     let table = quote(&index_table(&spec.name));
     // A table created before keeps its method; `ALTER TABLE ... ALTER
     // COLUMN document SET COMPRESSION lz4` switches it for new writes.
@@ -85,11 +93,6 @@ pub(super) async fn ensure_index(
     )))
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO sink_indices (name, mappings) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET mappings = excluded.mappings")
-        .bind(&spec.name)
-        .bind(&spec.mappings)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -101,71 +104,48 @@ struct ColumnInfo {
     nullable: bool,
 }
 
-pub(super) async fn ensure_table(
+/// The table `name` (in the store's schema) as the database describes
+/// it; `None` when it does not exist.
+///
+/// # Errors
+///
+/// When the database fails.
+pub(super) async fn describe(
     conn: &mut PgConnection,
-    spec: &TableSpec,
-) -> Result<(), TableError> {
-    lock_ddl(conn).await?;
+    name: &str,
+) -> Result<Option<Found>, sqlx::Error> {
     let existing: Vec<ColumnInfo> = sqlx::query_as(
         "SELECT column_name::text AS name, data_type::text AS sql_type, is_nullable = 'YES' AS nullable
          FROM information_schema.columns
          WHERE table_schema = current_schema() AND table_name = $1
          ORDER BY ordinal_position",
     )
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(&mut *conn)
     .await?;
-    let quoted = quote(&spec.name);
     if existing.is_empty() {
-        let mut ddl = format!("CREATE TABLE {quoted} (");
-        for c in &spec.columns {
-            ddl.push_str(&format!(
-                "{} {}{}, ",
-                quote(&c.name),
-                pg_type(c.kind).0,
-                if c.nullable { "" } else { " NOT NULL" }
-            ));
-        }
-        let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
-        ddl.push_str(&format!("PRIMARY KEY ({}))", pk.join(", ")));
-        sqlx::query(sqlx::AssertSqlSafe(ddl))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {quoted} (doc_id)",
-            quote(&format!("{}_doc_id", spec.name)),
-        )))
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        let pk: Vec<String> = sqlx::query_scalar(
-            "SELECT a.attname::text FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-             WHERE i.indrelid = to_regclass($1) AND i.indisprimary
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-        )
-        .bind(&quoted)
-        .fetch_all(&mut *conn)
-        .await?;
-        let found = Found {
-            columns: existing
-                .into_iter()
-                .map(|c| FoundColumn {
-                    name: c.name,
-                    sql_type: c.sql_type,
-                    nullable: c.nullable,
-                })
-                .collect(),
-            primary_key: pk,
-        };
-        shape::check(spec, &found, |kind| pg_type(kind).0).map_err(TableError::Mismatch)?;
+        return Ok(None);
     }
-    sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
-        .bind(&spec.name)
-        .bind(describe_spec(spec))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    let primary_key: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = to_regclass($1) AND i.indisprimary
+         ORDER BY array_position(i.indkey::int2[], a.attnum)",
+    )
+    .bind(quote(name))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(Found {
+        columns: existing
+            .into_iter()
+            .map(|c| FoundColumn {
+                name: c.name,
+                sql_type: c.sql_type,
+                nullable: c.nullable,
+            })
+            .collect(),
+        primary_key,
+    }))
 }
 
 /// One column of a batch, as the array it is bound as.

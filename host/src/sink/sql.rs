@@ -4,30 +4,14 @@
 //! transaction with its pillow errors and its checkpoint
 //! ([`SqlSink::commit`]), so after a crash either all of it landed or none.
 
-use super::{SinkError, WritePlan, index_table};
-use crate::action::{PluginInfo, TableSpec};
-use crate::db::{Db, DbError, Tx, on_db, quote};
+use super::{SinkError, WritePlan, describe_spec, index_table, shape};
+use crate::action::{ColumnType, PluginInfo, TableSpec};
+use crate::db::{Db, DbError, Tx, on_db, on_tx, quote};
 use crate::errors::PillowError;
 use crate::feed::TopicPartition;
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-
-/// What a backend's table work failed with, before the sink adds which
-/// store it is.
-#[derive(Debug)]
-pub(super) enum TableError {
-    /// The database failed.
-    Db(sqlx::Error),
-    /// An existing table differs from the spec (the detail names how).
-    Mismatch(String),
-}
-
-impl From<sqlx::Error> for TableError {
-    fn from(e: sqlx::Error) -> TableError {
-        TableError::Db(e)
-    }
-}
 
 /// What one chunk (or piece of one) commits in one transaction.
 #[derive(Debug, Default)]
@@ -79,51 +63,38 @@ impl SqlSink {
         }
     }
 
-    fn table_err(&self, table: &str) -> impl Fn(TableError) -> SinkError + '_ {
-        let table = table.to_owned();
-        move |e| match e {
-            TableError::Db(source) => self.err()(source),
-            TableError::Mismatch(detail) => SinkError::Mismatch {
-                store: self.location.to_string(),
-                table: table.clone(),
-                detail,
-            },
-        }
-    }
-
     /// Create the tables and document tables a plugin declared, checking
-    /// existing ones, and remember the specs for writing.
+    /// existing ones, record them in the store's registries, and remember
+    /// the specs for writing.
     ///
     /// # Errors
     ///
     /// A mismatching existing table names table and column.
     pub async fn ensure_outputs(&self, info: &PluginInfo) -> Result<(), SinkError> {
         let mut tx = self.db.begin().await.map_err(self.err())?;
-        match &mut tx {
-            Tx::Sqlite(t) => {
-                for index in &info.indices {
-                    super::sqlite::ensure_index(t, index)
-                        .await
-                        .map_err(self.err())?;
-                }
-                for table in &info.tables {
-                    super::sqlite::ensure_table(t, table)
-                        .await
-                        .map_err(self.table_err(&table.name))?;
-                }
+        if let Tx::Postgres(t) = &mut tx {
+            // Two processes of one pillow starting together would race on
+            // CREATE TABLE otherwise.
+            super::postgres::lock_ddl(t).await.map_err(self.err())?;
+        }
+        for index in &info.indices {
+            match &mut tx {
+                Tx::Sqlite(t) => super::sqlite::create_index_table(t, index).await,
+                Tx::Postgres(t) => super::postgres::create_index_table(t, index).await,
             }
-            Tx::Postgres(t) => {
-                for index in &info.indices {
-                    super::postgres::ensure_index(t, index)
-                        .await
-                        .map_err(self.err())?;
-                }
-                for table in &info.tables {
-                    super::postgres::ensure_table(t, table)
-                        .await
-                        .map_err(self.table_err(&table.name))?;
-                }
-            }
+            .map_err(self.err())?;
+            on_tx!(&mut tx, t => {
+                sqlx::query("INSERT INTO sink_indices (name, mappings) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET mappings = excluded.mappings")
+                    .bind(&index.name)
+                    .bind(&index.mappings)
+                    .execute(&mut **t)
+                    .await
+                    .map(|_| ())
+            })
+            .map_err(self.err())?;
+        }
+        for table in &info.tables {
+            self.ensure_table(&mut tx, table).await?;
         }
         self.db.commit(tx).await.map_err(self.err())?;
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
@@ -132,6 +103,55 @@ impl SqlSink {
             updated.insert(t.name.clone(), t.clone());
         }
         *tables = Arc::new(updated);
+        Ok(())
+    }
+
+    /// Create the row table of `spec` if missing (with an index on
+    /// `doc_id`), or check that the existing one has its shape; record it
+    /// in the `sink_tables` registry.
+    async fn ensure_table(&self, tx: &mut Tx, spec: &TableSpec) -> Result<(), SinkError> {
+        let (found, sql_type) = match tx {
+            Tx::Sqlite(t) => (
+                super::sqlite::describe(t, &spec.name).await,
+                super::sqlite::sql_type as fn(ColumnType) -> &'static str,
+            ),
+            Tx::Postgres(t) => (
+                super::postgres::describe(t, &spec.name).await,
+                super::postgres::sql_type as fn(ColumnType) -> &'static str,
+            ),
+        };
+        match found.map_err(self.err())? {
+            Some(found) => {
+                shape::check(spec, &found, sql_type).map_err(|detail| SinkError::Mismatch {
+                    store: self.location.to_string(),
+                    table: spec.name.clone(),
+                    detail,
+                })?
+            }
+            None => {
+                let statements = [
+                    create_table_sql(spec, sql_type),
+                    format!(
+                        "CREATE INDEX IF NOT EXISTS {} ON {} (doc_id)",
+                        quote(&format!("{}_doc_id", spec.name)),
+                        quote(&spec.name)
+                    ),
+                ];
+                for ddl in statements {
+                    on_tx!(&mut *tx, t => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut **t).await.map(|_| ()))
+                        .map_err(self.err())?;
+                }
+            }
+        }
+        on_tx!(&mut *tx, t => {
+            sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
+                .bind(&spec.name)
+                .bind(describe_spec(spec))
+                .execute(&mut **t)
+                .await
+                .map(|_| ())
+        })
+        .map_err(self.err())?;
         Ok(())
     }
 
@@ -224,5 +244,55 @@ impl SqlSink {
             .map_err(self.err())?
         });
         Ok(row.map(|(document, version)| (document, version as u64)))
+    }
+}
+
+/// `CREATE TABLE` for `spec`, with `sql_type` naming each column's type.
+fn create_table_sql(spec: &TableSpec, sql_type: fn(ColumnType) -> &'static str) -> String {
+    let mut ddl = format!("CREATE TABLE {} (", quote(&spec.name));
+    for c in &spec.columns {
+        ddl.push_str(&format!(
+            "{} {}{}, ",
+            quote(&c.name),
+            sql_type(c.kind),
+            if c.nullable { "" } else { " NOT NULL" }
+        ));
+    }
+    let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
+    ddl.push_str(&format!("PRIMARY KEY ({}))", pk.join(", ")));
+    ddl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Column;
+
+    #[test]
+    fn a_table_is_created_with_the_backends_types_and_its_key() {
+        let spec = TableSpec {
+            name: "visits".into(),
+            columns: vec![
+                Column {
+                    name: "doc_id".into(),
+                    kind: ColumnType::Text,
+                    nullable: false,
+                },
+                Column {
+                    name: "n".into(),
+                    kind: ColumnType::Integer,
+                    nullable: true,
+                },
+            ],
+            primary_key: vec!["doc_id".into()],
+        };
+        assert_eq!(
+            create_table_sql(&spec, super::super::postgres::sql_type),
+            r#"CREATE TABLE "visits" ("doc_id" text NOT NULL, "n" bigint, PRIMARY KEY ("doc_id"))"#
+        );
+        assert_eq!(
+            create_table_sql(&spec, super::super::sqlite::sql_type),
+            r#"CREATE TABLE "visits" ("doc_id" TEXT NOT NULL, "n" INTEGER, PRIMARY KEY ("doc_id"))"#
+        );
     }
 }

@@ -5,9 +5,8 @@
 //! row table is created from its spec under its own name. Writes happen
 //! inside the caller's transaction.
 
-use super::shape::{self, Found, FoundColumn};
-use super::sql::TableError;
-use super::{RowOp, WritePlan, describe_spec, index_table};
+use super::shape::{Found, FoundColumn};
+use super::{RowOp, WritePlan, index_table};
 use crate::action::{Cell, ColumnType, IndexSpec, TableSpec};
 use crate::db::quote;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
@@ -16,7 +15,8 @@ use std::collections::HashMap;
 /// Most bound values per statement (SQLite allows 32766).
 const MAX_BINDS: usize = 30_000;
 
-fn sql_type(kind: ColumnType) -> &'static str {
+/// The type a column type is stored as.
+pub(super) fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
         ColumnType::Integer | ColumnType::Boolean => "INTEGER",
         ColumnType::Float => "REAL",
@@ -29,7 +29,7 @@ fn sql_type(kind: ColumnType) -> &'static str {
 /// # Errors
 ///
 /// When the database fails.
-pub(super) async fn ensure_index(
+pub(super) async fn create_index_table(
     conn: &mut SqliteConnection,
     spec: &IndexSpec,
 ) -> Result<(), sqlx::Error> {
@@ -41,11 +41,6 @@ pub(super) async fn ensure_index(
     )))
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO sink_indices (name, mappings) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET mappings = excluded.mappings")
-        .bind(&spec.name)
-        .bind(&spec.mappings)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -60,66 +55,38 @@ struct TableInfo {
     pk: i64,
 }
 
-/// Create a row table if missing, or check that the existing one matches.
+/// The table `name` as the database describes it; `None` when it does
+/// not exist.
 ///
 /// # Errors
 ///
-/// [`TableError::Mismatch`] naming the column when they differ.
-pub(super) async fn ensure_table(
+/// When the database fails.
+pub(super) async fn describe(
     conn: &mut SqliteConnection,
-    spec: &TableSpec,
-) -> Result<(), TableError> {
+    name: &str,
+) -> Result<Option<Found>, sqlx::Error> {
     let existing: Vec<TableInfo> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "PRAGMA table_info({})",
-        quote(&spec.name)
+        quote(name)
     )))
     .fetch_all(&mut *conn)
     .await?;
     if existing.is_empty() {
-        let mut ddl = format!("CREATE TABLE {} (", quote(&spec.name));
-        for c in &spec.columns {
-            ddl.push_str(&format!(
-                "{} {}{}, ",
-                quote(&c.name),
-                sql_type(c.kind),
-                if c.nullable { "" } else { " NOT NULL" }
-            ));
-        }
-        let pk: Vec<_> = spec.primary_key.iter().map(|k| quote(k)).collect();
-        ddl.push_str(&format!("PRIMARY KEY ({}))", pk.join(", ")));
-        sqlx::query(sqlx::AssertSqlSafe(ddl))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {} (doc_id)",
-            quote(&format!("{}_doc_id", spec.name)),
-            quote(&spec.name)
-        )))
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        let mut key: Vec<&TableInfo> = existing.iter().filter(|c| c.pk > 0).collect();
-        key.sort_by_key(|c| c.pk);
-        let found = Found {
-            columns: existing
-                .iter()
-                .map(|c| FoundColumn {
-                    name: c.name.clone(),
-                    sql_type: c.sql_type.clone(),
-                    nullable: c.notnull == 0,
-                })
-                .collect(),
-            primary_key: key.into_iter().map(|c| c.name.clone()).collect(),
-        };
-        shape::check(spec, &found, sql_type).map_err(TableError::Mismatch)?;
+        return Ok(None);
     }
-    let spec_text = describe_spec(spec);
-    sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
-        .bind(&spec.name)
-        .bind(spec_text)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    let mut key: Vec<&TableInfo> = existing.iter().filter(|c| c.pk > 0).collect();
+    key.sort_by_key(|c| c.pk);
+    Ok(Some(Found {
+        primary_key: key.into_iter().map(|c| c.name.clone()).collect(),
+        columns: existing
+            .into_iter()
+            .map(|c| FoundColumn {
+                name: c.name,
+                sql_type: c.sql_type,
+                nullable: c.notnull == 0,
+            })
+            .collect(),
+    }))
 }
 
 /// Write `plan` on `conn` (inside the caller's transaction).
