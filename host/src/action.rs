@@ -64,6 +64,17 @@ pub struct Column {
     pub nullable: bool,
 }
 
+impl Column {
+    /// A column named `name` of `kind`.
+    pub fn new(name: &str, kind: ColumnType, nullable: bool) -> Column {
+        Column {
+            name: name.to_owned(),
+            kind,
+            nullable,
+        }
+    }
+}
+
 /// A table a plugin writes rows to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {

@@ -92,16 +92,8 @@ mod tests {
         TableSpec {
             name: "t".into(),
             columns: vec![
-                Column {
-                    name: "doc_id".into(),
-                    kind: ColumnType::Text,
-                    nullable: false,
-                },
-                Column {
-                    name: "n".into(),
-                    kind: ColumnType::Integer,
-                    nullable: true,
-                },
+                Column::new("doc_id", ColumnType::Text, false),
+                Column::new("n", ColumnType::Integer, true),
             ],
             primary_key: vec!["doc_id".into()],
         }

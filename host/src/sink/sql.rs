@@ -273,16 +273,8 @@ mod tests {
         let spec = TableSpec {
             name: "visits".into(),
             columns: vec![
-                Column {
-                    name: "doc_id".into(),
-                    kind: ColumnType::Text,
-                    nullable: false,
-                },
-                Column {
-                    name: "n".into(),
-                    kind: ColumnType::Integer,
-                    nullable: true,
-                },
+                Column::new("doc_id", ColumnType::Text, false),
+                Column::new("n", ColumnType::Integer, true),
             ],
             primary_key: vec!["doc_id".into()],
         };

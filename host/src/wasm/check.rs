@@ -393,21 +393,9 @@ mod tests {
         TableSpec {
             name: "rows".into(),
             columns: vec![
-                Column {
-                    name: "doc_id".into(),
-                    kind: ColumnType::Text,
-                    nullable: false,
-                },
-                Column {
-                    name: "n".into(),
-                    kind: ColumnType::Integer,
-                    nullable: true,
-                },
-                Column {
-                    name: "day".into(),
-                    kind: ColumnType::Date,
-                    nullable: true,
-                },
+                Column::new("doc_id", ColumnType::Text, false),
+                Column::new("n", ColumnType::Integer, true),
+                Column::new("day", ColumnType::Date, true),
             ],
             primary_key: vec!["doc_id".into()],
         }
