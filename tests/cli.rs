@@ -447,3 +447,151 @@ async fn retention_gap_stops_with_commcares_message_and_checkpoint_commands_fix_
     assert_eq!(latest.lines().count(), 2, "{latest}");
     assert_eq!(status_json(&config)[0]["need_processing"], 0);
 }
+
+/// `pillowtop errors list | show | retry | purge | fixture` and `pillowtop
+/// retry --once` on a store a run left pillow errors in.
+#[test]
+fn operators_list_show_requeue_and_turn_errors_into_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest(dir.path(), "fuel = 5_000_000", "");
+    let config = dir.path().join("pillowtop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
+             [[pillows]]\nname = \"ops\"\ntopics = [\"t\"]\nprocessors = [{manifest:?}]\nmax_wait_ms = 50\n",
+            cache_dir()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let lines = [
+        change("x-retry", serde_json::json!({"hostile": "retryable"})),
+        change("x-perm", serde_json::json!({"hostile": "permanent"})),
+        change("good", serde_json::json!({"i": 1})),
+    ]
+    .join("\n");
+    let mut publish = bin()
+        .args([
+            "--config",
+            cfg,
+            "publish",
+            "--topic",
+            "t",
+            "--partitions",
+            "1",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    publish
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(publish.wait().unwrap().success());
+    assert!(run_until_caught_up(&config).status.success());
+    let pillowtop = |args: &[&str]| {
+        let out = bin().args(["--config", cfg]).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let listing: serde_json::Value =
+        serde_json::from_str(&pillowtop(&["errors", "list", "--json"])).unwrap();
+    assert_eq!(listing["counts"]["total"], 2, "{listing}");
+    let ids: std::collections::HashMap<String, i64> = listing["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["doc_id"].as_str().unwrap().to_owned(),
+                e["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let table = pillowtop(&["errors", "list", "--kind", "permanent"]);
+    assert!(table.starts_with("1 pillow errors\n"), "{table}");
+    assert!(table.contains("by kind:   permanent 1"), "{table}");
+    assert!(
+        table.contains("ID") && table.contains("x-perm") && !table.contains("x-retry"),
+        "{table}"
+    );
+
+    let shown = pillowtop(&["errors", "show", &ids["x-retry"].to_string()]);
+    for needle in [
+        "state:      pending",
+        "kind:       retryable",
+        "lookup not ready yet",
+        "\"hostile\": \"retryable\"",
+        "1 in this series, 1 in all",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} in:\n{shown}");
+    }
+    let missing = bin()
+        .args(["--config", cfg, "errors", "show", "999"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no pillow error with id 999"));
+
+    // Nothing is due for five minutes; re-queue the parked one now.
+    assert!(pillowtop(&["retry", "--once"]).contains("pillow ops: 0 batches; nothing was due"));
+    assert!(
+        pillowtop(&["errors", "retry", "--all", "--parked"]).starts_with("1 pillow errors queued")
+    );
+    let retried = pillowtop(&["retry", "--once"]);
+    assert!(
+        retried.contains("pillow ops: 1 batches; parked 1"),
+        "{retried}"
+    );
+    let perm: serde_json::Value = serde_json::from_str(&pillowtop(&[
+        "errors",
+        "show",
+        &ids["x-perm"].to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            perm["state"].as_str(),
+            perm["series_attempts"].as_i64(),
+            perm["total_attempts"].as_i64()
+        ),
+        (Some("parked"), Some(1), Some(2)),
+        "{perm}"
+    );
+
+    let fixtures = dir.path().join("fixtures");
+    let wrote = pillowtop(&[
+        "errors",
+        "fixture",
+        &ids["x-retry"].to_string(),
+        "--dir",
+        fixtures.to_str().unwrap(),
+        "--expect-current",
+    ]);
+    assert!(wrote.starts_with("wrote "), "{wrote}");
+    let file = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(fixture["expect_error"], "retryable", "{fixture}");
+    assert_eq!(fixture["change"]["document_id"], "x-retry");
+    assert_eq!(fixture["topic"], "t");
+    assert!(
+        pillowtop(&["errors", "purge", "--resolved"])
+            .starts_with("0 resolved pillow errors deleted")
+    );
+}

@@ -21,18 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 fn config(name: &str, chunk_size: usize) -> PillowConfig {
     PillowConfig {
-        name: name.into(),
-        checkpoint_id: None,
-        topics: vec!["case-sql".into()],
-        processors: vec![case_search_manifest()],
         chunk_size,
         max_wait_ms: 20,
         checkpoint_every: 1,
-        checkpoint_max_delay_seconds: 300,
-        num_processes: 1,
-        dedicated_migration_process: false,
-        transform_threads: 1,
-        chunk_memory_mb: 256,
+        ..PillowConfig::new(name, &["case-sql"], vec![case_search_manifest()])
     }
 }
 

@@ -15,4 +15,5 @@ mod pipeline;
 mod postgres;
 mod recovery;
 mod reload;
+mod retry;
 mod sandbox;

@@ -15,18 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 fn pillow_config(name: &str, topic: &str, manifest: PathBuf, chunk_size: usize) -> PillowConfig {
     PillowConfig {
-        name: name.into(),
-        checkpoint_id: None,
-        topics: vec![topic.into()],
-        processors: vec![manifest],
         chunk_size,
         max_wait_ms: 50,
-        checkpoint_every: 1000,
-        checkpoint_max_delay_seconds: 300,
-        num_processes: 1,
-        dedicated_migration_process: false,
-        transform_threads: 1,
-        chunk_memory_mb: 256,
+        ..PillowConfig::new(name, &[topic], vec![manifest])
     }
 }
 
@@ -247,7 +238,8 @@ async fn hostile_changes_become_pillow_errors_and_the_partition_goes_on_in(env: 
                 .is_some_and(|v| v.starts_with("1.0.0+")),
             "{e:?}"
         );
-        assert_eq!(e.attempts, 1);
+        assert_eq!((e.series_attempts, e.total_attempts), (1, 1));
+        assert_eq!(e.state, pillowtop::errors::ErrorState::Pending);
         assert!(
             e.next_attempt_ms.is_some(),
             "retryable kinds are scheduled: {e:?}"

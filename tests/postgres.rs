@@ -128,6 +128,7 @@ async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
             plan,
             errors: vec![],
             checkpoints: vec![(tp.clone(), 13)],
+            ..ChunkCommit::default()
         },
     )
     .await
@@ -222,6 +223,7 @@ async fn a_failed_commit_keeps_nothing_of_the_chunk() {
                 plan,
                 errors: vec![],
                 checkpoints: vec![(TopicPartition::new("t", 0), 2)],
+                ..ChunkCommit::default()
             },
         )
         .await
@@ -452,18 +454,10 @@ async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = tagger_manifest(dir.path());
     let config = pillowtop::config::PillowConfig {
-        name: "outage".into(),
-        checkpoint_id: None,
-        topics: vec!["t".into()],
-        processors: vec![manifest.clone()],
         chunk_size: 50,
         max_wait_ms: 20,
         checkpoint_every: 1,
-        checkpoint_max_delay_seconds: 300,
-        num_processes: 1,
-        dedicated_migration_process: false,
-        transform_threads: 1,
-        chunk_memory_mb: 256,
+        ..pillowtop::config::PillowConfig::new("outage", &["t"], vec![manifest.clone()])
     };
     let pillow = pillowtop::pillow::Pillow::new(
         config,

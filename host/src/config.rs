@@ -26,6 +26,9 @@
 //! processors = ["../plugins/case-search/plugin.toml"]
 //! chunk_size = 500
 //! # transform_threads = 2      # threads (each with its own plugin instances) per chunk
+//! # retry = "rerun"             # the retry queue: "rerun" (default), "republish" or "off"
+//! # retry_batch_size = 500
+//! # retry_per_second = 200      # 0: no limit
 //! ```
 
 use serde::Deserialize;
@@ -375,6 +378,37 @@ pub struct PillowConfig {
     /// piece written while the next is processed).
     #[serde(default = "default_chunk_memory_mb")]
     pub chunk_memory_mb: u32,
+    /// How the retry queue tries this pillow's errors again.
+    #[serde(default)]
+    pub retry: RetryMode,
+    /// Due errors the retry queue reads and tries per batch (it never
+    /// holds more than one batch).
+    #[serde(default = "default_retry_batch_size")]
+    pub retry_batch_size: u32,
+    /// Most errors the retry queue tries per second (0: no limit), so a
+    /// large backlog cannot take the pillow's store or plugins from it.
+    #[serde(default = "default_retry_per_second")]
+    pub retry_per_second: u32,
+    /// How long the retry queue waits before looking again when fewer
+    /// than a batch were due (CommCare: 10 s).
+    #[serde(default = "default_retry_poll_seconds")]
+    pub retry_poll_seconds: u64,
+}
+
+/// How a pillow's retry queue tries an error again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryMode {
+    /// Re-run the failed processor on the stored change through the live
+    /// plugin version, writing through the pillow's own delivery path.
+    #[default]
+    Rerun,
+    /// Append the stored change to its topic again with `attempts`
+    /// counted, as CommCare does for Kafka feeds: the pillow's normal
+    /// path handles it.
+    Republish,
+    /// No retry queue for this pillow: errors stay for operators.
+    Off,
 }
 
 fn default_chunk_size() -> usize {
@@ -398,8 +432,41 @@ fn default_transform_threads() -> usize {
 fn default_chunk_memory_mb() -> u32 {
     256
 }
+fn default_retry_batch_size() -> u32 {
+    500
+}
+fn default_retry_per_second() -> u32 {
+    200
+}
+fn default_retry_poll_seconds() -> u64 {
+    10
+}
 
 impl PillowConfig {
+    /// A pillow reading `topics` through `processors` (manifest paths),
+    /// everything else at its default, as a config file that names only
+    /// those gets.
+    pub fn new(name: &str, topics: &[&str], processors: Vec<PathBuf>) -> PillowConfig {
+        PillowConfig {
+            name: name.to_owned(),
+            checkpoint_id: None,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            processors,
+            chunk_size: default_chunk_size(),
+            max_wait_ms: default_max_wait_ms(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_max_delay_seconds: default_checkpoint_max_delay_seconds(),
+            num_processes: default_num_processes(),
+            dedicated_migration_process: false,
+            transform_threads: default_transform_threads(),
+            chunk_memory_mb: default_chunk_memory_mb(),
+            retry: RetryMode::default(),
+            retry_batch_size: default_retry_batch_size(),
+            retry_per_second: default_retry_per_second(),
+            retry_poll_seconds: default_retry_poll_seconds(),
+        }
+    }
+
     /// `chunk_memory_mb` in bytes.
     pub fn chunk_memory_bytes(&self) -> usize {
         self.chunk_memory_mb as usize * 1024 * 1024
@@ -672,6 +739,18 @@ impl HostConfig {
                         "{} is out of range 1..=64 (threads per pillow that run its plugins)",
                         p.transform_threads
                     ),
+                ));
+            }
+            if !(1..=10_000).contains(&p.retry_batch_size) {
+                return Err(invalid(
+                    &key("retry_batch_size"),
+                    format!("{} is out of range 1..=10000", p.retry_batch_size),
+                ));
+            }
+            if !(1..=3600).contains(&p.retry_poll_seconds) {
+                return Err(invalid(
+                    &key("retry_poll_seconds"),
+                    format!("{} is out of range 1..=3600", p.retry_poll_seconds),
                 ));
             }
             if p.num_processes == 0 {
@@ -970,6 +1049,16 @@ mod tests {
                 "num_processes = 2",
                 "chunk_size = 0",
                 &["pillows[0].chunk_size", "1..=100000"],
+            ),
+            (
+                "num_processes = 2",
+                "retry_batch_size = 0",
+                &["pillows[0].retry_batch_size", "1..=10000"],
+            ),
+            (
+                "num_processes = 2",
+                "retry = \"later\"",
+                &["unknown variant `later`", "`rerun`, `republish`, `off`"],
             ),
             (
                 "num_processes = 2",

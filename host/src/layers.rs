@@ -23,12 +23,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The top-level module a file of `src` belongs to (`None` for the crate
-/// root, the binary and this check, whose tests hold example paths).
+/// root, the binary (`bin/`) and this check, whose tests hold example
+/// paths).
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).ok()?;
     let first = rel.components().next()?.as_os_str().to_str()?;
     let name = first.strip_suffix(".rs").unwrap_or(first);
-    (!matches!(name, "lib" | "main" | "layers")).then(|| name.to_owned())
+    (!matches!(name, "lib" | "bin" | "layers")).then(|| name.to_owned())
 }
 
 /// The modules named by `crate::NAME` in a line of code.

@@ -23,8 +23,10 @@
 //! | [`process`] | the whole host as one call: open, start, supervise every task, stop |
 //! | [`admin`] | the admin HTTP endpoint (metrics, plugins, reloads) and its client |
 //! | [`status`] | what `pillowtop status` shows |
+//! | [`triage`] | operator tools for pillow errors: list, show, re-queue, purge, make a fixture |
 //! | [`conformance`] | `pillowtop plugin check`: load, declaration, fixtures, fuel |
 //! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |
+//! | [`retry`] | the retry queue: due pillow errors re-run (or republished), fairly by domain |
 //! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
 //! | [`sink`] | writing actions: Elasticsearch, the SQL sink tables, delivery of a chunk |
 //! | [`checkpoint`] | partition positions, when checkpoints are saved, moving them |
@@ -73,9 +75,11 @@ pub mod pillow;
 pub mod process;
 pub mod rate;
 pub mod reload;
+pub mod retry;
 pub mod scaffold;
 pub mod sink;
 pub mod status;
 pub mod store;
 pub mod time;
+pub mod triage;
 pub mod wasm;

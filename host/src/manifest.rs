@@ -29,8 +29,11 @@
 //! tables = []
 //! lookups = []
 //!
-//! [retry]
-//! max_attempts = 9
+//! [retry]             # CommCare's schedule: 5, 20, 45 minutes, then parked
+//! enabled = true
+//! base_minutes = 5
+//! attempts_per_series = 3
+//! max_total_attempts = 9
 //!
 //! [config]              # free-form, passed to init as JSON
 //! domains = "*"
@@ -175,23 +178,52 @@ pub struct Capabilities {
     pub lookups: Vec<String>,
 }
 
-/// How failed changes are retried.
+/// How the retry queue treats this plugin's pillow errors (`[retry]`).
+///
+/// CommCare's schedule by default: after failure `a` of a series the next
+/// try is `base_minutes × a²` later (5, 20, 45 minutes); failure
+/// `attempts_per_series + 1` parks the error. An operator's `errors retry`
+/// starts a new series; once an error has failed more than
+/// `max_total_attempts` times in all, a failed try parks it again at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Attempts before a pillow error is parked (CommCare: 9).
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
+    /// Whether the retry queue tries this plugin's failures again at all
+    /// (`false`: they are recorded parked, for an operator).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The first delay, in minutes (CommCare: 5).
+    #[serde(default = "default_base_minutes")]
+    pub base_minutes: u32,
+    /// Failures in a series before the error is parked (CommCare: 3).
+    #[serde(default = "default_attempts_per_series")]
+    pub attempts_per_series: u32,
+    /// Failures in all after which a failed try parks the error at once
+    /// (CommCare: 9).
+    #[serde(default = "default_max_total_attempts")]
+    pub max_total_attempts: u32,
 }
 
-fn default_max_attempts() -> u32 {
+fn default_true() -> bool {
+    true
+}
+fn default_base_minutes() -> u32 {
+    5
+}
+fn default_attempts_per_series() -> u32 {
+    3
+}
+fn default_max_total_attempts() -> u32 {
     9
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: default_max_attempts(),
+            enabled: true,
+            base_minutes: default_base_minutes(),
+            attempts_per_series: default_attempts_per_series(),
+            max_total_attempts: default_max_total_attempts(),
         }
     }
 }
@@ -245,6 +277,10 @@ pub struct Manifest {
 const MAX_MEMORY_MB: u32 = 4096;
 const MAX_TIMEOUT_MS: u64 = 600_000;
 const MAX_OUTPUT_MB: u32 = 1024;
+/// Most failures `[retry]` may allow, per series or in all.
+const MAX_RETRY_ATTEMPTS: u32 = 100;
+/// Longest first retry delay `[retry]` may set (a day).
+const MAX_RETRY_BASE_MINUTES: u32 = 24 * 60;
 /// Largest manifest file read; real ones are a few KB.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -325,10 +361,32 @@ impl Manifest {
                 format!("{} is out of range 1..={MAX_OUTPUT_MB}", l.output_mb),
             ));
         }
-        if raw.retry.max_attempts == 0 {
+        let r = &raw.retry;
+        if r.attempts_per_series == 0 || r.attempts_per_series > MAX_RETRY_ATTEMPTS {
             return Err(invalid(
-                "retry.max_attempts",
-                "must be at least 1 (CommCare uses 9)".into(),
+                "retry.attempts_per_series",
+                format!(
+                    "{} is out of range 1..={MAX_RETRY_ATTEMPTS} (CommCare uses 3; set retry.enabled = false to park every failure)",
+                    r.attempts_per_series
+                ),
+            ));
+        }
+        if r.max_total_attempts == 0 || r.max_total_attempts > MAX_RETRY_ATTEMPTS {
+            return Err(invalid(
+                "retry.max_total_attempts",
+                format!(
+                    "{} is out of range 1..={MAX_RETRY_ATTEMPTS} (CommCare uses 9)",
+                    r.max_total_attempts
+                ),
+            ));
+        }
+        if r.base_minutes > MAX_RETRY_BASE_MINUTES {
+            return Err(invalid(
+                "retry.base_minutes",
+                format!(
+                    "{} is over {MAX_RETRY_BASE_MINUTES} (one day; CommCare uses 5)",
+                    r.base_minutes
+                ),
             ));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -374,7 +432,8 @@ mod tests {
             [capabilities]
             indices = ["case-search"]
             [retry]
-            max_attempts = 3
+            base_minutes = 1
+            attempts_per_series = 2
             [config]
             domains = ["a", "b"]
             nested = { k = 1 }
@@ -392,7 +451,15 @@ mod tests {
                 output_mb: 16,
             }
         );
-        assert_eq!(m.retry.max_attempts, 3);
+        assert_eq!(
+            m.retry,
+            RetryPolicy {
+                enabled: true,
+                base_minutes: 1,
+                attempts_per_series: 2,
+                max_total_attempts: 9,
+            }
+        );
         assert_eq!(m.config_json, r#"{"domains":["a","b"],"nested":{"k":1}}"#);
         assert!(m.subscription.matches("any", Some("CommCareCase"), None));
         assert!(!m.subscription.matches("any", Some("XFormInstance"), None));
@@ -455,8 +522,12 @@ mod tests {
                 vec!["unknown field `doc_types`", "`document_types`"],
             ),
             (
-                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nmax_attempts = 0",
-                vec!["key `retry.max_attempts`"],
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nattempts_per_series = 0",
+                vec!["key `retry.attempts_per_series`", "retry.enabled = false"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nmax_attempts = 9",
+                vec!["unknown field `max_attempts`", "`max_total_attempts`"],
             ),
         ];
         for (text, needles) in cases {

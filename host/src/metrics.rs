@@ -40,11 +40,13 @@ pub enum Metric {
     SinkDown,
     /// `pillowtop_sink_retries_total`.
     SinkRetriesTotal,
+    /// `pillowtop_retries_total`.
+    RetriesTotal,
 }
 
 impl Metric {
     /// Every metric, in the order `/metrics` lists them.
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::PluginInfo,
         Metric::PluginReloadsTotal,
         Metric::PluginRefused,
@@ -53,6 +55,7 @@ impl Metric {
         Metric::ProcessedOffset,
         Metric::SinkDown,
         Metric::SinkRetriesTotal,
+        Metric::RetriesTotal,
     ];
 
     /// Its exported name.
@@ -106,6 +109,11 @@ impl Metric {
                 "pillowtop_sink_down",
                 MetricType::Gauge,
                 "1 while a pillow holds a chunk because its sink (store or elasticsearch) is unreachable",
+            ),
+            Metric::RetriesTotal => (
+                "pillowtop_retries_total",
+                MetricType::Counter,
+                "Pillow errors the retry queue tried again, by pillow, processor and outcome (resolved, failed, parked, republished, superseded)",
             ),
             Metric::SinkRetriesTotal => (
                 "pillowtop_sink_retries_total",

@@ -322,7 +322,9 @@ pub fn render(statuses: &[PillowStatus]) -> String {
             for e in &s.recent_errors {
                 let _ = writeln!(
                     out,
-                    "    {} {}@{} doc {} [{}{}] attempts {}: {}",
+                    "    #{} {} {} {}@{} doc {} [{}{}] attempts {}: {}",
+                    e.id,
+                    e.state,
                     e.kind,
                     e.tp,
                     e.offset,
@@ -336,7 +338,7 @@ pub fn render(statuses: &[PillowStatus]) -> String {
                         .as_deref()
                         .map(|v| format!(" {v}"))
                         .unwrap_or_default(),
-                    e.attempts,
+                    e.total_attempts,
                     crate::wasm::check::clip(&e.message.replace('\n', " "), 200),
                 );
             }

@@ -103,9 +103,53 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where "now" comes from for schedules (the retry queue's due times):
+/// the system clock, or a clock a test sets, so a schedule of minutes is
+/// checked without waiting for it.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// A clock that stands still until moved.
+    Manual(std::sync::Arc<std::sync::atomic::AtomicI64>),
+}
+
+impl Clock {
+    /// A manual clock at `ms` (epoch milliseconds).
+    pub fn manual(ms: i64) -> Clock {
+        Clock::Manual(std::sync::Arc::new(ms.into()))
+    }
+
+    /// Now, in epoch milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => now_ms(),
+            Clock::Manual(ms) => ms.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    /// Move a manual clock to `ms` (a system clock ignores it).
+    pub fn set_ms(&self, ms: i64) {
+        if let Clock::Manual(at) = self {
+            at.store(ms, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_set() {
+        let c = Clock::manual(1000);
+        let same = c.clone();
+        assert_eq!(c.now_ms(), 1000);
+        same.set_ms(61_000);
+        assert_eq!(c.now_ms(), 61_000, "clones share the time");
+        assert!(Clock::System.now_ms() > 1_700_000_000_000);
+    }
 
     #[test]
     fn parses_known_instants() {

@@ -22,6 +22,7 @@
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
 
+mod retry;
 mod servers;
 
 use pillowtop::change::{self, Change};
@@ -350,6 +351,37 @@ fn write_case_search_plugin(dir: &Path) {
     std::fs::write(plugin_dir.join("plugin.toml"), manifest).unwrap();
 }
 
+/// `pillowtop gen --count n --seed 42 --domains 3 | pillowtop publish` to
+/// topic case-sql (4 partitions) of `config`'s feed.
+fn publish_generated(config: &str, n: usize) {
+    let mut generator = pillowtop_cmd()
+        .args([
+            "gen",
+            "--count",
+            &n.to_string(),
+            "--seed",
+            "42",
+            "--domains",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    run_child(
+        &[
+            "--config",
+            config,
+            "publish",
+            "--topic",
+            "case-sql",
+            "--partitions",
+            "4",
+        ],
+        Some(generator.stdout.take().unwrap().into()),
+    );
+    generator.wait().unwrap();
+}
+
 fn end_to_end_bench(n: usize) {
     println!(
         "\n## 3. Embedded end to end ({n} changes: SQLite feed -> case-search -> SQLite store, checkpoints)\n"
@@ -375,32 +407,7 @@ fn end_to_end_bench(n: usize) {
         )
         .unwrap();
         let config = config.to_str().unwrap();
-        let mut generator = pillowtop_cmd()
-            .args([
-                "gen",
-                "--count",
-                &n.to_string(),
-                "--seed",
-                "42",
-                "--domains",
-                "3",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (_, _, _, _) = run_child(
-            &[
-                "--config",
-                config,
-                "publish",
-                "--topic",
-                "case-sql",
-                "--partitions",
-                "4",
-            ],
-            Some(generator.stdout.take().unwrap().into()),
-        );
-        generator.wait().unwrap();
+        publish_generated(config, n);
         let (wall, cpu, rss, out) = run_child(
             &[
                 "--config",
@@ -467,6 +474,9 @@ fn main() {
     }
     if wanted("essink") {
         servers::es_sink_bench(&changes);
+    }
+    if wanted("retry") {
+        retry::retry_bench();
     }
 }
 

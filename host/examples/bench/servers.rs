@@ -128,12 +128,12 @@ impl Drop for Broker {
     }
 }
 
-fn pg_url() -> String {
+pub fn pg_url() -> String {
     std::env::var("PILLOWTOP_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/pillowtop_test".into())
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -479,6 +479,7 @@ pub fn pg_sink_bench() {
                     }]),
                     errors: vec![],
                     checkpoints: vec![(TopicPartition::new("case-sql", 0), (start + batch) as u64)],
+                    ..ChunkCommit::default()
                 };
                 rt.block_on(sql.commit("bench", &commit)).unwrap();
             }

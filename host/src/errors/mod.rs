@@ -1,17 +1,24 @@
 //! Pillow errors, end to end: what failed ([`ErrorKind`]), the record kept
-//! for the retry queue ([`PillowError`]), its message bound
-//! ([`cut_message`]), when it is tried again ([`backoff`]) and how it is
-//! stored in SQLite and PostgreSQL ([`sql`]).
+//! for the retry queue ([`PillowError`], [`ErrorState`]), its message bound
+//! ([`cut_message`]), when it is tried again ([`backoff`]), how it is
+//! stored in SQLite and PostgreSQL ([`sql`]) and what operators query
+//! ([`ops`]).
 //!
-//! A pillow error is unique per (document id, pillow, processor). A change
-//! that fails again updates the same record: attempts go up, the message and
-//! the change are replaced, and the next attempt moves out.
+//! A pillow error is unique per (document id, pillow, processor) (CommCare:
+//! per document and pillow). A change that fails again updates the same
+//! record: attempts go up, the message and the change are replaced by the
+//! latest failing change (CommCare keeps the first), and the next attempt
+//! moves out. A newer change of the document that passes the same
+//! processor resolves the record: with versioned writes, the stale change
+//! must never be applied over newer data.
 
 pub mod backoff;
+pub mod ops;
 pub mod sql;
 
 pub use backoff::Backoff;
 
+use crate::change::Change;
 use crate::feed::TopicPartition;
 use std::fmt;
 
@@ -130,9 +137,72 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Where a pillow error stands in the retry queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorState {
+    /// Waiting for its next attempt (`next_attempt_ms`).
+    Pending,
+    /// No attempt is scheduled: its series is used up, its kind cannot be
+    /// fixed by retrying, or its plugin's retries are off. Only an
+    /// operator's `errors retry` queues it again.
+    Parked,
+    /// A later attempt (by the queue, or a newer change of the same
+    /// document through the same processor) succeeded. Kept for
+    /// inspection until purged.
+    Resolved,
+}
+
+impl ErrorState {
+    /// Every state, in a stable order.
+    pub const ALL: [ErrorState; 3] = [
+        ErrorState::Pending,
+        ErrorState::Parked,
+        ErrorState::Resolved,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorState::Pending => "pending",
+            ErrorState::Parked => "parked",
+            ErrorState::Resolved => "resolved",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<ErrorState> {
+        ErrorState::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl serde::Serialize for ErrorState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for ErrorState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A processor as pillow errors name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorRef {
+    /// Plugin name.
+    pub name: String,
+    /// `version+hash`.
+    pub version: String,
+    /// Its retry schedule (its manifest's `[retry]`).
+    pub backoff: Backoff,
+}
+
 /// A failed (change, processor): what is recorded, and what is read back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PillowError {
+    /// The stored record's id (0 for a failure not yet recorded).
+    pub id: i64,
     /// Document id (or `topic:partition:offset` when the message had none).
     pub doc_id: String,
     /// Pillow name.
@@ -146,6 +216,7 @@ pub struct PillowError {
     /// What happened (at most [`MAX_MESSAGE_BYTES`]).
     pub message: String,
     /// Where the change was.
+    #[serde(serialize_with = "tp_text")]
     pub tp: TopicPartition,
     /// Its offset.
     pub offset: u64,
@@ -153,17 +224,132 @@ pub struct PillowError {
     pub domain: Option<String>,
     /// Its document type.
     pub document_type: Option<String>,
-    /// The raw feed message value, so nothing is lost.
+    /// The raw feed message value, so nothing is lost (the latest failing
+    /// change of the document).
+    #[serde(serialize_with = "bytes_text")]
     pub change: Vec<u8>,
     /// When it (last) failed, epoch ms.
     pub at_ms: i64,
-    /// Attempts so far, as stored (0 for a failure not yet recorded).
-    pub attempts: u32,
-    /// The next attempt, as stored (`None`: parked, or not yet recorded).
+    /// When it first failed, epoch ms (as stored; `at_ms` for a new one).
+    pub first_attempt_ms: i64,
+    /// Failures in the current series (CommCare's `current_attempt`), as
+    /// stored; 0 for a failure not yet recorded.
+    pub series_attempts: u32,
+    /// Failures in all (CommCare's `total_attempts`), as stored.
+    pub total_attempts: u32,
+    /// The next attempt, as stored (`None`: parked or resolved, or not yet
+    /// recorded).
     pub next_attempt_ms: Option<i64>,
+    /// Where it stands.
+    pub state: ErrorState,
+    /// When it was resolved.
+    pub resolved_at_ms: Option<i64>,
     /// The retry schedule to apply when this failure is recorded (the
     /// processor's; the default for one read back).
+    #[serde(skip)]
     pub backoff: Backoff,
+}
+
+fn tp_text<S: serde::Serializer>(tp: &TopicPartition, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(tp)
+}
+
+/// The change as text when it is UTF-8 (a feed message is JSON), else
+/// lossily.
+fn bytes_text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
+
+impl PillowError {
+    /// A new failure of `change` (its raw feed value `raw`) in `pillow`
+    /// through `processor`, at `at_ms`. Its message is cut to
+    /// [`MAX_MESSAGE_BYTES`].
+    pub fn of_change(
+        pillow: &str,
+        (change, raw): (&Change, &[u8]),
+        processor: &ProcessorRef,
+        kind: ErrorKind,
+        message: String,
+        at_ms: i64,
+    ) -> PillowError {
+        PillowError {
+            processor: processor.name.clone(),
+            plugin_version: Some(processor.version.clone()),
+            domain: change.domain.clone(),
+            document_type: change.document_type.clone(),
+            backoff: processor.backoff,
+            ..PillowError::new(
+                pillow,
+                change.id.clone(),
+                TopicPartition {
+                    topic: change.topic.clone(),
+                    partition: change.partition,
+                },
+                change.offset,
+                raw.to_vec(),
+                kind,
+                message,
+                at_ms,
+            )
+        }
+    }
+
+    /// A feed message at `offset` of `tp` that does not decode (kind
+    /// `decode`, no processor): `doc_id` is its key, or where it is.
+    pub fn undecodable(
+        pillow: &str,
+        doc_id: String,
+        (tp, offset): (TopicPartition, u64),
+        raw: Vec<u8>,
+        message: String,
+        at_ms: i64,
+    ) -> PillowError {
+        PillowError::new(
+            pillow,
+            doc_id,
+            tp,
+            offset,
+            raw,
+            ErrorKind::Decode,
+            message,
+            at_ms,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        pillow: &str,
+        doc_id: String,
+        tp: TopicPartition,
+        offset: u64,
+        change: Vec<u8>,
+        kind: ErrorKind,
+        message: String,
+        at_ms: i64,
+    ) -> PillowError {
+        PillowError {
+            id: 0,
+            doc_id,
+            pillow: pillow.to_owned(),
+            processor: String::new(),
+            plugin_version: None,
+            kind,
+            message: cut_message(message),
+            tp,
+            offset,
+            domain: None,
+            document_type: None,
+            change,
+            at_ms,
+            first_attempt_ms: at_ms,
+            series_attempts: 0,
+            total_attempts: 0,
+            next_attempt_ms: None,
+            state: ErrorState::Pending,
+            resolved_at_ms: None,
+            backoff: Backoff::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +384,9 @@ mod tests {
     fn kinds_round_trip_and_classify() {
         for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+        }
+        for s in ErrorState::ALL {
+            assert_eq!(ErrorState::parse(s.as_str()), Some(s));
         }
         assert!(!ErrorKind::Permanent.retryable());
         assert!(ErrorKind::Fuel.retryable());

@@ -2,6 +2,7 @@
 //! inline `document`) to a topic, keyed by `document_id` so one document's
 //! changes stay in one partition, in order.
 
+use super::kafka::KafkaPublisher;
 use super::{Feed, FeedError};
 use std::io::BufRead;
 
@@ -31,6 +32,48 @@ pub enum PublishError {
     Feed(#[from] FeedError),
 }
 
+/// Appends keyed messages to topics of a feed (one Kafka producer, made
+/// once, for a Kafka feed).
+pub struct Publisher {
+    feed: Feed,
+    producer: Option<KafkaPublisher>,
+}
+
+impl Publisher {
+    /// A publisher to `feed`.
+    ///
+    /// # Errors
+    ///
+    /// When a Kafka producer cannot be made (a bad broker list).
+    pub fn new(feed: &Feed) -> Result<Publisher, FeedError> {
+        let producer = match feed {
+            Feed::Kafka(k) => Some(k.producer()?),
+            Feed::Embedded(_) => None,
+        };
+        Ok(Publisher {
+            feed: feed.clone(),
+            producer,
+        })
+    }
+
+    /// Append `batch` (key, value) to `topic`; how many were appended.
+    ///
+    /// # Errors
+    ///
+    /// When the feed refuses or fails; part of the batch may be appended.
+    pub async fn send(
+        &self,
+        topic: &str,
+        batch: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    ) -> Result<usize, FeedError> {
+        match (&self.feed, &self.producer) {
+            (_, Some(p)) => p.publish(topic, batch).await,
+            (Feed::Embedded(f), None) => f.publish(topic, batch).await,
+            (Feed::Kafka(_), None) => unreachable!("a Kafka feed always has a producer"),
+        }
+    }
+}
+
 /// Publish every non-empty line of `lines` to `topic` of `feed` (creating
 /// it with `partitions`, 4 by default), calling `progress` with the count
 /// so far after each batch.
@@ -50,17 +93,8 @@ pub async fn publish_lines(
         document_id: Option<String>,
     }
     let partitions = feed.create_topic(topic, partitions).await?;
-    let producer = match feed {
-        Feed::Kafka(k) => Some(k.producer()?),
-        Feed::Embedded(_) => None,
-    };
-    let send = async |batch: Vec<(Option<Vec<u8>>, Vec<u8>)>| -> Result<usize, FeedError> {
-        match (feed, &producer) {
-            (_, Some(p)) => p.publish(topic, batch).await,
-            (Feed::Embedded(f), None) => f.publish(topic, batch).await,
-            (Feed::Kafka(_), None) => unreachable!("a Kafka feed always has a producer"),
-        }
-    };
+    let publisher = Publisher::new(feed)?;
+    let send = async |batch| publisher.send(topic, batch).await;
     let mut batch = Vec::with_capacity(BATCH);
     let (mut total, mut unkeyed) = (0usize, 0usize);
     for line in lines.lines() {

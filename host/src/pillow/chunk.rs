@@ -6,10 +6,11 @@
 //! without a feed or a sink.
 
 use crate::change::{self, Change};
-use crate::errors::{Backoff, ErrorKind, PillowError, cut_message};
+use crate::errors::sql::Passed;
+use crate::errors::{ErrorKind, PillowError};
 use crate::feed::{FeedError, FeedReader, Message, TopicPartition};
 use crate::metrics::{Metric, Metrics};
-use crate::sink::{Origin, ProcessorRef, Sources, VersionedAction};
+use crate::sink::{Origin, Sources, VersionedAction};
 use crate::wasm::{Failure, Processor};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,23 +85,14 @@ pub(super) fn decode_chunk(
                     .and_then(|k| std::str::from_utf8(k).ok())
                     .filter(|k| !k.is_empty())
                     .map_or_else(|| format!("{}:{}", m.tp, m.offset), str::to_owned);
-                errors.push(PillowError {
+                errors.push(PillowError::undecodable(
+                    pillow,
                     doc_id,
-                    pillow: pillow.to_owned(),
-                    processor: String::new(),
-                    plugin_version: None,
-                    kind: ErrorKind::Decode,
-                    message: cut_message(e.to_string()),
-                    tp: m.tp,
-                    offset: m.offset,
-                    domain: None,
-                    document_type: None,
-                    change: m.value,
-                    at_ms: now,
-                    attempts: 0,
-                    next_attempt_ms: None,
-                    backoff: Backoff::default(),
-                });
+                    (m.tp, m.offset),
+                    m.value,
+                    e.to_string(),
+                    now,
+                ));
             }
         }
     }
@@ -128,6 +120,8 @@ pub(super) fn decode_chunk(
 pub(super) struct ChunkOutcome {
     pub(super) actions: Vec<VersionedAction>,
     pub(super) errors: Vec<PillowError>,
+    /// Per processor, the changes that passed it.
+    pub(super) passed: Vec<Passed>,
     /// Per processor, in order.
     pub(super) stats: Vec<ProcessorStats>,
     /// The chunk's changes, for errors a sink finds later.
@@ -161,6 +155,7 @@ const MIN_CHANGES_PER_THREAD: usize = 64;
 struct LaneOutcome {
     actions: Vec<VersionedAction>,
     failures: Vec<(Origin, Failure)>,
+    passed: Vec<Origin>,
     stats: Vec<ProcessorStats>,
     /// Changes of its run it processed (all of them unless the chunk's
     /// action budget ran out first).
@@ -244,12 +239,14 @@ pub(super) fn run_chunk(
         ..ChunkOutcome::default()
     };
     let mut failures = Vec::new();
+    let mut passed = Vec::new();
     let mut processed = Vec::with_capacity(outcomes.len());
     for (k, lane) in outcomes.into_iter().enumerate() {
         let start = k * per_thread;
         processed.push(start..start + lane.done);
         outcome.actions.extend(lane.actions);
         failures.extend(lane.failures);
+        passed.extend(lane.passed);
         for (total, part) in outcome.stats.iter_mut().zip(lane.stats) {
             total.add(part);
         }
@@ -267,18 +264,22 @@ pub(super) fn run_chunk(
             for (origin, _) in &mut failures {
                 origin.change = index[origin.change as usize];
             }
+            for origin in &mut passed {
+                origin.change = index[origin.change as usize];
+            }
             (processed, rest)
         }
     };
     outcome.sources = Sources {
         pillow,
         changes,
-        processors: lanes[0].iter().map(processor_ref).collect(),
+        processors: lanes[0].iter().map(Processor::reference).collect(),
     };
     outcome.errors = failures
         .into_iter()
         .map(|(origin, f)| outcome.sources.record(origin, f.kind, f.message))
         .collect();
+    outcome.passed = passed_by_processor(&outcome.sources, &passed);
     (lanes, outcome, rest)
 }
 
@@ -336,6 +337,7 @@ fn run_lane(
     let mut outcome = LaneOutcome {
         actions: Vec::new(),
         failures: Vec::new(),
+        passed: Vec::new(),
         stats: vec![ProcessorStats::default(); processors.len()],
         done: 0,
     };
@@ -361,6 +363,7 @@ fn run_lane(
             match result {
                 Ok(actions) => {
                     stats.ok += 1;
+                    outcome.passed.push(origin);
                     bytes += p.last_output_bytes();
                     outcome
                         .actions
@@ -384,14 +387,31 @@ fn run_lane(
     outcome
 }
 
-/// A processor as pillow errors name it.
-pub(super) fn processor_ref(p: &Processor) -> ProcessorRef {
-    let plugin = p.plugin();
-    ProcessorRef {
-        name: plugin.manifest().name.clone(),
-        version: plugin.version().to_string(),
-        max_attempts: plugin.manifest().retry.max_attempts,
+/// The changes at `passed` grouped by processor, for resolving the
+/// errors they supersede.
+fn passed_by_processor(sources: &Sources, passed: &[Origin]) -> Vec<Passed> {
+    let mut out: Vec<Passed> = sources
+        .processors
+        .iter()
+        .map(|p| Passed {
+            pillow: sources.pillow.clone(),
+            processor: p.name.clone(),
+            changes: Vec::new(),
+        })
+        .collect();
+    for o in passed {
+        let (c, _) = &sources.changes[o.change as usize];
+        out[usize::from(o.processor)].changes.push((
+            c.id.clone(),
+            TopicPartition {
+                topic: c.topic.clone(),
+                partition: c.partition,
+            },
+            c.offset,
+        ));
     }
+    out.retain(|p| !p.changes.is_empty());
+    out
 }
 
 /// Add a chunk's per-processor counts to the metrics, labelled with the

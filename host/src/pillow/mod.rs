@@ -522,6 +522,8 @@ impl Pillow {
                 let commit = ChunkCommit {
                     plan: WritePlan::build(outcome.actions),
                     errors,
+                    passed: outcome.passed,
+                    retries: Vec::new(),
                     checkpoints,
                 };
                 // Commit in the background while the next chunk (or piece)
@@ -585,8 +587,8 @@ async fn finish_commit(
         Ok(result) => result?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
-    if delivered.rejected > 0 {
-        *summary.errors.entry(ErrorKind::Rejected).or_default() += delivered.rejected;
+    if !delivered.refused.is_empty() {
+        *summary.errors.entry(ErrorKind::Rejected).or_default() += delivered.refused.len() as u64;
     }
     if !delivered.checkpoints.is_empty() {
         committed.extend(delivered.checkpoints);

@@ -18,7 +18,7 @@
 use super::elastic::ElasticError;
 use super::{ChunkCommit, Origin, SinkError, Sinks};
 use crate::change::Change;
-use crate::errors::{Backoff, ErrorKind, PillowError, cut_message};
+use crate::errors::{ErrorKind, PillowError, ProcessorRef};
 use crate::feed::TopicPartition;
 use crate::metrics::{Metric, Metrics};
 use crate::outage::{Outage, OutageBackoff};
@@ -28,17 +28,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// A processor as pillow errors name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessorRef {
-    /// Plugin name.
-    pub name: String,
-    /// `version+hash`.
-    pub version: String,
-    /// Attempts before its errors are parked (its manifest's `retry`).
-    pub max_attempts: u32,
-}
 
 /// The changes (with their raw feed values) and processors that the
 /// [`Origin`]s of a chunk's actions point into, so a refused write becomes
@@ -59,28 +48,25 @@ impl Sources {
     pub fn record(&self, origin: Origin, kind: ErrorKind, message: String) -> PillowError {
         let (change, raw) = &self.changes[origin.change as usize];
         let processor = &self.processors[usize::from(origin.processor)];
-        PillowError {
-            doc_id: change.id.clone(),
-            pillow: self.pillow.clone(),
-            processor: processor.name.clone(),
-            plugin_version: Some(processor.version.clone()),
+        PillowError::of_change(
+            &self.pillow,
+            (change, raw),
+            processor,
             kind,
-            message: cut_message(message),
-            tp: TopicPartition {
-                topic: change.topic.clone(),
-                partition: change.partition,
-            },
-            offset: change.offset,
-            domain: change.domain.clone(),
-            document_type: change.document_type.clone(),
-            change: raw.clone(),
-            at_ms: crate::time::now_ms(),
-            attempts: 0,
-            next_attempt_ms: None,
-            backoff: Backoff {
-                max_attempts: processor.max_attempts,
-                ..Backoff::default()
-            },
+            message,
+            crate::time::now_ms(),
+        )
+    }
+}
+
+impl ChunkCommit {
+    /// A sink refused the writes of the change at `origin`: record it as a
+    /// pillow error, or, when the retry queue was re-running that change,
+    /// as the failure of that retry.
+    fn refuse(&mut self, origin: Origin, record: PillowError) {
+        match self.retries.iter_mut().find(|(c, _)| *c == origin.change) {
+            Some((_, outcome)) => outcome.failure = Some(record),
+            None => self.errors.push(record),
         }
     }
 }
@@ -239,8 +225,9 @@ impl FailureLog {
 pub struct Delivered {
     /// Checkpoints saved with it.
     pub checkpoints: Vec<(TopicPartition, u64)>,
-    /// Writes a sink refused, recorded as pillow errors.
-    pub rejected: u64,
+    /// Where the writes a sink refused came from (each recorded as a
+    /// pillow error, or as the failure of a retry).
+    pub refused: Vec<Origin>,
 }
 
 /// Writes chunks to their sinks.
@@ -282,7 +269,7 @@ impl Delivery {
         mut commit: ChunkCommit,
         sources: Sources,
     ) -> Result<Delivered, DeliveryError> {
-        let mut rejected = 0;
+        let mut refused_at = Vec::new();
         if let Some(es) = &self.sinks.elastic {
             let documents = std::mem::take(&mut commit.plan.documents);
             if !documents.is_empty() {
@@ -290,8 +277,8 @@ impl Delivery {
                     .outage
                     .retry("elasticsearch", es.location(), || es.write(&documents))
                     .await?;
-                rejected = refused.len() as u64;
                 for r in refused {
+                    refused_at.push(r.origin);
                     let message = format!(
                         "{} refused document {:?} of index {:?}: {}",
                         es.location(),
@@ -301,7 +288,7 @@ impl Delivery {
                     );
                     let record = sources.record(r.origin, ErrorKind::Rejected, message);
                     self.failure_log.log(&record);
-                    commit.errors.push(record);
+                    commit.refuse(r.origin, record);
                 }
             }
         }
@@ -315,13 +302,13 @@ impl Delivery {
         {
             Ok(()) => {}
             Err(e) if e.is_data() && !commit.plan.is_empty() => {
-                rejected += self.commit_one_at_a_time(&mut commit, &sources, e).await?;
+                refused_at.extend(self.commit_one_at_a_time(&mut commit, &sources, e).await?);
             }
             Err(e) => return Err(e.into()),
         }
         Ok(Delivered {
             checkpoints: commit.checkpoints,
-            rejected,
+            refused: refused_at,
         })
     }
 
@@ -335,13 +322,19 @@ impl Delivery {
         commit: &mut ChunkCommit,
         sources: &Sources,
         cause: SinkError,
-    ) -> Result<u64, SinkError> {
+    ) -> Result<Vec<Origin>, SinkError> {
         let (sql, location) = (&self.sinks.sql, self.sinks.store.location());
         tracing::warn!(pillow = %self.outage.pillow, store = location, error = %cause, "the store refused the chunk's writes; writing them one change at a time");
-        let mut rejected = 0;
+        let mut refused = Vec::new();
         for (origin, plan) in std::mem::take(&mut commit.plan).split_by_origin() {
-            let one = ChunkCommit {
+            // A retried change's claim goes with its writes.
+            let retries = match commit.retries.iter().position(|(c, _)| *c == origin.change) {
+                Some(k) => vec![commit.retries.remove(k)],
+                None => Vec::new(),
+            };
+            let mut one = ChunkCommit {
                 plan,
+                retries,
                 ..ChunkCommit::default()
             };
             match self
@@ -357,8 +350,10 @@ impl Delivery {
                         format!("the store refused this change's writes: {e}"),
                     );
                     self.failure_log.log(&record);
-                    commit.errors.push(record);
-                    rejected += 1;
+                    // Back with the rest, as a failure of that retry.
+                    commit.retries.append(&mut one.retries);
+                    commit.refuse(origin, record);
+                    refused.push(origin);
                 }
                 Err(e) => return Err(e),
             }
@@ -368,7 +363,7 @@ impl Delivery {
                 sql.commit(&self.checkpoint_id, commit)
             })
             .await?;
-        Ok(rejected)
+        Ok(refused)
     }
 
     /// Save `checkpoints` on their own (when idle, or stopping), held

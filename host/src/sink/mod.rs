@@ -23,7 +23,7 @@ pub mod shape;
 pub mod sql;
 pub mod sqlite;
 
-pub use delivery::{Delivery, ProcessorRef, Sources};
+pub use delivery::{Delivery, Sources};
 pub use sql::{ChunkCommit, SinkCounts, SqlSink};
 
 use crate::action::{Action, Cell, PluginInfo, TableSpec};
@@ -332,6 +332,48 @@ impl WritePlan {
         self.documents.is_empty() && self.rows.is_empty()
     }
 
+    /// This plan without the writes of the changes at `changes` (positions
+    /// in the chunk), keeping the order of the rest.
+    pub fn without_changes(&self, changes: &[u32]) -> WritePlan {
+        let keep = |o: &Origin| !changes.contains(&o.change);
+        let mut plan = WritePlan::default();
+        for (index, docs) in &self.documents {
+            let docs: BTreeMap<_, _> = docs
+                .iter()
+                .filter(|(_, w)| keep(&w.origin))
+                .map(|(id, w)| (id.clone(), w.clone()))
+                .collect();
+            if !docs.is_empty() {
+                plan.documents.insert(index.clone(), docs);
+            }
+        }
+        for (table, ops) in &self.rows {
+            let mut kept = Vec::new();
+            for op in ops {
+                match op {
+                    RowOp::Upsert { rows, origins } => {
+                        for (row, origin) in rows.iter().zip(origins) {
+                            if keep(origin) {
+                                RowOp::push_upsert(&mut kept, vec![row.clone()], *origin);
+                            }
+                        }
+                    }
+                    RowOp::Delete { ids, origins } => {
+                        for (id, origin) in ids.iter().zip(origins) {
+                            if keep(origin) {
+                                RowOp::push_delete(&mut kept, id.clone(), *origin);
+                            }
+                        }
+                    }
+                }
+            }
+            if !kept.is_empty() {
+                plan.rows.insert(table.clone(), kept);
+            }
+        }
+        plan
+    }
+
     /// Split into one plan per origin (change and processor), in origin
     /// order, each keeping its writes' order per table: writing the parts
     /// one after another lands what the whole plan would.
@@ -447,6 +489,39 @@ mod tests {
                 origins: vec![o10; 2]
             }]
         );
+    }
+
+    #[test]
+    fn a_plan_without_some_changes_keeps_the_rest_in_order() {
+        let at = |change, action| VersionedAction {
+            action,
+            version: u64::from(change),
+            origin: Origin {
+                change,
+                processor: 0,
+            },
+        };
+        let upsert = |v| Action::UpsertRows {
+            table: "t".into(),
+            rows: vec![vec![Cell::Integer(v)]],
+        };
+        let doc = |id: &str| Action::IndexDocument {
+            index: "i".into(),
+            id: id.into(),
+            document: "{}".into(),
+        };
+        let plan = WritePlan::build(vec![
+            at(0, upsert(1)),
+            at(1, upsert(2)),
+            at(2, upsert(3)),
+            at(1, doc("b")),
+            at(2, doc("c")),
+        ]);
+        let kept = plan.without_changes(&[1]);
+        let expected = WritePlan::build(vec![at(0, upsert(1)), at(2, upsert(3)), at(2, doc("c"))]);
+        assert_eq!(kept, expected);
+        assert_eq!(plan.without_changes(&[]), plan);
+        assert!(plan.without_changes(&[0, 1, 2]).is_empty());
     }
 
     fn va(action: Action, version: u64) -> VersionedAction {

@@ -8,6 +8,7 @@ use super::{SinkError, WritePlan, describe_spec, index_table, shape};
 use crate::action::{ColumnType, PluginInfo, TableSpec};
 use crate::db::{Db, DbError, Tx, on_db, on_tx, quote};
 use crate::errors::PillowError;
+use crate::errors::sql::{Passed, RetryOutcome};
 use crate::feed::TopicPartition;
 use crate::store::Store;
 use std::collections::HashMap;
@@ -20,6 +21,14 @@ pub struct ChunkCommit {
     pub plan: WritePlan,
     /// Failed changes.
     pub errors: Vec<PillowError>,
+    /// Changes that passed, per processor: they resolve older open errors
+    /// of their documents.
+    pub passed: Vec<Passed>,
+    /// The retry queue's outcomes, by the position of their change in the
+    /// chunk. A pass whose error changed meanwhile (a newer change of the
+    /// document was recorded or passed) does not apply, and its writes are
+    /// dropped.
+    pub retries: Vec<(u32, RetryOutcome)>,
     /// Checkpoints to save (next offsets), if due.
     pub checkpoints: Vec<(TopicPartition, u64)>,
 }
@@ -163,11 +172,28 @@ impl SqlSink {
     /// When the database fails; nothing of the chunk is kept.
     pub async fn commit(&self, checkpoint_id: &str, chunk: &ChunkCommit) -> Result<(), SinkError> {
         let mut tx = self.db.begin().await.map_err(self.err())?;
-        if !chunk.plan.is_empty() {
+        // Error records first, writes after: the queue's claim on an error
+        // and a pillow's resolution of it take the row in the same order
+        // in every transaction.
+        let now = crate::time::now_ms();
+        let lost = crate::errors::sql::settle_retries(&mut tx, &chunk.retries)
+            .await
+            .map_err(self.err())?;
+        crate::errors::sql::resolve_passed(&mut tx, &chunk.passed, now)
+            .await
+            .map_err(self.err())?;
+        let kept;
+        let plan = if lost.is_empty() {
+            &chunk.plan
+        } else {
+            kept = chunk.plan.without_changes(&lost);
+            &kept
+        };
+        if !plan.is_empty() {
             let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
             match &mut tx {
-                Tx::Sqlite(t) => super::sqlite::apply(t, &chunk.plan, &tables).await,
-                Tx::Postgres(t) => super::postgres::apply(t, &chunk.plan, &tables).await,
+                Tx::Sqlite(t) => super::sqlite::apply(t, plan, &tables).await,
+                Tx::Postgres(t) => super::postgres::apply(t, plan, &tables).await,
             }
             .map_err(self.err())?;
         }

@@ -35,7 +35,7 @@ pub mod sandbox;
 
 use crate::action::{self, Action, Cell, PluginInfo};
 use crate::change::Change;
-use crate::errors::{ErrorKind, cut_message};
+use crate::errors::{Backoff, ErrorKind, ProcessorRef, cut_message};
 use crate::lookup::{Lookups, MemoryLookups};
 use crate::manifest::{Limits, Manifest};
 use cache::{CacheOutcome, CompileCache};
@@ -622,6 +622,17 @@ impl Processor {
     /// The plugin.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
+    }
+
+    /// This processor as pillow errors name it: plugin name, version and
+    /// its manifest's retry schedule.
+    pub fn reference(&self) -> ProcessorRef {
+        let plugin = &self.plugin;
+        ProcessorRef {
+            name: plugin.manifest().name.clone(),
+            version: plugin.version().to_string(),
+            backoff: Backoff::from(&plugin.manifest().retry),
+        }
     }
 
     /// Fuel the last call used.

@@ -4,7 +4,8 @@
 //! document is processed normally (one document into index `hostile`, one
 //! row into table `hostile_rows`), so tests can check that the partition
 //! goes on after each kind of failure. Some modes read a size from the
-//! document (`"kib"`, `"copies"`, `"from_call"`).
+//! document (`"kib"`, `"copies"`, `"from_call"`). Mode `"fail-first"` fails
+//! while `change.attempts` is 0 and is processed normally on a retry.
 //!
 //! `init` misbehaves when the manifest's `[config]` has one of the keys
 //! `fail_init`, `sleep_init`, `reserved_table`, `wide_table`.
@@ -95,15 +96,31 @@ mod component {
             let mode = field("hostile")
                 .and_then(|v| v.as_str().map(|s| s.into_owned()))
                 .unwrap_or_default();
+            if mode == "fail-first" && change.attempts == 0 {
+                // Passes once the retry queue tries it again (its
+                // `attempts` counts the failures before).
+                return Err(ProcessError::Retryable(
+                    "fails on its first attempt, passes on a retry".into(),
+                ));
+            }
             match mode.as_str() {
                 "sleep" => {
                     // An hour, were the clock real; then carry on normally.
                     std::thread::sleep(std::time::Duration::from_secs(3600));
                     Ok(vec![index(&change.id, "{\"slept\":true}".into())])
                 }
-                "sleep-loop" => loop {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                },
+                "sleep-loop" => {
+                    // Sleeps that return at once, with work between them so
+                    // the loop spends its fuel in Wasm rather than in
+                    // millions of host calls: it must end by fuel.
+                    let mut x = 0u64;
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        for i in 0..10_000u64 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                        }
+                    }
+                }
                 "alias" => {
                     // `copies` index actions whose documents are all the same
                     // `kib` KiB string of this instance's memory: a small

@@ -2,6 +2,9 @@
 //! dispatch to the library and print what it returns. Everything else
 //! lives in the library (`pillowtop::process::run` is the host itself).
 
+mod checkpoint;
+mod errors;
+
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use pillowtop::config::{FeedConfig, HostConfig};
@@ -13,7 +16,7 @@ use pillowtop::process::{self, ProcessOptions, Stop, selected};
 use pillowtop::reload::ReloadOutcome;
 use pillowtop::scaffold::{self, Lang};
 use pillowtop::store::Store;
-use pillowtop::{admin, checkpoint, fixtures, generate, status};
+use pillowtop::{admin, fixtures, generate, status};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +66,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         process_num: u32,
     },
+    /// Run the retry queue of each pillow (`pillowtop run` runs it too):
+    /// due pillow errors are tried again, round-robin by domain, with
+    /// CommCare's schedule. Stops on Ctrl-C or SIGTERM after its batch.
+    Retry {
+        /// Only this pillow's queue (default: every pillow).
+        #[arg(long)]
+        pillow: Option<String>,
+        /// Stop once fewer than a batch are due, instead of waiting for more.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Inspect and act on pillow errors: list, show, retry, purge, and
+    /// turn one into a plugin fixture.
+    Errors {
+        #[command(subcommand)]
+        command: errors::ErrorsCommand,
+    },
     /// Append changes (JSON lines on stdin, ChangeMeta with an inline
     /// `document`) to a topic of the config's feed (or of Kafka at
     /// --brokers), keyed by `document_id`.
@@ -91,7 +111,7 @@ enum Command {
     /// or to reprocess). Moving refuses while the pillow runs.
     Checkpoint {
         #[command(subcommand)]
-        command: CheckpointCommand,
+        command: checkpoint::CheckpointCommand,
     },
     /// Create or upgrade the store's tables (checkpoints, pillow errors,
     /// processes) in the config's store. `run` does this too; use it to
@@ -171,50 +191,6 @@ enum PluginCommand {
         #[arg(long, conflicts_with = "name")]
         all: bool,
     },
-}
-
-#[derive(Subcommand)]
-enum CheckpointCommand {
-    /// Per partition: the checkpoint, the first and end offsets the feed
-    /// holds, and whether there is a retention gap.
-    Show {
-        /// The pillow.
-        #[arg(long)]
-        pillow: String,
-    },
-    /// Set one partition's checkpoint to OFFSET (the next offset to read).
-    Set {
-        /// The pillow.
-        #[arg(long)]
-        pillow: String,
-        /// `topic:partition`.
-        #[arg(long)]
-        partition: String,
-        /// The next offset to read; within what the feed holds.
-        #[arg(long)]
-        offset: u64,
-        /// Even if a process of the pillow looks alive.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Move checkpoints to the first offset the feed holds (reprocess all).
-    Reset(MoveArgs),
-    /// Move checkpoints to the end (skip every change not yet processed).
-    ToLatest(MoveArgs),
-}
-
-/// Which checkpoints `reset` and `to-latest` move.
-#[derive(clap::Args)]
-struct MoveArgs {
-    /// The pillow.
-    #[arg(long)]
-    pillow: String,
-    /// Only these partitions (`topic:partition`); default all.
-    #[arg(long)]
-    partition: Vec<String>,
-    /// Even if a process of the pillow looks alive.
-    #[arg(long)]
-    force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -335,7 +311,29 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("{}: migrations applied, up to date", store.location());
             Ok(())
         }
-        Command::Checkpoint { command } => checkpoint_command(&config()?, command).await,
+        Command::Checkpoint { command } => {
+            checkpoint::checkpoint_command(&config()?, command).await
+        }
+        Command::Errors { command } => errors::errors_command(&config()?, command).await,
+        Command::Retry { pillow, once } => {
+            let config = config()?;
+            let stop = Stop::new();
+            stop_on_signals(stop.clone(), config.runtime.shutdown_grace_seconds);
+            for s in process::retry(&config, pillow.as_deref(), once, &stop).await? {
+                let outcomes: Vec<_> = s.outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                println!(
+                    "pillow {}: {} batches; {}",
+                    s.pillow,
+                    s.batches,
+                    if outcomes.is_empty() {
+                        "nothing was due".into()
+                    } else {
+                        outcomes.join(", ")
+                    }
+                );
+            }
+            Ok(())
+        }
         Command::Publish {
             topic,
             brokers,
@@ -486,56 +484,6 @@ async fn publish(feed: &Feed, topic: &str, partitions: Option<u32>) -> Result<()
         eprintln!(
             "warning: {} lines had no document_id; they were published without a key and will be recorded as decode errors",
             done.unkeyed
-        );
-    }
-    Ok(())
-}
-
-async fn checkpoint_command(config: &HostConfig, command: CheckpointCommand) -> Result<()> {
-    use checkpoint::Move;
-    let (name, partitions, to, force) = match command {
-        CheckpointCommand::Show { pillow } => {
-            let p = selected(config, Some(&pillow))?[0];
-            let feed = Feed::open(&config.feed).await?;
-            let store = Store::connect(&config.store).await?;
-            println!(
-                "{:<28} {:>12} {:>12} {:>12}  state",
-                "partition", "checkpoint", "first offset", "end offset"
-            );
-            for c in checkpoint::inspect(p, &feed, &store).await? {
-                let state = match c.checkpoint.filter(|_| c.retention_gap()) {
-                    Some(needed) => format!(
-                        "RETENTION GAP: {}",
-                        pillowtop::feed::gap_message(&c.partition, c.first_offset, needed)
-                    ),
-                    None => "ok".to_owned(),
-                };
-                println!(
-                    "{:<28} {:>12} {:>12} {:>12}  {state}",
-                    c.partition.to_string(),
-                    c.checkpoint.map_or("-".into(), |v| v.to_string()),
-                    c.first_offset,
-                    c.end_offset,
-                );
-            }
-            return Ok(());
-        }
-        CheckpointCommand::Set {
-            pillow,
-            partition,
-            offset,
-            force,
-        } => (pillow, vec![partition], Move::To(offset), force),
-        CheckpointCommand::Reset(a) => (a.pillow, a.partition, Move::Reset, a.force),
-        CheckpointCommand::ToLatest(a) => (a.pillow, a.partition, Move::ToLatest, a.force),
-    };
-    let p = selected(config, Some(&name))?[0];
-    let feed = Feed::open(&config.feed).await?;
-    let store = Store::connect(&config.store).await?;
-    for (tp, old, new) in checkpoint::apply(p, &feed, &store, &partitions, to, force).await? {
-        println!(
-            "{tp}: checkpoint {} -> {new}",
-            old.map_or("none".into(), |o| o.to_string())
         );
     }
     Ok(())

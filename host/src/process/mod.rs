@@ -15,20 +15,26 @@
 //! the plugin calls still running; their chunks are not committed and are
 //! read again on restart.
 
+mod report;
+mod retry;
+
+pub use report::Report;
+pub use retry::retry;
+
 use crate::admin::{Admin, BindError};
 use crate::config::{HostConfig, PillowConfig, StoreLocation};
 use crate::feed::{Feed, FeedError};
 use crate::metrics::Metrics;
 use crate::pillow::{Pillow, RunError, RunOptions, RunSummary};
 use crate::reload::{Follower, Plugins, StartError};
+use crate::retry::{RetryError, RetrySummary};
 use crate::sink::elastic::{ElasticError, ElasticSink};
-use crate::sink::{SinkCounts, SinkError, Sinks};
+use crate::sink::{SinkError, Sinks};
 use crate::status::StatusError;
 use crate::store::{HEARTBEAT, Liveness, ProcessRecord, Store, StoreError};
 use crate::wasm::calls::CallInProgress;
 use crate::wasm::{Processor, Runtime, RuntimeOptions};
 use std::collections::BTreeSet;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -157,6 +163,9 @@ pub enum ProcessError {
         /// The plugin calls still running, longest first.
         stuck: Vec<CallInProgress>,
     },
+    /// A retry queue failed.
+    #[error(transparent)]
+    Retry(Box<RetryError>),
     /// A task of the process panicked (a host bug).
     #[error("a task of the process failed (a bug in pillowtop; please report it): {0}")]
     Task(String),
@@ -188,19 +197,8 @@ pub struct ProcessSummary {
     pub report: Option<Report>,
     /// The admin endpoint's URL, when it ran.
     pub admin_url: Option<String>,
-}
-
-/// What the sinks hold and how far behind each pillow is, after a run.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    /// The store, for messages.
-    pub store: String,
-    /// Documents and rows in the SQL sinks.
-    pub sql: SinkCounts,
-    /// Elasticsearch and the documents of each index, when configured.
-    pub elastic: Option<(String, Vec<(String, u64)>)>,
-    /// Per pillow: need-processing, partitions, pillow errors stored.
-    pub lag: Vec<(String, u64, usize, u64)>,
+    /// What each pillow's retry queue did (the queues run in process 0).
+    pub retries: Vec<RetrySummary>,
 }
 
 /// Run the host: every pillow `options` selects, until `stop` (or, with
@@ -217,26 +215,19 @@ pub async fn run(
     stop: &Stop,
 ) -> Result<ProcessSummary, ProcessError> {
     let pillows = selected(config, options.pillow.as_deref())?;
-    let feed = Feed::open(&config.feed).await?;
-    let Some(store) = Store::connect_when_reachable(&config.store, &stop.graceful).await? else {
-        tracing::warn!("stopped while waiting for the store at startup; nothing was read");
+    let Some(Opened {
+        feed,
+        store,
+        sinks,
+        runtime,
+        metrics,
+        plugins,
+    }) = open(config, stop).await?
+    else {
         return Ok(ProcessSummary::default());
     };
-    refuse_if_embedded_store_in_use(config, &store).await?;
-    let elastic = config
-        .elasticsearch
-        .as_ref()
-        .map(ElasticSink::connect)
-        .transpose()?;
-    let sinks = Sinks::new(store.clone(), elastic.clone());
-    let runtime = Arc::new(
-        Runtime::new(RuntimeOptions::from_config(&config.runtime))
-            .map_err(|e| ProcessError::Runtime(format!("{e:#}")))?,
-    );
-    let metrics = Arc::new(Metrics::new());
-    let plugins = Arc::new(Plugins::new(runtime.clone(), metrics.clone()));
-
     let mut prepared = Vec::new();
+    let mut queues = Vec::new();
     let mut indices = BTreeSet::new();
     for p in &pillows {
         let started = Instant::now();
@@ -263,6 +254,9 @@ pub async fn run(
             tracing::warn!(pillow = %p.name, "stopped while waiting for a sink at startup; nothing was read");
             return Ok(ProcessSummary::default());
         };
+        if options.run.process_num == 0 {
+            queues.extend(retry::queue(p, &sinks, &followers, &metrics, &feed, stop)?);
+        }
         let pillow = pillow.following(followers).with_metrics(metrics.clone());
         tracing::info!(pillow = %p.name, startup_ms = started.elapsed().as_secs_f64() * 1e3, "pillow ready");
         prepared.push((p.name.clone(), pillow));
@@ -332,6 +326,11 @@ pub async fn run(
         let (run, graceful) = (options.run.clone(), stop.graceful.clone());
         tasks.spawn(async move { Task::Pillow(Box::new(pillow.run(run, graceful).await)) });
     }
+    // A retry queue stops with the pillows (after its batch in hand).
+    for queue in queues {
+        let side = side.clone();
+        tasks.spawn(async move { Task::Retry(Box::new(queue.run(side).await)) });
+    }
 
     let grace = Duration::from_secs(config.runtime.shutdown_grace_seconds);
     let mut summary = ProcessSummary {
@@ -377,6 +376,7 @@ pub async fn run(
                     tracing::warn!(task = what, "a side task ended before the pillows");
                 }
             }
+            Some(Ok(Task::Retry(result))) => retried(*result, &mut summary),
             Some(Err(e)) => {
                 side.cancel();
                 tasks.abort_all();
@@ -385,20 +385,79 @@ pub async fn run(
         }
     }
     side.cancel();
-    // The side tasks stop at once on `side`; don't let one hold the exit.
+    // The side tasks stop at once on `side`, a retry queue after its batch
+    // in hand; don't let one hold the exit (an unfinished batch is not
+    // committed, and its errors stay due).
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Task::Retry(result)) = joined {
+                retried(*result, &mut summary);
+            }
+        }
     })
     .await;
     store.process_stopped(pid, crate::time::now_ms()).await?;
-    summary.report = Some(report(config, &feed, &sinks, &summary.pillows, &indices).await?);
+    summary.report = Some(report::report(config, &feed, &sinks, &summary.pillows, &indices).await?);
     Ok(summary)
 }
 
 /// What a supervised task ended with.
 enum Task {
     Pillow(Box<Result<RunSummary, RunError>>),
+    Retry(Box<Result<RetrySummary, RetryError>>),
     Side(&'static str),
+}
+
+/// Note what a retry queue did; one that failed is logged (the pillows go
+/// on: their errors wait for the next run's queue).
+fn retried(result: Result<RetrySummary, RetryError>, summary: &mut ProcessSummary) {
+    match result {
+        Ok(s) => summary.retries.push(s),
+        Err(e) => {
+            tracing::error!(error = %e, "a retry queue stopped; pillow errors wait for the next run (or `pillowtop retry`)");
+        }
+    }
+}
+
+/// What a process opens before its pillows start.
+struct Opened {
+    feed: Feed,
+    store: Store,
+    sinks: Sinks,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    plugins: Arc<Plugins>,
+}
+
+/// Open the feed, the store (waiting for it while `stop` allows; `None`
+/// when stopped first), Elasticsearch and the Wasm runtime of `config`.
+async fn open(config: &HostConfig, stop: &Stop) -> Result<Option<Opened>, ProcessError> {
+    let feed = Feed::open(&config.feed).await?;
+    let Some(store) = Store::connect_when_reachable(&config.store, &stop.graceful).await? else {
+        tracing::warn!("stopped while waiting for the store at startup; nothing was read");
+        return Ok(None);
+    };
+    refuse_if_embedded_store_in_use(config, &store).await?;
+    let elastic = config
+        .elasticsearch
+        .as_ref()
+        .map(ElasticSink::connect)
+        .transpose()?;
+    let sinks = Sinks::new(store.clone(), elastic);
+    let runtime = Arc::new(
+        Runtime::new(RuntimeOptions::from_config(&config.runtime))
+            .map_err(|e| ProcessError::Runtime(format!("{e:#}")))?,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let plugins = Arc::new(Plugins::new(runtime.clone(), metrics.clone()));
+    Ok(Some(Opened {
+        feed,
+        store,
+        sinks,
+        runtime,
+        metrics,
+        plugins,
+    }))
 }
 
 /// The pillows a command covers: the one named, or every pillow.
@@ -551,117 +610,6 @@ pub fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// Where the sinks and pillows stand after a run.
-async fn report(
-    config: &HostConfig,
-    feed: &Feed,
-    sinks: &Sinks,
-    summaries: &[RunSummary],
-    indices: &BTreeSet<String>,
-) -> Result<Report, ProcessError> {
-    let mut report = Report {
-        store: config.store.to_string(),
-        sql: sinks.sql.counts().await?,
-        ..Report::default()
-    };
-    if let Some(es) = &sinks.elastic {
-        let mut counts = Vec::new();
-        for index in indices {
-            es.refresh(index).await?;
-            counts.push((es.index_name(index), es.count(index).await?));
-        }
-        report.elastic = Some((es.location().to_owned(), counts));
-    }
-    for s in summaries {
-        if let Some(p) = config.pillow(&s.pillow) {
-            let st = crate::status::pillow_status(
-                p,
-                feed,
-                &sinks.store,
-                config.runtime.max_component_bytes(),
-            )
-            .await?;
-            let errors: u64 = st.errors.iter().map(|(_, n)| n).sum();
-            report.lag.push((
-                s.pillow.clone(),
-                st.need_processing,
-                st.partitions.len(),
-                errors,
-            ));
-        }
-    }
-    Ok(report)
-}
-
-impl fmt::Display for ProcessSummary {
-    /// The summary `pillowtop run` prints.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for s in &self.pillows {
-            let secs = s.elapsed.as_secs_f64().max(1e-9);
-            writeln!(
-                f,
-                "pillow {}: {} changes read, {} processed ({} superseded in their chunk) in {:.2} s ({:.0} changes/s), {} chunks",
-                s.pillow,
-                s.messages,
-                s.changes,
-                s.deduplicated,
-                secs,
-                s.messages as f64 / secs,
-                s.chunks
-            )?;
-            if s.extra_pieces > 0 {
-                writeln!(
-                    f,
-                    "  {} extra pieces: chunks whose actions went over chunk_memory_mb were written in parts",
-                    s.extra_pieces
-                )?;
-            }
-            let actions: Vec<_> = s.actions.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            let or_none = |v: Vec<String>| {
-                if v.is_empty() {
-                    "none".to_owned()
-                } else {
-                    v.join(", ")
-                }
-            };
-            writeln!(f, "  actions: {}", or_none(actions))?;
-            let errors: Vec<_> = s.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            writeln!(f, "  new pillow errors: {}", or_none(errors))?;
-            writeln!(
-                f,
-                "  time: waiting for the feed {:.2} s, decode {:.2} s (beside the transform), transform (wasm) {:.2} s, waiting for the store {:.2} s",
-                s.read_time.as_secs_f64(),
-                s.decode_time.as_secs_f64(),
-                s.transform_time.as_secs_f64(),
-                s.load_time.as_secs_f64()
-            )?;
-        }
-        let Some(report) = &self.report else {
-            return Ok(());
-        };
-        writeln!(f, "sinks ({}):", report.store)?;
-        for (index, n) in &report.sql.documents {
-            writeln!(f, "  index {index}: {n} documents")?;
-        }
-        for (table, n) in &report.sql.rows {
-            writeln!(f, "  table {table}: {n} rows")?;
-        }
-        for (pillow, need, partitions, errors) in &report.lag {
-            writeln!(
-                f,
-                "pillow {pillow}: lag (need-processing) {need} over {partitions} partitions; pillow errors stored: {errors}"
-            )?;
-        }
-        if let Some((location, counts)) = &report.elastic {
-            writeln!(f, "sinks ({location}):")?;
-            for (index, n) in counts {
-                writeln!(f, "  index {index}: {n} documents")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

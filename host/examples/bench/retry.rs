@@ -1,0 +1,197 @@
+//! Section 9: the retry queue. How fast it drains due errors whose plugin
+//! now passes (SQLite and PostgreSQL stores), and what an active queue
+//! costs the pillow beside it.
+
+use crate::{cases, publish_generated, root, run_child, write_case_search_plugin};
+use pillowtop::config::PillowConfig;
+use pillowtop::errors::{Backoff, ErrorKind, PillowError, ProcessorRef};
+use pillowtop::feed::{Message, TopicPartition};
+use pillowtop::metrics::Metrics;
+use pillowtop::retry::RetryQueue;
+use pillowtop::sink::Sinks;
+use pillowtop::store::Store;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Due errors of pillow `case-search`, one per generated case (ids
+/// prefixed `r-` so they never meet a feed's cases), due since epoch 0.
+fn due_errors(n: usize) -> Vec<PillowError> {
+    let processor = ProcessorRef {
+        name: "case-search".into(),
+        version: "bench".into(),
+        backoff: Backoff::default(),
+    };
+    cases(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line.replacen("\"document_id\":\"", "\"document_id\":\"r-", 1);
+            let c = pillowtop::change::decode(&Message {
+                tp: TopicPartition::new("case-sql", (i % 4) as u32),
+                offset: i as u64,
+                key: None,
+                value: line.clone().into_bytes(),
+                timestamp_ms: None,
+            })
+            .unwrap();
+            let mut e = PillowError::of_change(
+                "case-search",
+                (&c, line.as_bytes()),
+                &processor,
+                ErrorKind::Retryable,
+                "lookup not ready yet".into(),
+                0,
+            );
+            e.backoff.base_ms = 0;
+            e
+        })
+        .collect()
+}
+
+async fn preload(store: &Store, errors: &[PillowError]) {
+    for part in errors.chunks(10_000) {
+        let mut tx = store.db().begin().await.unwrap();
+        pillowtop::errors::sql::record(&mut tx, part).await.unwrap();
+        store.db().commit(tx).await.unwrap();
+    }
+}
+
+fn manifest_in(dir: &Path) -> std::path::PathBuf {
+    write_case_search_plugin(dir);
+    dir.join("plugin/plugin.toml")
+}
+
+pub fn retry_bench() {
+    let n: usize = std::env::var("BENCH_RETRY_ERRORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let batch = 1000;
+    println!("\n## 9. Retry queue\n");
+    println!(
+        "Draining {n} due errors whose plugin (case-search, every domain) now passes: `RetryQueue::drain`, batch {batch}, no rate limit; each batch is one due query, the plugin calls and one store transaction with the writes and the resolutions.\n"
+    );
+    println!("| store | errors/s | wall |");
+    println!("|---|---:|---:|");
+    let errors = due_errors(n);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest_in(dir.path());
+    for label in ["SQLite", "PostgreSQL"] {
+        let store = rt.block_on(async {
+            match label {
+                "SQLite" => Store::open(&dir.path().join("drain.db")).await.unwrap(),
+                _ => Store::connect(&pillowtop::config::StoreLocation::Postgres {
+                    url: crate::servers::pg_url(),
+                    schema: crate::servers::unique("retry_bench").replace('-', "_"),
+                })
+                .await
+                .unwrap(),
+            }
+        });
+        rt.block_on(preload(&store, &errors));
+        let config = PillowConfig {
+            retry_batch_size: batch,
+            retry_per_second: 0,
+            ..PillowConfig::new("case-search", &["case-sql"], vec![manifest.clone()])
+        };
+        let processor = pillowtop::wasm::Runtime::new(pillowtop::wasm::RuntimeOptions::default())
+            .unwrap()
+            .load(&pillowtop::manifest::Manifest::load(&manifest).unwrap())
+            .unwrap()
+            .0;
+        let queue = RetryQueue::new(
+            &config,
+            Sinks::from(store.clone()),
+            vec![processor],
+            Arc::new(Metrics::new()),
+            CancellationToken::new(),
+        );
+        let started = Instant::now();
+        let summary = rt.block_on(queue.drain(&CancellationToken::new())).unwrap();
+        let wall = started.elapsed().as_secs_f64();
+        assert_eq!(
+            summary.outcomes.get("resolved"),
+            Some(&(n as u64)),
+            "{summary:?}"
+        );
+        println!("| {label} | {:.0} | {wall:.1} s |", n as f64 / wall);
+    }
+
+    let changes = 50_000;
+    println!(
+        "\nA pillow beside an active queue: `pillowtop run --until-caught-up` over {changes} changes (embedded feed and store, chunk 2000) with an empty error table, and with {n} due errors of the same pillow preloaded (its queue runs in the process); best of 2 rounds, alternated.\n"
+    );
+    println!("| retry queue | changes/s | vs none | errors retried during the run |");
+    println!("|---|---:|---:|---:|");
+    let mut best = [0f64; 3];
+    let mut retried = [0u64; 3];
+    for _ in 0..2 {
+        for (k, rate) in [None, Some(200), Some(0)].into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            write_case_search_plugin(dir.path());
+            let config = dir.path().join("pillowtop.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
+                     [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [\"plugin/plugin.toml\"]\nchunk_size = 2000\nmax_wait_ms = 100\nretry_batch_size = 500\nretry_per_second = {}\n",
+                    root().join("data/compile-cache"),
+                    rate.unwrap_or(200)
+                ),
+            )
+            .unwrap();
+            if rate.is_some() {
+                rt.block_on(async {
+                    let store = Store::open(&dir.path().join("store.db")).await.unwrap();
+                    preload(&store, &errors).await;
+                });
+            }
+            let cfg = config.to_str().unwrap();
+            publish_generated(cfg, changes);
+            let (wall, _, _, _) = run_child(
+                &["--config", cfg, "--log", "warn", "run", "--until-caught-up"],
+                None,
+            );
+            best[k] = best[k].max(changes as f64 / wall);
+            if rate.is_some() {
+                let resolved = rt.block_on(async {
+                    let store = Store::open(&dir.path().join("store.db")).await.unwrap();
+                    let filter = pillowtop::errors::ops::Filter {
+                        state: Some(pillowtop::errors::ErrorState::Resolved),
+                        ..Default::default()
+                    };
+                    pillowtop::errors::ops::counts(store.db(), &filter)
+                        .await
+                        .unwrap()
+                        .total
+                });
+                retried[k] = retried[k].max(resolved);
+            }
+        }
+    }
+    for (k, label) in [
+        "none (empty error table)",
+        "active, retry_per_second = 200 (default)",
+        "active, no rate limit",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!(
+            "| {label} | {:.0} | {:.2}x | {} |",
+            best[k],
+            best[k] / best[0],
+            if k == 0 {
+                "-".to_owned()
+            } else {
+                retried[k].to_string()
+            }
+        );
+    }
+}
