@@ -613,14 +613,16 @@ fn reload_bench() {
             .unwrap();
         feed.create_topic("load", Some(2)).await.unwrap();
     });
+    // Opened (and migrated) before the host starts: two processes must not
+    // create the embedded store's tables at once.
+    let store = rt
+        .block_on(pillowtop::store::Store::open(&dir.path().join("store.db")))
+        .unwrap();
     let mut child = pillowtop_cmd()
         .args(["--config", config.to_str().unwrap(), "--log", "warn", "run"])
         .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
         .stdout(std::process::Stdio::null())
         .spawn()
-        .unwrap();
-    let store = rt
-        .block_on(pillowtop::store::Store::open(&dir.path().join("store.db")))
         .unwrap();
     let live = |v: u32| {
         let prefix = format!("{v}.0.0+");

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Due errors of pillow `case-search`, one per generated case (ids
-/// prefixed `r-` so they never meet a feed's cases), due since epoch 0.
+/// `n` due errors of pillow `case-search`, one per generated change (ids
+/// made unique, `rN-...`, so they never meet a feed's cases), due since
+/// epoch 0.
 fn due_errors(n: usize) -> Vec<PillowError> {
     let processor = ProcessorRef {
         name: "case-search".into(),
@@ -27,7 +28,7 @@ fn due_errors(n: usize) -> Vec<PillowError> {
         .into_iter()
         .enumerate()
         .map(|(i, line)| {
-            let line = line.replacen("\"document_id\":\"", "\"document_id\":\"r-", 1);
+            let line = line.replacen("\"document_id\":\"", &format!("\"document_id\":\"r{i}-"), 1);
             let c = pillowtop::change::decode(&Message {
                 tp: TopicPartition::new("case-sql", (i % 4) as u32),
                 offset: i as u64,
@@ -68,6 +69,7 @@ pub fn retry_bench() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let errors = due_errors(n);
     let batch = 1000;
     println!("\n## 9. Retry queue\n");
     println!(
@@ -75,7 +77,6 @@ pub fn retry_bench() {
     );
     println!("| store | errors/s | wall |");
     println!("|---|---:|---:|");
-    let errors = due_errors(n);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
