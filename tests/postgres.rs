@@ -524,3 +524,17 @@ async fn a_store_outage_holds_the_chunk_and_resumes_by_itself() {
     let saved = checkpointed(&observer, "outage").await;
     assert_eq!(saved, n as u64, "checkpoints at the end");
 }
+
+/// Store connections plan every statement for the table as it is: a
+/// cached generic plan of the pillow-error lookup, prepared while the
+/// table was small, picked the index on `pillow` and read every error of
+/// the pillow per lookup (seen preloading 100,000 errors).
+#[tokio::test(flavor = "multi_thread")]
+async fn store_connections_plan_each_statement_for_the_table_as_it_is() {
+    let store = pg_store(&pg_schema("plans")).await;
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(store.postgres().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+}

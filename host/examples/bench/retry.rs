@@ -51,11 +51,40 @@ fn due_errors(n: usize) -> Vec<PillowError> {
         .collect()
 }
 
+/// Store `errors` (all new, due at once). SQLite through the pillow's own
+/// `record`; PostgreSQL with one bulk insert per 10,000 (its `record`
+/// path stalled here past 40,000 rows in one session: BENCHMARKS.md §9).
 async fn preload(store: &Store, errors: &[PillowError]) {
     for part in errors.chunks(10_000) {
-        let mut tx = store.db().begin().await.unwrap();
-        pillowtop::errors::sql::record(&mut tx, part).await.unwrap();
-        store.db().commit(tx).await.unwrap();
+        match store.postgres() {
+            None => {
+                let mut tx = store.db().begin().await.unwrap();
+                pillowtop::errors::sql::record(&mut tx, part).await.unwrap();
+                store.db().commit(tx).await.unwrap();
+            }
+            Some(pool) => {
+                let col = |f: fn(&PillowError) -> String| part.iter().map(f).collect::<Vec<_>>();
+                sqlx::query(
+                    r#"INSERT INTO pillow_errors (doc_id, pillow, processor, plugin_version, kind, message, topic, partition, "offset",
+                           domain, document_type, change, series_attempts, total_attempts, first_attempt_ms, last_attempt_ms,
+                           next_attempt_ms, state)
+                       SELECT d, 'case-search', 'case-search', 'bench', 'retryable', 'lookup not ready yet', t, p, o, dom, dt, c,
+                              1, 1, 0, 0, 0, 'pending'
+                       FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bytea[])
+                            AS u(d, t, p, o, dom, dt, c)"#,
+                )
+                .bind(col(|e| e.doc_id.clone()))
+                .bind(col(|e| e.tp.topic.to_string()))
+                .bind(part.iter().map(|e| i64::from(e.tp.partition)).collect::<Vec<_>>())
+                .bind(part.iter().map(|e| e.offset as i64).collect::<Vec<_>>())
+                .bind(col(|e| e.domain.clone().unwrap_or_default()))
+                .bind(col(|e| e.document_type.clone().unwrap_or_default()))
+                .bind(part.iter().map(|e| e.change.clone()).collect::<Vec<_>>())
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
     }
 }
 
@@ -70,7 +99,10 @@ pub fn retry_bench() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let errors = due_errors(n);
-    let batch = 1000;
+    let batch: u32 = std::env::var("BENCH_RETRY_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
     println!("\n## 9. Retry queue\n");
     println!(
         "Draining {n} due errors whose plugin (case-search, every domain) now passes: `RetryQueue::drain`, batch {batch}, no rate limit; each batch is one due query, the plugin calls and one store transaction with the writes and the resolutions.\n"

@@ -76,7 +76,15 @@ pub async fn open(
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options.options([("search_path", schema)]))
+        // Every statement is planned for its parameters and the table as
+        // it is: with cached generic plans, a lookup prepared while
+        // `pillow_errors` was small was seen to pick the index on `pillow`
+        // (every error of the pillow) over the unique index, and each
+        // lookup then read the whole table.
+        .connect_with(options.options([
+            ("search_path", schema),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]))
         .await
         .map_err(unreachable)?;
     migrator.run(&pool).await.map_err(|e| OpenError {
