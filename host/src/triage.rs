@@ -382,20 +382,12 @@ async fn current_result(
         manifest: shown.clone(),
         message,
     };
-    let (_, outcome) = tokio::task::spawn_blocking(move || {
+    let outcome = tokio::task::spawn_blocking(move || {
         let runtime = Runtime::new(options)
             .map_err(|err| format!("cannot start the WebAssembly runtime: {err:#}"))?;
         let (mut processor, _) = runtime.load(&manifest).map_err(|err| err.to_string())?;
-        let message = crate::feed::Message {
-            tp: e.tp.clone(),
-            offset: e.offset,
-            key: Some(e.doc_id.clone().into_bytes()),
-            value: e.change.clone(),
-            timestamp_ms: None,
-        };
-        let change = crate::change::decode(&message).map_err(|err| err.to_string())?;
-        let result = processor.process(&change).map_err(|f| f.kind.as_str());
-        Ok::<_, String>((manifest.name.clone(), result))
+        let change = crate::change::decode(&e.feed_message()).map_err(|err| err.to_string())?;
+        Ok::<_, String>(processor.process(&change).map_err(|f| f.kind.as_str()))
     })
     .await
     .map_err(|err| plugin_err(err.to_string()))?

@@ -261,6 +261,18 @@ fn bytes_text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl PillowError {
+    /// The feed message this error stores, as the feed gave it (keyed by
+    /// the document id), to decode or run again.
+    pub fn feed_message(&self) -> crate::feed::Message {
+        crate::feed::Message {
+            tp: self.tp.clone(),
+            offset: self.offset,
+            key: Some(self.doc_id.clone().into_bytes()),
+            value: self.change.clone(),
+            timestamp_ms: None,
+        }
+    }
+
     /// A new failure of `change` (its raw feed value `raw`) in `pillow`
     /// through `processor`, at `at_ms`. Its message is cut to
     /// [`MAX_MESSAGE_BYTES`].

@@ -214,6 +214,16 @@ impl RetryQueue {
         self.config.name.clone()
     }
 
+    fn store_error(&self, source: sqlx::Error) -> RetryError {
+        RetryError::Store {
+            pillow: self.pillow(),
+            source: DbError {
+                store: self.sinks.store.location().to_owned(),
+                source,
+            },
+        }
+    }
+
     /// Run one batch: up to `retry_batch_size` due errors, tried and
     /// recorded. An empty list when nothing is due.
     ///
@@ -249,13 +259,7 @@ impl RetryQueue {
             &self.last_domain,
         )
         .await
-        .map_err(|source| RetryError::Store {
-            pillow: self.pillow(),
-            source: DbError {
-                store: self.sinks.store.location().to_owned(),
-                source,
-            },
-        })?;
+        .map_err(|source| self.store_error(source))?;
         let Some(last) = due.last() else {
             return Ok(Vec::new());
         };
@@ -306,17 +310,9 @@ impl RetryQueue {
                 let refused = delivered.refused.iter().any(|o| o.change as usize == i);
                 let outcome = match t {
                     Tried::Passed(backoff) if refused => {
-                        let kind = ErrorKind::Rejected;
-                        let next = backoff.next_attempt_ms(
-                            kind,
-                            e.series_attempts + 1,
-                            e.total_attempts + 1,
-                            now,
-                        );
-                        if next.is_some() {
-                            Outcome::Failed(kind)
-                        } else {
-                            Outcome::Parked(kind)
+                        match rerun::failed(&backoff, ErrorKind::Rejected, &e, now) {
+                            Tried::Failed { kind, parked: true } => Outcome::Parked(kind),
+                            _ => Outcome::Failed(ErrorKind::Rejected),
                         }
                     }
                     Tried::Passed(_) => Outcome::Resolved,
@@ -382,13 +378,7 @@ impl RetryQueue {
             let fallback = now.saturating_add(backoff.base_ms.max(60_000) * a * a);
             crate::errors::sql::postpone(self.sinks.store.db(), &e, fallback)
                 .await
-                .map_err(|source| RetryError::Store {
-                    pillow: self.pillow(),
-                    source: DbError {
-                        store: self.sinks.store.location().to_owned(),
-                        source,
-                    },
-                })?;
+                .map_err(|source| self.store_error(source))?;
             out.push(retried(e, Outcome::Republished));
         }
         Ok(out)

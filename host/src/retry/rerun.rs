@@ -5,7 +5,6 @@
 use crate::change::{self, Change};
 use crate::errors::sql::RetryOutcome;
 use crate::errors::{Backoff, ErrorKind, PillowError};
-use crate::feed::Message;
 use crate::sink::{ChunkCommit, Origin, Sources, VersionedAction, WritePlan};
 use crate::wasm::Processor;
 
@@ -24,20 +23,22 @@ pub enum Tried {
     },
 }
 
-/// The stored change of `e`, as the feed gave it, with `attempts` set to
-/// the failures so far (WIT `change.attempts`: a plugin may act
-/// differently on a retry).
+/// The stored change of `e` with `attempts` set to the failures so far
+/// (WIT `change.attempts`: a plugin may act differently on a retry).
 fn stored_change(e: &PillowError) -> Result<Change, change::DecodeError> {
-    let message = Message {
-        tp: e.tp.clone(),
-        offset: e.offset,
-        key: Some(e.doc_id.clone().into_bytes()),
-        value: e.change.clone(),
-        timestamp_ms: None,
-    };
-    let mut c = change::decode(&message)?;
+    let mut c = change::decode(&e.feed_message())?;
     c.attempts = e.total_attempts;
     Ok(c)
+}
+
+/// A failure of `kind` at `at_ms` of the retry of `e`, with `backoff`:
+/// failed again, and whether that parks it.
+pub fn failed(backoff: &Backoff, kind: ErrorKind, e: &PillowError, at_ms: i64) -> Tried {
+    let next = backoff.next_attempt_ms(kind, e.series_attempts + 1, e.total_attempts + 1, at_ms);
+    Tried::Failed {
+        kind,
+        parked: next.is_none(),
+    }
 }
 
 /// Run each due error's stored change through its processor (a decode
@@ -134,13 +135,7 @@ pub fn rerun(
             .map_or_else(Backoff::default, |p| p.backoff);
         let outcome = match &failure {
             None => Tried::Passed(backoff),
-            Some(f) => Tried::Failed {
-                kind: f.kind,
-                parked: f
-                    .backoff
-                    .next_attempt_ms(f.kind, e.series_attempts + 1, e.total_attempts + 1, at_ms)
-                    .is_none(),
-            },
+            Some(f) => failed(&f.backoff, f.kind, &e, at_ms),
         };
         // A change that does not decode has no `Change`; its position in
         // the sources is never pointed at (no writes), so a placeholder
