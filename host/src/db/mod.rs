@@ -59,14 +59,20 @@ macro_rules! on_tx {
 pub(crate) use on_tx;
 
 impl Db {
-    /// Start a transaction.
+    /// Start a write transaction. SQLite's takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), waiting up to the busy timeout for another
+    /// writer: a deferred transaction that reads first and writes later
+    /// fails at once with "database is locked" when another connection
+    /// committed in between (the pillow and its retry queue share the
+    /// store), and the busy timeout never applies to that case.
     ///
     /// # Errors
     ///
-    /// When no connection can be had.
+    /// When no connection can be had, or SQLite's lock stayed taken for
+    /// the whole busy timeout.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(d) => Tx::Sqlite(d.pool.begin().await?),
+            Db::Sqlite(d) => Tx::Sqlite(d.pool.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -132,22 +138,38 @@ impl DbError {
 /// unable to serve (retry the same work later), rather than a refusal of
 /// the data: I/O errors, pool timeouts, and PostgreSQL's connection
 /// exceptions (class 08), shutdowns (57P01-57P03), too many connections
-/// (53300), serialization failures and deadlocks (40001, 40P01).
+/// (53300), serialization failures and deadlocks (40001, 40P01); SQLite's
+/// busy and locked (another writer held the file past the busy timeout).
 pub fn is_outage(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || matches!(
-                    &*code,
-                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
-                )
-        }),
+        sqlx::Error::Database(db) => match sqlite_primary_code(db.as_ref()) {
+            Some(code) => matches!(code, SQLITE_BUSY | SQLITE_LOCKED),
+            None => db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || matches!(
+                        &*code,
+                        "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                    )
+            }),
+        },
         _ => false,
     }
+}
+
+const SQLITE_BUSY: u32 = 5;
+const SQLITE_LOCKED: u32 = 6;
+const SQLITE_CONSTRAINT: u32 = 19;
+const SQLITE_MISMATCH: u32 = 20;
+
+/// SQLite's primary result code (the low byte of its extended code), when
+/// `db` is a SQLite error: PostgreSQL's SQLSTATEs can parse as numbers too.
+fn sqlite_primary_code(db: &dyn sqlx::error::DatabaseError) -> Option<u32> {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    db.code()?.parse::<u32>().ok().map(|n| n & 0xff)
 }
 
 /// Whether a database error is a refusal of the data written (a value
@@ -162,14 +184,12 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
     if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
         return true;
     }
-    db.code().is_some_and(|code| {
-        if code.starts_with("22") || code.starts_with("23") {
-            return true;
-        }
-        // SQLite's extended result codes: the primary code is the low byte.
-        code.parse::<u32>()
-            .is_ok_and(|n| matches!(n & 0xff, 19 | 20))
-    })
+    match sqlite_primary_code(db.as_ref()) {
+        Some(code) => matches!(code, SQLITE_CONSTRAINT | SQLITE_MISMATCH),
+        None => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+    }
 }
 
 /// Quote an identifier (names are validated by the contract checks, but
@@ -193,6 +213,31 @@ mod tests {
             "no spec for table t".into()
         )));
         assert!(!is_data_error(&sqlx::Error::RowNotFound));
+    }
+
+    /// A second writer past the busy timeout gets SQLite's "database is
+    /// locked": an outage to wait out, not a refusal of the data.
+    #[tokio::test]
+    async fn a_locked_sqlite_file_is_an_outage() {
+        use sqlx::ConnectOptions;
+        use sqlx::sqlite::SqliteConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("locked.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = options.connect().await.unwrap();
+        let mut other = options.connect().await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let e = sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert!(is_outage(&e), "{e:?}");
+        assert!(!is_data_error(&e), "{e:?}");
     }
 
     #[test]

@@ -84,6 +84,20 @@ pub enum RetryError {
     },
 }
 
+impl RetryError {
+    /// Whether the same batch may succeed later: the store or a sink was
+    /// unreachable or busy (the queue then looks again after its poll).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            RetryError::Store { source, .. } => source.is_outage(),
+            RetryError::Outputs { source, .. } => crate::outage::Outage::is_outage(source),
+            RetryError::Delivery { .. } | RetryError::Feed { .. } | RetryError::Worker { .. } => {
+                false
+            }
+        }
+    }
+}
+
 /// What the queue did with one error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retried {
@@ -458,8 +472,8 @@ impl RetryQueue {
                             .saturating_sub(started.elapsed())
                     }
                 }
-                Err(RetryError::Store { source, .. }) if source.is_outage() => {
-                    tracing::warn!(pillow = %self.config.name, error = %source, "retry queue: the store is unreachable; looking again later");
+                Err(e) if e.is_outage() => {
+                    tracing::warn!(pillow = %self.config.name, error = %e, "retry queue: the store or a sink is unreachable or busy; looking again later");
                     poll
                 }
                 Err(e) => return Err(e),
