@@ -8,6 +8,7 @@
 use super::{Backoff, ErrorKind, ErrorState, PillowError};
 use crate::db::{Db, Tx, on_db, on_tx};
 use crate::feed::TopicPartition;
+use std::collections::HashSet;
 
 /// Changes of one pillow that passed one processor: each resolves the open
 /// error of its document through that processor, unless the error holds a
@@ -229,54 +230,98 @@ pub async fn settle_retries(
     tx: &mut Tx,
     outcomes: &[(u32, RetryOutcome)],
 ) -> Result<Vec<u32>, sqlx::Error> {
-    let mut lost = Vec::new();
-    for (i, o) in outcomes {
-        let r = &o.read;
-        let applied = match &o.failure {
-            None => on_tx!(&mut *tx, t => {
-                sqlx::query(
-                    r#"UPDATE pillow_errors SET state = 'resolved', next_attempt_ms = NULL, resolved_at_ms = $2
-                       WHERE id = $1 AND state = 'pending' AND "offset" = $3 AND total_attempts = $4"#,
-                )
-                .bind(r.id)
-                .bind(o.at_ms)
-                .bind(r.offset as i64)
-                .bind(i64::from(r.total_attempts))
-                .execute(&mut **t)
-                .await?
-                .rows_affected()
-            }),
-            Some(f) => {
-                let (series, total) = (r.series_attempts + 1, r.total_attempts + 1);
-                let next = f.backoff.next_attempt_ms(f.kind, series, total, o.at_ms);
-                on_tx!(&mut *tx, t => {
-                    sqlx::query(
-                        r#"UPDATE pillow_errors SET plugin_version = $2, kind = $3, message = $4, series_attempts = $5,
-                               total_attempts = $6, last_attempt_ms = $7, next_attempt_ms = $8, state = $9
-                           WHERE id = $1 AND state = 'pending' AND "offset" = $10 AND total_attempts = $11"#,
-                    )
-                    .bind(r.id)
-                    .bind(&f.plugin_version)
-                    .bind(f.kind.as_str())
-                    .bind(&f.message)
-                    .bind(i64::from(series))
-                    .bind(i64::from(total))
-                    .bind(o.at_ms)
-                    .bind(next)
-                    .bind(state_of(next).as_str())
-                    .bind(r.offset as i64)
-                    .bind(i64::from(r.total_attempts))
-                    .execute(&mut **t)
-                    .await?
-                    .rows_affected()
-                })
-            }
+    let passes: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, o)| o.failure.is_none())
+        .collect();
+    let resolved = resolve_retried(tx, &passes).await?;
+    for (_, o) in outcomes {
+        let (r, Some(f)) = (&o.read, &o.failure) else {
+            continue;
         };
-        if applied == 0 && o.failure.is_none() {
-            lost.push(*i);
-        }
+        let (series, total) = (r.series_attempts + 1, r.total_attempts + 1);
+        let next = f.backoff.next_attempt_ms(f.kind, series, total, o.at_ms);
+        on_tx!(&mut *tx, t => {
+            sqlx::query(
+                r#"UPDATE pillow_errors SET plugin_version = $2, kind = $3, message = $4, series_attempts = $5,
+                       total_attempts = $6, last_attempt_ms = $7, next_attempt_ms = $8, state = $9
+                   WHERE id = $1 AND state = 'pending' AND "offset" = $10 AND total_attempts = $11"#,
+            )
+            .bind(r.id)
+            .bind(&f.plugin_version)
+            .bind(f.kind.as_str())
+            .bind(&f.message)
+            .bind(i64::from(series))
+            .bind(i64::from(total))
+            .bind(o.at_ms)
+            .bind(next)
+            .bind(state_of(next).as_str())
+            .bind(r.offset as i64)
+            .bind(i64::from(r.total_attempts))
+            .execute(&mut **t)
+            .await
+            .map(|_| ())?
+        });
     }
-    Ok(lost)
+    Ok(passes
+        .iter()
+        .filter(|(_, o)| !resolved.contains(&o.read.id))
+        .map(|(i, _)| *i)
+        .collect())
+}
+
+/// Resolve the errors of passed retries in one statement, each only if
+/// still as read; returns the ids resolved.
+async fn resolve_retried(
+    tx: &mut Tx,
+    passes: &[&(u32, RetryOutcome)],
+) -> Result<HashSet<i64>, sqlx::Error> {
+    if passes.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<i64> = passes.iter().map(|(_, o)| o.read.id).collect();
+    let at: Vec<i64> = passes.iter().map(|(_, o)| o.at_ms).collect();
+    let offsets: Vec<i64> = passes.iter().map(|(_, o)| o.read.offset as i64).collect();
+    let totals: Vec<i64> = passes
+        .iter()
+        .map(|(_, o)| i64::from(o.read.total_attempts))
+        .collect();
+    let resolved: Vec<i64> = match tx {
+        Tx::Sqlite(t) => {
+            let rows = serde_json::to_string(
+                &(0..ids.len())
+                    .map(|k| [ids[k], at[k], offsets[k], totals[k]])
+                    .collect::<Vec<_>>(),
+            )
+            .expect("integers serialize");
+            sqlx::query_scalar(
+                r#"UPDATE pillow_errors SET state = 'resolved', next_attempt_ms = NULL, resolved_at_ms = r.at
+                   FROM (SELECT value ->> 0 AS id, value ->> 1 AS at, value ->> 2 AS off, value ->> 3 AS total
+                         FROM json_each($1)) AS r
+                   WHERE pillow_errors.id = r.id AND pillow_errors.state = 'pending'
+                     AND pillow_errors."offset" = r.off AND pillow_errors.total_attempts = r.total
+                   RETURNING pillow_errors.id"#,
+            )
+            .bind(rows)
+            .fetch_all(&mut **t)
+            .await?
+        }
+        Tx::Postgres(t) => {
+            sqlx::query_scalar(
+                r#"UPDATE pillow_errors e SET state = 'resolved', next_attempt_ms = NULL, resolved_at_ms = r.at
+                   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS r(id, at, off, total)
+                   WHERE e.id = r.id AND e.state = 'pending' AND e."offset" = r.off AND e.total_attempts = r.total
+                   RETURNING e.id"#,
+            )
+            .bind(&ids)
+            .bind(&at)
+            .bind(&offsets)
+            .bind(&totals)
+            .fetch_all(&mut **t)
+            .await?
+        }
+    };
+    Ok(resolved.into_iter().collect())
 }
 
 /// Move a pending error's next attempt to `next_ms` (the queue republished
