@@ -44,6 +44,7 @@
 //! | [`outage`] | telling outages from refusals, backoff, waiting for a server |
 //! | [`manifest`] | plugin manifests (`plugin.toml`) |
 //! | [`scaffold`] | `pillowtop plugin new`: starter plugins in Rust, Python, JavaScript |
+//! | [`shard`] | CommCare's shard routing: document id hash, shard map |
 //! | [`config`] | the host config (`pillowtop.toml`) |
 //! | [`action`] | what plugins return and declare, in host types |
 //! | [`file`] | reading user-named files with a size bound |
@@ -77,6 +78,7 @@ pub mod rate;
 pub mod reload;
 pub mod retry;
 pub mod scaffold;
+pub mod shard;
 pub mod sink;
 pub mod status;
 pub mod store;
