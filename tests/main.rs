@@ -17,3 +17,4 @@ mod recovery;
 mod reload;
 mod retry;
 mod sandbox;
+mod sources;

@@ -33,6 +33,7 @@
 //! | [`store`] | checkpoints, host processes (one liveness rule), plugin events |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
 //! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
+//! | [`source`] | document sources: a chunk's documents read in one batch per database |
 //! | [`errors`] | pillow errors end to end: kinds, the record, backoff, SQL |
 //! | [`lookup`] | the read-only data plugins may look up |
 //! | [`metrics`] | Prometheus metrics, each declared once |
@@ -44,12 +45,12 @@
 //! | [`outage`] | telling outages from refusals, backoff, waiting for a server |
 //! | [`manifest`] | plugin manifests (`plugin.toml`) |
 //! | [`scaffold`] | `pillowtop plugin new`: starter plugins in Rust, Python, JavaScript |
-//! | [`shard`] | CommCare's shard routing: document id hash, shard map |
 //! | [`config`] | the host config (`pillowtop.toml`) |
 //! | [`action`] | what plugins return and declare, in host types |
 //! | [`file`] | reading user-named files with a size bound |
 //! | [`rate`] | rate limiting log lines |
 //! | [`time`] | RFC 3339 timestamps without a date library |
+//! | [`shard`] | CommCare's shard routing: document id hash, shard map |
 
 #![warn(missing_docs)]
 
@@ -80,6 +81,7 @@ pub mod retry;
 pub mod scaffold;
 pub mod shard;
 pub mod sink;
+pub mod source;
 pub mod status;
 pub mod store;
 pub mod time;

@@ -74,11 +74,15 @@ pub enum ErrorKind {
     /// A sink refused the change's write (a mapping or parse error,
     /// another 4xx); the rest of its chunk landed.
     Rejected,
+    /// The pillow's document source has no document for a change that is
+    /// not a deletion (CommCare's `DocumentMissingError`): always retried,
+    /// as the document may not be written yet.
+    Missing,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Decode,
         ErrorKind::Fuel,
         ErrorKind::Timeout,
@@ -91,6 +95,7 @@ impl ErrorKind {
         ErrorKind::Permanent,
         ErrorKind::Instantiate,
         ErrorKind::Rejected,
+        ErrorKind::Missing,
     ];
 
     /// The stored name.
@@ -108,6 +113,7 @@ impl ErrorKind {
             ErrorKind::Permanent => "permanent",
             ErrorKind::Instantiate => "instantiate",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::Missing => "missing",
         }
     }
 
@@ -299,6 +305,36 @@ impl PillowError {
                 },
                 change.offset,
                 raw.to_vec(),
+                kind,
+                message,
+                at_ms,
+            )
+        }
+    }
+
+    /// A change of `pillow` that no processor ran because it has no
+    /// document (its document source lacks it, or holds something that is
+    /// not a JSON object): no processor; on retry every processor runs.
+    pub fn without_document(
+        pillow: &str,
+        change: &Change,
+        raw: Vec<u8>,
+        kind: ErrorKind,
+        message: String,
+        at_ms: i64,
+    ) -> PillowError {
+        PillowError {
+            domain: change.domain.clone(),
+            document_type: change.document_type.clone(),
+            ..PillowError::new(
+                pillow,
+                change.id.clone(),
+                TopicPartition {
+                    topic: change.topic.clone(),
+                    partition: change.partition,
+                },
+                change.offset,
+                raw,
                 kind,
                 message,
                 at_ms,

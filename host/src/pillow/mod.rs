@@ -28,6 +28,7 @@
 //! change per document), never between two changes of one document.
 
 mod chunk;
+mod documents;
 mod startup;
 mod swap;
 
@@ -42,6 +43,7 @@ use crate::reload::Follower;
 use crate::sink::delivery::{Delivered, DeliveryError, FailureLog, OutageRetry};
 use crate::sink::elastic::ElasticError;
 use crate::sink::{ChunkCommit, Delivery, OutputError, SinkError, Sinks, WritePlan};
+use crate::source::{DocumentSource, SourceError};
 use crate::store::StoreError;
 use crate::wasm::{LoadError, Processor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -111,6 +113,15 @@ pub enum RunError {
         pillow: String,
         /// The error.
         source: crate::manifest::ManifestError,
+    },
+    /// The document source failed for a reason other than an outage (a
+    /// query that cannot work, a bad URL).
+    #[error("pillow {pillow}: {source}")]
+    Source {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: SourceError,
     },
     /// A worker thread panicked (a host bug).
     #[error("pillow {pillow}: processing thread failed: {message}")]
@@ -211,6 +222,8 @@ pub struct Pillow {
     /// One per processor when hot reload is on.
     followers: Vec<Follower>,
     metrics: Arc<Metrics>,
+    /// Where the documents of changes without one are read.
+    source: Option<DocumentSource>,
 }
 
 impl Pillow {
@@ -230,7 +243,7 @@ impl Pillow {
             .ensure_all(&declared(&processors))
             .await
             .map_err(|e| RunError::outputs(&config.name, e))?;
-        Ok(Pillow::assemble(config, feed, sinks, processors))
+        Pillow::assemble(config, feed, sinks, processors)
     }
 
     /// [`Pillow::new`] for a process starting up: while a sink is
@@ -262,7 +275,7 @@ impl Pillow {
         match ready {
             None => Ok(None),
             Some(Err(e)) => Err(RunError::outputs(&config.name, e)),
-            Some(Ok(())) => Ok(Some(Pillow::assemble(config, feed, sinks, processors))),
+            Some(Ok(())) => Pillow::assemble(config, feed, sinks, processors).map(Some),
         }
     }
 
@@ -271,15 +284,25 @@ impl Pillow {
         feed: Feed,
         sinks: Sinks,
         processors: Vec<Processor>,
-    ) -> Pillow {
-        Pillow {
+    ) -> Result<Pillow, RunError> {
+        let source = config
+            .document_source
+            .as_ref()
+            .map(DocumentSource::open)
+            .transpose()
+            .map_err(|source| RunError::Source {
+                pillow: config.name.clone(),
+                source,
+            })?;
+        Ok(Pillow {
             config,
             feed,
             sinks,
             processors,
             followers: Vec::new(),
             metrics: Arc::new(Metrics::new()),
-        }
+            source,
+        })
     }
 
     /// Follow plugin slots for hot reload: one follower per processor, in
@@ -327,6 +350,7 @@ impl Pillow {
             processors,
             mut followers,
             metrics,
+            source,
         } = self;
         let started = Instant::now();
         let name = config.name.clone();
@@ -465,8 +489,27 @@ impl Pillow {
             let n = polled.messages.len() as u64;
             summary.messages += n;
             summary.decode_time += polled.decode_time;
-            let (changes, mut decode_errors, skipped) =
+            let before_chunk = source.as_ref().map(|_| next.clone());
+            let (mut changes, mut decode_errors, skipped) =
                 chunk::decode_chunk(&name, polled.messages, &mut next);
+            if let Some(source) = &source {
+                let filled = documents::fill(&name, source, &mut changes, &shutdown)
+                    .await
+                    .map_err(|source| RunError::Source {
+                        pillow: name.clone(),
+                        source,
+                    })?;
+                match filled {
+                    Some(mut unavailable) => decode_errors.append(&mut unavailable),
+                    None => {
+                        // Stopped while the source was down: this chunk
+                        // was not processed, and the stop must not
+                        // checkpoint past it.
+                        next = before_chunk.expect("taken with a source");
+                        break;
+                    }
+                }
+            }
             summary.deduplicated += skipped;
             summary.changes += changes.len() as u64;
 

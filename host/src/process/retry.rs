@@ -8,8 +8,9 @@ use crate::feed::Feed;
 use crate::feed::publish::Publisher;
 use crate::metrics::Metrics;
 use crate::reload::Follower;
-use crate::retry::{RetryQueue, RetrySummary};
+use crate::retry::{RetryError, RetryQueue, RetrySummary};
 use crate::sink::Sinks;
+use crate::source::DocumentSource;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -19,7 +20,8 @@ use tokio::task::JoinSet;
 ///
 /// # Errors
 ///
-/// When a Kafka producer for `retry = "republish"` cannot be made.
+/// When a Kafka producer for `retry = "republish"` cannot be made, or the
+/// pillow's document source cannot be opened.
 pub(super) fn queue(
     pillow: &PillowConfig,
     sinks: &Sinks,
@@ -45,6 +47,15 @@ pub(super) fn queue(
     .following(followers);
     if pillow.retry == RetryMode::Republish {
         queue = queue.publishing(Publisher::new(feed)?);
+    }
+    if let Some(config) = &pillow.document_source {
+        let source = DocumentSource::open(config).map_err(|source| {
+            ProcessError::Retry(Box::new(RetryError::Source {
+                pillow: pillow.name.clone(),
+                source,
+            }))
+        })?;
+        queue = queue.reading(source);
     }
     Ok(Some(queue))
 }

@@ -31,6 +31,7 @@ use crate::metrics::{Metric, Metrics};
 use crate::reload::{Follower, SlotChange};
 use crate::sink::delivery::{DeliveryError, FailureLog, OutageRetry};
 use crate::sink::{Delivery, OutputError, Sinks};
+use crate::source::{DocumentSource, SourceError};
 use crate::time::Clock;
 use crate::wasm::Processor;
 use rerun::Tried;
@@ -74,6 +75,14 @@ pub enum RetryError {
         /// The error.
         source: OutputError,
     },
+    /// The document source failed.
+    #[error("retry queue of pillow {pillow}: {source}")]
+    Source {
+        /// Pillow.
+        pillow: String,
+        /// The error.
+        source: SourceError,
+    },
     /// The thread running the plugins failed (a host bug).
     #[error("retry queue of pillow {pillow}: processing thread failed: {message}")]
     Worker {
@@ -91,6 +100,7 @@ impl RetryError {
         match self {
             RetryError::Store { source, .. } => source.is_outage(),
             RetryError::Outputs { source, .. } => crate::outage::Outage::is_outage(source),
+            RetryError::Source { source, .. } => source.is_outage(),
             RetryError::Delivery { .. } | RetryError::Feed { .. } | RetryError::Worker { .. } => {
                 false
             }
@@ -158,6 +168,8 @@ pub struct RetryQueue {
     lane: Option<Vec<Processor>>,
     followers: Vec<Follower>,
     publisher: Option<Publisher>,
+    /// Where the documents of stored changes without one are read.
+    source: Option<DocumentSource>,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// Whether the tables and indices the processors declare are known to
@@ -198,6 +210,7 @@ impl RetryQueue {
             lane: Some(processors),
             followers: Vec::new(),
             publisher: None,
+            source: None,
             clock: Clock::System,
             metrics,
             prepared: false,
@@ -215,6 +228,13 @@ impl RetryQueue {
     /// Republish through `publisher` (needed for `retry = "republish"`).
     pub fn publishing(mut self, publisher: Publisher) -> RetryQueue {
         self.publisher = Some(publisher);
+        self
+    }
+
+    /// Read the documents of stored changes that carry none from `source`
+    /// (the pillow's `document_source`) before re-running them.
+    pub fn reading(mut self, source: DocumentSource) -> RetryQueue {
+        self.source = Some(source);
         self
     }
 
@@ -297,10 +317,26 @@ impl RetryQueue {
     }
 
     async fn rerun(&mut self, due: Vec<PillowError>, now: i64) -> Result<Vec<Retried>, RetryError> {
+        let documents = match &self.source {
+            None => None,
+            Some(source) => {
+                let wanted = rerun::wanted_documents(&due);
+                let ids: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                Some(
+                    source
+                        .fetch(&ids)
+                        .await
+                        .map_err(|source| RetryError::Source {
+                            pillow: self.pillow(),
+                            source,
+                        })?,
+                )
+            }
+        };
         let mut lane = self.lane.take().expect("the lane is home between batches");
         let pillow = self.pillow();
         let joined = tokio::task::spawn_blocking(move || {
-            let out = rerun::rerun(&pillow, &mut lane, due, now);
+            let out = rerun::rerun(&pillow, &mut lane, due, documents.as_ref(), now);
             (lane, out)
         })
         .await;

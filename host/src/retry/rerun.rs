@@ -6,6 +6,7 @@ use crate::change::{self, Change};
 use crate::errors::sql::RetryOutcome;
 use crate::errors::{Backoff, ErrorKind, PillowError};
 use crate::sink::{ChunkCommit, Origin, Sources, VersionedAction, WritePlan};
+use crate::source::{Documents, Unavailable, needs_document};
 use crate::wasm::Processor;
 
 /// What one retry came to, for counts and metrics.
@@ -41,14 +42,28 @@ pub fn failed(backoff: &Backoff, kind: ErrorKind, e: &PillowError, at_ms: i64) -
     }
 }
 
+/// The ids of the stored changes of `due` that need their document read
+/// (they carry none and are not deletions).
+pub fn wanted_documents(due: &[PillowError]) -> Vec<String> {
+    due.iter()
+        .filter_map(|e| stored_change(e).ok())
+        .filter(needs_document)
+        .map(|c| c.id)
+        .collect()
+}
+
 /// Run each due error's stored change through its processor (a decode
 /// error's message is decoded again and, if it decodes now, goes through
-/// every processor of the pillow), at `at_ms`. Returns the commit, the
-/// sources its writes point into, and what each retry came to.
+/// every processor of the pillow), at `at_ms`. With a document source
+/// (`documents`: what it returned for [`wanted_documents`]), a change
+/// without a document gets the one read, and fails as `missing` when
+/// there is none. Returns the commit, the sources its writes point into,
+/// and what each retry came to.
 pub fn rerun(
     pillow: &str,
     lane: &mut [Processor],
     due: Vec<PillowError>,
+    documents: Option<&Documents>,
     at_ms: i64,
 ) -> (ChunkCommit, Sources, Vec<(PillowError, Tried)>) {
     let refs: Vec<_> = lane.iter().map(Processor::reference).collect();
@@ -73,10 +88,25 @@ pub fn rerun(
             }
             f
         };
-        let decoded = stored_change(&e);
-        let failure = match (&decoded, e.processor.as_str()) {
-            (Err(d), _) => Some(fail(ErrorKind::Decode, d.to_string())),
-            (Ok(c), "") => {
+        let mut decoded = stored_change(&e);
+        let unavailable = match (&mut decoded, documents) {
+            (Ok(c), Some(documents)) if needs_document(c) => match documents.get(&c.id) {
+                Some(Ok(doc)) => {
+                    c.document = Some(doc.clone());
+                    None
+                }
+                Some(Err(why)) => Some(Unavailable::Invalid(why.clone())),
+                None => Some(Unavailable::Missing),
+            },
+            _ => None,
+        };
+        let failure = match (&decoded, unavailable, e.processor.as_str()) {
+            (Err(d), _, _) => Some(fail(ErrorKind::Decode, d.to_string())),
+            (Ok(c), Some(why), _) => {
+                let (kind, message) = why.describe(&c.id);
+                Some(fail(kind, message))
+            }
+            (Ok(c), None, "") => {
                 // It decodes now: every processor that wants it runs, and
                 // their failures are errors of their own.
                 for (j, p) in lane.iter_mut().enumerate() {
@@ -101,7 +131,7 @@ pub fn rerun(
                 }
                 None
             }
-            (Ok(c), name) => match lane
+            (Ok(c), None, name) => match lane
                 .iter_mut()
                 .position(|p| p.plugin().manifest().name == name)
             {

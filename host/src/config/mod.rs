@@ -29,9 +29,16 @@
 //! # retry = "rerun"             # the retry queue: "rerun" (default), "republish" or "off"
 //! # retry_batch_size = 500
 //! # retry_per_second = 200      # 0: no limit
+//! # [pillows.document_source]   # changes without documents: see `source` below
+//! # type = "postgres"
+//! # query = "SELECT id, doc FROM docs WHERE id = ANY($1)"
+//! # url = "postgres://user@host/db"
 //! ```
 
+pub mod source;
+
 use serde::Deserialize;
+use source::DocumentSourceConfig;
 use std::path::{Path, PathBuf};
 
 /// Why a host config could not be loaded.
@@ -393,6 +400,12 @@ pub struct PillowConfig {
     /// than a batch were due (CommCare: 10 s).
     #[serde(default = "default_retry_poll_seconds")]
     pub retry_poll_seconds: u64,
+    /// Where the documents of changes that carry none are read (CommCare's
+    /// changes carry only metadata): one query per chunk. Without it, a
+    /// change must carry its `document` (or be a deletion). See
+    /// [`source`].
+    #[serde(default)]
+    pub document_source: Option<DocumentSourceConfig>,
 }
 
 /// How a pillow's retry queue tries an error again.
@@ -464,6 +477,7 @@ impl PillowConfig {
             retry_batch_size: default_retry_batch_size(),
             retry_per_second: default_retry_per_second(),
             retry_poll_seconds: default_retry_poll_seconds(),
+            document_source: None,
         }
     }
 
@@ -948,14 +962,14 @@ mod tests {
     fn the_sample_configs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let embedded = HostConfig::parse(
-            include_str!("../../config/embedded.toml"),
+            include_str!("../../../config/embedded.toml"),
             &root.join("embedded.toml"),
             |_| None,
         )
         .unwrap();
         assert!(matches!(embedded.store, StoreLocation::Sqlite { .. }));
         let full = HostConfig::parse(
-            include_str!("../../config/full-stack.toml"),
+            include_str!("../../../config/full-stack.toml"),
             &root.join("full-stack.toml"),
             |_| None,
         )

@@ -1,0 +1,383 @@
+//! Document sources: changes that carry only metadata (as CommCare's do),
+//! their documents read from PostgreSQL, one database or CommCare's
+//! sharded layout over several, in one query per chunk and database.
+
+use crate::support::*;
+use pillowtop::config::PillowConfig;
+use pillowtop::config::source::DocumentSourceConfig;
+use pillowtop::errors::{ErrorKind, ErrorState};
+use pillowtop::generate::{GenOptions, Generator, Kind};
+use pillowtop::pillow::{Pillow, RunOptions};
+use pillowtop::shard::ShardMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use tokio_util::sync::CancellationToken;
+
+/// A database of its own on the local PostgreSQL, with a `docs` table and
+/// a `fetch_docs(ids)` function that counts its calls in `calls`.
+struct SourceDb {
+    name: String,
+    url: String,
+    pool: sqlx::PgPool,
+}
+
+impl SourceDb {
+    async fn create(prefix: &str) -> SourceDb {
+        let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+        let name = unique(prefix).replace('-', "_").to_lowercase();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let base = pg_url();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE docs (id text PRIMARY KEY, doc json NOT NULL);
+             CREATE TABLE calls (ids integer NOT NULL);
+             CREATE FUNCTION fetch_docs(wanted text[]) RETURNS TABLE (id text, doc json) AS $$
+               BEGIN
+                 INSERT INTO calls VALUES (cardinality(wanted));
+                 RETURN QUERY SELECT d.id, d.doc FROM docs d WHERE d.id = ANY(wanted);
+               END $$ LANGUAGE plpgsql;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        SourceDb { name, url, pool }
+    }
+
+    async fn insert(&self, id: &str, doc: &Value) {
+        // As text: a `Json` parameter is jsonb, whose keys PostgreSQL
+        // reorders (and case-search keeps the order of a case's keys).
+        sqlx::query(
+            "INSERT INTO docs VALUES ($1, $2::json) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(id)
+        .bind(doc.to_string())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// (queries, ids asked for) so far.
+    async fn calls(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*), COALESCE(sum(ids), 0)::bigint FROM calls")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn remove(self) {
+        self.pool.close().await;
+        let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+    }
+}
+
+/// Case changes (ids unique), with their documents.
+fn cases(n: usize) -> Vec<Value> {
+    let mut g = Generator::new(GenOptions {
+        seed: 11,
+        domains: 3,
+        kind: Kind::Case,
+    });
+    let mut seen = std::collections::HashSet::new();
+    (0..n * 2)
+        .map(|_| serde_json::from_str::<Value>(&g.next_line()).unwrap())
+        .filter(|c| c["is_deletion"] != true && c["document"].is_object())
+        .filter(|c| seen.insert(c["document_id"].as_str().unwrap().to_owned()))
+        .take(n)
+        .collect()
+}
+
+fn without_document(change: &Value) -> String {
+    let mut c = change.clone();
+    c.as_object_mut().unwrap().remove("document");
+    c.to_string()
+}
+
+fn source(toml: &str) -> DocumentSourceConfig {
+    toml::from_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+async fn run(env: &Env, config: &PillowConfig) -> pillowtop::pillow::RunSummary {
+    let processors = config.processors.iter().map(|m| load(m)).collect();
+    Pillow::new(config.clone(), env.feed(), env.store.clone(), processors)
+        .await
+        .unwrap()
+        .run(
+            RunOptions {
+                until_caught_up: true,
+                ..RunOptions::default()
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+}
+
+/// 300 metadata-only case changes whose documents live in two shard
+/// databases (CommCare's hash and map) land exactly as the same changes
+/// carrying their documents inline; each database is asked once per
+/// chunk, for its own ids only. An inline document wins over the
+/// source's; a deletion needs none; a change whose document is in no
+/// database is a `missing` pillow error, which the retry queue resolves
+/// once the document is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_reads_its_documents_from_commcares_shards_in_one_query_per_database() {
+    let (a, b) = (
+        SourceDb::create("src_a").await,
+        SourceDb::create("src_b").await,
+    );
+    let shards: ShardMap =
+        toml::from_str::<HashMap<String, ShardMap>>("m = { a = [0, 1], b = [2, 3] }")
+            .unwrap()
+            .remove("m")
+            .unwrap();
+    let changes = cases(300);
+    for c in &changes {
+        let id = c["document_id"].as_str().unwrap();
+        let db = if shards.database_of(id) == "a" {
+            &a
+        } else {
+            &b
+        };
+        db.insert(id, &c["document"]).await;
+    }
+    // An inline document that differs from the stored one, a deletion
+    // without one, and a change whose document is nowhere.
+    let inline = &changes[0];
+    let mut newer = inline.clone();
+    newer["document"]["name"] = Value::String("inline wins".into());
+    let deleted = changes[1]["document_id"].as_str().unwrap().to_owned();
+    let deletion = serde_json::json!({"document_id": deleted, "document_type": "CommCareCase", "domain": changes[1]["domain"], "is_deletion": true}).to_string();
+    let missing = serde_json::json!({"document_id": "not-written-yet", "document_type": "CommCareCase", "domain": "demo-0"});
+
+    let mut metadata: Vec<String> = changes.iter().map(without_document).collect();
+    metadata.push(newer.to_string());
+    metadata.push(deletion.clone());
+    metadata.push(missing.to_string());
+    let mut control_lines: Vec<String> = changes.iter().map(Value::to_string).collect();
+    control_lines.push(newer.to_string());
+    control_lines.push(deletion);
+
+    let sharded = source(&format!(
+        "type = \"postgres\"\nquery = \"SELECT id, doc FROM fetch_docs($1)\"\n[shards]\na = [0, 1]\nb = [2, 3]\n[databases]\na = {:?}\nb = {:?}\n",
+        a.url, b.url
+    ));
+    let env = Env::new().await;
+    env.publish("case-sql", 1, &metadata).await;
+    let config = PillowConfig {
+        chunk_size: 1000,
+        max_wait_ms: 50,
+        document_source: Some(sharded),
+        ..PillowConfig::new("cs", &["case-sql"], vec![case_search_manifest()])
+    };
+    let summary = run(&env, &config).await;
+    assert_eq!(summary.messages, metadata.len() as u64);
+
+    let control = Env::new().await;
+    control.publish("case-sql", 1, &control_lines).await;
+    let plain = PillowConfig {
+        document_source: None,
+        ..config.clone()
+    };
+    run(&control, &plain).await;
+
+    let mut live = 0;
+    for c in &changes {
+        let id = c["document_id"].as_str().unwrap();
+        let got = env.sql().document("case-search", id).await.unwrap();
+        let expected = control.sql().document("case-search", id).await.unwrap();
+        assert_eq!(got, expected, "document {id}");
+        live += usize::from(matches!(got, Some((Some(_), _))));
+    }
+    assert!(
+        live > 100,
+        "only {live} cases landed: the test proves little"
+    );
+    let first = env
+        .sql()
+        .document("case-search", inline["document_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .and_then(|(d, _)| d)
+        .expect("the inline change landed");
+    assert!(first.contains("inline wins"), "{first}");
+    let gone = env.sql().document("case-search", &deleted).await.unwrap();
+    assert!(!matches!(gone, Some((Some(_), _))), "{gone:?}");
+
+    // One chunk: one query per database, for that database's ids only
+    // (the inline change and the deletion are not asked for).
+    let (ca, cb) = (a.calls().await, b.calls().await);
+    assert_eq!((ca.0, cb.0), (1, 1), "queries per database");
+    let asked = changes[1..]
+        .iter()
+        .filter(|c| c["document_id"] != deleted.as_str())
+        .count() as i64
+        + 1;
+    assert_eq!(ca.1 + cb.1, asked, "ids asked for: {ca:?} {cb:?}");
+    assert!(
+        ca.1 > 100 && cb.1 > 100,
+        "both shards hold some: {ca:?} {cb:?}"
+    );
+
+    let errors = recent_errors(&env.store, "cs", 10).await.unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(
+        (e.doc_id.as_str(), e.kind, e.state, e.processor.as_str()),
+        (
+            "not-written-yet",
+            ErrorKind::Missing,
+            ErrorState::Pending,
+            ""
+        )
+    );
+    assert!(e.message.contains("DocumentMissingError"), "{}", e.message);
+
+    // Written later: the queue reads it and the error is resolved.
+    let doc = serde_json::json!({"_id": "not-written-yet", "domain": "demo-0", "type": "patient", "name": "late", "closed": false, "case_json": {}});
+    let db = if shards.database_of("not-written-yet") == "a" {
+        &a
+    } else {
+        &b
+    };
+    db.insert("not-written-yet", &doc).await;
+    let queue = pillowtop::retry::RetryQueue::new(
+        &config,
+        pillowtop::sink::Sinks::from(env.store.clone()),
+        vec![load(&case_search_manifest())],
+        std::sync::Arc::new(pillowtop::metrics::Metrics::new()),
+        CancellationToken::new(),
+    )
+    .reading(
+        pillowtop::source::DocumentSource::open(config.document_source.as_ref().unwrap()).unwrap(),
+    )
+    .with_clock(pillowtop::time::Clock::manual(
+        pillowtop::time::now_ms() + 3_600_000,
+    ));
+    let summary = queue.drain(&CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.outcomes.get("resolved"), Some(&1), "{summary:?}");
+    let landed = env
+        .sql()
+        .document("case-search", "not-written-yet")
+        .await
+        .unwrap()
+        .and_then(|(d, _)| d)
+        .expect("the retried change landed");
+    assert!(landed.contains("late"), "{landed}");
+    a.remove().await;
+    b.remove().await;
+}
+
+/// One unsharded database; a document source that is down holds the
+/// chunk (nothing is recorded as missing), and the chunk lands once it is
+/// back; a query that cannot work stops the pillow with the database's
+/// own error.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_source_holds_the_chunk_and_a_bad_query_stops_the_pillow() {
+    let db = SourceDb::create("src_one").await;
+    let changes = cases(20);
+    for c in &changes {
+        db.insert(c["document_id"].as_str().unwrap(), &c["document"])
+            .await;
+    }
+    let lines: Vec<String> = changes.iter().map(without_document).collect();
+    let env = Env::new().await;
+    env.publish("case-sql", 1, &lines).await;
+
+    // Through a proxy that is down at first.
+    let target = pg_host_port(&db.url).parse().unwrap();
+    let mut proxy = Proxy::start(target).await;
+    proxy.down().await;
+    let host_port = pg_host_port(&db.url);
+    assert!(
+        db.url.contains(&host_port),
+        "PILLOWTOP_PG_URL names its port: {}",
+        db.url
+    );
+    let proxied = db.url.replacen(&host_port, &proxy.addr.to_string(), 1);
+    let config = PillowConfig {
+        chunk_size: 1000,
+        max_wait_ms: 50,
+        document_source: Some(source(&format!(
+            "type = \"postgres\"\nquery = \"SELECT id, doc FROM docs WHERE id = ANY($1)\"\nurl = {proxied:?}\n"
+        ))),
+        ..PillowConfig::new("one", &["case-sql"], vec![case_search_manifest()])
+    };
+    let running = {
+        let env_feed = env.feed();
+        let store = env.store.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let processors = config.processors.iter().map(|m| load(m)).collect();
+            Pillow::new(config, env_feed, store, processors)
+                .await
+                .unwrap()
+                .run(
+                    RunOptions {
+                        until_caught_up: true,
+                        ..RunOptions::default()
+                    },
+                    CancellationToken::new(),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!running.is_finished(), "the pillow waits for its source");
+    assert_eq!(env.checkpointed("one").await, 0, "nothing checkpointed");
+    assert!(
+        recent_errors(&env.store, "one", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    proxy.up().await;
+    let summary = running.await.unwrap().unwrap();
+    assert_eq!(summary.changes, 20);
+    assert!(
+        recent_errors(&env.store, "one", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(env.checkpointed("one").await, 20);
+
+    // A query naming a table that does not exist.
+    let env = Env::new().await;
+    env.publish("case-sql", 1, &lines).await;
+    let bad = PillowConfig {
+        document_source: Some(source(&format!(
+            "type = \"postgres\"\nquery = \"SELECT id, doc FROM no_such_table WHERE id = ANY($1)\"\nurl = {:?}\n",
+            db.url
+        ))),
+        ..config.clone()
+    };
+    let processors = bad.processors.iter().map(|m| load(m)).collect();
+    let e = Pillow::new(bad, env.feed(), env.store.clone(), processors)
+        .await
+        .unwrap()
+        .run(
+            RunOptions {
+                until_caught_up: true,
+                ..RunOptions::default()
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("no_such_table"), "{text}");
+    assert!(text.contains("document source"), "{text}");
+    assert_eq!(env.checkpointed("one").await, 0);
+    db.remove().await;
+}
