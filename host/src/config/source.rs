@@ -187,7 +187,7 @@ mod tests {
     fn bad_sources_say_what_to_give() {
         let q = "type = \"postgres\"\nquery = \"SELECT id, doc FROM d WHERE id = ANY($1)\"\n";
         for (toml, expected) in [
-            (format!("{q}"), "needs `url`"),
+            (q.to_string(), "needs `url`"),
             (
                 format!("{q}url = \"postgres://h/d\"\n[shards]\na = [0, 0]\n"),
                 "not both",

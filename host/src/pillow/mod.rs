@@ -243,7 +243,11 @@ impl Pillow {
             .ensure_all(&declared(&processors))
             .await
             .map_err(|e| RunError::outputs(&config.name, e))?;
-        Pillow::assemble(config, feed, sinks, processors)
+        let name = config.name.clone();
+        Pillow::assemble(config, feed, sinks, processors).map_err(|source| RunError::Source {
+            pillow: name,
+            source,
+        })
     }
 
     /// [`Pillow::new`] for a process starting up: while a sink is
@@ -275,7 +279,15 @@ impl Pillow {
         match ready {
             None => Ok(None),
             Some(Err(e)) => Err(RunError::outputs(&config.name, e)),
-            Some(Ok(())) => Pillow::assemble(config, feed, sinks, processors).map(Some),
+            Some(Ok(())) => {
+                let name = config.name.clone();
+                Pillow::assemble(config, feed, sinks, processors)
+                    .map(Some)
+                    .map_err(|source| RunError::Source {
+                        pillow: name,
+                        source,
+                    })
+            }
         }
     }
 
@@ -284,16 +296,12 @@ impl Pillow {
         feed: Feed,
         sinks: Sinks,
         processors: Vec<Processor>,
-    ) -> Result<Pillow, RunError> {
+    ) -> Result<Pillow, SourceError> {
         let source = config
             .document_source
             .as_ref()
             .map(DocumentSource::open)
-            .transpose()
-            .map_err(|source| RunError::Source {
-                pillow: config.name.clone(),
-                source,
-            })?;
+            .transpose()?;
         Ok(Pillow {
             config,
             feed,
