@@ -107,6 +107,20 @@ fn source(toml: &str) -> DocumentSourceConfig {
     toml::from_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
 }
 
+/// Every case of `changes` stored the same in `env` as in `control`;
+/// returns how many are live documents (not absent, not a tombstone).
+async fn assert_same_documents(env: &Env, control: &Env, changes: &[Value]) -> usize {
+    let mut live = 0;
+    for c in changes {
+        let id = c["document_id"].as_str().unwrap();
+        let got = env.sql().document("case-search", id).await.unwrap();
+        let expected = control.sql().document("case-search", id).await.unwrap();
+        assert_eq!(got, expected, "document {id}");
+        live += usize::from(matches!(got, Some((Some(_), _))));
+    }
+    live
+}
+
 async fn run(env: &Env, config: &PillowConfig) -> pillowtop::pillow::RunSummary {
     let processors = config.processors.iter().map(|m| load(m)).collect();
     Pillow::new(config.clone(), env.feed(), env.store.clone(), processors)
@@ -191,14 +205,7 @@ async fn a_chunk_reads_its_documents_from_commcares_shards_in_one_query_per_data
     };
     run(&control, &plain).await;
 
-    let mut live = 0;
-    for c in &changes {
-        let id = c["document_id"].as_str().unwrap();
-        let got = env.sql().document("case-search", id).await.unwrap();
-        let expected = control.sql().document("case-search", id).await.unwrap();
-        assert_eq!(got, expected, "document {id}");
-        live += usize::from(matches!(got, Some((Some(_), _))));
-    }
+    let live = assert_same_documents(&env, &control, &changes).await;
     assert!(
         live > 100,
         "only {live} cases landed: the test proves little"
@@ -380,4 +387,88 @@ async fn an_unreachable_source_holds_the_chunk_and_a_bad_query_stops_the_pillow(
     assert!(text.contains("document source"), "{text}");
     assert_eq!(env.checkpointed("one").await, 0);
     db.remove().await;
+}
+
+/// An Elasticsearch index as the source: one multi-get per chunk; what
+/// lands is what the same changes with inline documents give; an id the
+/// index lacks is a `missing` pillow error.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_elasticsearch_index_serves_a_chunk_in_one_multi_get() {
+    use elasticsearch::http::request::JsonBody;
+    use elasticsearch::http::transport::Transport;
+    use elasticsearch::params::Refresh;
+    let index = es_prefix("source").to_lowercase() + "cases";
+    let client = elasticsearch::Elasticsearch::new(Transport::single_node(&es_url()).unwrap());
+    // Stored, not indexed (as case-search's own mapping does): the
+    // generated cases' properties change type from case to case.
+    let created = client
+        .indices()
+        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
+        .body(serde_json::json!({"mappings": {"dynamic": false}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status_code().is_success(), "{created:?}");
+    let changes = cases(50);
+    let mut body: Vec<JsonBody<Value>> = Vec::new();
+    for c in &changes {
+        // Elasticsearch refuses `_id` inside a document; the source puts
+        // it back from the hit's id.
+        let mut doc = c["document"].clone();
+        doc.as_object_mut().unwrap().remove("_id");
+        body.push(serde_json::json!({"index": {"_id": c["document_id"]}}).into());
+        body.push(doc.into());
+    }
+    let reply = client
+        .bulk(elasticsearch::BulkParts::Index(&index))
+        .body(body)
+        .refresh(Refresh::True)
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status_code();
+    let text = reply.text().await.unwrap();
+    assert!(
+        status.is_success() && text.contains("\"errors\":false"),
+        "{status}: {text}"
+    );
+
+    let mut lines: Vec<String> = changes.iter().map(without_document).collect();
+    lines.push(
+        serde_json::json!({"document_id": "not-indexed", "document_type": "CommCareCase", "domain": "demo-0"})
+            .to_string(),
+    );
+    let env = Env::new().await;
+    env.publish("case-sql", 1, &lines).await;
+    let config = PillowConfig {
+        chunk_size: 1000,
+        max_wait_ms: 50,
+        document_source: Some(source(&format!(
+            "type = \"elasticsearch\"\nurl = {:?}\nindex = {index:?}\n",
+            es_url()
+        ))),
+        ..PillowConfig::new("es", &["case-sql"], vec![case_search_manifest()])
+    };
+    let summary = run(&env, &config).await;
+    assert_eq!(summary.messages, lines.len() as u64);
+
+    let control = Env::new().await;
+    let inline: Vec<String> = changes.iter().map(Value::to_string).collect();
+    control.publish("case-sql", 1, &inline).await;
+    run(
+        &control,
+        &PillowConfig {
+            document_source: None,
+            ..config.clone()
+        },
+    )
+    .await;
+    let live = assert_same_documents(&env, &control, &changes).await;
+    assert!(live > 10, "only {live} cases landed");
+    let errors = recent_errors(&env.store, "es", 10).await.unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].doc_id.as_str(), errors[0].kind),
+        ("not-indexed", ErrorKind::Missing)
+    );
 }

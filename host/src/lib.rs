@@ -28,12 +28,12 @@
 //! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |
 //! | [`retry`] | the retry queue: due pillow errors re-run (or republished), fairly by domain |
 //! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
+//! | [`source`] | document sources: a chunk's documents read in one batch per database or index |
 //! | [`sink`] | writing actions: Elasticsearch, the SQL sink tables, delivery of a chunk |
 //! | [`checkpoint`] | partition positions, when checkpoints are saved, moving them |
 //! | [`store`] | checkpoints, host processes (one liveness rule), plugin events |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
 //! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
-//! | [`source`] | document sources: a chunk's documents read in one batch per database |
 //! | [`errors`] | pillow errors end to end: kinds, the record, backoff, SQL |
 //! | [`lookup`] | the read-only data plugins may look up |
 //! | [`metrics`] | Prometheus metrics, each declared once |

@@ -5,13 +5,17 @@
 //! shard database holding some of the chunk's ids, in parallel), never
 //! one per change. An inline `document` wins; a deletion needs none.
 //!
+//! An Elasticsearch index can serve instead: one multi-get per chunk.
+//!
 //! This module fetches; deciding what a missing document means (CommCare's
 //! `DocumentMissingError`: a retryable pillow error) is the caller's.
 
 use crate::change::Change;
+use crate::config::ElasticConfig;
 use crate::config::source::{DocumentSourceConfig, SourceDatabases};
 use crate::errors::ErrorKind;
 use crate::shard::ShardMap;
+use crate::sink::elastic::{ElasticError, ElasticSink};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Column, Row, TypeInfo};
 use std::collections::HashMap;
@@ -41,6 +45,9 @@ pub enum SourceError {
         /// What is wrong and what to return instead.
         message: String,
     },
+    /// The Elasticsearch index could not be read.
+    #[error("document source: {0}")]
+    Elastic(#[from] ElasticError),
     /// A URL does not parse.
     #[error("document source: invalid URL for database {database}: {message}")]
     Url {
@@ -55,7 +62,11 @@ impl SourceError {
     /// Whether the same read may succeed later (the database is down or
     /// busy), as opposed to a query that can never work.
     pub fn is_outage(&self) -> bool {
-        matches!(self, SourceError::Database { source, .. } if crate::db::is_outage(source))
+        match self {
+            SourceError::Database { source, .. } => crate::db::is_outage(source),
+            SourceError::Elastic(e) => e.is_outage(),
+            SourceError::Shape { .. } | SourceError::Url { .. } => false,
+        }
     }
 }
 
@@ -66,7 +77,7 @@ impl crate::outage::Outage for SourceError {
 }
 
 /// One database of a source.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Database {
     /// For messages: host and database, no user or password.
     label: String,
@@ -81,12 +92,39 @@ pub struct DocumentSource {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    query: String,
-    /// In the shard map's order; one when unsharded.
-    databases: Vec<Database>,
-    map: Option<ShardMap>,
+enum Inner {
+    Postgres {
+        query: String,
+        /// In the shard map's order; one when unsharded.
+        databases: Vec<Database>,
+        map: Option<ShardMap>,
+    },
+    Elastic {
+        sink: ElasticSink,
+        index: String,
+    },
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inner::Postgres {
+                query, databases, ..
+            } => f
+                .debug_struct("Postgres")
+                .field("query", query)
+                .field(
+                    "databases",
+                    &databases.iter().map(|d| &d.label).collect::<Vec<_>>(),
+                )
+                .finish(),
+            Inner::Elastic { sink, index } => f
+                .debug_struct("Elastic")
+                .field("server", &sink.location())
+                .field("index", index)
+                .finish(),
+        }
+    }
 }
 
 /// Documents read, by id: JSON text of an object, or why the stored value
@@ -128,7 +166,21 @@ impl DocumentSource {
     ///
     /// [`SourceError::Url`] when a URL does not parse.
     pub fn open(config: &DocumentSourceConfig) -> Result<DocumentSource, SourceError> {
-        let DocumentSourceConfig::Postgres(config) = config;
+        let config = match config {
+            DocumentSourceConfig::Postgres(config) => config,
+            DocumentSourceConfig::Elasticsearch(es) => {
+                let sink = ElasticSink::connect(&ElasticConfig {
+                    timeout_ms: es.timeout_ms,
+                    ..ElasticConfig::new(es.url.clone())
+                })?;
+                return Ok(DocumentSource {
+                    inner: Arc::new(Inner::Elastic {
+                        sink,
+                        index: es.index.clone(),
+                    }),
+                });
+            }
+        };
         let pool = |name: &str, url: &str| -> Result<Database, SourceError> {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| SourceError::Url {
@@ -157,7 +209,7 @@ impl DocumentSource {
             ),
         };
         Ok(DocumentSource {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::Postgres {
                 query: config.query.clone(),
                 databases,
                 map,
@@ -176,7 +228,24 @@ impl DocumentSource {
         if ids.is_empty() {
             return Ok(Documents::new());
         }
-        let groups: Vec<(usize, Vec<String>)> = match &self.inner.map {
+        let (databases, map, query) = match &*self.inner {
+            Inner::Elastic { sink, index } => {
+                let found = sink.documents(index, ids).await?;
+                return Ok(found
+                    .into_iter()
+                    .map(|(id, doc)| {
+                        let doc = json_object(doc).map(|doc| with_id(&id, doc));
+                        (id, doc)
+                    })
+                    .collect());
+            }
+            Inner::Postgres {
+                databases,
+                map,
+                query,
+            } => (databases, map, query),
+        };
+        let groups: Vec<(usize, Vec<String>)> = match map {
             None => vec![(0, ids.iter().map(|s| (*s).to_owned()).collect())],
             Some(map) => {
                 let names: Vec<&str> = map.databases().collect();
@@ -194,8 +263,8 @@ impl DocumentSource {
         };
         let mut reads = tokio::task::JoinSet::new();
         for (at, ids) in groups {
-            let inner = self.inner.clone();
-            reads.spawn(async move { read(&inner.databases[at], &inner.query, ids).await });
+            let (db, query) = (databases[at].clone(), query.clone());
+            reads.spawn(async move { read(&db, &query, ids).await });
         }
         let mut documents = Documents::with_capacity(ids.len());
         while let Some(joined) = reads.join_next().await {
@@ -237,6 +306,24 @@ impl DocumentSource {
 /// deletion.
 pub fn needs_document(change: &Change) -> bool {
     change.document.is_none() && !change.is_deletion
+}
+
+/// `doc` (a JSON object) with `"_id": id` first when it has no `_id`:
+/// Elasticsearch keeps a document's id out of its `_source` (it refuses
+/// `_id` inside one), while CommCare's documents carry it.
+fn with_id(id: &str, doc: String) -> String {
+    let has_id = serde_json::from_str::<HashMap<String, serde::de::IgnoredAny>>(&doc)
+        .is_ok_and(|fields| fields.contains_key("_id"));
+    if has_id {
+        return doc;
+    }
+    let id = serde_json::to_string(id).expect("a string serializes");
+    let rest = doc[1..].trim_start();
+    if rest.starts_with('}') {
+        format!("{{\"_id\":{id}}}")
+    } else {
+        format!("{{\"_id\":{id},{rest}")
+    }
 }
 
 /// `text` if it is a JSON object, else why not.
@@ -293,4 +380,20 @@ async fn read(db: &Database, query: &str, ids: Vec<String>) -> Result<Documents,
         documents.insert(id, json_object(doc));
     }
     Ok(documents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_elasticsearch_source_gets_its_id_back() {
+        assert_eq!(with_id("a", r#"{"x":1}"#.into()), r#"{"_id":"a","x":1}"#);
+        assert_eq!(with_id("a", "{ }".into()), r#"{"_id":"a"}"#);
+        assert_eq!(with_id("a\"b", "{}".into()), r#"{"_id":"a\"b"}"#);
+        let kept = r#"{"x":1,"_id":"other"}"#;
+        assert_eq!(with_id("a", kept.into()), kept);
+        let kept = r#"{"\u005fid":"escaped","x":1}"#;
+        assert_eq!(with_id("a", kept.into()), kept);
+    }
 }

@@ -17,6 +17,11 @@
 //! # [pillows.document_source.databases]
 //! # p1 = "postgres://commcare@db1/commcarehq_p1"
 //! # p2 = "postgres://commcare@db2/commcarehq_p2"
+//!
+//! # or an Elasticsearch index, by document id (one multi-get per chunk)
+//! # type = "elasticsearch"
+//! # url = "http://127.0.0.1:9200"
+//! # index = "hqcases"
 //! ```
 
 use crate::shard::ShardMap;
@@ -25,13 +30,35 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 /// Where a pillow reads the documents its changes do not carry. A tagged
-/// enum: `type = "postgres"`.
+/// enum: `type = "postgres"` or `type = "elasticsearch"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum DocumentSourceConfig {
     /// A SQL query over one PostgreSQL database, or over CommCare's
     /// sharded set of them.
     Postgres(PostgresSource),
+    /// An Elasticsearch (or OpenSearch) index holding the documents by id:
+    /// one multi-get per chunk.
+    Elasticsearch(ElasticSource),
+}
+
+/// An Elasticsearch index as a document source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticSource {
+    /// `http[s]://[USER:PASSWORD@]HOST:PORT` of the node.
+    pub url: String,
+    /// The index (or alias), exactly as named on the server: no
+    /// `index_prefix` applies.
+    pub index: String,
+    /// Timeout of one request, in milliseconds; a timed-out request is an
+    /// outage and the chunk waits.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
 }
 
 /// A SQL document source, validated.
@@ -162,7 +189,9 @@ mod tests {
             "type = \"postgres\"\nquery = \"SELECT id, doc FROM d WHERE id = ANY($1)\"\nurl = \"postgres://x/db\"\n",
         )
         .unwrap();
-        let DocumentSourceConfig::Postgres(p) = one;
+        let DocumentSourceConfig::Postgres(p) = one else {
+            panic!("postgres");
+        };
         assert_eq!(
             p.databases,
             SourceDatabases::One {
@@ -175,12 +204,30 @@ mod tests {
              [shards]\np1 = [0, 511]\np2 = [512, 1023]\n[databases]\np1 = \"postgres://a/p1\"\np2 = \"postgres://b/p2\"\n",
         )
         .unwrap();
-        let DocumentSourceConfig::Postgres(p) = sharded;
+        let DocumentSourceConfig::Postgres(p) = sharded else {
+            panic!("postgres");
+        };
         let SourceDatabases::Sharded { map, urls } = p.databases else {
             panic!("sharded");
         };
         assert_eq!(map.databases().collect::<Vec<_>>(), ["p1", "p2"]);
         assert_eq!(urls.len(), 2);
+    }
+
+    #[test]
+    fn an_elasticsearch_index() {
+        let es = parse("type = \"elasticsearch\"\nurl = \"http://h:9200\"\nindex = \"hqcases\"\n")
+            .unwrap();
+        assert_eq!(
+            es,
+            DocumentSourceConfig::Elasticsearch(ElasticSource {
+                url: "http://h:9200".into(),
+                index: "hqcases".into(),
+                timeout_ms: 30_000,
+            })
+        );
+        let e = parse("type = \"elasticsearch\"\nurl = \"http://h:9200\"\n").unwrap_err();
+        assert!(e.contains("missing field `index`"), "{e}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use elasticsearch::indices::{
     IndicesCreateParts, IndicesExistsParts, IndicesGetMappingParts, IndicesPutMappingParts,
     IndicesRefreshParts,
 };
-use elasticsearch::{BulkParts, CountParts, GetParts};
+use elasticsearch::{BulkParts, CountParts, GetParts, MgetParts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -460,6 +460,62 @@ impl ElasticSink {
             version: v.get("_version").and_then(|v| v.as_u64()).unwrap_or(0),
             source: v.get("_source").cloned().unwrap_or_default(),
         }))
+    }
+
+    /// The `_source` of each of `ids` found in `index` (the name as is, no
+    /// prefix), as JSON text, by id: one multi-get. Ids not found are
+    /// absent; an index that does not exist is refused.
+    ///
+    /// # Errors
+    ///
+    /// When the server fails (an outage for connection errors, 429 and
+    /// 5xx) or refuses the request.
+    pub async fn documents(
+        &self,
+        index: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, ElasticError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let sent = self
+            .client
+            .mget(MgetParts::Index(index))
+            .body(serde_json::json!({ "ids": ids }))
+            .send()
+            .await;
+        let (status, body) = self.read(sent).await?;
+        if !(200..300).contains(&status) {
+            return Err(self.refused(
+                format!("reading {} documents from {index:?}", ids.len()),
+                status,
+                &body,
+                "check that the document source's index exists and the user may read it",
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct Reply<'a> {
+            #[serde(borrow)]
+            docs: Vec<Doc<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Doc<'a> {
+            #[serde(rename = "_id")]
+            id: String,
+            #[serde(default)]
+            found: bool,
+            #[serde(rename = "_source", borrow, default)]
+            source: Option<&'a serde_json::value::RawValue>,
+        }
+        let reply: Reply<'_> = serde_json::from_slice(&body)
+            .map_err(|e| self.unavailable(format!("unreadable multi-get reply: {e}")))?;
+        for d in reply.docs {
+            if let (true, Some(source)) = (d.found, d.source) {
+                found.insert(d.id, source.get().to_owned());
+            }
+        }
+        Ok(found)
     }
 
     /// Make recent writes to `index` visible to search and count.
