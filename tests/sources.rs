@@ -121,9 +121,14 @@ async fn assert_same_documents(env: &Env, control: &Env, changes: &[Value]) -> u
     live
 }
 
-async fn run(env: &Env, config: &PillowConfig) -> pillowtop::pillow::RunSummary {
+/// Run `config`'s pillow over `feed` into `store` until caught up.
+async fn try_run(
+    feed: pillowtop::feed::Feed,
+    store: pillowtop::store::Store,
+    config: PillowConfig,
+) -> Result<pillowtop::pillow::RunSummary, pillowtop::pillow::RunError> {
     let processors = config.processors.iter().map(|m| load(m)).collect();
-    Pillow::new(config.clone(), env.feed(), env.store.clone(), processors)
+    Pillow::new(config, feed, store, processors)
         .await
         .unwrap()
         .run(
@@ -133,6 +138,11 @@ async fn run(env: &Env, config: &PillowConfig) -> pillowtop::pillow::RunSummary 
             },
             CancellationToken::new(),
         )
+        .await
+}
+
+async fn run(env: &Env, config: &PillowConfig) -> pillowtop::pillow::RunSummary {
+    try_run(env.feed(), env.store.clone(), config.clone())
         .await
         .unwrap()
 }
@@ -320,25 +330,7 @@ async fn an_unreachable_source_holds_the_chunk_and_a_bad_query_stops_the_pillow(
         ))),
         ..PillowConfig::new("one", &["case-sql"], vec![case_search_manifest()])
     };
-    let running = {
-        let env_feed = env.feed();
-        let store = env.store.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            let processors = config.processors.iter().map(|m| load(m)).collect();
-            Pillow::new(config, env_feed, store, processors)
-                .await
-                .unwrap()
-                .run(
-                    RunOptions {
-                        until_caught_up: true,
-                        ..RunOptions::default()
-                    },
-                    CancellationToken::new(),
-                )
-                .await
-        })
-    };
+    let running = tokio::spawn(try_run(env.feed(), env.store.clone(), config.clone()));
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(!running.is_finished(), "the pillow waits for its source");
     assert_eq!(env.checkpointed("one").await, 0, "nothing checkpointed");
@@ -369,17 +361,7 @@ async fn an_unreachable_source_holds_the_chunk_and_a_bad_query_stops_the_pillow(
         ))),
         ..config.clone()
     };
-    let processors = bad.processors.iter().map(|m| load(m)).collect();
-    let e = Pillow::new(bad, env.feed(), env.store.clone(), processors)
-        .await
-        .unwrap()
-        .run(
-            RunOptions {
-                until_caught_up: true,
-                ..RunOptions::default()
-            },
-            CancellationToken::new(),
-        )
+    let e = try_run(env.feed(), env.store.clone(), bad)
         .await
         .unwrap_err();
     let text = e.to_string();

@@ -61,17 +61,36 @@ impl OutageBackoff {
     }
 }
 
-/// For startup: run `attempt` until it succeeds or fails with an error
-/// that is not an outage, sleeping [`OutageBackoff`] between outages and
-/// logging each with `what` (the server waited for). `None` when
-/// `shutdown` fires first.
+/// For startup: [`wait_out`] "at startup".
+///
+/// # Errors
+///
+/// As [`wait_out`].
+pub async fn wait_until_reachable<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    attempt: F,
+) -> Option<Result<T, E>>
+where
+    E: Outage,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    wait_out(what, "at startup", shutdown, attempt).await
+}
+
+/// Run `attempt` until it succeeds or fails with an error that is not an
+/// outage, sleeping [`OutageBackoff`] between outages and logging each
+/// with `what` (the server waited for) and `when` (what waits: "at
+/// startup", "for a chunk"). `None` when `shutdown` fires first.
 ///
 /// # Errors
 ///
 /// The first error that is not an outage. An outage is never given up
 /// on: only success or `shutdown` ends the wait.
-pub async fn wait_until_reachable<T, E, F, Fut>(
+pub async fn wait_out<T, E, F, Fut>(
     what: &str,
+    when: &str,
     shutdown: &CancellationToken,
     mut attempt: F,
 ) -> Option<Result<T, E>>
@@ -84,7 +103,7 @@ where
     loop {
         match attempt().await {
             Err(e) if e.is_outage() => {
-                tracing::warn!(error = %e, attempt = failures + 1, "{what} is unreachable at startup; waiting for it (Ctrl-C or SIGTERM to stop)");
+                tracing::warn!(error = %e, attempt = failures + 1, "{what} is unreachable {when}; waiting for it (Ctrl-C or SIGTERM to stop)");
                 if !OutageBackoff::sleep_unless(failures, shutdown).await {
                     return None;
                 }
@@ -92,7 +111,7 @@ where
             }
             result => {
                 if failures > 0 && result.is_ok() {
-                    tracing::info!(attempts = failures + 1, "{what} is reachable; starting");
+                    tracing::info!(attempts = failures + 1, "{what} is reachable; going on");
                 }
                 return Some(result);
             }

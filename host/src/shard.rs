@@ -185,9 +185,7 @@ impl ShardMap {
 
     /// The database holding document `id`.
     pub fn database_of(&self, id: &str) -> &str {
-        let shard = self.shard_of(id);
-        let at = self.ranges.partition_point(|(_, end)| *end < shard);
-        &self.ranges[at].0
+        &self.ranges[self.position_of(id)].0
     }
 
     /// The databases, in shard order.
@@ -195,18 +193,26 @@ impl ShardMap {
         self.ranges.iter().map(|(d, _)| d.as_str())
     }
 
-    /// `ids` grouped by the database holding them (databases in shard
-    /// order, ids in the order given).
-    pub fn group<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<(&str, Vec<&'a str>)> {
-        let mut groups: Vec<(&str, Vec<&'a str>)> =
-            self.databases().map(|d| (d, Vec::new())).collect();
+    /// `ids` grouped by the database holding them: each database's
+    /// position in [`ShardMap::databases`] with its ids (databases in
+    /// shard order, ids in the order given; databases holding none left
+    /// out).
+    pub fn group<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<(usize, Vec<&'a str>)> {
+        let mut groups: Vec<Vec<&'a str>> = vec![Vec::new(); self.ranges.len()];
         for id in ids {
-            let shard = self.shard_of(id);
-            let at = self.ranges.partition_point(|(_, end)| *end < shard);
-            groups[at].1.push(id);
+            groups[self.position_of(id)].push(id);
         }
-        groups.retain(|(_, ids)| !ids.is_empty());
         groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect()
+    }
+
+    /// The position of the database holding `id`.
+    fn position_of(&self, id: &str) -> usize {
+        let shard = self.shard_of(id);
+        self.ranges.partition_point(|(_, end)| *end < shard)
     }
 }
 
@@ -259,13 +265,15 @@ mod tests {
     fn ids_go_to_the_database_holding_their_shard() {
         let m = map(&[("p1", [0, 511]), ("p2", [512, 1023])]).unwrap();
         let ids: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+        let names: Vec<&str> = m.databases().collect();
         let groups = m.group(ids.iter().map(String::as_str));
         assert_eq!(groups.len(), 2);
-        for (db, ids) in &groups {
+        for (at, ids) in &groups {
+            let db = names[*at];
             for id in ids {
-                assert_eq!(m.database_of(id), *db);
+                assert_eq!(m.database_of(id), db);
                 let shard = m.shard_of(id);
-                assert_eq!(*db, if shard < 512 { "p1" } else { "p2" }, "{id}");
+                assert_eq!(db, if shard < 512 { "p1" } else { "p2" }, "{id}");
             }
         }
         // Spread evenly within 5%, as CommCare's own distribution test asks.

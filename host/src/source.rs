@@ -245,25 +245,14 @@ impl DocumentSource {
                 query,
             } => (databases, map, query),
         };
-        let groups: Vec<(usize, Vec<String>)> = match map {
-            None => vec![(0, ids.iter().map(|s| (*s).to_owned()).collect())],
-            Some(map) => {
-                let names: Vec<&str> = map.databases().collect();
-                map.group(ids.iter().copied())
-                    .into_iter()
-                    .map(|(db, ids)| {
-                        let at = names
-                            .iter()
-                            .position(|n| *n == db)
-                            .expect("a database of the map");
-                        (at, ids.into_iter().map(str::to_owned).collect())
-                    })
-                    .collect()
-            }
+        let groups: Vec<(usize, Vec<&str>)> = match map {
+            None => vec![(0, ids.to_vec())],
+            Some(map) => map.group(ids.iter().copied()),
         };
         let mut reads = tokio::task::JoinSet::new();
         for (at, ids) in groups {
             let (db, query) = (databases[at].clone(), query.clone());
+            let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
             reads.spawn(async move { read(&db, &query, ids).await });
         }
         let mut documents = Documents::with_capacity(ids.len());
@@ -273,39 +262,29 @@ impl DocumentSource {
         }
         Ok(documents)
     }
-
-    /// Fill in the documents of `changes` that carry none and are not
-    /// deletions, in one [`fetch`](Self::fetch). Returns the positions of
-    /// those left without one, and why.
-    ///
-    /// # Errors
-    ///
-    /// As [`fetch`](Self::fetch); `changes` is then unchanged.
-    pub async fn fill(
-        &self,
-        changes: &mut [(Change, Vec<u8>)],
-    ) -> Result<Vec<(usize, Unavailable)>, SourceError> {
-        let wanted: Vec<usize> = (0..changes.len())
-            .filter(|&i| needs_document(&changes[i].0))
-            .collect();
-        let ids: Vec<&str> = wanted.iter().map(|&i| changes[i].0.id.as_str()).collect();
-        let mut documents = self.fetch(&ids).await?;
-        let mut missing = Vec::new();
-        for i in wanted {
-            match documents.remove(&changes[i].0.id) {
-                Some(Ok(doc)) => changes[i].0.document = Some(doc),
-                Some(Err(why)) => missing.push((i, Unavailable::Invalid(why))),
-                None => missing.push((i, Unavailable::Missing)),
-            }
-        }
-        Ok(missing)
-    }
 }
 
 /// Whether `change` needs its document read: it carries none and is not a
 /// deletion.
 pub fn needs_document(change: &Change) -> bool {
     change.document.is_none() && !change.is_deletion
+}
+
+/// Give `change` its document from `documents` (what the source returned
+/// for the ids that [`needs_document`] picked); why it has none when that
+/// fails. A change that needs no document is left as it is.
+pub fn attach(change: &mut Change, documents: &Documents) -> Option<Unavailable> {
+    if !needs_document(change) {
+        return None;
+    }
+    match documents.get(&change.id) {
+        Some(Ok(doc)) => {
+            change.document = Some(doc.clone());
+            None
+        }
+        Some(Err(why)) => Some(Unavailable::Invalid(why.clone())),
+        None => Some(Unavailable::Missing),
+    }
 }
 
 /// `doc` (a JSON object) with `"_id": id` first when it has no `_id`:

@@ -293,28 +293,16 @@ impl PillowError {
         PillowError {
             processor: processor.name.clone(),
             plugin_version: Some(processor.version.clone()),
-            domain: change.domain.clone(),
-            document_type: change.document_type.clone(),
             backoff: processor.backoff,
-            ..PillowError::new(
-                pillow,
-                change.id.clone(),
-                TopicPartition {
-                    topic: change.topic.clone(),
-                    partition: change.partition,
-                },
-                change.offset,
-                raw.to_vec(),
-                kind,
-                message,
-                at_ms,
-            )
+            ..PillowError::without_document(pillow, change, raw.to_vec(), kind, message, at_ms)
         }
     }
 
-    /// A change of `pillow` that no processor ran because it has no
-    /// document (its document source lacks it, or holds something that is
-    /// not a JSON object): no processor; on retry every processor runs.
+    /// A failure of `change` in `pillow` that belongs to no processor: no
+    /// processor ran because the change has no document (its document
+    /// source lacks it, or holds something that is not a JSON object); on
+    /// retry every processor runs. [`PillowError::of_change`] adds the
+    /// processor.
     pub fn without_document(
         pillow: &str,
         change: &Change,

@@ -5,8 +5,8 @@
 
 use crate::change::Change;
 use crate::errors::PillowError;
-use crate::outage::OutageBackoff;
-use crate::source::{DocumentSource, SourceError};
+use crate::outage::wait_out;
+use crate::source::{DocumentSource, SourceError, attach, needs_document};
 use tokio_util::sync::CancellationToken;
 
 /// Read the documents `changes` need from `source`, waiting out an outage
@@ -26,33 +26,34 @@ pub(super) async fn fill(
     changes: &mut Vec<(Change, Vec<u8>)>,
     shutdown: &CancellationToken,
 ) -> Result<Option<Vec<PillowError>>, SourceError> {
-    let mut failures = 0u32;
-    let unavailable = loop {
-        match source.fill(changes).await {
-            Ok(unavailable) => break unavailable,
-            Err(e) if e.is_outage() => {
-                tracing::warn!(pillow, error = %e, attempt = failures + 1, "the document source is unreachable; the chunk waits for it");
-                if !OutageBackoff::sleep_unless(failures, shutdown).await {
-                    return Ok(None);
-                }
-                failures = failures.saturating_add(1);
-            }
-            Err(e) => return Err(e),
-        }
+    let ids: Vec<&str> = changes
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| needs_document(c))
+        .map(|c| c.id.as_str())
+        .collect();
+    let what = format!("the document source of pillow {pillow}");
+    let Some(fetched) = wait_out(&what, "for a chunk", shutdown, || source.fetch(&ids)).await
+    else {
+        return Ok(None);
     };
-    if unavailable.is_empty() {
-        return Ok(Some(Vec::new()));
-    }
+    let documents = fetched?;
     let now = crate::time::now_ms();
-    let mut errors = Vec::with_capacity(unavailable.len());
-    // Back to front, so the positions stay valid while removing.
-    for (i, why) in unavailable.into_iter().rev() {
-        let (change, raw) = changes.remove(i);
-        let (kind, message) = why.describe(&change.id);
-        errors.push(PillowError::without_document(
-            pillow, &change, raw, kind, message, now,
-        ));
-    }
-    errors.reverse();
+    let mut errors = Vec::new();
+    changes.retain_mut(|(change, raw)| match attach(change, &documents) {
+        None => true,
+        Some(why) => {
+            let (kind, message) = why.describe(&change.id);
+            errors.push(PillowError::without_document(
+                pillow,
+                change,
+                std::mem::take(raw),
+                kind,
+                message,
+                now,
+            ));
+            false
+        }
+    });
     Ok(Some(errors))
 }

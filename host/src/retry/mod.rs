@@ -320,8 +320,11 @@ impl RetryQueue {
         let documents = match &self.source {
             None => None,
             Some(source) => {
-                let wanted = rerun::wanted_documents(&due);
-                let ids: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                // Every due document, without decoding the stored changes
+                // (rerun does that once): on a pillow with a source the
+                // stored changes carry no document, and one that does
+                // keeps its own (`source::attach`).
+                let ids: Vec<&str> = due.iter().map(|e| e.doc_id.as_str()).collect();
                 Some(
                     source
                         .fetch(&ids)

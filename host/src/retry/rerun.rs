@@ -6,7 +6,7 @@ use crate::change::{self, Change};
 use crate::errors::sql::RetryOutcome;
 use crate::errors::{Backoff, ErrorKind, PillowError};
 use crate::sink::{ChunkCommit, Origin, Sources, VersionedAction, WritePlan};
-use crate::source::{Documents, Unavailable, needs_document};
+use crate::source::{Documents, attach};
 use crate::wasm::Processor;
 
 /// What one retry came to, for counts and metrics.
@@ -42,20 +42,10 @@ pub fn failed(backoff: &Backoff, kind: ErrorKind, e: &PillowError, at_ms: i64) -
     }
 }
 
-/// The ids of the stored changes of `due` that need their document read
-/// (they carry none and are not deletions).
-pub fn wanted_documents(due: &[PillowError]) -> Vec<String> {
-    due.iter()
-        .filter_map(|e| stored_change(e).ok())
-        .filter(needs_document)
-        .map(|c| c.id)
-        .collect()
-}
-
 /// Run each due error's stored change through its processor (a decode
 /// error's message is decoded again and, if it decodes now, goes through
 /// every processor of the pillow), at `at_ms`. With a document source
-/// (`documents`: what it returned for [`wanted_documents`]), a change
+/// (`documents`: what it returned for the due documents), a change
 /// without a document gets the one read, and fails as `missing` when
 /// there is none. Returns the commit, the sources its writes point into,
 /// and what each retry came to.
@@ -90,14 +80,7 @@ pub fn rerun(
         };
         let mut decoded = stored_change(&e);
         let unavailable = match (&mut decoded, documents) {
-            (Ok(c), Some(documents)) if needs_document(c) => match documents.get(&c.id) {
-                Some(Ok(doc)) => {
-                    c.document = Some(doc.clone());
-                    None
-                }
-                Some(Err(why)) => Some(Unavailable::Invalid(why.clone())),
-                None => Some(Unavailable::Missing),
-            },
+            (Ok(c), Some(documents)) => attach(c, documents),
             _ => None,
         };
         let failure = match (&decoded, unavailable, e.processor.as_str()) {
