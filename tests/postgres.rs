@@ -29,6 +29,7 @@ fn visits() -> TableSpec {
             col("extra", ColumnType::Json, true),
         ],
         primary_key: vec!["doc_id".into(), "n".into()],
+        version_column: None,
     }
 }
 
@@ -537,4 +538,96 @@ async fn store_connections_plan_each_statement_for_the_table_as_it_is() {
         .await
         .unwrap();
     assert_eq!(mode, "force_custom_plan");
+}
+
+/// A table with a version column keeps the newest version of each row
+/// whatever order the versions arrive in (a retried older change never
+/// overwrites a newer row); a `create-document` fills only an absent
+/// document. The same on SQLite and PostgreSQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn versioned_rows_and_created_documents_keep_the_newest_and_the_first() {
+    let phones = TableSpec {
+        name: "phones".into(),
+        columns: vec![
+            Column::new("doc_id", ColumnType::Text, false),
+            Column::new("number", ColumnType::Text, false),
+            Column::new("modified", ColumnType::Timestamp, true),
+        ],
+        primary_key: vec!["doc_id".into()],
+        version_column: Some("modified".into()),
+    };
+    let info = PluginInfo {
+        tables: vec![phones],
+        indices: vec![IndexSpec {
+            name: "users".into(),
+            mappings: "{}".into(),
+        }],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&dir.path().join("store.db")).await.unwrap();
+    let postgres = pg_store(&pg_schema("versioned")).await;
+    for store in [sqlite, postgres] {
+        let sql = SqlSink::new(&store);
+        sql.ensure_outputs(&info).await.unwrap();
+        let phone = |number: &str, modified: &str| Action::UpsertRows {
+            table: "phones".into(),
+            rows: vec![vec![
+                Cell::Text("case-1".into()),
+                Cell::Text(number.into()),
+                Cell::Text(modified.into()),
+            ]],
+        };
+        let create = |n: u32| Action::CreateDocument {
+            index: "users".into(),
+            id: "u1".into(),
+            document: format!("{{\"form\":{n}}}"),
+        };
+        for (chunk, actions) in [
+            vec![
+                at(phone("111", "2026-11-02T10:00:00Z"), 1),
+                at(create(1), 1),
+            ],
+            // An older version, and a second create: both change nothing.
+            vec![
+                at(phone("999", "2026-11-01T10:00:00Z"), 2),
+                at(create(2), 2),
+            ],
+            // A newer version replaces it.
+            vec![at(phone("333", "2026-11-03T10:00:00Z"), 3)],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            sql.commit(
+                "versioned",
+                &ChunkCommit {
+                    plan: WritePlan::build(actions),
+                    checkpoints: vec![(TopicPartition::new("case-sql", 0), chunk as u64 + 1)],
+                    ..ChunkCommit::default()
+                },
+            )
+            .await
+            .unwrap();
+            if chunk == 1 {
+                assert_eq!(number(&store).await, "111", "{}", store.location());
+            }
+        }
+        assert_eq!(number(&store).await, "333", "{}", store.location());
+        assert_eq!(
+            sql.document("users", "u1").await.unwrap(),
+            Some((Some("{\"form\":1}".into()), 1)),
+            "{}",
+            store.location()
+        );
+    }
+}
+
+/// The number stored for case-1.
+async fn number(store: &Store) -> String {
+    let sql = "SELECT number FROM phones WHERE doc_id = 'case-1'";
+    match (store.sqlite(), store.postgres()) {
+        (Some(pool), _) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        (_, Some(pool)) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        _ => unreachable!("a store is SQLite or PostgreSQL"),
+    }
 }

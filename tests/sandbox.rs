@@ -20,6 +20,7 @@ fn change(id: &str, offset: u64, document: serde_json::Value) -> Change {
         is_deletion: false,
         publish_time_ms: None,
         attempts: 0,
+        processing_time_ms: 0,
         document: Some(document.to_string()),
     }
 }
@@ -388,11 +389,77 @@ fn key_values_longer_than_document_ids_are_malformed() {
 struct SlowLookups(std::sync::atomic::AtomicUsize);
 
 impl pillowtop::lookup::Lookups for SlowLookups {
-    fn get(&self, _resource: &str, _key: &str, _deadline: std::time::Instant) -> Option<String> {
+    fn get(
+        &self,
+        _resource: &str,
+        _key: &str,
+        _deadline: std::time::Instant,
+    ) -> Result<Option<String>, pillowtop::lookup::LookupError> {
         std::thread::sleep(std::time::Duration::from_millis(300));
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Some("v".into())
+        Ok(Some("v".into()))
     }
+}
+
+/// A lookup resource whose database is down.
+struct DownLookups;
+
+impl pillowtop::lookup::Lookups for DownLookups {
+    fn get(
+        &self,
+        resource: &str,
+        _key: &str,
+        _deadline: std::time::Instant,
+    ) -> Result<Option<String>, pillowtop::lookup::LookupError> {
+        Err(pillowtop::lookup::LookupError::Unavailable {
+            resource: resource.into(),
+            message: "connection refused".into(),
+        })
+    }
+}
+
+fn runtime_with(lookups: Arc<dyn pillowtop::lookup::Lookups>) -> pillowtop::wasm::Runtime {
+    pillowtop::wasm::Runtime::new(pillowtop::wasm::RuntimeOptions {
+        compile_cache_dir: Some(cache_dir()),
+        lookups,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A plugin that asks for a resource its manifest does not grant gets an
+/// error value (it carries on, and reports what it got), never the data,
+/// and the change fails with `capability`; one whose resource is down
+/// gets an error value too, and the change fails with `lookup` although
+/// the plugin returned actions: an outage is never taken for "absent".
+#[test]
+fn a_refused_or_failed_lookup_is_an_error_value_and_fails_the_change() {
+    let secret = pillowtop::lookup::MemoryLookups(
+        [(
+            "not-granted".to_owned(),
+            [("x".to_owned(), "secret-value".to_owned())].into(),
+        )]
+        .into(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000";
+    let manifest = hostile_manifest(dir.path(), limits, "lookups = [\"slow\"]");
+    let manifest = pillowtop::manifest::Manifest::load(&manifest).unwrap();
+    let (mut p, _) = runtime_with(Arc::new(secret)).load(&manifest).unwrap();
+    let err = p.process(&hostile("lookup-ungranted", "u1")).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Capability, "{}", err.message);
+    assert!(!err.message.contains("secret-value"), "{}", err.message);
+    assert_next_change_works(&mut p, "an ungranted lookup");
+
+    let (mut p, _) = runtime_with(Arc::new(DownLookups)).load(&manifest).unwrap();
+    let one = change("d1", 1, serde_json::json!({"hostile": "lookups", "n": 1}));
+    let err = p.process(&one).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Lookup, "{}", err.message);
+    assert!(
+        err.message.contains("\"slow\"") && err.message.contains("connection refused"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]

@@ -481,3 +481,71 @@ pub fn tagger_manifest(dir: &Path) -> PathBuf {
     .unwrap();
     plugin.join("plugin.toml")
 }
+
+/// A database of its own on the local PostgreSQL, with a `docs` table and
+/// a `fetch_docs(ids)` function that counts its calls in `calls`.
+pub struct SourceDb {
+    pub name: String,
+    pub url: String,
+    pub pool: sqlx::PgPool,
+}
+
+impl SourceDb {
+    pub async fn create(prefix: &str) -> SourceDb {
+        let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+        let name = unique(prefix).replace('-', "_").to_lowercase();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let base = pg_url();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE docs (id text PRIMARY KEY, doc json NOT NULL);
+             CREATE TABLE calls (ids integer NOT NULL);
+             CREATE FUNCTION fetch_docs(wanted text[]) RETURNS TABLE (id text, doc json) AS $$
+               BEGIN
+                 INSERT INTO calls VALUES (cardinality(wanted));
+                 RETURN QUERY SELECT d.id, d.doc FROM docs d WHERE d.id = ANY(wanted);
+               END $$ LANGUAGE plpgsql;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        SourceDb { name, url, pool }
+    }
+
+    pub async fn insert(&self, id: &str, doc: &serde_json::Value) {
+        // As text: a `Json` parameter is jsonb, whose keys PostgreSQL
+        // reorders (and case-search keeps the order of a case's keys).
+        sqlx::query(
+            "INSERT INTO docs VALUES ($1, $2::json) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(id)
+        .bind(doc.to_string())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// (queries, ids asked for) so far.
+    pub async fn calls(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*), COALESCE(sum(ids), 0)::bigint FROM calls")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn remove(self) {
+        self.pool.close().await;
+        let admin = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+    }
+}

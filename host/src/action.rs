@@ -84,6 +84,9 @@ pub struct TableSpec {
     pub columns: Vec<Column>,
     /// Primary key column names.
     pub primary_key: Vec<String>,
+    /// The column whose value orders versions of a row: an upsert
+    /// replaces a stored row only when its value is not lower.
+    pub version_column: Option<String>,
 }
 
 impl TableSpec {
@@ -123,6 +126,16 @@ pub enum Action {
         /// The document, JSON text of an object (validated by the host).
         document: String,
     },
+    /// Index a document only if its index has none with this id
+    /// (Elasticsearch's `op_type=create`); an existing one stays.
+    CreateDocument {
+        /// Target index.
+        index: String,
+        /// Document id.
+        id: String,
+        /// The document, JSON text of an object (validated by the host).
+        document: String,
+    },
     /// Delete a document.
     DeleteDocument {
         /// Target index.
@@ -151,6 +164,7 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::IndexDocument { .. } => "index-document",
+            Action::CreateDocument { .. } => "create-document",
             Action::DeleteDocument { .. } => "delete-document",
             Action::UpsertRows { .. } => "upsert-rows",
             Action::DeleteRows { .. } => "delete-rows",

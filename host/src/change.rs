@@ -37,6 +37,9 @@ pub struct Change {
     pub publish_time_ms: Option<i64>,
     /// `attempts`.
     pub attempts: u32,
+    /// When the host began processing it, in epoch milliseconds (read when
+    /// it is decoded; fixtures set their own): CommCare's `@indexed_on`.
+    pub processing_time_ms: i64,
     /// The inline document, JSON text of an object.
     pub document: Option<String>,
 }
@@ -133,6 +136,7 @@ pub fn decode(message: &Message) -> Result<Change, DecodeError> {
         is_deletion: wire.is_deletion,
         publish_time_ms,
         attempts: wire.attempts,
+        processing_time_ms: crate::time::now_ms(),
         document,
     })
 }

@@ -11,10 +11,13 @@
 //! }
 //! ```
 //!
-//! `expect` lists actions as `index_document`, `delete_document`,
+//! `expect` lists actions as `index_document`, `create_document`, `delete_document`,
 //! `upsert_rows` (rows of JSON scalars) or `delete_rows`; documents are
 //! compared as JSON values (member order does not matter, array order
-//! does). Instead of `expect`, `expect_error` names the error kind. Each
+//! does). Instead of `expect`, `expect_error` names the error kind.
+//! `"lookups": {"users": {"u1": {...}}}` is what the plugin's lookups find
+//! (everything else is absent) and `processing_time_ms` the change's
+//! processing time (default 0). Each
 //! fixture runs several times on one instance ([`DEFAULT_RUNS`], or
 //! `plugin check --runs N`) and once more on a fresh one: all runs must
 //! give the same result (plugins must be deterministic and must not depend
@@ -22,11 +25,15 @@
 //! summary, never whole.
 
 use crate::action::{Action, Cell};
+use crate::change::Change;
 use crate::feed::{Message, TopicPartition};
+use crate::lookup::MemoryLookups;
 use crate::wasm::{Failure, Processor};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One fixture file.
 #[derive(Debug, Deserialize)]
@@ -53,6 +60,38 @@ pub struct Fixture {
     /// Expected error kind instead (`permanent`, `retryable`, `trap`, ...).
     #[serde(default)]
     pub expect_error: Option<String>,
+    /// What the plugin's lookups find: resource -> key -> value (any JSON
+    /// value; the plugin receives its text). Keys not listed are absent.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The change's processing time (epoch milliseconds; default 0), so
+    /// a plugin that stamps it (CommCare's `@indexed_on`) is checked.
+    #[serde(default)]
+    pub processing_time_ms: i64,
+}
+
+impl Fixture {
+    /// Its lookups as the runtime serves them.
+    fn lookups(&self) -> MemoryLookups {
+        MemoryLookups(
+            self.lookups
+                .iter()
+                .map(|(resource, keys)| {
+                    let keys = keys
+                        .iter()
+                        .map(|(k, v)| {
+                            let text = match v {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            (k.clone(), text)
+                        })
+                        .collect();
+                    (resource.clone(), keys)
+                })
+                .collect(),
+        )
+    }
 }
 
 fn default_topic() -> String {
@@ -177,43 +216,22 @@ pub fn run_times(
         fuel_used,
         memory_bytes: 0,
     };
-    let change = match crate::change::decode(&message) {
+    let mut change = match crate::change::decode(&message) {
         Ok(c) => c,
         Err(e) => return fail(format!("the fixture's change does not decode: {e}"), 0),
     };
-    // Several runs on one instance, then one on a fresh instance. All must
-    // agree: a plugin may not depend on state left by earlier calls (the
-    // host replaces instances after a trap and after a reload).
-    let first = processor.process(&change);
-    let fuel_used = processor.last_fuel_used();
-    for call in 2..=runs.max(2) {
-        let again = processor.process(&change);
-        if first != again {
-            return fail(
-                format!(
-                    "not deterministic: call {call} of the same change on one instance gave {} where call 1 gave {}",
-                    summarize(&again),
-                    summarize(&first)
-                ),
-                fuel_used,
-            );
-        }
-    }
-    let memory_bytes = processor.memory_bytes();
-    if let Err(e) = processor.reinstantiate() {
-        return fail(format!("a fresh instance could not start: {e}"), fuel_used);
-    }
-    let fresh = processor.process(&change);
-    if first != fresh {
-        return fail(
-            format!(
-                "depends on earlier calls: the same change gave {} on a used instance and {} on a fresh one",
-                summarize(&first),
-                summarize(&fresh)
-            ),
-            fuel_used,
-        );
-    }
+    change.processing_time_ms = fixture.processing_time_ms;
+    processor.set_lookups(Arc::new(fixture.lookups()));
+    let result = run_change(processor, &change, runs, fail);
+    processor.reset_lookups();
+    let Ran {
+        first,
+        fuel_used,
+        memory_bytes,
+    } = match result {
+        Ok(ran) => ran,
+        Err(failed) => return failed,
+    };
     let failure = match (&fixture.expect, &fixture.expect_error, first) {
         (Some(expected), _, Ok(actions)) => compare(expected, &actions).err(),
         (Some(_), _, Err(f)) => Some(format!("expected actions, got error {f}")),
@@ -231,6 +249,64 @@ pub fn run_times(
         fuel_used,
         memory_bytes,
     }
+}
+
+/// What the runs of one fixture gave, when they agreed.
+struct Ran {
+    first: Result<Vec<Action>, Failure>,
+    fuel_used: u64,
+    memory_bytes: usize,
+}
+
+/// Run `change` `runs` times on one instance and once on a fresh one:
+/// the first result, its fuel and memory, or the fixture's failure.
+fn run_change(
+    processor: &mut Processor,
+    change: &Change,
+    runs: usize,
+    fail: impl Fn(String, u64) -> FixtureResult,
+) -> Result<Ran, FixtureResult> {
+    // Several runs on one instance, then one on a fresh instance. All must
+    // agree: a plugin may not depend on state left by earlier calls (the
+    // host replaces instances after a trap and after a reload).
+    let first = processor.process(change);
+    let fuel_used = processor.last_fuel_used();
+    for call in 2..=runs.max(2) {
+        let again = processor.process(change);
+        if first != again {
+            return Err(fail(
+                format!(
+                    "not deterministic: call {call} of the same change on one instance gave {} where call 1 gave {}",
+                    summarize(&again),
+                    summarize(&first)
+                ),
+                fuel_used,
+            ));
+        }
+    }
+    let memory_bytes = processor.memory_bytes();
+    if let Err(e) = processor.reinstantiate() {
+        return Err(fail(
+            format!("a fresh instance could not start: {e}"),
+            fuel_used,
+        ));
+    }
+    let fresh = processor.process(change);
+    if first != fresh {
+        return Err(fail(
+            format!(
+                "depends on earlier calls: the same change gave {} on a used instance and {} on a fresh one",
+                summarize(&first),
+                summarize(&fresh)
+            ),
+            fuel_used,
+        ));
+    }
+    Ok(Ran {
+        first,
+        fuel_used,
+        memory_bytes,
+    })
 }
 
 /// A call's result for a message: whole when short, else its size and
@@ -266,6 +342,11 @@ pub fn summarize(result: &Result<Vec<Action>, Failure>) -> String {
 fn text_bytes(a: &Action) -> usize {
     match a {
         Action::IndexDocument {
+            index,
+            id,
+            document,
+        }
+        | Action::CreateDocument {
             index,
             id,
             document,
@@ -306,8 +387,14 @@ pub fn action_json(action: &Action) -> Value {
             id,
             document,
         } => serde_json::json!({"index_document": {
-            "index": index, "id": id,
-            "document": serde_json::from_str::<Value>(document).unwrap_or_else(|_| Value::String(document.clone())),
+            "index": index, "id": id, "document": document_json(document),
+        }}),
+        Action::CreateDocument {
+            index,
+            id,
+            document,
+        } => serde_json::json!({"create_document": {
+            "index": index, "id": id, "document": document_json(document),
         }}),
         Action::DeleteDocument { index, id } => {
             serde_json::json!({"delete_document": {"index": index, "id": id}})
@@ -320,6 +407,11 @@ pub fn action_json(action: &Action) -> Value {
             serde_json::json!({"delete_rows": {"table": table, "doc_id": doc_id}})
         }
     }
+}
+
+/// A document as a JSON value (as text when it is not JSON).
+fn document_json(document: &str) -> Value {
+    serde_json::from_str::<Value>(document).unwrap_or_else(|_| Value::String(document.to_owned()))
 }
 
 fn compare(expected: &[Value], actual: &[Action]) -> Result<(), String> {

@@ -28,14 +28,15 @@
 //! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |
 //! | [`retry`] | the retry queue: due pillow errors re-run (or republished), fairly by domain |
 //! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
+//! | [`resource`] | lookup resources of the host config: queries, indices, store tables, cached and prefetched |
 //! | [`source`] | document sources: a chunk's documents read in one batch per database or index |
 //! | [`sink`] | writing actions: Elasticsearch, the SQL sink tables, delivery of a chunk |
 //! | [`checkpoint`] | partition positions, when checkpoints are saved, moving them |
 //! | [`store`] | checkpoints, host processes (one liveness rule), plugin events |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
 //! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
+//! | [`lookup`] | the read-only data plugins may look up: the contract and its cache |
 //! | [`errors`] | pillow errors end to end: kinds, the record, backoff, SQL |
-//! | [`lookup`] | the read-only data plugins may look up |
 //! | [`metrics`] | Prometheus metrics, each declared once |
 //! | [`partition`] | which process reads which partitions |
 //! | [`generate`] | synthetic CommCare-like changes (`pillowtop gen`) |
@@ -77,6 +78,7 @@ pub mod pillow;
 pub mod process;
 pub mod rate;
 pub mod reload;
+pub mod resource;
 pub mod retry;
 pub mod scaffold;
 pub mod shard;

@@ -29,6 +29,10 @@
 //! tables = []
 //! lookups = []
 //!
+//! [prefetch]          # per granted lookup: JSON pointers into the document
+//! # users = ["/form/meta/userID"]   # whose values the plugin will look up;
+//!                       # the host reads a chunk's keys in one query first
+//!
 //! [retry]             # CommCare's schedule: 5, 20, 45 minutes, then parked
 //! enabled = true
 //! base_minutes = 5
@@ -40,6 +44,7 @@
 //! ```
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Why a manifest could not be loaded.
@@ -243,6 +248,8 @@ struct RawManifest {
     #[serde(default)]
     capabilities: Capabilities,
     #[serde(default)]
+    prefetch: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
     retry: RetryPolicy,
     #[serde(default)]
     config: toml::Table,
@@ -267,6 +274,10 @@ pub struct Manifest {
     pub subscription: Subscription,
     /// What it may touch.
     pub capabilities: Capabilities,
+    /// Per granted lookup resource: JSON pointers into a change's
+    /// document whose values are keys the plugin will ask for (read for a
+    /// whole chunk in one query before the plugin runs).
+    pub prefetch: BTreeMap<String, Vec<String>>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// `[config]` as JSON text, as handed to `init`.
@@ -389,6 +400,26 @@ impl Manifest {
                 ),
             ));
         }
+        for (resource, pointers) in &raw.prefetch {
+            let key = format!("prefetch.{resource}");
+            if !raw.capabilities.lookups.contains(resource) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "prefetches lookup resource {resource:?}, which capabilities.lookups does not grant ({:?})",
+                        raw.capabilities.lookups
+                    ),
+                ));
+            }
+            if let Some(bad) = pointers.iter().find(|p| !p.starts_with('/')) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{bad:?} is not a JSON pointer into the document; write e.g. \"/form/meta/userID\""
+                    ),
+                ));
+            }
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         let config_json = serde_json::to_string(&raw.config)
             .map_err(|e| invalid("config", format!("cannot be expressed as JSON: {e}")))?;
@@ -401,6 +432,7 @@ impl Manifest {
             limits: l,
             subscription: raw.subscription,
             capabilities: raw.capabilities,
+            prefetch: raw.prefetch,
             retry: raw.retry,
             config_json,
         })
@@ -528,6 +560,17 @@ mod tests {
             (
                 "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[retry]\nmax_attempts = 9",
                 vec!["unknown field `max_attempts`", "`max_total_attempts`"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[prefetch]\nusers = [\"/form/meta/userID\"]",
+                vec![
+                    "key `prefetch.users`",
+                    "capabilities.lookups does not grant",
+                ],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[capabilities]\nlookups = [\"users\"]\n[prefetch]\nusers = [\"form.meta.userID\"]",
+                vec!["key `prefetch.users`", "not a JSON pointer"],
             ),
         ];
         for (text, needles) in cases {

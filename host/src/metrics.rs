@@ -42,11 +42,21 @@ pub enum Metric {
     SinkRetriesTotal,
     /// `pillowtop_retries_total`.
     RetriesTotal,
+    /// `pillowtop_lookup_calls_total`.
+    LookupCallsTotal,
+    /// `pillowtop_lookup_cache_hits_total`.
+    LookupCacheHitsTotal,
+    /// `pillowtop_lookup_queries_total`.
+    LookupQueriesTotal,
+    /// `pillowtop_lookup_errors_total`.
+    LookupErrorsTotal,
+    /// `pillowtop_lookup_seconds_total`.
+    LookupSecondsTotal,
 }
 
 impl Metric {
     /// Every metric, in the order `/metrics` lists them.
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 14] = [
         Metric::PluginInfo,
         Metric::PluginReloadsTotal,
         Metric::PluginRefused,
@@ -56,6 +66,11 @@ impl Metric {
         Metric::SinkDown,
         Metric::SinkRetriesTotal,
         Metric::RetriesTotal,
+        Metric::LookupCallsTotal,
+        Metric::LookupCacheHitsTotal,
+        Metric::LookupQueriesTotal,
+        Metric::LookupErrorsTotal,
+        Metric::LookupSecondsTotal,
     ];
 
     /// Its exported name.
@@ -120,16 +135,52 @@ impl Metric {
                 MetricType::Counter,
                 "Writes retried because their sink (store or elasticsearch) was unreachable",
             ),
+            Metric::LookupCallsTotal => (
+                "pillowtop_lookup_calls_total",
+                MetricType::Counter,
+                "Lookups plugins made, by resource",
+            ),
+            Metric::LookupCacheHitsTotal => (
+                "pillowtop_lookup_cache_hits_total",
+                MetricType::Counter,
+                "Lookups answered from the resource's cache",
+            ),
+            Metric::LookupQueriesTotal => (
+                "pillowtop_lookup_queries_total",
+                MetricType::Counter,
+                "Queries sent to a lookup resource (one per chunk prefetch or cache miss)",
+            ),
+            Metric::LookupErrorsTotal => (
+                "pillowtop_lookup_errors_total",
+                MetricType::Counter,
+                "Lookups and prefetches a resource could not answer (down, too slow, a failing query)",
+            ),
+            Metric::LookupSecondsTotal => (
+                "pillowtop_lookup_seconds_total",
+                MetricType::Counter,
+                "Time spent waiting on a lookup resource",
+            ),
         }
     }
 }
 
 type Key = (Metric, Vec<(&'static str, String)>);
 
+/// Reads counters kept elsewhere (atomics on a hot path) into the
+/// registry just before it renders.
+pub type Collector = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// The registry.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     values: Mutex<BTreeMap<Key, f64>>,
+    collectors: Mutex<Vec<Collector>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -187,8 +238,24 @@ impl Metrics {
         out
     }
 
+    /// Run `collect` before every render.
+    pub fn collect_with(&self, collect: Collector) {
+        self.collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(collect);
+    }
+
     /// Everything in Prometheus' text exposition format.
     pub fn render(&self) -> String {
+        for collect in self
+            .collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            collect(self);
+        }
         let mut out = String::new();
         self.with(|values| {
             for metric in Metric::ALL {

@@ -250,6 +250,7 @@ mod component {
                         text_column("document_type", true),
                     ],
                     primary_key: vec!["doc_id".into()],
+                    version_column: None,
                 }],
                 indices: vec![],
             })
@@ -308,7 +309,7 @@ class WitWorld(wit_world.WitWorld):
             types.Column(name="domain", kind=types.ColumnType.TEXT, nullable=True),
             types.Column(name="document_type", kind=types.ColumnType.TEXT, nullable=True),
         ]
-        table = types.TableSpec(name=TABLE, columns=columns, primary_key=["doc_id"])
+        table = types.TableSpec(name=TABLE, columns=columns, primary_key=["doc_id"], version_column=None)
         return types.PluginInfo(tables=[table], indices=[])
 
     def process_change(self, change: types.Change):
@@ -347,6 +348,7 @@ export function init(config) {
         name: TABLE,
         columns: [column("doc_id", false), column("domain", true), column("document_type", true)],
         primaryKey: ["doc_id"],
+        versionColumn: null,
       },
     ],
     indices: [],

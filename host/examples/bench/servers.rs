@@ -417,6 +417,7 @@ fn ucr_table() -> TableSpec {
             col("notes", ColumnType::Text, true),
         ],
         primary_key: vec!["doc_id".into()],
+        version_column: None,
     }
 }
 

@@ -33,12 +33,20 @@
 //! # type = "postgres"
 //! # query = "SELECT id, doc FROM docs WHERE id = ANY($1)"
 //! # url = "postgres://user@host/db"
+//!
+//! # [lookups.users.source]       # data plugins may read: see `lookup` below
+//! # type = "table"
+//! # table = "users"
+//! # key = "user_id"
 //! ```
 
+pub mod lookup;
 pub mod source;
 
+use lookup::LookupConfig;
 use serde::Deserialize;
 use source::DocumentSourceConfig;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Why a host config could not be loaded.
@@ -507,6 +515,8 @@ struct RawConfig {
     reload: ReloadConfig,
     #[serde(default)]
     pillows: Vec<PillowConfig>,
+    #[serde(default)]
+    lookups: BTreeMap<String, LookupConfig>,
 }
 
 /// A validated host config with resolved paths.
@@ -528,6 +538,8 @@ pub struct HostConfig {
     pub reload: ReloadConfig,
     /// The pillows.
     pub pillows: Vec<PillowConfig>,
+    /// Lookup resources plugins may be granted, by name.
+    pub lookups: BTreeMap<String, LookupConfig>,
 }
 
 impl HostConfig {
@@ -784,6 +796,13 @@ impl HostConfig {
                 *m = resolve(m);
             }
         }
+        if let Some(name) = raw.lookups.keys().find(|n| !lookup::valid_resource_name(n)) {
+            return Err(invalid(
+                &format!("lookups.{name}"),
+                "a lookup resource name uses lowercase letters, digits, '-' and '_' (1 to 64)"
+                    .into(),
+            ));
+        }
         Ok(HostConfig {
             path: path.to_owned(),
             feed,
@@ -793,6 +812,7 @@ impl HostConfig {
             admin: raw.admin,
             reload: raw.reload,
             pillows: raw.pillows,
+            lookups: raw.lookups,
         })
     }
 

@@ -118,13 +118,13 @@ impl TryFrom<RawPostgresSource> for PostgresSource {
     fn try_from(raw: RawPostgresSource) -> Result<PostgresSource, String> {
         if !raw.query.contains("$1") {
             return Err(format!(
-                "document_source.query must take the chunk's ids as $1 (a text[]), e.g. `SELECT id, doc FROM docs WHERE id = ANY($1)`; got {:?}",
+                "query must take the ids as $1 (a text[]: a chunk's document ids, or a lookup's keys), e.g. `SELECT id, doc FROM docs WHERE id = ANY($1)`; got {:?}",
                 raw.query
             ));
         }
         if !(1..=64).contains(&raw.max_connections) {
             return Err(format!(
-                "document_source.max_connections must be 1 to 64, got {}",
+                "max_connections must be 1 to 64, got {}",
                 raw.max_connections
             ));
         }
@@ -134,12 +134,12 @@ impl TryFrom<RawPostgresSource> for PostgresSource {
                 let named: Vec<&str> = map.databases().collect();
                 if let Some(missing) = named.iter().find(|d| !urls.contains_key(**d)) {
                     return Err(format!(
-                        "document_source.shards names database {missing:?}, which document_source.databases gives no URL"
+                        "shards names database {missing:?}, which databases gives no URL"
                     ));
                 }
                 if let Some(extra) = urls.keys().find(|d| !named.contains(&d.as_str())) {
                     return Err(format!(
-                        "document_source.databases gives a URL for {extra:?}, which document_source.shards does not name"
+                        "databases gives a URL for {extra:?}, which shards does not name"
                     ));
                 }
                 SourceDatabases::Sharded { map, urls }

@@ -78,11 +78,14 @@ pub enum ErrorKind {
     /// not a deletion (CommCare's `DocumentMissingError`): always retried,
     /// as the document may not be written yet.
     Missing,
+    /// A lookup resource the plugin asked could not answer (its database
+    /// or index is down or refused the query): retried.
+    Lookup,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Decode,
         ErrorKind::Fuel,
         ErrorKind::Timeout,
@@ -96,6 +99,7 @@ impl ErrorKind {
         ErrorKind::Instantiate,
         ErrorKind::Rejected,
         ErrorKind::Missing,
+        ErrorKind::Lookup,
     ];
 
     /// The stored name.
@@ -114,6 +118,7 @@ impl ErrorKind {
             ErrorKind::Instantiate => "instantiate",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Missing => "missing",
+            ErrorKind::Lookup => "lookup",
         }
     }
 

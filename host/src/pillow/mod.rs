@@ -29,6 +29,7 @@
 
 mod chunk;
 mod documents;
+mod prefetch;
 mod startup;
 mod swap;
 
@@ -40,6 +41,7 @@ use crate::feed::{Feed, FeedError, TopicPartition};
 use crate::metrics::{Metric, Metrics};
 use crate::partition::AssignmentError;
 use crate::reload::Follower;
+use crate::resource::Resources;
 use crate::sink::delivery::{Delivered, DeliveryError, FailureLog, OutageRetry};
 use crate::sink::elastic::ElasticError;
 use crate::sink::{ChunkCommit, Delivery, OutputError, SinkError, Sinks, WritePlan};
@@ -224,6 +226,8 @@ pub struct Pillow {
     metrics: Arc<Metrics>,
     /// Where the documents of changes without one are read.
     source: Option<DocumentSource>,
+    /// The host's lookup resources, prefetched a chunk at a time.
+    lookups: Option<Arc<Resources>>,
 }
 
 impl Pillow {
@@ -310,6 +314,7 @@ impl Pillow {
             followers: Vec::new(),
             metrics: Arc::new(Metrics::new()),
             source,
+            lookups: None,
         })
     }
 
@@ -338,6 +343,13 @@ impl Pillow {
         self
     }
 
+    /// Prefetch each chunk's lookups (its plugins' `[prefetch]`) from
+    /// these resources, the ones the plugins' calls read.
+    pub fn with_lookups(mut self, lookups: Arc<Resources>) -> Pillow {
+        self.lookups = Some(lookups);
+        self
+    }
+
     /// Run until `shutdown` fires (or, with `until_caught_up`, until caught up).
     ///
     /// # Errors
@@ -359,6 +371,7 @@ impl Pillow {
             mut followers,
             metrics,
             source,
+            lookups,
         } = self;
         let started = Instant::now();
         let name = config.name.clone();
@@ -497,7 +510,9 @@ impl Pillow {
             let n = polled.messages.len() as u64;
             summary.messages += n;
             summary.decode_time += polled.decode_time;
-            let before_chunk = source.as_ref().map(|_| next.clone());
+            // Where to stop if a source or lookup resource is down and
+            // the process stops before this chunk is processed.
+            let before_chunk = (source.is_some() || lookups.is_some()).then(|| next.clone());
             let (mut changes, mut decode_errors, skipped) =
                 chunk::decode_chunk(&name, polled.messages, &mut next);
             if let Some(source) = &source {
@@ -516,6 +531,14 @@ impl Pillow {
                         next = before_chunk.expect("taken with a source");
                         break;
                     }
+                }
+            }
+            if let Some(resources) = &lookups {
+                let keys = prefetch::keys(&lanes[0], &changes);
+                if !keys.is_empty() && !prefetch::warm(&name, resources, keys, &shutdown).await {
+                    // Stopped while a lookup resource was down: as above.
+                    next = before_chunk.expect("taken with lookups");
+                    break;
                 }
             }
             summary.deduplicated += skipped;

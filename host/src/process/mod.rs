@@ -27,6 +27,7 @@ use crate::feed::{Feed, FeedError};
 use crate::metrics::Metrics;
 use crate::pillow::{Pillow, RunError, RunOptions, RunSummary};
 use crate::reload::{Follower, Plugins, StartError};
+use crate::resource::Resources;
 use crate::retry::{RetryError, RetrySummary};
 use crate::sink::elastic::{ElasticError, ElasticSink};
 use crate::sink::{SinkError, Sinks};
@@ -219,6 +220,7 @@ pub async fn run(
         feed,
         store,
         sinks,
+        lookups,
         runtime,
         metrics,
         plugins,
@@ -232,6 +234,7 @@ pub async fn run(
     for p in &pillows {
         let started = Instant::now();
         let (processors, followers) = load_pillow_plugins(&plugins, p).await?;
+        refuse_undeclared_lookups(config, p, &processors, &lookups)?;
         for processor in &processors {
             indices.extend(
                 processor
@@ -257,7 +260,10 @@ pub async fn run(
         if options.run.process_num == 0 {
             queues.extend(retry::queue(p, &sinks, &followers, &metrics, &feed, stop)?);
         }
-        let pillow = pillow.following(followers).with_metrics(metrics.clone());
+        let pillow = pillow
+            .following(followers)
+            .with_metrics(metrics.clone())
+            .with_lookups(lookups.clone());
         tracing::info!(pillow = %p.name, startup_ms = started.elapsed().as_secs_f64() * 1e3, "pillow ready");
         prepared.push((p.name.clone(), pillow));
     }
@@ -424,6 +430,7 @@ struct Opened {
     feed: Feed,
     store: Store,
     sinks: Sinks,
+    lookups: Arc<Resources>,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     plugins: Arc<Plugins>,
@@ -444,20 +451,63 @@ async fn open(config: &HostConfig, stop: &Stop) -> Result<Option<Opened>, Proces
         .map(ElasticSink::connect)
         .transpose()?;
     let sinks = Sinks::new(store.clone(), elastic);
+    let lookups = Arc::new(
+        Resources::open(
+            &config.lookups,
+            store.db(),
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(|e| ProcessError::Config(format!("{}: {e}", config.path.display())))?,
+    );
     let runtime = Arc::new(
-        Runtime::new(RuntimeOptions::from_config(&config.runtime))
-            .map_err(|e| ProcessError::Runtime(format!("{e:#}")))?,
+        Runtime::new(RuntimeOptions {
+            lookups: lookups.clone(),
+            ..RuntimeOptions::from_config(&config.runtime)
+        })
+        .map_err(|e| ProcessError::Runtime(format!("{e:#}")))?,
     );
     let metrics = Arc::new(Metrics::new());
+    let reported = lookups.clone();
+    metrics.collect_with(Box::new(move |m| reported.report(m)));
     let plugins = Arc::new(Plugins::new(runtime.clone(), metrics.clone()));
     Ok(Some(Opened {
         feed,
         store,
         sinks,
+        lookups,
         runtime,
         metrics,
         plugins,
     }))
+}
+
+/// A plugin granted a lookup resource the host does not declare would
+/// fail every change that asks for it: refuse to start instead, saying
+/// what to add.
+fn refuse_undeclared_lookups(
+    config: &HostConfig,
+    pillow: &PillowConfig,
+    processors: &[Processor],
+    lookups: &Resources,
+) -> Result<(), ProcessError> {
+    for processor in processors {
+        let manifest = processor.plugin().manifest();
+        if let Some(missing) = manifest
+            .capabilities
+            .lookups
+            .iter()
+            .find(|r| !lookups.contains(r))
+        {
+            return Err(ProcessError::Config(format!(
+                "pillow {}: plugin {} ({}) is granted lookup resource {missing:?}, which {} does not declare; add a [lookups.{missing}] table there (see docs/lookups.md)",
+                pillow.name,
+                manifest.name,
+                manifest.path.display(),
+                config.path.display(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The pillows a command covers: the one named, or every pillow.

@@ -193,6 +193,7 @@ fn placeholder(e: &PillowError) -> Change {
         is_deletion: false,
         publish_time_ms: None,
         attempts: e.total_attempts,
+        processing_time_ms: crate::time::now_ms(),
         document: None,
     }
 }

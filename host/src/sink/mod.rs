@@ -176,11 +176,32 @@ pub fn describe_spec(spec: &TableSpec) -> String {
             )
         })
         .collect();
+    let version = spec
+        .version_column
+        .as_ref()
+        .map_or(String::new(), |v| format!(" version ({v})"));
     format!(
-        "({}) primary key ({})",
+        "({}) primary key ({}){version}",
         cols.join(", "),
         spec.primary_key.join(", ")
     )
+}
+
+/// What an upsert does with a row whose key is already stored: nothing
+/// when every column is in the key; else the non-key columns are set,
+/// and with a version column only when the new version is not lower.
+fn conflict_rule(spec: &TableSpec, updates: &[String]) -> String {
+    if updates.is_empty() {
+        return "DO NOTHING".to_string();
+    }
+    let set = format!("DO UPDATE SET {}", updates.join(", "));
+    match &spec.version_column {
+        None => set,
+        Some(v) => {
+            let (table, v) = (crate::db::quote(&spec.name), crate::db::quote(v));
+            format!("{set} WHERE excluded.{v} >= {table}.{v} OR {table}.{v} IS NULL")
+        }
+    }
 }
 
 /// Where in its chunk an action came from: the change (by position among
@@ -214,6 +235,9 @@ pub struct DocumentWrite {
     pub id: String,
     /// The document, or `None` for a delete (tombstone).
     pub document: Option<String>,
+    /// Write it only if the index holds no such document (a
+    /// `create-document` action); an existing one stays as it is.
+    pub create: bool,
     /// Version: the change's offset.
     pub version: u64,
     /// The change and processor behind the write.
@@ -300,6 +324,33 @@ impl WritePlan {
                         DocumentWrite {
                             id,
                             document: Some(document),
+                            create: false,
+                            version,
+                            origin,
+                        },
+                    );
+                }
+                Action::CreateDocument {
+                    index,
+                    id,
+                    document,
+                } => {
+                    let docs = plan.documents.entry(index).or_default();
+                    // Within the chunk the index's state is known: after
+                    // a write of this id the create changes nothing (the
+                    // first create wins); after a delete it is a plain
+                    // write; otherwise it depends on the index.
+                    let create = match docs.get(&id) {
+                        Some(w) if w.document.is_some() => continue,
+                        Some(_) => false,
+                        None => true,
+                    };
+                    docs.insert(
+                        id.clone(),
+                        DocumentWrite {
+                            id,
+                            document: Some(document),
+                            create,
                             version,
                             origin,
                         },
@@ -311,6 +362,7 @@ impl WritePlan {
                         DocumentWrite {
                             id,
                             document: None,
+                            create: false,
                             version,
                             origin,
                         },
@@ -600,6 +652,7 @@ mod tests {
             DocumentWrite {
                 id: "a".into(),
                 document: None,
+                create: false,
                 version: 5,
                 origin: Origin::default(),
             }
@@ -623,5 +676,51 @@ mod tests {
             ]
         );
         assert!(WritePlan::build(vec![]).is_empty());
+    }
+
+    #[test]
+    fn the_first_create_of_an_id_wins_and_a_delete_makes_it_a_write() {
+        let create = |id: &str, n: u32| Action::CreateDocument {
+            index: "u".into(),
+            id: id.into(),
+            document: format!("{{\"n\":{n}}}"),
+        };
+        let plan = WritePlan::build(vec![
+            va(create("a", 1), 1),
+            va(create("a", 2), 2),
+            va(
+                Action::IndexDocument {
+                    index: "u".into(),
+                    id: "b".into(),
+                    document: "{}".into(),
+                },
+                3,
+            ),
+            va(create("b", 4), 4),
+            va(
+                Action::DeleteDocument {
+                    index: "u".into(),
+                    id: "c".into(),
+                },
+                5,
+            ),
+            va(create("c", 6), 6),
+        ]);
+        let docs = &plan.documents["u"];
+        // Two creates of `a`: the first, still only if the index has none.
+        assert_eq!(
+            (docs["a"].document.as_deref(), docs["a"].create),
+            (Some("{\"n\":1}"), true)
+        );
+        // A create after a write in the same chunk changes nothing.
+        assert_eq!(
+            (docs["b"].document.as_deref(), docs["b"].version),
+            (Some("{}"), 3)
+        );
+        // After a delete the id is free: the create is a plain write.
+        assert_eq!(
+            (docs["c"].document.as_deref(), docs["c"].create),
+            (Some("{\"n\":6}"), false)
+        );
     }
 }

@@ -251,11 +251,7 @@ fn upsert_sql(spec: &TableSpec) -> String {
         .filter(|c| !spec.primary_key.contains(&c.name))
         .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
         .collect();
-    let conflict = if updates.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        format!("DO UPDATE SET {}", updates.join(", "))
-    };
+    let conflict = super::conflict_rule(spec, &updates);
     format!(
         "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({}) ON CONFLICT ({}) {conflict}",
         quote(&spec.name),
@@ -318,24 +314,31 @@ pub(super) async fn apply(
 ) -> Result<(), sqlx::Error> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
-        // An older version never replaces a newer one (replay safety).
-        let sql = format!(
-            "INSERT INTO {table} (id, document, version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
-             ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version
-             WHERE excluded.version >= {table}.version"
-        );
-        let writes: Vec<_> = writes.values().collect();
-        for batch in writes.chunks(BATCH_ROWS) {
-            let ids: Vec<&str> = batch.iter().map(|w| w.id.as_str()).collect();
-            let documents: Vec<Option<&str>> =
-                batch.iter().map(|w| w.document.as_deref()).collect();
-            let versions: Vec<i64> = batch.iter().map(|w| w.version as i64).collect();
-            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(ids)
-                .bind(documents)
-                .bind(versions)
-                .execute(&mut *conn)
-                .await?;
+        let (creates, writes): (Vec<_>, Vec<_>) = writes.values().partition(|w| w.create);
+        for (batch_of, when) in [
+            // An older version never replaces a newer one (replay safety).
+            (writes, format!("excluded.version >= {table}.version")),
+            // A create fills only an id that has no document (or a
+            // deleted one).
+            (creates, format!("{table}.document IS NULL")),
+        ] {
+            let sql = format!(
+                "INSERT INTO {table} (id, document, version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
+                 ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version
+                 WHERE {when}"
+            );
+            for batch in batch_of.chunks(BATCH_ROWS) {
+                let ids: Vec<&str> = batch.iter().map(|w| w.id.as_str()).collect();
+                let documents: Vec<Option<&str>> =
+                    batch.iter().map(|w| w.document.as_deref()).collect();
+                let versions: Vec<i64> = batch.iter().map(|w| w.version as i64).collect();
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(ids)
+                    .bind(documents)
+                    .bind(versions)
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
     }
     for (name, ops) in &plan.rows {
@@ -384,6 +387,7 @@ mod tests {
                 col("extra", ColumnType::Json, true),
             ],
             primary_key: vec!["doc_id".into(), "n".into()],
+            version_column: None,
         }
     }
 

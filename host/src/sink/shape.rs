@@ -96,6 +96,7 @@ mod tests {
                 Column::new("n", ColumnType::Integer, true),
             ],
             primary_key: vec!["doc_id".into()],
+            version_column: None,
         }
     }
 

@@ -303,6 +303,7 @@ mod tests {
                 Column::new("n", ColumnType::Integer, true),
             ],
             primary_key: vec!["doc_id".into()],
+            version_column: None,
         };
         assert_eq!(
             create_table_sql(&spec, super::super::postgres::sql_type),

@@ -101,20 +101,28 @@ pub(super) async fn apply(
 ) -> Result<(), sqlx::Error> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
-        let writes: Vec<_> = writes.values().collect();
-        for batch in writes.chunks(MAX_BINDS / 3) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO {table} (id, document, version) "));
-            qb.push_values(batch, |mut b, w| {
-                b.push_bind(&w.id)
-                    .push_bind(w.document.as_deref())
-                    .push_bind(w.version as i64);
-            });
+        let (creates, writes): (Vec<_>, Vec<_>) = writes.values().partition(|w| w.create);
+        for (batch_of, when) in [
             // An older version never replaces a newer one (replay safety).
-            qb.push(format!(
-                " ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version WHERE excluded.version >= {table}.version"
-            ));
-            qb.build().execute(&mut *conn).await?;
+            (writes, "excluded.version >= {table}.version"),
+            // A create fills only an id that has no document (or a
+            // deleted one).
+            (creates, "{table}.document IS NULL"),
+        ] {
+            let when = when.replace("{table}", &table);
+            for batch in batch_of.chunks(MAX_BINDS / 3) {
+                let mut qb: QueryBuilder<Sqlite> =
+                    QueryBuilder::new(format!("INSERT INTO {table} (id, document, version) "));
+                qb.push_values(batch, |mut b, w| {
+                    b.push_bind(&w.id)
+                        .push_bind(w.document.as_deref())
+                        .push_bind(w.version as i64);
+                });
+                qb.push(format!(
+                    " ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version WHERE {when}"
+                ));
+                qb.build().execute(&mut *conn).await?;
+            }
         }
     }
     for (name, ops) in &plan.rows {
@@ -145,11 +153,7 @@ pub(super) async fn apply(
                         .filter(|c| !spec.primary_key.contains(&c.name))
                         .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
                         .collect();
-                    let conflict = if updates.is_empty() {
-                        "DO NOTHING".to_string()
-                    } else {
-                        format!("DO UPDATE SET {}", updates.join(", "))
-                    };
+                    let conflict = super::conflict_rule(spec, &updates);
                     for batch in rows.chunks((MAX_BINDS / spec.columns.len().max(1)).max(1)) {
                         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
                             "INSERT INTO {quoted} ({}) ",

@@ -174,6 +174,7 @@ mod tests {
             is_deletion: false,
             publish_time_ms: None,
             attempts: 0,
+            processing_time_ms: 0,
             document: None,
         }
     }

@@ -192,6 +192,18 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
                 Some(_) => {}
             }
         }
+        if let Some(v) = &table.version_column {
+            if !table.columns.iter().any(|c| &c.name == v) {
+                return Err(format!(
+                    "table {name:?}: version column {v:?} is not among its columns"
+                ));
+            }
+            if table.primary_key.contains(v) {
+                return Err(format!(
+                    "table {name:?}: version column {v:?} is in the primary key; a version orders rows of one key"
+                ));
+            }
+        }
         if declared
             .tables
             .insert(name.clone(), table.clone())
@@ -257,6 +269,11 @@ pub fn check_actions(declared: &Declared, actions: &[Action]) -> Result<(), Chec
         };
         match action {
             Action::IndexDocument {
+                index,
+                id,
+                document,
+            }
+            | Action::CreateDocument {
                 index,
                 id,
                 document,
@@ -398,6 +415,7 @@ mod tests {
                 Column::new("day", ColumnType::Date, true),
             ],
             primary_key: vec!["doc_id".into()],
+            version_column: None,
         }
     }
 
@@ -435,6 +453,19 @@ mod tests {
             check_info(&i, &manifest())
                 .unwrap_err()
                 .contains("must not be nullable")
+        );
+        let mut i = info();
+        i.tables[0].version_column = Some("modified".into());
+        assert!(
+            check_info(&i, &manifest())
+                .unwrap_err()
+                .contains("version column \"modified\" is not among its columns")
+        );
+        i.tables[0].version_column = Some("doc_id".into());
+        assert!(
+            check_info(&i, &manifest())
+                .unwrap_err()
+                .contains("is in the primary key")
         );
         let mut i = info();
         i.indices[0].mappings = "[1]".into();

@@ -36,7 +36,7 @@ pub mod sandbox;
 use crate::action::{self, Action, Cell, PluginInfo};
 use crate::change::Change;
 use crate::errors::{Backoff, ErrorKind, ProcessorRef, cut_message};
-use crate::lookup::{Lookups, MemoryLookups};
+use crate::lookup::{LookupError, Lookups, MemoryLookups};
 use crate::manifest::{Limits, Manifest};
 use cache::{CacheOutcome, CompileCache};
 use calls::{CallInProgress, CallSlot, Calls};
@@ -394,6 +394,7 @@ impl Runtime {
         plugin.info = info;
         plugin.declared = declared;
         let processor = Processor {
+            lookups: plugin.lookups.clone(),
             plugin: Arc::new(plugin),
             instance: Some(instance),
             last_fuel_used: 0,
@@ -599,6 +600,9 @@ fn classify(error: &wasmtime::Error, store: &mut Store<HostState>, during: &str)
 /// Runs changes through one plugin, replacing its instance after a trap.
 pub struct Processor {
     plugin: Arc<Plugin>,
+    /// What the `lookup` import reads: the runtime's resources, or a
+    /// fixture's data.
+    lookups: Arc<dyn Lookups>,
     instance: Option<Instance>,
     last_fuel_used: u64,
     last_output_bytes: usize,
@@ -611,6 +615,7 @@ impl Processor {
     pub fn new(plugin: Arc<Plugin>) -> Processor {
         let slot = plugin.calls.slot(plugin.label.clone());
         Processor {
+            lookups: plugin.lookups.clone(),
             plugin,
             instance: None,
             last_fuel_used: 0,
@@ -633,6 +638,17 @@ impl Processor {
             version: plugin.version().to_string(),
             backoff: Backoff::from(&plugin.manifest().retry),
         }
+    }
+
+    /// Serve this processor's lookups from `lookups` from the next call
+    /// on (fixtures give their own data).
+    pub fn set_lookups(&mut self, lookups: Arc<dyn Lookups>) {
+        self.lookups = lookups;
+    }
+
+    /// Serve its lookups from the runtime's resources again.
+    pub fn reset_lookups(&mut self) {
+        self.lookups = self.plugin.lookups.clone();
     }
 
     /// Fuel the last call used.
@@ -714,6 +730,10 @@ impl Processor {
         let limits = self.plugin.manifest.limits;
         let seed = overrides::change_seed(&change.topic, change.partition, change.offset);
         arm(&mut instance.store, &limits, seed);
+        let data = instance.store.data_mut();
+        if !Arc::ptr_eq(&data.lookups, &self.lookups) {
+            data.lookups = self.lookups.clone();
+        }
         let param = wit::Change {
             id: &change.id,
             topic: &change.topic,
@@ -725,6 +745,7 @@ impl Processor {
             is_deletion: change.is_deletion,
             publish_time_ms: change.publish_time_ms,
             attempts: change.attempts,
+            processing_time_ms: change.processing_time_ms,
             document: change.document.as_deref(),
         };
         let result = instance
@@ -733,13 +754,16 @@ impl Processor {
         self.last_fuel_used = limits
             .fuel
             .saturating_sub(instance.store.get_fuel().unwrap_or(0));
+        if result.is_ok()
+            && let Some((kind, message)) = instance.store.data_mut().violation.take()
+        {
+            // The plugin was refused something (an ungranted lookup, one
+            // that could not answer, a host call past its deadline) and
+            // returned: the refusal decides, not what it made of it.
+            return Err(Failure { kind, message });
+        }
         match result {
             Ok(Ok(actions)) => {
-                if let Some((kind, message)) = instance.store.data_mut().violation.take() {
-                    // The plugin was refused something (an ungranted
-                    // lookup, a host call past its deadline) and carried on.
-                    return Err(Failure { kind, message });
-                }
                 let mut bytes = 0;
                 let actions: Vec<Action> = actions
                     .into_iter()
@@ -797,6 +821,7 @@ fn convert_info(info: wit::PluginInfo) -> PluginInfo {
                     })
                     .collect(),
                 primary_key: t.primary_key,
+                version_column: t.version_column,
             })
             .collect(),
         indices: info
@@ -819,6 +844,14 @@ fn convert_action(a: wit::Action, bytes: &mut usize) -> Action {
         wit::Action::IndexDocument(d) => {
             *bytes += d.index.len() + d.id.len() + d.document.len();
             Action::IndexDocument {
+                index: d.index,
+                id: d.id,
+                document: d.document,
+            }
+        }
+        wit::Action::CreateDocument(d) => {
+            *bytes += d.index.len() + d.id.len() + d.document.len();
+            Action::CreateDocument {
                 index: d.index,
                 id: d.id,
                 document: d.document,
@@ -896,6 +929,12 @@ impl HostState {
         self.violation = Some((kind, message));
         Err(wasmtime::Error::new(CapabilityViolation))
     }
+
+    /// Record that the call fails with `kind` (the first such reason
+    /// wins) while letting the plugin carry on with an error value.
+    fn refuse(&mut self, kind: ErrorKind, message: String) {
+        self.violation.get_or_insert((kind, message));
+    }
 }
 
 impl WasiView for HostState {
@@ -932,25 +971,33 @@ impl wit_host::Host for HostState {
         self.log.line(level, "log", &message);
     }
 
-    fn lookup(&mut self, resource: String, key: String) -> wasmtime::Result<Option<String>> {
+    fn lookup(
+        &mut self,
+        resource: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, wit_host::LookupError>> {
+        // The plugin gets an error value, never data, and the change
+        // fails with the first refusal whatever the plugin makes of it.
         if !self.granted_lookups.contains(&resource) {
             let message = format!(
                 "lookup of resource {resource:?}, which the manifest does not grant (capabilities.lookups = {:?})",
                 self.granted_lookups
             );
-            return self.violate(ErrorKind::Capability, message);
+            self.refuse(ErrorKind::Capability, message.clone());
+            return Ok(Err(wit_host::LookupError::NotGranted(message)));
         }
-        // A lookup may wait (on a cache, later on a database): it must not
-        // start once the call's time is up, whatever the epoch says.
-        if Instant::now() >= self.deadline {
-            return self.violate(
-                ErrorKind::Timeout,
-                format!(
-                    "lookup of resource {resource:?} after the call's wall-clock deadline (limits.timeout_ms)"
-                ),
-            );
-        }
-        Ok(self.lookups.get(&resource, &key, self.deadline))
+        // A lookup may wait on a database: it must not start once the
+        // call's time is up, whatever the epoch says.
+        let answer = if Instant::now() >= self.deadline {
+            Err(LookupError::Timeout { resource })
+        } else {
+            self.lookups.get(&resource, &key, self.deadline)
+        };
+        Ok(answer.map_err(|e| {
+            let message = format!("lookup of key {:.100?}: {e}", key);
+            self.refuse(e.kind(), message.clone());
+            wit_host::LookupError::Unavailable(message)
+        }))
     }
 }
 

@@ -20,6 +20,10 @@ pub struct Op<'a> {
     pub document: Option<&'a str>,
     /// External version: the change's offset.
     pub version: u64,
+    /// Only if absent (`create`): no version, as Elasticsearch takes
+    /// only internal versioning for creates; an existing document
+    /// answers 409, which counts as done.
+    pub create: bool,
 }
 
 impl Op<'_> {
@@ -31,16 +35,21 @@ impl Op<'_> {
 
 /// Append `op` to an NDJSON bulk body.
 pub fn append(body: &mut Vec<u8>, op: &Op<'_>) {
-    body.extend_from_slice(match op.document {
-        Some(_) => b"{\"index\":{\"_index\":",
-        None => b"{\"delete\":{\"_index\":",
+    body.extend_from_slice(match (op.document, op.create) {
+        (Some(_), true) => b"{\"create\":{\"_index\":",
+        (Some(_), false) => b"{\"index\":{\"_index\":",
+        (None, _) => b"{\"delete\":{\"_index\":",
     });
     write_json_str(body, op.index);
     body.extend_from_slice(b",\"_id\":");
     write_json_str(body, op.id);
-    body.extend_from_slice(b",\"version\":");
-    body.extend_from_slice(op.version.to_string().as_bytes());
-    body.extend_from_slice(b",\"version_type\":\"external\"}}\n");
+    if op.create {
+        body.extend_from_slice(b"}}\n");
+    } else {
+        body.extend_from_slice(b",\"version\":");
+        body.extend_from_slice(op.version.to_string().as_bytes());
+        body.extend_from_slice(b",\"version_type\":\"external\"}}\n");
+    }
     if let Some(doc) = op.document {
         // Plugin output is validated JSON, but a source must sit on one
         // line of the NDJSON body: raw newlines between tokens are
@@ -320,6 +329,7 @@ mod tests {
             id,
             document,
             version,
+            create: false,
         }
     }
 
@@ -342,6 +352,35 @@ mod tests {
         let delete: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
         assert_eq!(delete["delete"]["_id"], "c2");
         assert_eq!(delete["delete"]["version"], 0);
+    }
+
+    #[test]
+    fn creates_carry_no_external_version() {
+        // Elasticsearch refuses `create` with external versioning ("create
+        // operations only support internal versioning").
+        let mut body = Vec::new();
+        let create = Op {
+            create: true,
+            ..op("u1", Some("{\"a\":1}"), 9)
+        };
+        append(&mut body, &create);
+        let text = String::from_utf8(body).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(
+            header,
+            serde_json::json!({"create": {"_index": "p-case-search", "_id": "u1"}})
+        );
+        // An existing document answers 409: the create is done, not refused.
+        assert_eq!(
+            classify_item(
+                "create",
+                409,
+                Some("version_conflict_engine_exception".into())
+            ),
+            ItemOutcome::Done
+        );
     }
 
     #[test]

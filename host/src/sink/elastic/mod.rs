@@ -386,6 +386,7 @@ impl ElasticSink {
                     id: &w.id,
                     document: w.document.as_deref(),
                     version: w.version,
+                    create: w.create,
                 });
                 writes.push((*index, w));
             }

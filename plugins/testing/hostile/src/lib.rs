@@ -75,6 +75,7 @@ mod component {
                     name: name.into(),
                     columns,
                     primary_key: vec!["doc_id".into()],
+                    version_column: None,
                 }],
                 indices: vec![IndexSpec {
                     name: "hostile".into(),
@@ -172,7 +173,7 @@ mod component {
                 "lookups" => {
                     // `n` lookups of key "k" in the granted resource "slow".
                     let found = (0..number("n", 2))
-                        .filter(|_| host::lookup("slow", "k").is_some())
+                        .filter(|_| matches!(host::lookup("slow", "k"), Ok(Some(_))))
                         .count();
                     Ok(vec![index(&change.id, format!("{{\"found\":{found}}}"))])
                 }
@@ -221,8 +222,15 @@ mod component {
                     "document can never be processed".into(),
                 )),
                 "lookup-ungranted" => {
-                    let _ = host::lookup("not-granted", "x");
-                    Ok(vec![])
+                    // Carries on with what it got: the host must fail
+                    // the change anyway, and never hand it data.
+                    let got = match host::lookup("not-granted", "x") {
+                        Ok(Some(leaked)) => format!("leaked {leaked}"),
+                        Ok(None) => "none".into(),
+                        Err(host::LookupError::NotGranted(_)) => "not-granted".into(),
+                        Err(host::LookupError::Unavailable(_)) => "unavailable".into(),
+                    };
+                    Ok(vec![index(&change.id, format!("{{\"got\":{got:?}}}"))])
                 }
                 "log-flood" => {
                     for i in 0..10_000 {

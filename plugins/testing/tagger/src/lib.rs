@@ -59,6 +59,7 @@ mod component {
                         column("seq", ColumnType::Integer),
                     ],
                     primary_key: vec!["doc_id".into()],
+                    version_column: None,
                 }],
                 indices: vec![],
             })
