@@ -48,15 +48,28 @@ fn a_corrupt_cache_entry_is_recompiled() {
     assert_eq!(fixtures::run(&mut processor, name, f).failure, None);
 }
 
+/// Every plugin the product ships passes its golden fixtures (with the
+/// lookups and processing time each fixture gives).
 #[test]
-fn case_search_passes_its_golden_fixtures() {
-    let manifest = Manifest::load(&case_search_manifest()).unwrap();
-    let mut processor = load(&case_search_manifest());
-    let fx = fixtures::load(manifest.fixtures.as_ref().unwrap()).unwrap();
-    assert!(fx.len() >= 7, "fixtures found: {}", fx.len());
-    for (name, f) in &fx {
-        let r = fixtures::run(&mut processor, name, f);
-        assert_eq!(r.failure, None, "{name}");
+fn shipped_plugins_pass_their_golden_fixtures() {
+    for (plugin, at_least) in [
+        ("case-search", 7),
+        ("unknown-users", 17),
+        ("messaging-sync", 22),
+    ] {
+        let path = root().join("plugins").join(plugin).join("plugin.toml");
+        let manifest = Manifest::load(&path).unwrap();
+        let mut processor = load(&path);
+        let fx = fixtures::load(manifest.fixtures.as_ref().unwrap()).unwrap();
+        assert!(
+            fx.len() >= at_least,
+            "{plugin}: fixtures found: {}",
+            fx.len()
+        );
+        for (name, f) in &fx {
+            let r = fixtures::run(&mut processor, name, f);
+            assert_eq!(r.failure, None, "{plugin}: {name}");
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod kafka;
 mod languages;
 mod limits;
 mod loading;
+mod lookups;
 mod pipeline;
 mod postgres;
 mod recovery;
