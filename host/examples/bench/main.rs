@@ -22,6 +22,7 @@
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
 
+mod lookups;
 mod retry;
 mod servers;
 
@@ -477,6 +478,9 @@ fn main() {
     }
     if wanted("retry") {
         retry::retry_bench();
+    }
+    if wanted("lookups") {
+        lookups::lookups_bench(&lines);
     }
 }
 

@@ -27,7 +27,7 @@ fn reachable(addr: &str) -> bool {
 }
 
 /// The broker section 6 measures against.
-enum Broker {
+pub(crate) enum Broker {
     /// `BENCH_KAFKA_BROKERS`, run by someone else.
     External(String),
     /// A tansu with the memory engine on a free port, killed on drop. The
@@ -42,7 +42,7 @@ enum Broker {
 }
 
 impl Broker {
-    fn start() -> Broker {
+    pub(crate) fn start() -> Broker {
         if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
             let first = brokers.split(',').next().unwrap_or_default();
             assert!(
@@ -102,14 +102,14 @@ impl Broker {
         }
     }
 
-    fn brokers(&self) -> String {
+    pub(crate) fn brokers(&self) -> String {
         match self {
             Broker::External(b) => b.clone(),
             Broker::Memory { addr, .. } => addr.clone(),
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Broker::External(b) => format!("the broker at {b}"),
             Broker::Memory { .. } => {
@@ -141,7 +141,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{nanos}", std::process::id())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,7 +150,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `pillowtop publish --brokers B --topic T --partitions 4` fed `lines`;
 /// returns the wall seconds it took.
-fn publish(brokers: &str, topic: &str, lines: &[String]) -> f64 {
+pub(crate) fn publish(brokers: &str, topic: &str, lines: &[String]) -> f64 {
     let started = Instant::now();
     let mut child = pillowtop_cmd()
         .args([
