@@ -47,12 +47,38 @@ fn every_language_passes_the_rust_plugins_golden_fixtures() {
         );
         let mut p = load(&manifest);
         let loaded = fixtures::load(&rust_fixtures).unwrap();
-        assert_eq!(loaded.len(), 7);
+        assert_eq!(loaded.len(), 9);
         for (name, f) in &loaded {
             let r = fixtures::run(&mut p, name, f);
             assert_eq!(r.failure, None, "{lang} {name}");
             assert!(r.fuel_used > 0, "{lang} {name}: fuel is metered");
         }
+    }
+}
+
+/// `domains = ["*"]` means every domain in every language (not a domain
+/// named "*", which would silently index nothing).
+#[test]
+fn every_language_takes_a_list_holding_star_as_every_domain() {
+    for (lang, path) in manifests() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text
+            .find("domains = ")
+            .expect("the manifest names its domains");
+        let end = start + text[start..].find('\n').unwrap();
+        let text = format!("{}domains = [\"*\"]{}", &text[..start], &text[end..]);
+        let manifest = Manifest::parse(&text, &path).unwrap();
+        let mut p = runtime().load(&manifest).unwrap().0;
+        let change = pillowtop::change::decode(&pillowtop::feed::Message {
+            tp: pillowtop::feed::TopicPartition::new("case-sql", 0),
+            offset: 1,
+            key: None,
+            value: br#"{"document_id": "c1", "document_type": "CommCareCase", "domain": "not-listed-anywhere", "document": {"_id": "c1", "case_json": {}}}"#.to_vec(),
+            timestamp_ms: None,
+        })
+        .unwrap();
+        let actions = p.process(&change).unwrap();
+        assert_eq!(actions.len(), 1, "{lang}: {actions:?}");
     }
 }
 

@@ -38,25 +38,26 @@ mod component {
             let config = CONFIG
                 .get()
                 .ok_or_else(|| ProcessError::Permanent("init was not called".into()))?;
-            if change
-                .document_type
-                .as_deref()
-                .is_some_and(|t| t != "CommCareCase")
-            {
+            let doc_type = change.document_type.as_deref();
+            // CommCare's deleted cases are `CommCareCase-Deleted`.
+            let deleted_type = doc_type.is_some_and(|t| t.ends_with("-Deleted"));
+            if doc_type.is_some_and(|t| t != "CommCareCase" && t != "CommCareCase-Deleted") {
                 return Ok(vec![]);
             }
             let domain = change.domain.as_deref().unwrap_or("");
             if !config.domains.enabled(domain) {
                 return Ok(vec![]);
             }
-            if change.is_deletion {
+            if change.is_deletion || deleted_type {
                 return Ok(vec![Action::DeleteDocument(DeleteDocument {
                     index: config.index.clone(),
                     id: change.id,
                 })]);
             }
+            // CommCare's DocumentMissingError: retried, the document may
+            // not be written yet.
             let Some(doc) = change.document else {
-                return Err(ProcessError::Permanent(format!(
+                return Err(ProcessError::Retryable(format!(
                     "change {} is not a deletion but carries no document",
                     change.id
                 )));

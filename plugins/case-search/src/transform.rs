@@ -244,13 +244,19 @@ impl Config {
                 "domains" => {
                     domains = Some(match value.kind() {
                         Kind::String if value.as_str().as_deref() == Some("*") => Domains::All,
-                        Kind::Array => Domains::Only(
-                            value
+                        Kind::Array => {
+                            let names = value
                                 .elements()
                                 .map(|d| d.as_str().map(|s| s.into_owned()))
                                 .collect::<Option<Vec<_>>>()
-                                .ok_or("config key `domains` must list domain names as strings")?,
-                        ),
+                                .ok_or("config key `domains` must list domain names as strings")?;
+                            // `["*"]` means every domain too, not a domain named "*".
+                            if names.iter().any(|d| d == "*") {
+                                Domains::All
+                            } else {
+                                Domains::Only(names)
+                            }
+                        }
                         _ => {
                             return Err("config key `domains` must be \"*\" (all domains) or a list of domain names".into());
                         }
@@ -366,5 +372,13 @@ mod tests {
                 .unwrap_err()
                 .contains("\"*\"")
         );
+    }
+
+    #[test]
+    fn a_list_holding_star_means_every_domain() {
+        let all = Config::parse(r#"{"domains": ["*"]}"#).unwrap();
+        assert_eq!(all.domains, Domains::All);
+        let some = Config::parse(r#"{"domains": ["demo"]}"#).unwrap();
+        assert!(some.domains.enabled("demo") && !some.domains.enabled("other"));
     }
 }

@@ -82,7 +82,8 @@ function parseConfig(text) {
   if (c.domains === "*") {
     domains = null;
   } else if (Array.isArray(c.domains) && c.domains.every((d) => typeof d === "string")) {
-    domains = new Set(c.domains);
+    // ["*"] means every domain too, not a domain named "*".
+    domains = c.domains.includes("*") ? null : new Set(c.domains);
   } else {
     throw 'config key `domains` must be "*" (all domains) or a list of domain names';
   }
@@ -97,13 +98,15 @@ export function init(configText) {
 export function processChange(change) {
   if (config === null) throw permanent("init was not called");
   const { index, domains } = config;
-  if (change.documentType != null && change.documentType !== "CommCareCase") return [];
+  const type = change.documentType;
+  if (type != null && type !== "CommCareCase" && type !== "CommCareCase-Deleted") return [];
   if (domains !== null && !domains.has(change.domain ?? "")) return [];
-  if (change.isDeletion) {
+  if (change.isDeletion || (type ?? "").endsWith("-Deleted")) {
     return [{ tag: "delete-document", val: { index, id: change.id } }];
   }
   if (change.document == null) {
-    throw permanent(`change ${change.id} is not a deletion but carries no document`);
+    // CommCare's DocumentMissingError: retried.
+    throw { tag: "retryable", val: `change ${change.id} is not a deletion but carries no document` };
   }
   const document = caseSearchDocument(change.id, change.document);
   return [{ tag: "index-document", val: { index, id: change.id, document } }];

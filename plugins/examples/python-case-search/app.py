@@ -86,7 +86,8 @@ def parse_config(text):
     if domains == "*":
         domains = None
     elif isinstance(domains, list) and all(isinstance(d, str) for d in domains):
-        domains = frozenset(domains)
+        # ["*"] means every domain too, not a domain named "*".
+        domains = None if "*" in domains else frozenset(domains)
     else:
         raise ValueError('config key `domains` must be "*" (all domains) or a list of domain names')
     return index, domains
@@ -105,14 +106,15 @@ class WitWorld(wit_world.WitWorld):
         if _config is None:
             raise Err(types.ProcessError_Permanent("init was not called"))
         index, domains = _config
-        if change.document_type is not None and change.document_type != "CommCareCase":
+        if change.document_type not in (None, "CommCareCase", "CommCareCase-Deleted"):
             return []
         if domains is not None and (change.domain or "") not in domains:
             return []
-        if change.is_deletion:
+        if change.is_deletion or (change.document_type or "").endswith("-Deleted"):
             return [types.Action_DeleteDocument(types.DeleteDocument(index=index, id=change.id))]
         if change.document is None:
-            raise Err(types.ProcessError_Permanent(f"change {change.id} is not a deletion but carries no document"))
+            # CommCare's DocumentMissingError: retried.
+            raise Err(types.ProcessError_Retryable(f"change {change.id} is not a deletion but carries no document"))
         try:
             document = case_search_document(change.id, change.document)
         except ValueError as e:
