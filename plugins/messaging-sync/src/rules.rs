@@ -167,35 +167,13 @@ pub fn valid_number(number: &str) -> bool {
     !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Python's truthiness of a JSON value.
-pub fn truthy(v: &Value<'_>) -> bool {
-    match v.kind() {
-        Kind::Null => false,
-        Kind::Bool => v.as_bool() == Some(true),
-        Kind::Number => v.as_f64().is_some_and(|n| n != 0.0),
-        Kind::String => v.raw().len() > 2,
-        Kind::Array => v.elements().next().is_some(),
-        Kind::Object => v.members().next().is_some(),
-    }
-}
-
-/// The last member named `key` (Python's `json` keeps the last of a
-/// key written twice).
-fn member<'a>(object: &Value<'a>, key: &str) -> Option<Value<'a>> {
-    object
-        .members()
-        .filter(|(k, _)| k.is(key))
-        .map(|(_, v)| v)
-        .last()
-}
-
 /// A case property: in `case_json` (how SQL cases serialise their
 /// dynamic properties), else at the top level (Couch-era documents).
 fn property<'a>(case: &Value<'a>, name: &str) -> Option<Value<'a>> {
-    member(case, "case_json")
+    case.get_last("case_json")
         .filter(|c| c.kind() == Kind::Object)
-        .and_then(|c| member(&c, name))
-        .or_else(|| member(case, name))
+        .and_then(|c| c.get_last(name))
+        .or_else(|| case.get_last(name))
 }
 
 /// A text property's value; `null` and absent are none, other JSON is
@@ -284,7 +262,7 @@ pub fn decide(
     if case.kind() != Kind::Object {
         return Err("case document is not a JSON object".into());
     }
-    let doc_type = member(&case, "doc_type").and_then(|t| t.as_str());
+    let doc_type = case.get_last("doc_type").and_then(|t| t.as_str());
     if let Some(t) = &doc_type {
         if t.ends_with("-Deleted") {
             return Ok(Decision::Delete);
@@ -293,7 +271,7 @@ pub fn decide(
             return Ok(Decision::Skip);
         }
     }
-    let flag = |name: &str| member(&case, name).is_some_and(|v| truthy(&v));
+    let flag = |name: &str| case.get_last(name).is_some_and(|v| v.truthy());
     if flag("deleted") || flag("closed") {
         return Ok(Decision::Delete);
     }
@@ -301,15 +279,16 @@ pub fn decide(
     let Some(number) = number.filter(|n| valid_number(n) && n != "0") else {
         return Ok(Decision::Delete);
     };
-    let verified = property(&case, &config.verified_property).is_some_and(|v| truthy(&v));
+    let verified = property(&case, &config.verified_property).is_some_and(|v| v.truthy());
     let wants_two_way = number.len() > 3 && verified;
-    let modified = member(&case, "server_modified_on")
+    let modified = case
+        .get_last("server_modified_on")
         .and_then(|v| v.as_str().map(|s| s.into_owned()))
         .filter(|t| usable_time(t));
     Ok(Decision::Entry {
         row: PhoneRow {
             case_id: case_id.to_owned(),
-            domain: text(member(&case, "domain")),
+            domain: text(case.get_last("domain")),
             phone_number: number,
             backend_id: text(property(&case, &config.backend_property)),
             ivr_backend_id: text(property(&case, &config.ivr_backend_property)),
@@ -343,14 +322,14 @@ pub fn settle(
             return Err("phone numbers lookup: not an array of rows".into());
         }
         for other in rows.elements() {
-            let owner = member(&other, "doc_id").and_then(|v| v.as_str());
+            let owner = other.get_last("doc_id").and_then(|v| v.as_str());
             if owner.as_deref() == Some(row.case_id.as_str()) {
-                if let Some(created) = member(&other, "created_on").and_then(|v| v.as_str())
+                if let Some(created) = other.get_last("created_on").and_then(|v| v.as_str())
                     && usable_time(&created)
                 {
                     row.created_on = created.into_owned();
                 }
-            } else if member(&other, "is_two_way").is_some_and(|v| truthy(&v)) {
+            } else if other.get_last("is_two_way").is_some_and(|v| v.truthy()) {
                 taken = true;
             }
         }

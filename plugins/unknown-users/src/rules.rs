@@ -92,16 +92,6 @@ pub enum Decision<'a> {
     Check(Form<'a>),
 }
 
-/// The last member named `key` (a JSON object with a key twice keeps
-/// the last value, as Python's `json` does).
-fn member<'a>(object: &Value<'a>, key: &str) -> Option<Value<'a>> {
-    object
-        .members()
-        .filter(|(k, _)| k.is(key))
-        .map(|(_, v)| v)
-        .last()
-}
-
 /// Read the user fields of a form document.
 ///
 /// # Errors
@@ -114,13 +104,14 @@ pub fn read_form(doc: &str) -> Result<Decision<'_>, String> {
     }
     // `form_doc.get('form', {}).get('meta', {})`: a form or meta that is
     // not an object has no user id.
-    let meta = member(&doc, "form")
+    let meta = doc
+        .get_last("form")
         .filter(|f| f.kind() == Kind::Object)
-        .and_then(|f| member(&f, "meta"))
+        .and_then(|f| f.get_last("meta"))
         .filter(|m| m.kind() == Kind::Object);
     let user_id = meta
         .as_ref()
-        .and_then(|m| member(m, "userID"))
+        .and_then(|m| m.get_last("userID"))
         .and_then(|v| v.as_str());
     let Some(user_id) = user_id.filter(|id| !id.is_empty()) else {
         return Ok(Decision::Skip);
@@ -130,22 +121,10 @@ pub fn read_form(doc: &str) -> Result<Decision<'_>, String> {
     }
     Ok(Decision::Check(Form {
         user_id: user_id.into_owned(),
-        username: meta.as_ref().and_then(|m| member(m, "username")),
-        domain: member(&doc, "domain"),
-        xform_id: member(&doc, "_id"),
+        username: meta.as_ref().and_then(|m| m.get_last("username")),
+        domain: doc.get_last("domain"),
+        xform_id: doc.get_last("_id"),
     }))
-}
-
-/// Python's truthiness of a JSON value.
-fn truthy(v: &Value<'_>) -> bool {
-    match v.kind() {
-        Kind::Null => false,
-        Kind::Bool => v.as_bool() == Some(true),
-        Kind::Number => v.as_f64().is_some_and(|n| n != 0.0),
-        Kind::String => v.raw().len() > 2,
-        Kind::Array => v.elements().next().is_some(),
-        Kind::Object => v.members().next().is_some(),
-    }
 }
 
 /// A value as written, or `null` when absent.
@@ -176,7 +155,7 @@ impl Form<'_> {
         } else {
             "\"UnknownUser\""
         });
-        if let Some(domain) = self.domain.as_ref().filter(|d| truthy(d)) {
+        if let Some(domain) = self.domain.as_ref().filter(|d| d.truthy()) {
             out.push_str(",\"domain_membership\":{\"domain\":");
             json::write_compact(&mut out, domain.raw());
             out.push('}');

@@ -330,3 +330,27 @@ fn escapes_round_trip() {
     assert_eq!(out, r#""quote \" backslash \\ newline \n bell \u0007 é""#);
     assert_eq!(Value::parse(&out).unwrap().as_str().unwrap(), original);
 }
+
+#[test]
+fn python_truthiness_and_the_last_of_a_repeated_key() {
+    for (raw, truthy) in [
+        ("null", false),
+        ("false", false),
+        ("true", true),
+        ("0", false),
+        ("0.0", false),
+        ("-1", true),
+        ("\"\"", false),
+        ("\"false\"", true),
+        ("[]", false),
+        ("[0]", true),
+        ("{}", false),
+        ("{\"a\":null}", true),
+    ] {
+        assert_eq!(Value::parse(raw).unwrap().truthy(), truthy, "{raw}");
+    }
+    let doc = Value::parse(r#"{"a": 1, "b": 2, "a": 3}"#).unwrap();
+    assert_eq!(doc.get("a").unwrap().raw(), "1");
+    assert_eq!(doc.get_last("a").unwrap().raw(), "3");
+    assert_eq!(doc.get_last("c"), None);
+}

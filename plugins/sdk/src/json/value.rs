@@ -113,6 +113,29 @@ impl<'a> Value<'a> {
     pub fn get(&self, key: &str) -> Option<Value<'a>> {
         self.members().find(|(k, _)| k.is(key)).map(|(_, v)| v)
     }
+
+    /// The value of the last member named `key`: what Python's `json`
+    /// (and so CommCare) reads from an object that has the key twice.
+    pub fn get_last(&self, key: &str) -> Option<Value<'a>> {
+        self.members()
+            .filter(|(k, _)| k.is(key))
+            .map(|(_, v)| v)
+            .last()
+    }
+
+    /// Python's truthiness of the value: `null`, `false`, `0`, `""`,
+    /// `[]` and `{}` are false, everything else (the text `"false"`
+    /// included) is true.
+    pub fn truthy(&self) -> bool {
+        match self.kind {
+            Kind::Null => false,
+            Kind::Bool => self.raw == "true",
+            Kind::Number => self.as_f64().is_some_and(|n| n != 0.0),
+            Kind::String => self.raw.len() > 2,
+            Kind::Array => self.elements().next().is_some(),
+            Kind::Object => self.members().next().is_some(),
+        }
+    }
 }
 
 impl<'a> Key<'a> {
