@@ -187,6 +187,23 @@ pub fn describe_spec(spec: &TableSpec) -> String {
     )
 }
 
+/// A document table's writes (`table` quoted) in the two groups one
+/// statement each serves, with each group's `ON CONFLICT` clause: plain
+/// writes and deletes, where an older version never replaces a newer one
+/// (replay safety), and creates, which fill only an id that has no
+/// document (or a deleted one).
+fn document_groups<'a>(
+    table: &str,
+    writes: &'a BTreeMap<String, DocumentWrite>,
+) -> [(Vec<&'a DocumentWrite>, String); 2] {
+    let (creates, writes): (Vec<_>, Vec<_>) = writes.values().partition(|w| w.create);
+    let set = "ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version WHERE";
+    [
+        (writes, format!("{set} excluded.version >= {table}.version")),
+        (creates, format!("{set} {table}.document IS NULL")),
+    ]
+}
+
 /// What an upsert does with a row whose key is already stored: nothing
 /// when every column is in the key; else the non-key columns are set,
 /// and with a version column only when the new version is not lower.

@@ -314,18 +314,9 @@ pub(super) async fn apply(
 ) -> Result<(), sqlx::Error> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
-        let (creates, writes): (Vec<_>, Vec<_>) = writes.values().partition(|w| w.create);
-        for (batch_of, when) in [
-            // An older version never replaces a newer one (replay safety).
-            (writes, format!("excluded.version >= {table}.version")),
-            // A create fills only an id that has no document (or a
-            // deleted one).
-            (creates, format!("{table}.document IS NULL")),
-        ] {
+        for (batch_of, conflict) in super::document_groups(&table, writes) {
             let sql = format!(
-                "INSERT INTO {table} (id, document, version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
-                 ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version
-                 WHERE {when}"
+                "INSERT INTO {table} (id, document, version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[]) {conflict}"
             );
             for batch in batch_of.chunks(BATCH_ROWS) {
                 let ids: Vec<&str> = batch.iter().map(|w| w.id.as_str()).collect();

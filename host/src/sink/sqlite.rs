@@ -101,15 +101,7 @@ pub(super) async fn apply(
 ) -> Result<(), sqlx::Error> {
     for (index, writes) in &plan.documents {
         let table = quote(&index_table(index));
-        let (creates, writes): (Vec<_>, Vec<_>) = writes.values().partition(|w| w.create);
-        for (batch_of, when) in [
-            // An older version never replaces a newer one (replay safety).
-            (writes, "excluded.version >= {table}.version"),
-            // A create fills only an id that has no document (or a
-            // deleted one).
-            (creates, "{table}.document IS NULL"),
-        ] {
-            let when = when.replace("{table}", &table);
+        for (batch_of, conflict) in super::document_groups(&table, writes) {
             for batch in batch_of.chunks(MAX_BINDS / 3) {
                 let mut qb: QueryBuilder<Sqlite> =
                     QueryBuilder::new(format!("INSERT INTO {table} (id, document, version) "));
@@ -118,9 +110,7 @@ pub(super) async fn apply(
                         .push_bind(w.document.as_deref())
                         .push_bind(w.version as i64);
                 });
-                qb.push(format!(
-                    " ON CONFLICT (id) DO UPDATE SET document = excluded.document, version = excluded.version WHERE {when}"
-                ));
+                qb.push(format!(" {conflict}"));
                 qb.build().execute(&mut *conn).await?;
             }
         }
