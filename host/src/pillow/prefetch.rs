@@ -9,7 +9,7 @@ use crate::change::Change;
 use crate::outage::wait_out;
 use crate::resource::Resources;
 use crate::wasm::Processor;
-use serde_json::Value;
+use pillowtop_sdk::json::{Kind, Value};
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
@@ -32,11 +32,14 @@ pub(super) fn keys(
         let Some(text) = change.document.as_deref() else {
             continue;
         };
-        // Parsed once per change, only when some processor wants it.
-        let mut document: Option<Value> = None;
+        // Validated once per change, only when some processor wants it;
+        // no tree is built: a pointer reads only the members on its path
+        // (and the last of a repeated key, as the plugins read it).
+        let mut document: Option<Option<Value<'_>>> = None;
         for p in prefetching.iter().filter(|p| p.wants(change)) {
-            let document =
-                document.get_or_insert_with(|| serde_json::from_str(text).unwrap_or(Value::Null));
+            let Some(document) = *document.get_or_insert_with(|| Value::parse(text).ok()) else {
+                break;
+            };
             for (resource, pointers) in &p.plugin().manifest().prefetch {
                 let out = keys.entry(resource.clone()).or_default();
                 for pointer in pointers {
@@ -52,13 +55,17 @@ pub(super) fn keys(
 
 /// The keys a value at a pointer gives: a string or number, or each one
 /// of an array of them.
-fn push_keys(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::String(s) if !s.is_empty() => out.push(s.clone()),
-        Value::Number(n) => out.push(n.to_string()),
-        Value::Array(items) => {
-            for item in items {
-                if !item.is_array() {
+fn push_keys(value: Value<'_>, out: &mut Vec<String>) {
+    match value.kind() {
+        Kind::String => {
+            if let Some(s) = value.as_str().filter(|s| !s.is_empty()) {
+                out.push(s.into_owned());
+            }
+        }
+        Kind::Number => out.push(value.raw().to_owned()),
+        Kind::Array => {
+            for item in value.elements() {
+                if item.kind() != Kind::Array {
                     push_keys(item, out);
                 }
             }
@@ -105,9 +112,10 @@ mod tests {
 
     #[test]
     fn keys_are_strings_numbers_and_their_arrays() {
-        let doc: Value = serde_json::json!({
-            "a": "u1", "b": 42, "c": ["u2", 7, {"x": 1}, ["nested"]], "d": "", "e": null, "f": true
-        });
+        let doc = Value::parse(
+            r#"{"a": "u1", "b": 42, "c": ["u2", 7, {"x": 1}, ["nested"]], "d": "", "e": null, "f": true}"#,
+        )
+        .unwrap();
         let mut out = Vec::new();
         for p in ["/a", "/b", "/c", "/d", "/e", "/f", "/missing"] {
             if let Some(v) = doc.pointer(p) {

@@ -354,3 +354,23 @@ fn python_truthiness_and_the_last_of_a_repeated_key() {
     assert_eq!(doc.get_last("a").unwrap().raw(), "3");
     assert_eq!(doc.get_last("c"), None);
 }
+
+#[test]
+fn pointers_walk_objects_and_arrays_and_read_the_last_repeated_key() {
+    let doc = Value::parse(
+        r#"{"form": {"meta": {"userID": "x", "userID": "u1"}}, "a/b": [1, {"~k": 2}]}"#,
+    )
+    .unwrap();
+    assert_eq!(doc.pointer("/form/meta/userID").unwrap().raw(), "\"u1\"");
+    assert_eq!(doc.pointer("/a~1b/1/~0k").unwrap().raw(), "2");
+    assert_eq!(doc.pointer("").unwrap().raw(), doc.raw());
+    for absent in [
+        "/form/nope",
+        "/a~1b/7",
+        "/a~1b/x",
+        "/form/meta/userID/deeper",
+        "no-slash",
+    ] {
+        assert_eq!(doc.pointer(absent), None, "{absent}");
+    }
+}

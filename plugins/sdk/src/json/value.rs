@@ -123,6 +123,31 @@ impl<'a> Value<'a> {
             .last()
     }
 
+    /// The value at JSON pointer `pointer` (RFC 6901: `""` is the whole
+    /// value, `/form/meta/userID` a path, `~1` a `/` and `~0` a `~` in a
+    /// key, a number an array index); an object with a key twice gives
+    /// the last, as [`Value::get_last`]. Only the members along the path
+    /// are read.
+    pub fn pointer(&self, pointer: &str) -> Option<Value<'a>> {
+        if pointer.is_empty() {
+            return Some(*self);
+        }
+        let mut at = *self;
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token: Cow<'_, str> = if token.contains('~') {
+                Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+            } else {
+                Cow::Borrowed(token)
+            };
+            at = match at.kind {
+                Kind::Object => at.get_last(&token)?,
+                Kind::Array => at.elements().nth(token.parse().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(at)
+    }
+
     /// Python's truthiness of the value: `null`, `false`, `0`, `""`,
     /// `[]` and `{}` are false, everything else (the text `"false"`
     /// included) is true.
