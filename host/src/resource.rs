@@ -302,10 +302,7 @@ fn source_message(e: SourceError) -> String {
         SourceError::Database { database, source } => format!(
             "database {database}: {source}; check the database runs and the resource's source names it"
         ),
-        SourceError::Shape { database, message } => format!(
-            "database {database}: {}",
-            message.replace("document id", "key")
-        ),
+        SourceError::Shape { database, message } => format!("database {database}: {message}"),
         SourceError::Elastic(e) => e.to_string(),
         SourceError::Url { database, message } => {
             format!("invalid URL for database {database}: {message}")

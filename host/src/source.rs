@@ -336,13 +336,13 @@ async fn read(db: &Database, query: &str, ids: Vec<String>) -> Result<Documents,
     for row in rows {
         if row.columns().len() != 2 {
             return Err(shape(format!(
-                "the query returned {} columns; return two: the document id (text) and the document (json, jsonb or text)",
+                "the query returned {} columns; return two: the id, or lookup key (text), and the JSON object (json, jsonb or text)",
                 row.columns().len()
             )));
         }
         let id: String = row.try_get(0).map_err(|e| {
             shape(format!(
-                "the first column must be the document id as text: {e}"
+                "the first column must be the id, or lookup key, as text: {e}"
             ))
         })?;
         let doc = match row.columns()[1].type_info().name() {
