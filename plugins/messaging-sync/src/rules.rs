@@ -4,6 +4,7 @@
 //! rule. Plain Rust: unit-tested natively.
 
 use pillowtop_sdk::json::{Kind, Value};
+use pillowtop_sdk::time::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// The plugin's `[config]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,57 +188,9 @@ fn text(v: Option<Value<'_>>) -> Option<String> {
     }
 }
 
-/// `t` when it is a time the host takes (`YYYY-MM-DDTHH:MM:SS`, an
-/// optional fraction, an optional `Z` or `±HH:MM`).
+/// Whether `t` is a time the host takes in a `timestamp` cell.
 fn usable_time(t: &str) -> bool {
-    let b = t.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    if b.len() < 19
-        || !(digits(0..4) && digits(5..7) && digits(8..10))
-        || !(digits(11..13) && digits(14..16) && digits(17..19))
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return false;
-    }
-    let mut rest = &t[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let n = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return false;
-        }
-        rest = &fraction[n..];
-    }
-    match rest.as_bytes() {
-        [] | [b'Z' | b'z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
-        _ => false,
-    }
-}
-
-/// Epoch milliseconds as RFC 3339 (`2026-11-01T10:00:00.000Z`).
-pub fn format_time(ms: i64) -> String {
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60
-    )
+    parse_rfc3339_ms(t).is_some()
 }
 
 /// What a case change means, as `get_phone_info` decides it.
@@ -294,7 +247,7 @@ pub fn decide(
             ivr_backend_id: text(property(&case, &config.ivr_backend_property)),
             two_way: false,
             contact_last_modified: modified,
-            created_on: format_time(processing_time_ms),
+            created_on: format_rfc3339_ms(processing_time_ms),
         },
         wants_two_way,
     })
@@ -370,9 +323,12 @@ mod tests {
 
     #[test]
     fn times_format_and_check() {
-        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         // Checked against Python: datetime.fromtimestamp(1795000000.123, timezone.utc).
-        assert_eq!(format_time(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(
+            format_rfc3339_ms(1_795_000_000_123),
+            "2026-11-18T11:06:40.123Z"
+        );
         assert!(usable_time("2026-11-01T10:00:00.000000Z"));
         assert!(usable_time("2026-11-01T10:00:00"));
         assert!(usable_time("2026-11-01T10:00:00+05:30"));

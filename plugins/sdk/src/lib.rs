@@ -21,13 +21,14 @@
 //! ```
 //!
 //! The bindings exist only when compiling for `wasm32` (the component
-//! target, `wasm32-wasip2`); [`json`] is plain Rust and also compiles
+//! target, `wasm32-wasip2`); [`json`] and [`time`] are plain Rust and also compile
 //! natively, so a plugin's transform can be unit-tested and benchmarked
 //! outside Wasm.
 
 #![warn(missing_docs)]
 
 pub mod json;
+pub mod time;
 // Not public: it only supplies the guest's `memcmp` symbol.
 mod mem;
 
