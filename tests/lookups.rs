@@ -16,7 +16,7 @@ use pillowtop::metrics::Metrics;
 use pillowtop::resource::Resources;
 use pillowtop::sink::{Origin, VersionedAction, WritePlan};
 use pillowtop::store::Store;
-use pillowtop::wasm::{Failure, Runtime, RuntimeOptions};
+use pillowtop::wasm::{Failure, Runtime};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -270,14 +270,7 @@ async fn resources_answer_through_a_cache_within_the_deadline() {
     }
 
     // The unknown-users plugin on these resources.
-    let runtime = Arc::new(
-        Runtime::new(RuntimeOptions {
-            compile_cache_dir: Some(cache_dir()),
-            lookups: r.clone(),
-            ..RuntimeOptions::default()
-        })
-        .unwrap(),
-    );
+    let runtime = Arc::new(runtime_with_lookups(r.clone()));
     let plugin_dir = tempfile::tempdir().unwrap();
     let topic = "form-sql";
     let normal = unknown_users_manifest(plugin_dir.path(), topic, ["users", "users-index"], 1000);
@@ -487,14 +480,7 @@ async fn messaging_sync_keeps_one_two_way_owner_per_number_and_the_newest_versio
         )
         .unwrap(),
     );
-    let runtime = Arc::new(
-        Runtime::new(RuntimeOptions {
-            compile_cache_dir: Some(cache_dir()),
-            lookups: resources.clone(),
-            ..RuntimeOptions::default()
-        })
-        .unwrap(),
-    );
+    let runtime = Arc::new(runtime_with_lookups(resources.clone()));
     let path = component("plugins/messaging-sync/plugin.toml");
     let manifest = Manifest::load(&path).unwrap();
     let config = pillowtop::config::PillowConfig {

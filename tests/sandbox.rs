@@ -418,15 +418,6 @@ impl pillowtop::lookup::Lookups for DownLookups {
     }
 }
 
-fn runtime_with(lookups: Arc<dyn pillowtop::lookup::Lookups>) -> pillowtop::wasm::Runtime {
-    pillowtop::wasm::Runtime::new(pillowtop::wasm::RuntimeOptions {
-        compile_cache_dir: Some(cache_dir()),
-        lookups,
-        ..Default::default()
-    })
-    .unwrap()
-}
-
 /// A plugin that asks for a resource its manifest does not grant gets an
 /// error value (it carries on, and reports what it got), never the data,
 /// and the change fails with `capability`; one whose resource is down
@@ -445,13 +436,17 @@ fn a_refused_or_failed_lookup_is_an_error_value_and_fails_the_change() {
     let limits = "fuel = 50_000_000\nmemory_mb = 16\ntimeout_ms = 5000";
     let manifest = hostile_manifest(dir.path(), limits, "lookups = [\"slow\"]");
     let manifest = pillowtop::manifest::Manifest::load(&manifest).unwrap();
-    let (mut p, _) = runtime_with(Arc::new(secret)).load(&manifest).unwrap();
+    let (mut p, _) = runtime_with_lookups(Arc::new(secret))
+        .load(&manifest)
+        .unwrap();
     let err = p.process(&hostile("lookup-ungranted", "u1")).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Capability, "{}", err.message);
     assert!(!err.message.contains("secret-value"), "{}", err.message);
     assert_next_change_works(&mut p, "an ungranted lookup");
 
-    let (mut p, _) = runtime_with(Arc::new(DownLookups)).load(&manifest).unwrap();
+    let (mut p, _) = runtime_with_lookups(Arc::new(DownLookups))
+        .load(&manifest)
+        .unwrap();
     let one = change("d1", 1, serde_json::json!({"hostile": "lookups", "n": 1}));
     let err = p.process(&one).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Lookup, "{}", err.message);
@@ -465,12 +460,7 @@ fn a_refused_or_failed_lookup_is_an_error_value_and_fails_the_change() {
 #[test]
 fn time_spent_in_host_calls_counts_against_the_deadline() {
     let lookups = Arc::new(SlowLookups::default());
-    let runtime = pillowtop::wasm::Runtime::new(pillowtop::wasm::RuntimeOptions {
-        compile_cache_dir: Some(cache_dir()),
-        lookups: lookups.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let runtime = runtime_with_lookups(lookups.clone());
     let dir = tempfile::tempdir().unwrap();
     let manifest = hostile_manifest(
         dir.path(),

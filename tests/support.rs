@@ -41,6 +41,16 @@ pub fn cache_dir() -> PathBuf {
         .join("test-compile-cache")
 }
 
+/// A runtime (with the shared compile cache) whose `lookup` import reads `lookups`.
+pub fn runtime_with_lookups(lookups: Arc<dyn pillowtop::lookup::Lookups>) -> Runtime {
+    Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(cache_dir()),
+        lookups,
+        ..RuntimeOptions::default()
+    })
+    .unwrap()
+}
+
 pub fn runtime() -> Arc<Runtime> {
     static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
     RUNTIME
