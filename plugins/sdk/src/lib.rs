@@ -9,7 +9,7 @@
 //!
 //! impl Guest for Echo {
 //!     fn init(_config: String) -> Result<PluginInfo, String> {
-//!         Ok(PluginInfo { tables: vec![], indices: vec![IndexSpec { name: "echo".into(), mappings: "{}".into() }] })
+//!         Ok(PluginInfo { tables: vec![], indices: vec![IndexSpec { name: "echo".into(), mappings: "{}".into(), aliases: vec![] }] })
 //!     }
 //!     fn process_change(change: Change) -> Result<Vec<Action>, ProcessError> {
 //!         let Some(document) = change.document else { return Ok(vec![]) };
@@ -21,13 +21,14 @@
 //! ```
 //!
 //! The bindings exist only when compiling for `wasm32` (the component
-//! target, `wasm32-wasip2`); [`json`] and [`time`] are plain Rust and also compile
+//! target, `wasm32-wasip2`); [`json`], [`python`] and [`time`] are plain Rust and also compile
 //! natively, so a plugin's transform can be unit-tested and benchmarked
 //! outside Wasm.
 
 #![warn(missing_docs)]
 
 pub mod json;
+pub mod python;
 pub mod time;
 // Not public: it only supplies the guest's `memcmp` symbol.
 mod mem;
