@@ -168,7 +168,7 @@ fn plugin_check_passes_case_search_and_fails_a_wrong_fixture() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("fixtures: 9 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("fixtures: 16 passed, 0 failed"), "{stdout}");
 
     // A copy of the plugin with one wrong golden fixture.
     let dir = tempfile::tempdir().unwrap();

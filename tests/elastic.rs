@@ -59,7 +59,10 @@ async fn run(env: &Env, es: &ElasticSink, config: &PillowConfig) -> RunSummary {
 async fn snapshot(es: &ElasticSink, ids: &[String]) -> BTreeMap<String, Option<StoredDocument>> {
     let mut out = BTreeMap::new();
     for id in ids {
-        out.insert(id.clone(), es.document("case-search", id).await.unwrap());
+        out.insert(
+            id.clone(),
+            es.document(CASE_SEARCH_INDEX, id).await.unwrap(),
+        );
     }
     out
 }
@@ -94,8 +97,8 @@ fn patients(prefix: &str, n: usize) -> Vec<String> {
 }
 
 async fn count(es: &ElasticSink) -> u64 {
-    es.refresh("case-search").await.unwrap();
-    es.count("case-search").await.unwrap()
+    es.refresh(CASE_SEARCH_INDEX).await.unwrap();
+    es.count(CASE_SEARCH_INDEX).await.unwrap()
 }
 
 /// Generated cases (updates, closings, deletions, several domains) land as
@@ -127,12 +130,11 @@ async fn documents_land_with_offsets_as_versions_and_a_replay_changes_nothing() 
     }
     let ids: Vec<String> = last.keys().cloned().collect();
     let before = snapshot(&es, &ids).await;
-    let enabled = ["demo-0", "demo-1", "demo-2"];
     let mut live = 0;
     let mut versions = std::collections::HashSet::new();
     for (id, change) in &last {
-        let expect_live =
-            change["is_deletion"] != true && enabled.contains(&change["domain"].as_str().unwrap());
+        let expect_live = change["is_deletion"] != true
+            && case_search_indexes(change["domain"].as_str().unwrap());
         match &before[id] {
             None => assert!(!expect_live, "{id} is missing"),
             Some(doc) => {
@@ -221,7 +223,12 @@ async fn a_refused_document_is_a_pillow_error_for_its_change_only() {
         summary.errors
     );
     assert_eq!(count(&es).await, n as u64 - 1);
-    assert!(es.document("case-search", "r17").await.unwrap().is_none());
+    assert!(
+        es.document(CASE_SEARCH_INDEX, "r17")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let errors = recent_errors(&env.store, "es-refused", 10).await.unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = &errors[0];
@@ -249,8 +256,9 @@ async fn index_mappings_are_checked_at_startup() {
     let conflicting = es_sink(&es_prefix("conflict"));
     conflicting
         .ensure_index(&IndexSpec {
-            name: "case-search".into(),
+            name: CASE_SEARCH_INDEX.into(),
             mappings: r#"{"properties":{"closed":{"type":"keyword"}}}"#.into(),
+            aliases: vec![],
         })
         .await
         .unwrap();
@@ -270,7 +278,7 @@ async fn index_mappings_are_checked_at_startup() {
         "closed",
         "`keyword`",
         "`boolean`",
-        &conflicting.index_name("case-search"),
+        &conflicting.index_name(CASE_SEARCH_INDEX),
         "reindex",
     ] {
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
@@ -279,15 +287,68 @@ async fn index_mappings_are_checked_at_startup() {
     let partial = es_sink(&es_prefix("partial"));
     partial
         .ensure_index(&IndexSpec {
-            name: "case-search".into(),
-            mappings: r#"{"properties":{"domain":{"type":"keyword"}}}"#.into(),
+            name: CASE_SEARCH_INDEX.into(),
+            mappings: r#"{"properties":{"owner_id":{"type":"keyword"}}}"#.into(),
+            aliases: vec![],
         })
         .await
         .unwrap();
     pillow(&env, &partial, &config("es-partial", 10)).await;
-    let mapping = partial.mapping("case-search").await.unwrap();
+    let mapping = partial.mapping(CASE_SEARCH_INDEX).await.unwrap();
     assert_eq!(mapping["properties"]["closed"]["type"], "boolean");
     assert_eq!(mapping["properties"]["case_properties"]["type"], "nested");
+}
+
+/// The plugin's alias (`case_search`, prefixed like its index) points at
+/// its index and serves its documents; an alias already pointing at another
+/// index stops the start, naming both and what to do, instead of letting
+/// readers of the alias see two indices.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_alias_points_at_the_index_and_a_taken_alias_stops_the_start() {
+    let env = Env::new().await;
+    let es = es_sink(&es_prefix("alias"));
+    env.publish("case-sql", 1, &patients("al", 3)).await;
+    run(&env, &es, &config("es-alias", 10)).await;
+    es.refresh(CASE_SEARCH_INDEX).await.unwrap();
+    let through_alias = es
+        .document("case_search", "al1")
+        .await
+        .unwrap()
+        .expect("the document read through the alias");
+    assert_eq!(through_alias.source["doc_id"], "al1");
+    assert_eq!(through_alias.source["name"], "n1");
+    // A second start finds the alias in place and leaves it.
+    run(&env, &es, &config("es-alias", 10)).await;
+
+    let taken = es_sink(&es_prefix("alias-taken"));
+    taken
+        .ensure_index(&IndexSpec {
+            name: "case-search-old".into(),
+            mappings: "{}".into(),
+            aliases: vec!["case_search".into()],
+        })
+        .await
+        .unwrap();
+    let sinks = Sinks::new(env.store.clone(), Some(taken.clone()));
+    let err = match Pillow::new(
+        config("es-alias-taken", 10),
+        env.feed(),
+        sinks,
+        vec![load(&case_search_manifest())],
+    )
+    .await
+    {
+        Ok(_) => panic!("an alias of another index must not be taken over"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        taken.index_name("case_search"),
+        taken.index_name("case-search-old"),
+        taken.index_name(CASE_SEARCH_INDEX),
+        "POST /_aliases".to_string(),
+    ] {
+        assert!(err.contains(&needle), "expected {needle:?} in: {err}");
+    }
 }
 
 /// The same through the CLI: `pillowtop run` with `[elasticsearch]` in
@@ -347,7 +408,7 @@ async fn the_cli_writes_to_elasticsearch_and_reports_conflicts() {
     let n = count(&es).await;
     assert!(n > 0);
     assert!(
-        stdout.contains(&format!("index {prefix}case-search: {n} documents")),
+        stdout.contains(&format!("index {prefix}{CASE_SEARCH_INDEX}: {n} documents")),
         "{stdout}"
     );
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
@@ -356,8 +417,9 @@ async fn the_cli_writes_to_elasticsearch_and_reports_conflicts() {
     let conflict_prefix = es_prefix("cli-conflict");
     es_sink(&conflict_prefix)
         .ensure_index(&IndexSpec {
-            name: "case-search".into(),
+            name: CASE_SEARCH_INDEX.into(),
             mappings: r#"{"properties":{"case_properties":{"type":"keyword"}}}"#.into(),
+            aliases: vec![],
         })
         .await
         .unwrap();
@@ -485,7 +547,7 @@ async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
     assert_eq!(saved, n as u64, "checkpoints at the end");
     for i in [0, n / 2, n - 1] {
         let doc = observer
-            .document("case-search", &format!("o{i}"))
+            .document(CASE_SEARCH_INDEX, &format!("o{i}"))
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("o{i} missing"));

@@ -59,6 +59,7 @@ async fn seed_index(
     es.ensure_index(&IndexSpec {
         name: index.into(),
         mappings: "{}".into(),
+        aliases: vec![],
     })
     .await
     .unwrap();

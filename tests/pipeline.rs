@@ -122,7 +122,7 @@ async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: E
     );
 
     // Expected state, computed from the input alone: the last change of
-    // each case decides; enabled domains are demo-0..2 (plugin.toml).
+    // each case decides; every domain but demo-3 is indexed (plugin.toml).
     let mut last: HashMap<String, Value> = HashMap::new();
     for l in &lines {
         if let Ok(v) = serde_json::from_str::<Value>(l)
@@ -131,13 +131,12 @@ async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: E
             last.insert(id.to_owned(), v.clone());
         }
     }
-    let enabled = ["demo-0", "demo-1", "demo-2"];
     let mut expected_live = 0;
     for (id, change) in &last {
-        let stored = env.sql().document("case-search", id).await.unwrap();
+        let stored = env.sql().document(CASE_SEARCH_INDEX, id).await.unwrap();
         let live = change["is_deletion"] != true
             && change["document"].is_object()
-            && enabled.contains(&change["domain"].as_str().unwrap_or(""));
+            && case_search_indexes(change["domain"].as_str().unwrap_or(""));
         if !live {
             assert!(
                 stored.as_ref().is_none_or(|(doc, _)| doc.is_none()),
@@ -172,7 +171,7 @@ async fn case_search_end_to_end_lands_the_latest_version_of_every_case_in(env: E
     let counts = env.sql().counts().await.unwrap();
     assert_eq!(
         counts.documents,
-        vec![("case-search".to_string(), expected_live)]
+        vec![(CASE_SEARCH_INDEX.to_string(), expected_live)]
     );
 }
 
@@ -290,7 +289,7 @@ async fn a_chunk_keeps_only_the_last_change_of_a_document() {
     );
     let (stored, version) = env
         .sql()
-        .document("case-search", "same")
+        .document(CASE_SEARCH_INDEX, "same")
         .await
         .unwrap()
         .unwrap();
@@ -323,17 +322,25 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
     // chunk_size 1: each version is written in its own transaction.
     let config = pillow_config("replay", "case-sql", case_search_manifest(), 1);
     run(&env, &config, caught_up()).await;
-    let before = env
-        .sql()
-        .document("case-search", "r1")
-        .await
-        .unwrap()
-        .unwrap();
+    // The stored document and its version, without `@indexed_on` (each
+    // run's processing time, which a replay renews as CommCare's does).
+    let stored = || async {
+        let (text, version) = env
+            .sql()
+            .document(CASE_SEARCH_INDEX, "r1")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(&text.unwrap()).unwrap();
+        doc.as_object_mut().unwrap().remove("@indexed_on");
+        (doc, version)
+    };
+    let before = stored().await;
 
     // A stale write (older version) is ignored.
     let stale = VersionedAction {
         action: pillowtop::action::Action::IndexDocument {
-            index: "case-search".into(),
+            index: CASE_SEARCH_INDEX.into(),
             id: "r1".into(),
             document: r#"{"stale":true}"#.into(),
         },
@@ -350,14 +357,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
         )
         .await
         .unwrap();
-    assert_eq!(
-        env.sql()
-            .document("case-search", "r1")
-            .await
-            .unwrap()
-            .unwrap(),
-        before
-    );
+    assert_eq!(stored().await, before);
 
     // Rewind the checkpoint and replay everything: same state, no errors.
     env.store
@@ -366,14 +366,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
         .unwrap();
     let again = run(&env, &config, caught_up()).await;
     assert_eq!(again.messages, 2);
-    assert_eq!(
-        env.sql()
-            .document("case-search", "r1")
-            .await
-            .unwrap()
-            .unwrap(),
-        before
-    );
+    assert_eq!(stored().await, before);
     assert!(
         recent_errors(&env.store, "replay", 10)
             .await
@@ -398,10 +391,12 @@ async fn shutdown_finishes_the_chunk_and_saves_the_checkpoint() {
     // Wait until some chunks are committed, then stop.
     let pool = env.store.sqlite().unwrap().clone();
     loop {
-        let n: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) FROM "doc_case-search""#)
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0);
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            r#"SELECT COUNT(*) FROM "doc_{CASE_SEARCH_INDEX}""#
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
         if n > 0 {
             break;
         }
@@ -743,10 +738,12 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
     let config = pillow_config("bg", "case-sql", case_search_manifest(), 100);
     let summary = run(&env, &config, caught_up()).await;
     assert!(summary.chunks >= 4, "{summary:?}");
-    let written: i64 = sqlx::query_scalar(r#"SELECT SUM(LENGTH(document)) FROM "doc_case-search""#)
-        .fetch_one(env.store.sqlite().unwrap())
-        .await
-        .unwrap();
+    let written: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        r#"SELECT SUM(LENGTH(document)) FROM "doc_{CASE_SEARCH_INDEX}""#
+    )))
+    .fetch_one(env.store.sqlite().unwrap())
+    .await
+    .unwrap();
     assert!(
         written > 100_000,
         "only {written} bytes of documents written"

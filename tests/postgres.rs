@@ -39,6 +39,7 @@ fn info() -> PluginInfo {
         indices: vec![IndexSpec {
             name: "cases".into(),
             mappings: "{}".into(),
+            aliases: vec![],
         }],
     }
 }
@@ -561,6 +562,7 @@ async fn versioned_rows_and_created_documents_keep_the_newest_and_the_first() {
         indices: vec![IndexSpec {
             name: "users".into(),
             mappings: "{}".into(),
+            aliases: vec![],
         }],
     };
     let dir = tempfile::tempdir().unwrap();

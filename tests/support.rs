@@ -27,6 +27,16 @@ pub fn component(relative: &str) -> PathBuf {
     path
 }
 
+/// The index the shipped case-search plugin writes (CommCare's name, set in
+/// its plugin.toml).
+pub const CASE_SEARCH_INDEX: &str = "case-search-20230524";
+
+/// Whether the shipped case-search plugin indexes a domain's cases: every
+/// domain but the one its plugin.toml leaves out, never a change without one.
+pub fn case_search_indexes(domain: &str) -> bool {
+    !domain.is_empty() && domain != "demo-3"
+}
+
 pub fn case_search_manifest() -> PathBuf {
     component("plugins/case-search/case_search.wasm");
     root().join("plugins/case-search/plugin.toml")

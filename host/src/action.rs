@@ -103,6 +103,8 @@ pub struct IndexSpec {
     pub name: String,
     /// Mappings as JSON text.
     pub mappings: String,
+    /// Aliases pointed at the index (Elasticsearch only).
+    pub aliases: Vec<String>,
 }
 
 /// What a plugin's `init` declared.

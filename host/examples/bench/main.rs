@@ -111,8 +111,13 @@ fn manifest() -> Manifest {
 /// The case-search transform of `c`, run natively.
 fn case_search_document(c: &Change) -> String {
     let mut out = String::new();
-    case_search::transform::case_search_document(&c.id, c.document.as_deref().unwrap(), &mut out)
-        .unwrap();
+    case_search::transform::case_search_document(
+        &c.id,
+        c.document.as_deref().unwrap(),
+        c.processing_time_ms,
+        &mut out,
+    )
+    .unwrap();
     out
 }
 

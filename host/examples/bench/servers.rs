@@ -528,6 +528,7 @@ pub fn es_sink_bench(changes: &[pillowtop::change::Change]) {
         rt.block_on(es.ensure_index(&IndexSpec {
             name: "case-search".into(),
             mappings: mappings.clone(),
+            aliases: vec![],
         }))
         .unwrap_or_else(|e| panic!("{e}: run `make services`"));
         let plans: Vec<WritePlan> = docs

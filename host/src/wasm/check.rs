@@ -126,6 +126,31 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
             return Err(format!("init declared index {:?} twice", index.name));
         }
     }
+    // Aliases are names readers use: granted like indices, and never the
+    // name of an index (Elasticsearch refuses an alias named like one).
+    let mut aliases = HashSet::new();
+    for index in &info.indices {
+        for alias in &index.aliases {
+            if !valid_index_name(alias) {
+                return Err(format!(
+                    "init declared alias {alias:?} of index {:?}: alias names follow the index name rules (a-z, 0-9, '-' and '_', at most {MAX_INDEX_NAME_BYTES} bytes)",
+                    index.name
+                ));
+            }
+            if !manifest.capabilities.indices.contains(alias) {
+                return Err(format!(
+                    "init declared alias {alias:?} of index {:?}, which the manifest does not grant; add it to capabilities.indices in {}",
+                    index.name,
+                    manifest.path.display()
+                ));
+            }
+            if declared.indices.contains(alias) || !aliases.insert(alias.clone()) {
+                return Err(format!(
+                    "init declared alias {alias:?} twice or also as an index name; an alias names exactly one index"
+                ));
+            }
+        }
+    }
     for table in &info.tables {
         let name = &table.name;
         if !valid_sql_name(name, MAX_TABLE_NAME_BYTES) {
@@ -425,8 +450,38 @@ mod tests {
             indices: vec![IndexSpec {
                 name: "docs".into(),
                 mappings: "{}".into(),
+                aliases: vec![],
             }],
         }
+    }
+
+    #[test]
+    fn aliases_must_be_granted_and_distinct() {
+        let granted = Manifest::parse(
+            "name = \"p\"\nversion = \"1\"\ncomponent = \"p.wasm\"\n[capabilities]\nindices = [\"docs\", \"docs_read\"]\ntables = [\"rows\"]",
+            Path::new("p/plugin.toml"),
+        )
+        .unwrap();
+        let mut i = info();
+        i.indices[0].aliases = vec!["docs_read".into()];
+        assert!(check_info(&i, &granted).is_ok());
+        assert!(
+            check_info(&i, &manifest()).unwrap_err().contains(
+                "alias \"docs_read\" of index \"docs\", which the manifest does not grant"
+            )
+        );
+        i.indices[0].aliases = vec!["docs".into()];
+        assert!(
+            check_info(&i, &granted)
+                .unwrap_err()
+                .contains("also as an index name")
+        );
+        i.indices[0].aliases = vec!["Docs".into()];
+        assert!(
+            check_info(&i, &granted)
+                .unwrap_err()
+                .contains("alias names follow")
+        );
     }
 
     #[test]

@@ -831,6 +831,7 @@ fn convert_info(info: wit::PluginInfo) -> PluginInfo {
             .map(|i| action::IndexSpec {
                 name: i.name,
                 mappings: i.mappings,
+                aliases: i.aliases,
             })
             .collect(),
     }

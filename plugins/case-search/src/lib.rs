@@ -1,14 +1,15 @@
 //! case-search: CommCare's case-search processor as a pillowtop plugin.
 //!
-//! For each case change in an enabled domain it indexes a case-search
-//! document (see [`transform`]); a deletion deletes the document. Changes of
-//! other document types or domains produce no actions.
+//! For each case change of an indexed domain it indexes the case-search
+//! document CommCare writes (see [`transform`]); a deletion, or a case whose
+//! `doc_type` is a deleted one, deletes it. Changes of other document types,
+//! of left-out domains or without a domain produce no actions.
 
 pub mod transform;
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use crate::transform::{self, Config, MAPPINGS};
+    use crate::transform::{self, Config, MAPPINGS, Outcome};
     use pillowtop_sdk::types::{
         Action, Change, DeleteDocument, IndexDocument, IndexSpec, PluginInfo, ProcessError,
     };
@@ -26,6 +27,7 @@ mod component {
                 indices: vec![IndexSpec {
                     name: config.index.clone(),
                     mappings: MAPPINGS.to_string(),
+                    aliases: config.alias.iter().cloned().collect(),
                 }],
             };
             CONFIG
@@ -39,20 +41,29 @@ mod component {
                 .get()
                 .ok_or_else(|| ProcessError::Permanent("init was not called".into()))?;
             let doc_type = change.document_type.as_deref();
-            // CommCare's deleted cases are `CommCareCase-Deleted`.
-            let deleted_type = doc_type.is_some_and(|t| t.ends_with("-Deleted"));
             if doc_type.is_some_and(|t| t != "CommCareCase" && t != "CommCareCase-Deleted") {
                 return Ok(vec![]);
             }
-            let domain = change.domain.as_deref().unwrap_or("");
-            if !config.domains.enabled(domain) {
+            if !config
+                .domains
+                .enabled(change.domain.as_deref().unwrap_or(""))
+            {
                 return Ok(vec![]);
             }
-            if change.is_deletion || deleted_type {
-                return Ok(vec![Action::DeleteDocument(DeleteDocument {
+            let delete = |id: String| {
+                Ok(vec![Action::DeleteDocument(DeleteDocument {
                     index: config.index.clone(),
-                    id: change.id,
-                })]);
+                    id,
+                })])
+            };
+            // A deletion (or a change of a case typed `CommCareCase-Deleted`)
+            // deletes the document, unless the case's current document is
+            // live again: CommCare's ElasticProcessor then deletes nothing.
+            if change.is_deletion || doc_type.is_some_and(transform::is_deleted_type) {
+                if change.document.as_deref().is_some_and(transform::is_live) {
+                    return Ok(vec![]);
+                }
+                return delete(change.id);
             }
             // CommCare's DocumentMissingError: retried, the document may
             // not be written yet.
@@ -63,13 +74,20 @@ mod component {
                 )));
             };
             let mut out = String::new();
-            transform::case_search_document(&change.id, &doc, &mut out)
-                .map_err(|e| ProcessError::Permanent(e.to_string()))?;
-            Ok(vec![Action::IndexDocument(IndexDocument {
-                index: config.index.clone(),
-                id: change.id,
-                document: out,
-            })])
+            match transform::case_search_document(
+                &change.id,
+                &doc,
+                change.processing_time_ms,
+                &mut out,
+            ) {
+                Ok(Outcome::Document) => Ok(vec![Action::IndexDocument(IndexDocument {
+                    index: config.index.clone(),
+                    id: change.id,
+                    document: out,
+                })]),
+                Ok(Outcome::Deleted) => delete(change.id),
+                Err(e) => Err(ProcessError::Permanent(e.to_string())),
+            }
         }
     }
 

@@ -41,6 +41,7 @@ mod component {
                 indices: vec![IndexSpec {
                     name: config.index.clone(),
                     mappings: rules::MAPPINGS.to_string(),
+                    aliases: vec![],
                 }],
             };
             CONFIG

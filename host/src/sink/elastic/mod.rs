@@ -4,7 +4,9 @@
 //! - **Indices** are created from the plugins' index specs when missing
 //!   (named `index_prefix` + the plugin's index name). An existing index
 //!   whose fields are mapped with other types is a startup error naming
-//!   the field; declared fields it lacks are added.
+//!   the field; declared fields it lacks are added. Declared aliases are
+//!   pointed at the index (prefixed too); one that points elsewhere is a
+//!   startup error.
 //! - **Bulk** writes carry the change's offset as an external version, so
 //!   a replay (after a crash or a checkpoint rewind) can never overwrite a
 //!   newer document: the server answers 409 and that counts as done. A
@@ -36,8 +38,8 @@ use elasticsearch::auth::Credentials;
 use elasticsearch::http::Url;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{
-    IndicesCreateParts, IndicesExistsParts, IndicesGetMappingParts, IndicesPutMappingParts,
-    IndicesRefreshParts,
+    IndicesCreateParts, IndicesExistsParts, IndicesGetAliasParts, IndicesGetMappingParts,
+    IndicesPutAliasParts, IndicesPutMappingParts, IndicesRefreshParts,
 };
 use elasticsearch::{BulkParts, CountParts, GetParts, MgetParts};
 use std::collections::BTreeMap;
@@ -71,6 +73,20 @@ pub enum ElasticError {
         existing: String,
         /// The declared type.
         declared: String,
+    },
+    /// An alias a plugin declares already points at another index.
+    #[error(
+        "{sink}: alias {alias:?} of index {index:?} already points at {holders:?}; readers of the alias would see both: move it (POST /_aliases with remove and add), or drop the alias from the plugin's config"
+    )]
+    AliasTaken {
+        /// Which server.
+        sink: String,
+        /// The alias.
+        alias: String,
+        /// The index it should point at.
+        index: String,
+        /// The other indices it points at.
+        holders: Vec<String>,
     },
     /// The server refused a request that retrying cannot fix.
     #[error("{sink}: {what} was refused ({reason}); {hint}")]
@@ -270,7 +286,7 @@ impl ElasticSink {
             let (status, body) = self.read(sent).await?;
             if (200..300).contains(&status) {
                 tracing::info!(sink = %self.location, index = %name, "created index");
-                return Ok(());
+                return self.ensure_aliases(&name, &spec.aliases).await;
             }
             // Another process may have created it meanwhile: check it.
             if !String::from_utf8_lossy(&body).contains("resource_already_exists_exception") {
@@ -318,6 +334,73 @@ impl ElasticSink {
                 ));
             }
             tracing::info!(sink = %self.location, index = %name, fields = ?comparison.missing, "added declared fields to an existing index");
+        }
+        self.ensure_aliases(&name, &spec.aliases).await
+    }
+
+    /// Point each of `aliases` (prefixed like index names) at index `name`;
+    /// an alias that already points only at it is left as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`ElasticError::AliasTaken`] when an alias points at another index.
+    async fn ensure_aliases(&self, name: &str, aliases: &[String]) -> Result<(), ElasticError> {
+        for alias in aliases {
+            let alias = self.index_name(alias);
+            let sent = self
+                .client
+                .indices()
+                .get_alias(IndicesGetAliasParts::Name(&[&alias]))
+                .send()
+                .await;
+            let (status, body) = self.read(sent).await?;
+            let holders: Vec<String> = match status {
+                404 => Vec::new(),
+                200..=299 => {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+                        .map_err(|e| {
+                            self.unavailable(format!("unreadable aliases of {alias:?}: {e}"))
+                        })?
+                        .into_iter()
+                        .map(|(index, _)| index)
+                        .collect()
+                }
+                _ => {
+                    return Err(self.refused(
+                        format!("reading alias {alias:?}"),
+                        status,
+                        &body,
+                        "check elasticsearch.url and the user's privileges",
+                    ));
+                }
+            };
+            let others: Vec<String> = holders.iter().filter(|h| *h != name).cloned().collect();
+            if !others.is_empty() {
+                return Err(ElasticError::AliasTaken {
+                    sink: self.location.to_string(),
+                    alias,
+                    index: name.to_string(),
+                    holders: others,
+                });
+            }
+            if holders.is_empty() {
+                let sent = self
+                    .client
+                    .indices()
+                    .put_alias(IndicesPutAliasParts::IndexName(&[name], &alias))
+                    .send()
+                    .await;
+                let (status, body) = self.read(sent).await?;
+                if !(200..300).contains(&status) {
+                    return Err(self.refused(
+                        format!("pointing alias {alias:?} at index {name:?}"),
+                        status,
+                        &body,
+                        "an alias cannot have the name of an existing index: rename the alias in the plugin's config",
+                    ));
+                }
+                tracing::info!(sink = %self.location, index = %name, alias = %alias, "pointed alias at index");
+            }
         }
         Ok(())
     }

@@ -80,6 +80,7 @@ mod component {
                 indices: vec![IndexSpec {
                     name: "hostile".into(),
                     mappings: "{}".into(),
+                    aliases: vec![],
                 }],
             })
         }
