@@ -30,6 +30,7 @@ fn visits() -> TableSpec {
         ],
         primary_key: vec!["doc_id".into(), "n".into()],
         version_column: None,
+        definition: None,
     }
 }
 
@@ -275,6 +276,75 @@ async fn a_mismatching_table_is_refused_naming_table_and_column() {
     .unwrap();
     let err = sql.ensure_outputs(&info()).await.unwrap_err().to_string();
     assert!(err.contains("primary key is [\"doc_id\"]"), "{err}");
+}
+
+/// A table built by one definition of its rows is not used by a plugin
+/// version that declares another (PostgreSQL and SQLite stores); the same
+/// definition, a table recorded without one, and a dropped table are
+/// taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_of_another_definition_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = [
+        pg_store(&pg_schema("pgdefinition")).await,
+        Store::open(&dir.path().join("store.db")).await.unwrap(),
+    ];
+    let defined = |definition: Option<&str>| PluginInfo {
+        tables: vec![TableSpec {
+            definition: definition.map(str::to_string),
+            ..visits()
+        }],
+        indices: vec![],
+    };
+    for store in &stores {
+        let sql = SqlSink::new(store);
+        // Recorded without a definition (a table from before definitions):
+        // the first one declared is taken and kept.
+        sql.ensure_outputs(&defined(None)).await.unwrap();
+        sql.ensure_outputs(&defined(Some("sha1:aaa")))
+            .await
+            .unwrap();
+        sql.ensure_outputs(&defined(Some("sha1:aaa")))
+            .await
+            .unwrap();
+        let err = sql
+            .ensure_outputs(&defined(Some("sha1:bbb")))
+            .await
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "\"visits\"",
+            "another definition (sha1:aaa)",
+            "(sha1:bbb)",
+            "rebuild the table",
+        ] {
+            assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        }
+        // Dropped, the table is built anew by the new definition.
+        match (store.postgres(), store.sqlite()) {
+            (Some(pg), _) => sqlx::raw_sql("DROP TABLE visits")
+                .execute(pg)
+                .await
+                .map(|_| ()),
+            (_, Some(lite)) => sqlx::raw_sql("DROP TABLE visits")
+                .execute(lite)
+                .await
+                .map(|_| ()),
+            _ => unreachable!("a store is one or the other"),
+        }
+        .unwrap();
+        sql.ensure_outputs(&defined(Some("sha1:bbb")))
+            .await
+            .unwrap();
+        let err = sql
+            .ensure_outputs(&defined(Some("sha1:aaa")))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("another definition (sha1:bbb)"),
+            "{err}"
+        );
+    }
 }
 
 /// `pillowtop migrate` creates the store's tables in the configured
@@ -556,6 +626,7 @@ async fn versioned_rows_and_created_documents_keep_the_newest_and_the_first() {
         ],
         primary_key: vec!["doc_id".into()],
         version_column: Some("modified".into()),
+        definition: None,
     };
     let info = PluginInfo {
         tables: vec![phones],

@@ -87,6 +87,10 @@ pub struct TableSpec {
     /// The column whose value orders versions of a row: an upsert
     /// replaces a stored row only when its value is not lower.
     pub version_column: Option<String>,
+    /// What decides the rows beyond the columns (opaque; e.g. a hash of a
+    /// UCR data source): kept with the table, and a table built by
+    /// another definition is not written (see `sink::sql`).
+    pub definition: Option<String>,
 }
 
 impl TableSpec {

@@ -41,6 +41,9 @@
 //!
 //! [config]              # free-form, passed to init as JSON
 //! domains = "*"
+//!
+//! [config_files]        # JSON files (or folders of *.json) read by the host
+//! data_sources = ["data_sources"]  # -> config.data_sources = [{"file", "spec"}]
 //! ```
 
 use serde::Deserialize;
@@ -253,6 +256,8 @@ struct RawManifest {
     retry: RetryPolicy,
     #[serde(default)]
     config: toml::Table,
+    #[serde(default)]
+    config_files: BTreeMap<String, Vec<PathBuf>>,
 }
 
 /// A validated manifest. Paths are resolved against the manifest's folder.
@@ -280,8 +285,12 @@ pub struct Manifest {
     pub prefetch: BTreeMap<String, Vec<String>>,
     /// Retry policy.
     pub retry: RetryPolicy,
-    /// `[config]` as JSON text, as handed to `init`.
+    /// `[config]` as JSON text, as handed to `init`, with the
+    /// `[config_files]` read into it.
     pub config_json: String,
+    /// The files and folders `[config_files]` names (watched like the
+    /// component: a change is a hot reload).
+    pub config_files: Vec<PathBuf>,
 }
 
 /// Upper bounds that keep a typo from disabling a limit.
@@ -294,6 +303,9 @@ const MAX_RETRY_ATTEMPTS: u32 = 100;
 const MAX_RETRY_BASE_MINUTES: u32 = 24 * 60;
 /// Largest manifest file read; real ones are a few KB.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Largest file `[config_files]` may name (a UCR data source is a few KB
+/// to a few hundred).
+const MAX_CONFIG_FILE_BYTES: u64 = 16 << 20;
 
 impl Manifest {
     /// Load and validate the manifest at `path`.
@@ -421,8 +433,28 @@ impl Manifest {
             }
         }
         let dir = path.parent().unwrap_or(Path::new("."));
-        let config_json = serde_json::to_string(&raw.config)
+        let mut config_json = serde_json::to_string(&raw.config)
             .map_err(|e| invalid("config", format!("cannot be expressed as JSON: {e}")))?;
+        let mut config_files = Vec::new();
+        for (key, entries) in &raw.config_files {
+            let setting = format!("config_files.{key}");
+            if raw.config.contains_key(key) {
+                return Err(invalid(
+                    &setting,
+                    format!("[config] also sets {key:?}; give it in one place"),
+                ));
+            }
+            let files = read_config_files(dir, entries, &mut config_files)
+                .map_err(|m| invalid(&setting, m))?;
+            config_json.pop(); // the closing brace
+            if config_json.len() > 1 {
+                config_json.push(',');
+            }
+            config_json.push_str(&serde_json::to_string(key).expect("a string"));
+            config_json.push(':');
+            config_json.push_str(&files);
+            config_json.push('}');
+        }
         Ok(Manifest {
             path: path.to_owned(),
             name: raw.name,
@@ -435,8 +467,62 @@ impl Manifest {
             prefetch: raw.prefetch,
             retry: raw.retry,
             config_json,
+            config_files,
         })
     }
+}
+
+/// Read the JSON files `entries` name (a folder: its `*.json` files, by
+/// name) into `[{"file": ..., "spec": ...}]`, each spec kept as written
+/// (member order matters to plugins); every path read goes to `watched`.
+fn read_config_files(
+    dir: &Path,
+    entries: &[PathBuf],
+    watched: &mut Vec<PathBuf>,
+) -> Result<String, String> {
+    let mut out = String::from("[");
+    for entry in entries {
+        let path = dir.join(entry);
+        let mut files = Vec::new();
+        if path.is_dir() {
+            let listing = std::fs::read_dir(&path)
+                .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+            for item in listing {
+                let item = item.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+                if item.path().extension().is_some_and(|x| x == "json") {
+                    files.push((entry.join(item.file_name()), item.path()));
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(format!("folder {} has no .json file", path.display()));
+            }
+            watched.push(path.clone());
+        } else {
+            files.push((entry.clone(), path.clone()));
+        }
+        for (shown, file) in files {
+            let text = crate::file::read_text_bounded(
+                &file,
+                MAX_CONFIG_FILE_BYTES,
+                "a config file is at most 16 MiB",
+            )
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let spec: Box<serde_json::value::RawValue> = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(r#"{"file":"#);
+            out.push_str(&serde_json::to_string(&shown.display().to_string()).expect("a string"));
+            out.push_str(r#","spec":"#);
+            out.push_str(spec.get());
+            out.push('}');
+            watched.push(file);
+        }
+    }
+    out.push(']');
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -496,6 +582,44 @@ mod tests {
         assert!(m.subscription.matches("any", Some("CommCareCase"), None));
         assert!(!m.subscription.matches("any", Some("XFormInstance"), None));
         assert!(!m.subscription.matches("any", None, None));
+    }
+
+    #[test]
+    fn config_files_are_read_into_config_in_order_and_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ds")).unwrap();
+        std::fs::write(dir.path().join("ds/b.json"), r#"{"z": 1, "a": [2]}"#).unwrap();
+        std::fs::write(dir.path().join("ds/a.json"), r#"{"only": true}"#).unwrap();
+        std::fs::write(dir.path().join("ds/notes.txt"), "not read").unwrap();
+        std::fs::write(dir.path().join("one.json"), "[1]").unwrap();
+        let manifest = dir.path().join("plugin.toml");
+        let text = "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[config]\nk = 1\n[config_files]\nsources = [\"ds\", \"one.json\"]";
+        let m = Manifest::parse(text, &manifest).unwrap();
+        assert_eq!(
+            m.config_json,
+            r#"{"k":1,"sources":[{"file":"ds/a.json","spec":{"only": true}},{"file":"ds/b.json","spec":{"z": 1, "a": [2]}},{"file":"one.json","spec":[1]}]}"#
+        );
+        assert_eq!(
+            m.config_files.len(),
+            4,
+            "the folder and its three files: {:?}",
+            m.config_files
+        );
+
+        std::fs::write(dir.path().join("ds/c.json"), "{oops").unwrap();
+        let err = Manifest::parse(text, &manifest).unwrap_err().to_string();
+        for needle in ["config_files.sources", "c.json is not JSON", "line 1"] {
+            assert!(err.contains(needle), "{needle:?} in {err}");
+        }
+        let clash = "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[config]\nsources = 1\n[config_files]\nsources = [\"one.json\"]";
+        let err = Manifest::parse(clash, &manifest).unwrap_err().to_string();
+        assert!(err.contains("[config] also sets \"sources\""), "{err}");
+        let missing = "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[config_files]\nsources = [\"nope.json\"]";
+        let err = Manifest::parse(missing, &manifest).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("nope.json"),
+            "{err}"
+        );
     }
 
     #[test]

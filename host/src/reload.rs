@@ -127,7 +127,9 @@ type FileStamp = (PathBuf, Option<(u64, SystemTime)>);
 struct Fingerprint(Vec<FileStamp>);
 
 impl Fingerprint {
-    /// Stamp the manifest, the component it names and its fixture files.
+    /// Stamp the manifest, the component it names, its `[config_files]`
+    /// (a folder's stamp changes when a file is added or removed) and its
+    /// fixture files.
     fn of(manifest_path: &Path) -> Fingerprint {
         let stamp = |p: &Path| {
             let meta = std::fs::metadata(p).ok();
@@ -139,6 +141,7 @@ impl Fingerprint {
         let mut files = vec![stamp(manifest_path)];
         if let Ok(m) = Manifest::load(manifest_path) {
             files.push(stamp(&m.component));
+            files.extend(m.config_files.iter().map(|p| stamp(p)));
             if let Some(dir) = &m.fixtures {
                 files.push(stamp(dir));
                 if let Ok(entries) = std::fs::read_dir(dir) {

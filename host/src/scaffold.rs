@@ -251,6 +251,7 @@ mod component {
                     ],
                     primary_key: vec!["doc_id".into()],
                     version_column: None,
+                    definition: None,
                 }],
                 indices: vec![],
             })
@@ -309,7 +310,7 @@ class WitWorld(wit_world.WitWorld):
             types.Column(name="domain", kind=types.ColumnType.TEXT, nullable=True),
             types.Column(name="document_type", kind=types.ColumnType.TEXT, nullable=True),
         ]
-        table = types.TableSpec(name=TABLE, columns=columns, primary_key=["doc_id"], version_column=None)
+        table = types.TableSpec(name=TABLE, columns=columns, primary_key=["doc_id"], version_column=None, definition=None)
         return types.PluginInfo(tables=[table], indices=[])
 
     def process_change(self, change: types.Change):
@@ -349,6 +350,7 @@ export function init(config) {
         columns: [column("doc_id", false), column("domain", true), column("document_type", true)],
         primaryKey: ["doc_id"],
         versionColumn: null,
+        definition: null,
       },
     ],
     indices: [],

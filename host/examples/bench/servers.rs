@@ -418,6 +418,7 @@ fn ucr_table() -> TableSpec {
         ],
         primary_key: vec!["doc_id".into()],
         version_column: None,
+        definition: None,
     }
 }
 

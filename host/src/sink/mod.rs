@@ -48,6 +48,22 @@ pub enum SinkError {
         /// Which column differs and how.
         detail: String,
     },
+    /// A table was built by one definition of its rows (a plugin's
+    /// `table-spec.definition`, e.g. a UCR data source) and a plugin now
+    /// declares another: writing would mix rows of both.
+    #[error(
+        "{store}: table {table:?} holds rows of another definition ({stored}) than this plugin version declares ({declared}); its rows would mix, so this version is not used. Keep the previous definition, or rebuild the table: stop the pillow, drop the table, and reprocess the pillow's feed (pillowtop checkpoint reset)"
+    )]
+    Redefined {
+        /// Which store.
+        store: String,
+        /// Table.
+        table: String,
+        /// The definition its rows were written by.
+        stored: String,
+        /// The definition declared now.
+        declared: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(#[from] DbError),

@@ -379,6 +379,7 @@ mod tests {
             ],
             primary_key: vec!["doc_id".into(), "n".into()],
             version_column: None,
+            definition: None,
         }
     }
 

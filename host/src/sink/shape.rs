@@ -97,6 +97,7 @@ mod tests {
             ],
             primary_key: vec!["doc_id".into()],
             version_column: None,
+            definition: None,
         }
     }
 

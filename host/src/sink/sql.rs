@@ -135,7 +135,8 @@ impl SqlSink {
                     store: self.location.to_string(),
                     table: spec.name.clone(),
                     detail,
-                })?
+                })?;
+                self.check_definition(tx, spec).await?;
             }
             None => {
                 let statements = [
@@ -153,15 +154,42 @@ impl SqlSink {
             }
         }
         on_tx!(&mut *tx, t => {
-            sqlx::query("INSERT INTO sink_tables (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
+            sqlx::query("INSERT INTO sink_tables (name, spec, definition) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, definition = excluded.definition")
                 .bind(&spec.name)
                 .bind(describe_spec(spec))
+                .bind(&spec.definition)
                 .execute(&mut **t)
                 .await
                 .map(|_| ())
         })
         .map_err(self.err())?;
         Ok(())
+    }
+
+    /// Refuse to use the existing table of `spec` when the store records
+    /// that its rows were written by another definition than the one
+    /// `spec` declares. A table recorded without one (or a spec without
+    /// one) is taken as it is.
+    async fn check_definition(&self, tx: &mut Tx, spec: &TableSpec) -> Result<(), SinkError> {
+        let Some(declared) = &spec.definition else {
+            return Ok(());
+        };
+        let stored: Option<Option<String>> = on_tx!(&mut *tx, t => {
+            sqlx::query_scalar("SELECT definition FROM sink_tables WHERE name = $1")
+                .bind(&spec.name)
+                .fetch_optional(&mut **t)
+                .await
+        })
+        .map_err(self.err())?;
+        match stored.flatten() {
+            Some(stored) if &stored != declared => Err(SinkError::Redefined {
+                store: self.location.to_string(),
+                table: spec.name.clone(),
+                stored,
+                declared: declared.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Commit a chunk: sink writes, pillow errors and checkpoints (of
@@ -304,6 +332,7 @@ mod tests {
             ],
             primary_key: vec!["doc_id".into()],
             version_column: None,
+            definition: None,
         };
         assert_eq!(
             create_table_sql(&spec, super::super::postgres::sql_type),

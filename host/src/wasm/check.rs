@@ -84,6 +84,27 @@ fn valid_sql_name(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// A table name: a column name's rules, and `-` after the first byte
+/// (CommCare's UCR tables carry the domain, which may hold one; every
+/// statement quotes table names).
+fn valid_table_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TABLE_NAME_BYTES
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `capabilities.tables` grants `name`: listed as it is, or under
+/// an entry `prefix*` (a plugin that names its tables from its config,
+/// such as UCR, is granted them by prefix).
+pub fn table_granted(granted: &[String], name: &str) -> bool {
+    granted.iter().any(|g| match g.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => g == name,
+    })
+}
+
 fn valid_index_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_INDEX_NAME_BYTES
@@ -153,9 +174,9 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
     }
     for table in &info.tables {
         let name = &table.name;
-        if !valid_sql_name(name, MAX_TABLE_NAME_BYTES) {
+        if !valid_table_name(name) {
             return Err(format!(
-                "init declared table {name:?}: table names use a-z, 0-9 and '_', start with a letter, at most {MAX_TABLE_NAME_BYTES} bytes"
+                "init declared table {name:?}: table names use a-z, 0-9, '_' and '-', start with a letter, at most {MAX_TABLE_NAME_BYTES} bytes"
             ));
         }
         if reserved(name) {
@@ -171,9 +192,9 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
                 table.columns.len()
             ));
         }
-        if !manifest.capabilities.tables.contains(name) {
+        if !table_granted(&manifest.capabilities.tables, name) {
             return Err(format!(
-                "init declared table {name:?}, which the manifest does not grant; add it to capabilities.tables in {}",
+                "init declared table {name:?}, which the manifest does not grant; add it (or a prefix such as \"ucr_*\") to capabilities.tables in {}",
                 manifest.path.display()
             ));
         }
@@ -441,6 +462,7 @@ mod tests {
             ],
             primary_key: vec!["doc_id".into()],
             version_column: None,
+            definition: None,
         }
     }
 
@@ -529,6 +551,38 @@ mod tests {
                 .unwrap_err()
                 .contains("not a JSON object")
         );
+    }
+
+    #[test]
+    fn tables_are_granted_by_name_or_by_prefix() {
+        let granted = |list: &str| {
+            Manifest::parse(
+                &format!(
+                    "name = \"p\"\nversion = \"1\"\ncomponent = \"p.wasm\"\n[capabilities]\nindices = [\"docs\"]\ntables = [{list}]"
+                ),
+                Path::new("p/plugin.toml"),
+            )
+            .unwrap()
+        };
+        let named = |name: &str| {
+            let mut i = info();
+            i.tables[0].name = name.into();
+            i
+        };
+        let ucr = granted("\"ucr_*\"");
+        assert!(check_info(&named("ucr_demo-3_cases_53ec8c11"), &ucr).is_ok());
+        let err = check_info(&named("rows"), &ucr).unwrap_err();
+        assert!(
+            err.contains("does not grant") && err.contains("ucr_*"),
+            "{err}"
+        );
+        // A prefix grant does not reach the host's own tables.
+        let err = check_info(&named("checkpoints"), &granted("\"*\"")).unwrap_err();
+        assert!(err.contains("a name the host keeps for itself"), "{err}");
+        for bad in ["-ucr", "ucr_Demo", "ucr demo"] {
+            let err = check_info(&named(bad), &granted("\"*\"")).unwrap_err();
+            assert!(err.contains("a-z, 0-9, '_' and '-'"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -823,6 +823,7 @@ fn convert_info(info: wit::PluginInfo) -> PluginInfo {
                     .collect(),
                 primary_key: t.primary_key,
                 version_column: t.version_column,
+                definition: t.definition,
             })
             .collect(),
         indices: info

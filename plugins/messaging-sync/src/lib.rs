@@ -65,6 +65,7 @@ mod component {
                     primary_key: vec!["doc_id".into()],
                     // CommCare skips a case version older than the entry's.
                     version_column: Some("contact_last_modified".into()),
+                    definition: None,
                 }],
                 indices: vec![],
             };

@@ -76,6 +76,7 @@ mod component {
                     columns,
                     primary_key: vec!["doc_id".into()],
                     version_column: None,
+                    definition: None,
                 }],
                 indices: vec![IndexSpec {
                     name: "hostile".into(),

@@ -60,6 +60,7 @@ mod component {
                     ],
                     primary_key: vec!["doc_id".into()],
                     version_column: None,
+                    definition: None,
                 }],
                 indices: vec![],
             })
