@@ -39,7 +39,7 @@ define build_rust_plugins
 endef
 
 rust-plugins: wasm-target
-	$(call build_rust_plugins,case-search unknown-users messaging-sync hostile tagger,case_search:plugins/case-search unknown_users:plugins/unknown-users messaging_sync:plugins/messaging-sync hostile:plugins/testing/hostile tagger:plugins/testing/tagger)
+	$(call build_rust_plugins,case-search unknown-users messaging-sync ucr hostile tagger,case_search:plugins/case-search unknown_users:plugins/unknown-users messaging_sync:plugins/messaging-sync ucr:plugins/ucr hostile:plugins/testing/hostile tagger:plugins/testing/tagger)
 
 ## Only the plugin the embedded `make run` job loads.
 case-search-plugin: wasm-target

@@ -56,6 +56,7 @@ fn shipped_plugins_pass_their_golden_fixtures() {
         ("case-search", 16),
         ("unknown-users", 17),
         ("messaging-sync", 22),
+        ("ucr", 13),
     ] {
         let path = root().join("plugins").join(plugin).join("plugin.toml");
         let manifest = Manifest::load(&path).unwrap();
