@@ -73,25 +73,32 @@ pub struct Fixture {
 impl Fixture {
     /// Its lookups as the runtime serves them.
     fn lookups(&self) -> MemoryLookups {
-        MemoryLookups(
-            self.lookups
-                .iter()
-                .map(|(resource, keys)| {
-                    let keys = keys
-                        .iter()
-                        .map(|(k, v)| {
-                            let text = match v {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            };
-                            (k.clone(), text)
-                        })
-                        .collect();
-                    (resource.clone(), keys)
-                })
-                .collect(),
-        )
+        memory_lookups(&self.lookups)
     }
+}
+
+/// Lookups given as JSON (resource -> key -> value, as in a fixture's
+/// `"lookups"`) as the runtime serves them: a string value is the text
+/// the plugin receives, any other value its JSON text.
+pub fn memory_lookups(lookups: &BTreeMap<String, BTreeMap<String, Value>>) -> MemoryLookups {
+    MemoryLookups(
+        lookups
+            .iter()
+            .map(|(resource, keys)| {
+                let keys = keys
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), text)
+                    })
+                    .collect();
+                (resource.clone(), keys)
+            })
+            .collect(),
+    )
 }
 
 fn default_topic() -> String {

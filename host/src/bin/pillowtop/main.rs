@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod errors;
+mod ucr;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -121,6 +122,11 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Tools for UCR data sources (the `ucr` plugin).
+    Ucr {
+        #[command(subcommand)]
+        command: ucr::UcrCommand,
     },
     /// Print deterministic synthetic CommCare-like changes as JSON lines.
     Gen {
@@ -311,6 +317,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("{}: migrations applied, up to date", store.location());
             Ok(())
         }
+        Command::Ucr { command } => ucr::ucr_command(command).await,
         Command::Checkpoint { command } => {
             checkpoint::checkpoint_command(&config()?, command).await
         }
