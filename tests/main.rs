@@ -19,3 +19,4 @@ mod reload;
 mod retry;
 mod sandbox;
 mod sources;
+mod ucr;
