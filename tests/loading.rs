@@ -136,7 +136,7 @@ fn load_errors_are_precise() {
     let e = load_err(&format!(
         "name = \"x\"\nversion = \"1\"\ncomponent = {hostile:?}\n[capabilities]\nindices = [\"hostile\"]"
     ));
-    assert!(e.to_string().contains("table \"hostile_rows\", which the manifest does not grant; add it to capabilities.tables"), "{e}");
+    assert!(e.to_string().contains("table \"hostile_rows\", which the manifest does not grant; add it to capabilities.tables (or a prefix grant such as \"hostile_*\")"), "{e}");
 
     // A core module (not a component) is refused at compile.
     let module = dir.path().join("module.wasm");

@@ -194,7 +194,8 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
         }
         if !table_granted(&manifest.capabilities.tables, name) {
             return Err(format!(
-                "init declared table {name:?}, which the manifest does not grant; add it (or a prefix such as \"ucr_*\") to capabilities.tables in {}",
+                "init declared table {name:?}, which the manifest does not grant; add it to capabilities.tables (or a prefix grant such as {:?}) in {}",
+                format!("{}*", &name[..name.find('_').map_or(name.len(), |i| i + 1)]),
                 manifest.path.display()
             ));
         }
@@ -571,9 +572,10 @@ mod tests {
         };
         let ucr = granted("\"ucr_*\"");
         assert!(check_info(&named("ucr_demo-3_cases_53ec8c11"), &ucr).is_ok());
-        let err = check_info(&named("rows"), &ucr).unwrap_err();
+        // The refusal suggests a prefix grant from the name's first word.
+        let err = check_info(&named("case_rows"), &ucr).unwrap_err();
         assert!(
-            err.contains("does not grant") && err.contains("ucr_*"),
+            err.contains("does not grant") && err.contains("\"case_*\""),
             "{err}"
         );
         // A prefix grant does not reach the host's own tables.
