@@ -18,6 +18,9 @@
 //! 8. Elasticsearch sink: documents/s written in chunks of 100, 500 and
 //!    2000 (bulk, external versions), with the host's CPU per document.
 //!    Needs `make services`.
+//! 9. The retry queue; 10. lookups and document sources (see their modules).
+//! 11. UCR: a 20-indicator data source over generated cases, native vs.
+//!     the Wasm component with fuel (`BENCH_ONLY=ucr`).
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
@@ -25,6 +28,7 @@
 mod lookups;
 mod retry;
 mod servers;
+mod ucr;
 
 use pillowtop::change::{self, Change};
 use pillowtop::feed::{Message, TopicPartition};
@@ -486,6 +490,9 @@ fn main() {
     }
     if wanted("lookups") {
         lookups::lookups_bench(&lines);
+    }
+    if wanted("ucr") {
+        ucr::ucr_bench(&changes);
     }
 }
 
