@@ -108,20 +108,36 @@ async fn data_sources_over_kafka_into_postgresql() {
     let shipped = root().join("plugins/ucr/data_sources");
     let manifest = ucr_manifest(dir.path(), &shipped, &[&case_topic, &form_topic]);
     let schema = pg_schema("ucr");
-    let config = dir.path().join("pillowtop.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let write_config = |config: &Path, schema: &str| {
+        std::fs::write(
+            config,
+            format!(
             "[feed]\ntype = \"kafka\"\nbrokers = {brokers:?}\n[store]\n{}\n\
              [runtime]\ncompile_cache_dir = {:?}\n[reload]\nwatch = false\n\
              [[pillows]]\nname = \"ucr\"\ntopics = [{case_topic:?}, {form_topic:?}]\nprocessors = [{manifest:?}]\nchunk_size = 100\nmax_wait_ms = 50\n\
              [lookups.cases.source]\ntype = \"postgres\"\nurl = {:?}\nquery = \"SELECT id, doc FROM docs WHERE id = ANY($1)\"\n",
-            pg_store_toml(&schema),
+            pg_store_toml(schema),
             cache_dir(),
             db.url,
         ),
-    )
-    .unwrap();
+        )
+        .unwrap();
+    };
+    let config = dir.path().join("pillowtop.toml");
+    write_config(&config, &schema);
+    let pillowtop = |config: &Path, args: &[&str]| {
+        let out = bin()
+            .args(["--config", config.to_str().unwrap(), "--log", "warn"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
     let try_run = || {
         let out = bin()
             .args([
@@ -405,7 +421,27 @@ async fn data_sources_over_kafka_into_postgresql() {
     let text = std::fs::read_to_string(&patients).unwrap();
     std::fs::write(&patients, text.replace("\"Patients\"", "\"All patients\"")).unwrap();
     ucr_manifest(dir.path(), &changed, &[&case_topic, &form_topic]);
+    // Two more patients, 19 and 40: adults under either definition's
+    // threshold but the first.
+    let p6 = case(
+        "p6",
+        json!({"name": "Meena", "age": "19", "owner_id": "o-6"}),
+    );
+    let p7 = case(
+        "p7",
+        json!({"name": "Tara", "age": "40", "owner_id": "o-7"}),
+    );
+    publish_lines(&brokers, &case_topic, 2, &[line(&p6), line(&p7)]);
     run();
+    let age_groups = |rows: &[Value]| -> Vec<(Value, Value)> {
+        rows.iter()
+            .map(|r| (r["doc_id"].clone(), r["age_group"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        age_groups(&rows(&pool, &schema, PATIENTS).await),
+        [(json!("p6"), json!("adult")), (json!("p7"), json!("adult"))]
+    );
     std::fs::write(
         &patients,
         text.replace(
@@ -416,9 +452,49 @@ async fn data_sources_over_kafka_into_postgresql() {
     .unwrap();
     let (ok, text) = try_run();
     assert!(!ok, "{text}");
-    for needle in [PATIENTS, "another definition"] {
+    for needle in [PATIENTS, "another definition", "pillowtop ucr rebuild"] {
         assert!(text.contains(needle), "{needle:?} in {text}");
     }
+
+    // `ucr rebuild patients` drops the table and replays the feed through
+    // the new definition for that data source only; the pillow then
+    // starts. The rows are those of a fresh run with the new definition
+    // (a new store, the whole feed), and the other tables were left alone.
+    let visits_before = rows(&pool, &schema, VISITS).await;
+    let (ok, text) = pillowtop(&config, &["ucr", "rebuild", "patients"]);
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("rebuilt {PATIENTS}")), "{text}");
+    run();
+    let rebuilt = rows(&pool, &schema, PATIENTS).await;
+    assert_eq!(
+        age_groups(&rebuilt),
+        [(json!("p6"), json!("child")), (json!("p7"), json!("adult"))]
+    );
+    assert_eq!(rows(&pool, &schema, VISITS).await, visits_before);
+    let fresh_schema = pg_schema("ucr_fresh");
+    let fresh_config = dir.path().join("fresh.toml");
+    write_config(&fresh_config, &fresh_schema);
+    let (ok, text) = pillowtop(&fresh_config, &["run", "--until-caught-up"]);
+    assert!(ok, "{text}");
+    let without_inserted_at = |rows: Vec<Value>| -> Vec<Value> {
+        rows.into_iter()
+            .map(|mut r| {
+                r.as_object_mut().unwrap().remove("inserted_at");
+                r
+            })
+            .collect()
+    };
+    assert_eq!(
+        without_inserted_at(rebuilt),
+        without_inserted_at(rows(&pool, &fresh_schema, PATIENTS).await)
+    );
+    // A table id no data source has is refused, naming the ones there are.
+    let (ok, text) = pillowtop(&config, &["ucr", "rebuild", "nope"]);
+    assert!(!ok);
+    assert!(
+        text.contains("patients, visit_medications, visits"),
+        "{text}"
+    );
     db.remove().await;
 }
 

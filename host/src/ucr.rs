@@ -1,3 +1,5 @@
+//! `pillowtop ucr eval` (here) and `pillowtop ucr rebuild` ([`rebuild`]).
+//!
 //! `pillowtop ucr eval`: a UCR data source, expression or filter evaluated
 //! on one document through the UCR plugin itself (its component, limits
 //! and lookups), so what it prints is what a pillow would write. The tool
@@ -8,6 +10,8 @@
 //! given, and `eval` is `{}` (the data source's rows), `{"expression":
 //! SPEC}` or `{"filter": SPEC}` (the value, written as the one row of the
 //! plugin's `{prefix}eval` table). Nothing is written anywhere.
+
+pub mod rebuild;
 
 use crate::action::{Action, Cell, ColumnType, TableSpec};
 use crate::change::{self, Change};

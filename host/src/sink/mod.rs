@@ -52,7 +52,7 @@ pub enum SinkError {
     /// `table-spec.definition`, e.g. a UCR data source) and a plugin now
     /// declares another: writing would mix rows of both.
     #[error(
-        "{store}: table {table:?} holds rows of another definition ({stored}) than this plugin version declares ({declared}); its rows would mix, so this version is not used. Keep the previous definition, or rebuild the table: stop the pillow, drop the table, and reprocess the pillow's feed (pillowtop checkpoint reset)"
+        "{store}: table {table:?} holds rows of another definition ({stored}) than this plugin version declares ({declared}); its rows would mix, so this version is not used. Keep the previous definition, or rebuild the table: for a UCR data source, stop the pillow and run `pillowtop ucr rebuild TABLE_ID`; otherwise stop the pillow, drop the table and reprocess the pillow's feed (pillowtop checkpoint reset)"
     )]
     Redefined {
         /// Which store.

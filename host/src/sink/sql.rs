@@ -115,6 +115,30 @@ impl SqlSink {
         Ok(())
     }
 
+    /// Drop the row table `name` and forget it in the `sink_tables`
+    /// registry, in one transaction (for a rebuild: the next
+    /// [`SqlSink::ensure_outputs`] creates it anew, with its definition).
+    ///
+    /// # Errors
+    ///
+    /// When the database fails; nothing is dropped then.
+    pub async fn drop_table(&self, name: &str) -> Result<(), SinkError> {
+        let mut tx = self.db.begin().await.map_err(self.err())?;
+        let ddl = format!("DROP TABLE IF EXISTS {}", quote(name));
+        on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut **t).await.map(|_| ()))
+            .map_err(self.err())?;
+        on_tx!(&mut tx, t => {
+            sqlx::query("DELETE FROM sink_tables WHERE name = $1")
+                .bind(name)
+                .execute(&mut **t)
+                .await
+                .map(|_| ())
+        })
+        .map_err(self.err())?;
+        self.db.commit(tx).await.map_err(self.err())?;
+        Ok(())
+    }
+
     /// Create the row table of `spec` if missing (with an index on
     /// `doc_id`), or check that the existing one has its shape; record it
     /// in the `sink_tables` registry.

@@ -317,7 +317,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("{}: migrations applied, up to date", store.location());
             Ok(())
         }
-        Command::Ucr { command } => ucr::ucr_command(command).await,
+        Command::Ucr { command } => {
+            ucr::ucr_command(
+                command,
+                || Ok(config()?),
+                |config| {
+                    let stop = Stop::new();
+                    stop_on_signals(stop.clone(), config.runtime.shutdown_grace_seconds);
+                    stop
+                },
+            )
+            .await
+        }
         Command::Checkpoint { command } => {
             checkpoint::checkpoint_command(&config()?, command).await
         }

@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use pillowtop::config::HostConfig;
+use pillowtop::process::Stop;
 use pillowtop::ucr::{self, EvalOutput, EvalRequest, Probe};
 use std::path::PathBuf;
 
@@ -37,10 +39,42 @@ pub enum UcrCommand {
         #[arg(long, default_value = "data/compile-cache")]
         compile_cache: PathBuf,
     },
+    /// Rebuild the table of one data source (after its filter or
+    /// indicators changed): drop it, then replay the pillow's feed from
+    /// the start through the UCR plugin restricted to that data source,
+    /// writing only that table, until caught up. The pillow must be
+    /// stopped (its other processors resume from their checkpoints when it
+    /// starts again); other pillows may run.
+    Rebuild {
+        /// The data source's `table_id`.
+        table_id: String,
+        /// The pillow (default: the one pillow with that data source).
+        #[arg(long)]
+        pillow: Option<String>,
+    },
 }
 
-pub async fn ucr_command(command: UcrCommand) -> Result<()> {
+pub async fn ucr_command(
+    command: UcrCommand,
+    config: impl FnOnce() -> Result<HostConfig>,
+    stop: impl FnOnce(&HostConfig) -> Stop,
+) -> Result<()> {
     match command {
+        UcrCommand::Rebuild { table_id, pillow } => {
+            let config = config()?;
+            let stop = stop(&config);
+            let rebuilt =
+                ucr::rebuild::rebuild(&config, &table_id, pillow.as_deref(), &stop).await?;
+            print!("{}", rebuilt.summary);
+            if let Some(e) = rebuilt.summary.failed {
+                return Err(e.into());
+            }
+            println!(
+                "rebuilt {} from the feed of pillow {}; start the pillow again to go on from its checkpoints",
+                rebuilt.table, rebuilt.pillow
+            );
+            Ok(())
+        }
         UcrCommand::Eval {
             data_source,
             doc,
