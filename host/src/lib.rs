@@ -20,11 +20,11 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`ucr`] | `pillowtop ucr eval` (a data source, expression or filter on one document, through the plugin) and `ucr rebuild` (one data source's table anew from the feed) |
 //! | [`process`] | the whole host as one call: open, start, supervise every task, stop |
 //! | [`admin`] | the admin HTTP endpoint (metrics, plugins, reloads) and its client |
 //! | [`status`] | what `pillowtop status` shows |
 //! | [`triage`] | operator tools for pillow errors: list, show, re-queue, purge, make a fixture |
-//! | [`ucr`] | `pillowtop ucr eval` (a data source, expression or filter on one document, through the plugin) and `ucr rebuild` (one data source's table anew from the feed) |
 //! | [`conformance`] | `pillowtop plugin check`: load, declaration, fixtures, fuel |
 //! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |
 //! | [`retry`] | the retry queue: due pillow errors re-run (or republished), fairly by domain |
