@@ -138,25 +138,7 @@ async fn data_sources_over_kafka_into_postgresql() {
         );
         (out.status.success(), text)
     };
-    let try_run = || {
-        let out = bin()
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--log",
-                "warn",
-                "run",
-                "--until-caught-up",
-            ])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let try_run = || pillowtop(&config, &["run", "--until-caught-up"]);
     let run = || {
         let (ok, text) = try_run();
         assert!(ok, "{text}");
