@@ -542,7 +542,7 @@ pub fn selected<'a>(
 /// The embedded (SQLite) store serves one process: refuse to start while
 /// another live process has it (by the liveness rule; on this host, its
 /// pid must also exist, so a crashed process does not hold it).
-async fn refuse_if_embedded_store_in_use(
+pub(crate) async fn refuse_if_embedded_store_in_use(
     config: &HostConfig,
     store: &Store,
 ) -> Result<(), ProcessError> {

@@ -95,8 +95,11 @@ pub async fn rebuild(
     let store = Store::connect(&config.store)
         .await
         .map_err(|e| RebuildError::Store(e.to_string()))?;
-    // Refuses while a process of the pillow runs (same pillow name).
+    // Refuses while a process of the pillow runs (same pillow name), and,
+    // on the embedded store (one process at a time), while any does:
+    // before anything is dropped.
     checkpoint::apply(&rebuild_pillow, &feed, &store, &[], Move::Reset, false).await?;
+    process::refuse_if_embedded_store_in_use(config, &store).await?;
     SqlSink::new(&store)
         .drop_table(&table)
         .await
