@@ -235,6 +235,20 @@ impl Processor {
                 retryable: true,
             });
         };
+        // Most changes of a feed are of domains and types no data source
+        // reads (the data sources' own test, on the document, would give
+        // nothing): skip them before reading the document. The change's
+        // `domain` and `document_type` are the document's (CommCare's
+        // ChangeMeta); when absent, the document decides. `ucr eval`
+        // probes whatever the document is.
+        if self.eval.is_none()
+            && !self
+                .sources
+                .iter()
+                .any(|s| s.concerns(change.domain, change.doc_type))
+        {
+            return Ok(Vec::new());
+        }
         let doc = match Value::parse(text) {
             Ok(v) if v.kind() == pillowtop_sdk::json::Kind::Object => Val::from_json(v),
             Ok(_) => return Err(permanent("the document is not a JSON object".into())),
