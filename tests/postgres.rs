@@ -320,7 +320,8 @@ async fn a_table_of_another_definition_is_refused() {
         ] {
             assert!(err.contains(needle), "expected {needle:?} in: {err}");
         }
-        // Dropped, the table is built anew by the new definition.
+        // Dropped by hand (as the refusal says), the table is built anew
+        // by the new definition.
         match (store.postgres(), store.sqlite()) {
             (Some(pg), _) => sqlx::raw_sql("DROP TABLE visits")
                 .execute(pg)
@@ -336,6 +337,17 @@ async fn a_table_of_another_definition_is_refused() {
         sql.ensure_outputs(&defined(Some("sha1:bbb")))
             .await
             .unwrap();
+        let err = sql
+            .ensure_outputs(&defined(Some("sha1:aaa")))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("another definition (sha1:bbb)"),
+            "{err}"
+        );
+        // A version declaring no definition keeps the recorded one: it
+        // cannot clear the way for another.
+        sql.ensure_outputs(&defined(None)).await.unwrap();
         let err = sql
             .ensure_outputs(&defined(Some("sha1:aaa")))
             .await

@@ -178,7 +178,7 @@ impl SqlSink {
             }
         }
         on_tx!(&mut *tx, t => {
-            sqlx::query("INSERT INTO sink_tables (name, spec, definition) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, definition = excluded.definition")
+            sqlx::query("INSERT INTO sink_tables (name, spec, definition) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, definition = COALESCE(excluded.definition, sink_tables.definition)")
                 .bind(&spec.name)
                 .bind(describe_spec(spec))
                 .bind(&spec.definition)
@@ -193,7 +193,9 @@ impl SqlSink {
     /// Refuse to use the existing table of `spec` when the store records
     /// that its rows were written by another definition than the one
     /// `spec` declares. A table recorded without one (or a spec without
-    /// one) is taken as it is.
+    /// one) is taken as it is; a spec without one keeps the recorded one,
+    /// so a version that stops declaring it cannot clear the way for
+    /// another definition.
     async fn check_definition(&self, tx: &mut Tx, spec: &TableSpec) -> Result<(), SinkError> {
         let Some(declared) = &spec.definition else {
             return Ok(());
