@@ -14,8 +14,7 @@
 pub mod rebuild;
 
 use crate::action::{Action, Cell, ColumnType, TableSpec};
-use crate::change::{self, Change};
-use crate::feed::{Message, TopicPartition};
+use crate::change::Change;
 use crate::fixtures;
 use crate::manifest::{Manifest, ManifestError};
 use crate::wasm::{LoadError, Runtime, RuntimeOptions};
@@ -188,26 +187,20 @@ fn change_of(doc: &RawValue) -> Result<Change, String> {
     let fields: Map<String, Value> = serde_json::from_str(doc.get())
         .map_err(|_| "the document must be a JSON object".to_string())?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
-    let meta = serde_json::json!({
-        "document_id": text("_id").unwrap_or_else(|| "doc".into()),
-        "domain": text("domain"),
-        "document_type": text("doc_type"),
-    });
-    let mut value = meta.to_string();
-    value.pop();
-    value.push_str(r#","document":"#);
-    value.push_str(doc.get());
-    value.push('}');
-    let message = Message {
-        tp: TopicPartition::new("eval", 0),
+    Ok(Change {
+        id: text("_id").unwrap_or_else(|| "doc".into()),
+        topic: "eval".into(),
+        partition: 0,
         offset: 0,
-        key: None,
-        value: value.into_bytes(),
-        timestamp_ms: None,
-    };
-    let mut change = change::decode(&message).map_err(|e| e.to_string())?;
-    change.processing_time_ms = crate::time::now_ms();
-    Ok(change)
+        domain: text("domain"),
+        document_type: text("doc_type"),
+        document_subtype: None,
+        is_deletion: false,
+        publish_time_ms: None,
+        attempts: 0,
+        processing_time_ms: crate::time::now_ms(),
+        document: Some(doc.get().to_owned()),
+    })
 }
 
 fn rows_output(tables: &[TableSpec], actions: Vec<Action>) -> Result<EvalOutput, EvalError> {
