@@ -74,25 +74,26 @@ pub struct Declared {
     pub indices: HashSet<String>,
 }
 
-/// A table or column name: a-z, 0-9 and `_`, starting with a letter, at
-/// most `max` bytes.
-fn valid_sql_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
+/// 1 to `max` bytes, the first passing `first`, every one a-z, 0-9, `_`
+/// or (with `dash`) `-`: the rule of every name a plugin declares.
+fn valid_name(s: &str, max: usize, first: fn(&u8) -> bool, dash: bool) -> bool {
+    s.as_bytes().first().is_some_and(first)
         && s.len() <= max
-        && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || (dash && b == b'-')
+        })
+}
+
+/// A column name: a-z, 0-9 and `_`, starting with a letter.
+fn valid_column_name(s: &str) -> bool {
+    valid_name(s, 63, u8::is_ascii_lowercase, false)
 }
 
 /// A table name: a column name's rules, and `-` after the first byte
 /// (CommCare's UCR tables carry the domain, which may hold one; every
 /// statement quotes table names).
 fn valid_table_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_TABLE_NAME_BYTES
-        && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    valid_name(s, MAX_TABLE_NAME_BYTES, u8::is_ascii_lowercase, true)
 }
 
 /// Whether `capabilities.tables` grants `name`: listed as it is, or under
@@ -105,12 +106,14 @@ pub fn table_granted(granted: &[String], name: &str) -> bool {
     })
 }
 
+/// An index name: a-z, 0-9, `_` and `-`, starting with a letter or digit.
 fn valid_index_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_INDEX_NAME_BYTES
-        && (s.as_bytes()[0].is_ascii_lowercase() || s.as_bytes()[0].is_ascii_digit())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    valid_name(
+        s,
+        MAX_INDEX_NAME_BYTES,
+        |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
+        true,
+    )
 }
 
 /// Validate `init`'s declaration against the manifest.
@@ -201,7 +204,7 @@ pub fn check_info(info: &PluginInfo, manifest: &Manifest) -> Result<Declared, St
         }
         let mut columns = HashSet::new();
         for c in &table.columns {
-            if !valid_sql_name(&c.name, 63) {
+            if !valid_column_name(&c.name) {
                 return Err(format!(
                     "table {name:?}: column {:?} must use a-z, 0-9 and '_', start with a letter, at most 63 bytes",
                     c.name
