@@ -33,7 +33,6 @@ pub struct DateTime {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Time(pub i64);
 
-const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The last day Python's `date` can hold, 9999-12-31.
 const MAX_DAY: i32 = 3_652_058;
 
@@ -475,11 +474,6 @@ impl DateTime {
             date: self.date.add_days(days)?,
             micros: self.micros,
         })
-    }
-
-    /// Microseconds since 0001-01-01T00:00:00.
-    pub fn total_micros(self) -> i64 {
-        self.date.0 as i64 * MICROS_PER_DAY + self.micros
     }
 }
 
