@@ -128,8 +128,8 @@ struct Fingerprint(Vec<FileStamp>);
 
 impl Fingerprint {
     /// Stamp the manifest, the component it names, its `[config_files]`
-    /// (a folder's stamp changes when a file is added or removed) and its
-    /// fixture files.
+    /// and its fixture files (a folder: itself, for files added or
+    /// removed, and each file in it).
     fn of(manifest_path: &Path) -> Fingerprint {
         let stamp = |p: &Path| {
             let meta = std::fs::metadata(p).ok();
@@ -138,18 +138,25 @@ impl Fingerprint {
                 meta.map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH))),
             )
         };
+        // A folder and every file in it: a file edited in place changes
+        // its own stamp, not the folder's.
+        let with_files = |dir: &Path, files: &mut Vec<_>| {
+            files.push(stamp(dir));
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                let mut paths: Vec<PathBuf> =
+                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                paths.sort();
+                files.extend(paths.iter().map(|p| stamp(p)));
+            }
+        };
         let mut files = vec![stamp(manifest_path)];
         if let Ok(m) = Manifest::load(manifest_path) {
             files.push(stamp(&m.component));
-            files.extend(m.config_files.iter().map(|p| stamp(p)));
+            for path in &m.config_files {
+                with_files(path, &mut files);
+            }
             if let Some(dir) = &m.fixtures {
-                files.push(stamp(dir));
-                if let Ok(entries) = std::fs::read_dir(dir) {
-                    let mut paths: Vec<PathBuf> =
-                        entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                    paths.sort();
-                    files.extend(paths.iter().map(|p| stamp(p)));
-                }
+                with_files(dir, &mut files);
             }
         }
         Fingerprint(files)
