@@ -359,6 +359,177 @@ async fn a_table_of_another_definition_is_refused() {
     }
 }
 
+/// A table held by a rebuild: the pillow's writes to it are dropped per
+/// partition until it takes the partition back (at a chunk start the
+/// rebuild's checkpoint has reached, running the rebuild's definition);
+/// the rebuild's writes land until then and are dropped after. Once the
+/// rebuild finishes, a partition taken back is forgotten. On PostgreSQL
+/// and SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back() {
+    use pillowtop::sink::{HoldScope, Origin};
+    let dir = tempfile::tempdir().unwrap();
+    let stores = [
+        pg_store(&pg_schema("pghold")).await,
+        Store::open(&dir.path().join("store.db")).await.unwrap(),
+    ];
+    let defined = |definition: &str| PluginInfo {
+        tables: vec![TableSpec {
+            definition: Some(definition.into()),
+            ..visits()
+        }],
+        indices: vec![],
+    };
+    let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+    let partition_of = |k: u32| Some(TopicPartition::new("t", k));
+    // One upsert per partition: document `docs[k]` from partition k.
+    let plan = |docs: [&str; 2]| {
+        WritePlan::build(
+            docs.iter()
+                .enumerate()
+                .map(|(k, doc)| VersionedAction {
+                    action: Action::UpsertRows {
+                        table: "visits".into(),
+                        rows: vec![row(doc, 1, "2024-01-01", Cell::Null)],
+                    },
+                    version: 1,
+                    origin: Origin {
+                        change: k as u32,
+                        processor: 0,
+                    },
+                })
+                .collect(),
+        )
+    };
+    let live = |docs: [&str; 2], starts: [u64; 2]| ChunkCommit {
+        plan: plan(docs),
+        scope: HoldScope {
+            tables: vec!["visits".to_string()].into(),
+            starts: vec![(p0.clone(), starts[0]), (p1.clone(), starts[1])],
+            may_release: true,
+        },
+        ..ChunkCommit::default()
+    };
+    let rebuilt = |docs: [&str; 2], to: [u64; 2]| ChunkCommit {
+        plan: plan(docs),
+        checkpoints: vec![(p0.clone(), to[0]), (p1.clone(), to[1])],
+        scope: HoldScope {
+            tables: vec!["visits".to_string()].into(),
+            starts: vec![(p0.clone(), 0), (p1.clone(), 0)],
+            may_release: true,
+        },
+        ..ChunkCommit::default()
+    };
+    const REBUILD: &str = "pillow:rebuild:visits";
+    for store in &stores {
+        let docs = || async {
+            let sql = "SELECT doc_id FROM visits ORDER BY doc_id";
+            match (store.postgres(), store.sqlite()) {
+                (Some(pg), _) => sqlx::query_scalar::<_, String>(sql).fetch_all(pg).await,
+                (_, Some(lite)) => sqlx::query_scalar::<_, String>(sql).fetch_all(lite).await,
+                _ => unreachable!("a store is one or the other"),
+            }
+            .unwrap()
+        };
+        let pillow = SqlSink::new(store);
+        let rebuild = SqlSink::new(store);
+        pillow.ensure_outputs(&defined("sha1:old")).await.unwrap();
+        pillow
+            .commit_from("pillow", &live(["a", "b"], [0, 0]), &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["a", "b"]);
+
+        rebuild
+            .hold_for_rebuild(
+                &defined("sha1:new").tables[0],
+                REBUILD,
+                &[p0.clone(), p1.clone()],
+            )
+            .await
+            .unwrap();
+        rebuild.ensure_outputs(&defined("sha1:new")).await.unwrap();
+        assert_eq!(docs().await, Vec::<String>::new(), "created anew");
+        // The pillow still runs the old definition: nothing of it lands,
+        // and it takes nothing back, however far the rebuild is.
+        rebuild
+            .commit_from(REBUILD, &rebuilt(["r0", "r1"], [4, 9]), &partition_of)
+            .await
+            .unwrap();
+        pillow
+            .commit_from("pillow", &live(["x0", "x1"], [5, 5]), &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["r0", "r1"]);
+        assert_eq!(
+            rebuild.holds("visits").await.unwrap(),
+            [(p0.clone(), false), (p1.clone(), false)]
+        );
+        // Its new version goes live (the table has its definition now).
+        pillow.ensure_outputs(&defined("sha1:new")).await.unwrap();
+        // Partition 1's rebuild has passed the chunk start (9 >= 5): taken
+        // back, the chunk's write lands; partition 0's has not (4 < 5).
+        pillow
+            .commit_from("pillow", &live(["y0", "y1"], [5, 5]), &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["r0", "r1", "y1"]);
+        assert_eq!(
+            rebuild.holds("visits").await.unwrap(),
+            [(p0.clone(), false), (p1.clone(), true)]
+        );
+        // The rebuild writes partition 0 only now.
+        rebuild
+            .commit_from(REBUILD, &rebuilt(["s0", "s1"], [10, 12]), &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["r0", "r1", "s0", "y1"]);
+        // A later piece of a chunk never takes a partition back.
+        let mut piece = live(["z0", "z1"], [8, 8]);
+        piece.scope.may_release = false;
+        pillow
+            .commit_from("pillow", &piece, &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["r0", "r1", "s0", "y1", "z1"]);
+        pillow
+            .commit_from("pillow", &live(["w0", "w1"], [9, 9]), &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["r0", "r1", "s0", "w0", "w1", "y1", "z1"]);
+        rebuild.finish_rebuild("visits", REBUILD).await.unwrap();
+        assert_eq!(rebuild.holds("visits").await.unwrap(), []);
+
+        // A rebuild that finished before the pillow took partition 0 back
+        // (the pillow was stopped): it takes it back when it gets to it,
+        // and the hold is forgotten.
+        rebuild
+            .hold_for_rebuild(
+                &defined("sha1:new").tables[0],
+                REBUILD,
+                &[p0.clone(), p1.clone()],
+            )
+            .await
+            .unwrap();
+        rebuild
+            .commit_from(REBUILD, &rebuilt(["a0", "a1"], [3, 3]), &partition_of)
+            .await
+            .unwrap();
+        rebuild.finish_rebuild("visits", REBUILD).await.unwrap();
+        let mut first = live(["b0", "b1"], [3, 3]);
+        first.scope.starts.pop();
+        pillow
+            .commit_from("pillow", &first, &partition_of)
+            .await
+            .unwrap();
+        assert_eq!(docs().await, ["a0", "a1", "b0"]);
+        assert_eq!(
+            rebuild.holds("visits").await.unwrap(),
+            [(p1.clone(), false)]
+        );
+    }
+}
+
 /// `pillowtop migrate` creates the store's tables in the configured
 /// schema, and says what is wrong when PostgreSQL cannot be reached.
 #[tokio::test(flavor = "multi_thread")]

@@ -58,6 +58,42 @@ fn line(doc: &Value) -> String {
 const VISIT: &str = "http://openrosa.org/formdesigner/visit";
 const FOLLOWUP: &str = "http://openrosa.org/formdesigner/followup";
 
+/// A host config of one pillow `ucr` over `topics` running `manifest`,
+/// its store in `schema`, `related_doc`'s lookup `cases` answered from
+/// `lookup_url`; `[reload, pillow]` are extra lines of those sections.
+fn write_ucr_config(
+    path: &Path,
+    schema: &str,
+    brokers: &str,
+    topics: [&str; 2],
+    manifest: &Path,
+    lookup_url: &str,
+    [reload, pillow]: [&str; 2],
+) {
+    std::fs::write(
+        path,
+        format!(
+            "[feed]\ntype = \"kafka\"\nbrokers = {brokers:?}\n[store]\n{}\n\
+             [runtime]\ncompile_cache_dir = {:?}\n[reload]\n{reload}\n\
+             [[pillows]]\nname = \"ucr\"\ntopics = {topics:?}\nprocessors = [{manifest:?}]\n{pillow}\n\
+             [lookups.cases.source]\ntype = \"postgres\"\nurl = {lookup_url:?}\nquery = \"SELECT id, doc FROM docs WHERE id = ANY($1)\"\n",
+            pg_store_toml(schema),
+            cache_dir(),
+        ),
+    )
+    .unwrap();
+}
+
+/// Rows without `inserted_at` (the time each run wrote them).
+fn without_inserted_at(rows: Vec<Value>) -> Vec<Value> {
+    rows.into_iter()
+        .map(|mut r| {
+            r.as_object_mut().unwrap().remove("inserted_at");
+            r
+        })
+        .collect()
+}
+
 /// Every row of `table` as JSON objects, by `doc_id` then `repeat_iteration`.
 async fn rows(pool: &sqlx::PgPool, schema: &str, table: &str) -> Vec<Value> {
     let order = if table == MEDICATIONS {
@@ -109,19 +145,15 @@ async fn data_sources_over_kafka_into_postgresql() {
     let manifest = ucr_manifest(dir.path(), &shipped, &[&case_topic, &form_topic]);
     let schema = pg_schema("ucr");
     let write_config = |config: &Path, schema: &str| {
-        std::fs::write(
+        write_ucr_config(
             config,
-            format!(
-            "[feed]\ntype = \"kafka\"\nbrokers = {brokers:?}\n[store]\n{}\n\
-             [runtime]\ncompile_cache_dir = {:?}\n[reload]\nwatch = false\n\
-             [[pillows]]\nname = \"ucr\"\ntopics = [{case_topic:?}, {form_topic:?}]\nprocessors = [{manifest:?}]\nchunk_size = 100\nmax_wait_ms = 50\n\
-             [lookups.cases.source]\ntype = \"postgres\"\nurl = {:?}\nquery = \"SELECT id, doc FROM docs WHERE id = ANY($1)\"\n",
-            pg_store_toml(schema),
-            cache_dir(),
-            db.url,
-        ),
+            schema,
+            &brokers,
+            [&case_topic, &form_topic],
+            &manifest,
+            &db.url,
+            ["watch = false", "chunk_size = 100\nmax_wait_ms = 50"],
         )
-        .unwrap();
     };
     let config = dir.path().join("pillowtop.toml");
     write_config(&config, &schema);
@@ -458,14 +490,6 @@ async fn data_sources_over_kafka_into_postgresql() {
     write_config(&fresh_config, &fresh_schema);
     let (ok, text) = pillowtop(&fresh_config, &["run", "--until-caught-up"]);
     assert!(ok, "{text}");
-    let without_inserted_at = |rows: Vec<Value>| -> Vec<Value> {
-        rows.into_iter()
-            .map(|mut r| {
-                r.as_object_mut().unwrap().remove("inserted_at");
-                r
-            })
-            .collect()
-    };
     assert_eq!(
         without_inserted_at(rebuilt),
         without_inserted_at(rows(&pool, &fresh_schema, PATIENTS).await)
@@ -476,6 +500,260 @@ async fn data_sources_over_kafka_into_postgresql() {
     assert!(
         text.contains("patients, visit_medications, visits"),
         "{text}"
+    );
+    db.remove().await;
+}
+
+/// A child process killed when dropped (a failing test leaves none).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ucr rebuild` while the pillow runs, in two processes: the pillow
+/// runs the old version of a changed data source (the new one refused: its
+/// table holds rows of the old definition), and keeps writing the other
+/// tables through the rebuild; the new version goes live by itself once
+/// the rebuild created the table anew, and takes the table back in every
+/// partition; changes published throughout land. At the end every table
+/// equals a fresh run of the new definitions over the whole feed, nothing
+/// stays held, and neither process ever restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_is_rebuilt_while_its_pillow_runs() {
+    use std::io::BufRead;
+    let db = SourceDb::create("ucr_live").await;
+    let brokers = kafka_brokers();
+    let (case_topic, form_topic) = (unique("ucr-live-cases"), unique("ucr-live-forms"));
+    let dir = tempfile::tempdir().unwrap();
+    let sources = dir.path().join("sources");
+    std::fs::create_dir(&sources).unwrap();
+    let shipped = root().join("plugins/ucr/data_sources");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, sources.join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest = ucr_manifest(dir.path(), &sources, &[&case_topic, &form_topic]);
+    let schema = pg_schema("ucr_live");
+    let write_config = |config: &Path, schema: &str| {
+        write_ucr_config(
+            config,
+            schema,
+            &brokers,
+            [&case_topic, &form_topic],
+            &manifest,
+            &db.url,
+            [
+                "watch = true\npoll_interval_ms = 100",
+                "chunk_size = 20\nmax_wait_ms = 50\nnum_processes = 2\n\
+                 checkpoint_every = 1\ncheckpoint_max_delay_seconds = 1",
+            ],
+        )
+    };
+    let config = dir.path().join("pillowtop.toml");
+    write_config(&config, &schema);
+    let command = |config: &Path, args: &[&str]| {
+        let mut c = bin();
+        c.args(["--config", config.to_str().unwrap()]).args(args);
+        c
+    };
+    // Patients of every age from 15 to 24 (the threshold moves from 18 to
+    // 21), each case published twice (the second version a year older),
+    // and visit forms; `round` keeps ids apart.
+    let publish = |round: usize, n: usize| {
+        let mut cases = Vec::new();
+        let mut forms = Vec::new();
+        for i in 0..n {
+            let id = format!("r{round}-p{i}");
+            for bump in 0..2 {
+                let age = (15 + i % 10 + bump).to_string();
+                cases.push(line(&case(
+                    &id,
+                    json!({"name": format!("P {i}"), "age": age, "owner_id": "o-1"}),
+                )));
+            }
+            forms.push(line(&form(
+                &format!("r{round}-f{i}"),
+                VISIT,
+                json!({"meta": {"userID": "u-1"}, "visit_date": "2026-01-10", "temperatures": [37.5],
+                       "case": {"@case_id": id}, "medications": {"item": [{"name": "ORS", "dose": "1"}]}}),
+            )));
+        }
+        publish_lines(&brokers, &case_topic, 2, &cases);
+        publish_lines(&brokers, &form_topic, 2, &forms);
+        2 * n + n
+    };
+    let mut published = publish(0, 200);
+
+    // Two processes, each following its stderr on a thread.
+    let spawn = |k: &str| {
+        let (child, stderr) = spawn_started(command(
+            &config,
+            &["--log", "info", "run", "--process-num", k],
+        ));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (first, first_log) = spawn("0");
+    let (second, second_log) = spawn("1");
+    // Killed if the test fails before it stops them.
+    let (mut first, mut second) = (KillOnDrop(first), KillOnDrop(second));
+    let store = pg_store(&schema).await;
+    let caught_up = |published: usize| {
+        let store = store.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while checkpointed(&store, "ucr").await < published as u64 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the pillow did not catch up"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    caught_up(published).await;
+
+    // The patients source changes its threshold: both processes refuse
+    // the new version and run on with the old one.
+    let patients = sources.join("patients.json");
+    let text = std::fs::read_to_string(&patients).unwrap();
+    let changed = text.replace(
+        "\"operator\": \"gte\", \"property_value\": 18",
+        "\"operator\": \"gte\", \"property_value\": 21",
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&patients, changed).unwrap();
+    let wait_for = |log: &std::sync::mpsc::Receiver<String>, needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no {needle:?} in the log: {e}"),
+            }
+        }
+    };
+    for log in [&first_log, &second_log] {
+        let line = wait_for(log, "plugin version refused by this pillow");
+        assert!(line.contains("another definition"), "{line}");
+    }
+    published += publish(1, 50);
+    caught_up(published).await;
+
+    // The rebuild, with changes published all the while.
+    let mut rebuild = KillOnDrop(
+        command(&config, &["--log", "warn", "ucr", "rebuild", "patients"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut round = 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = rebuild.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild did not end: the pillow never took the table back"
+        );
+        published += publish(round, 10);
+        round += 1;
+    };
+    let mut text = String::new();
+    use std::io::Read;
+    rebuild
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    rebuild
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "rebuilt {PATIENTS}: pillow ucr writes it again in every partition"
+        )),
+        "{text}"
+    );
+    for log in [&first_log, &second_log] {
+        wait_for(log, "new plugin version live at this chunk boundary");
+    }
+    published += publish(round, 20);
+    caught_up(published).await;
+    assert!(first.0.try_wait().unwrap().is_none(), "process 0 exited");
+    assert!(second.0.try_wait().unwrap().is_none(), "process 1 exited");
+    for KillOnDrop(child) in [&mut first, &mut second] {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        assert!(child.wait().unwrap().success());
+    }
+
+    let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+    let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        r#"SELECT COUNT(*) FROM "{schema}".table_holds"#
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0);
+    let fresh_schema = pg_schema("ucr_live_fresh");
+    let fresh_config = dir.path().join("fresh.toml");
+    write_config(&fresh_config, &fresh_schema);
+    let out = command(
+        &fresh_config,
+        &[
+            "--log",
+            "warn",
+            "run",
+            "--until-caught-up",
+            "--num-processes",
+            "1",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in [PATIENTS, VISITS, MEDICATIONS] {
+        let live = without_inserted_at(rows(&pool, &schema, table).await);
+        let fresh = without_inserted_at(rows(&pool, &fresh_schema, table).await);
+        assert_eq!(live.len(), fresh.len(), "{table}");
+        assert!(live == fresh, "{table} differs from a fresh run");
+    }
+    // The new threshold holds: a 19-year-old is a child.
+    let rebuilt = rows(&pool, &schema, PATIENTS).await;
+    assert!(
+        rebuilt
+            .iter()
+            .any(|r| r["age"] == json!(19) && r["age_group"] == json!("child"))
     );
     db.remove().await;
 }

@@ -44,7 +44,7 @@ use crate::reload::Follower;
 use crate::resource::Resources;
 use crate::sink::delivery::{Delivered, DeliveryError, FailureLog, OutageRetry};
 use crate::sink::elastic::ElasticError;
-use crate::sink::{ChunkCommit, Delivery, OutputError, SinkError, Sinks, WritePlan};
+use crate::sink::{ChunkCommit, Delivery, HoldScope, OutputError, SinkError, Sinks, WritePlan};
 use crate::source::{DocumentSource, SourceError};
 use crate::store::StoreError;
 use crate::wasm::{LoadError, Processor};
@@ -458,6 +458,9 @@ impl Pillow {
             failure_log.clone(),
         ));
         let chunk_budget = config.chunk_memory_bytes();
+        let mut waiting: Vec<Option<swap::Waiting>> = followers.iter().map(|_| None).collect();
+        let mut own_tables = tables_of(&lanes[0]);
+        let mut idle_hold_check = Instant::now();
         let mut in_flight: Option<InFlight> = None;
         let mut reader = Some(reader);
         let mut polling: Option<chunk::Polling> = None;
@@ -488,9 +491,18 @@ impl Pillow {
             // A chunk boundary: the last chunk is fully processed, the next
             // not started. New plugin versions take over here, for every
             // partition at once.
-            let events =
-                swap::swap_new_versions(&mut followers, &mut lanes, &sinks, &events_of, &next)
-                    .await;
+            let events = swap::swap_new_versions(
+                &mut followers,
+                &mut waiting,
+                &mut lanes,
+                &sinks,
+                &events_of,
+                &next,
+            )
+            .await;
+            if !events.is_empty() {
+                own_tables = tables_of(&lanes[0]);
+            }
             for event in &events {
                 store.record_plugin_event(event).await.map_err(store_err)?;
             }
@@ -499,6 +511,23 @@ impl Pillow {
             }
             if polled.messages.is_empty() {
                 finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
+                if !own_tables.is_empty() && idle_hold_check.elapsed() >= IDLE_HOLD_CHECK {
+                    // Idle, everything delivered: a table a rebuild holds
+                    // may be taken back where the pillow stands.
+                    idle_hold_check = Instant::now();
+                    let commit = ChunkCommit {
+                        scope: HoldScope {
+                            tables: own_tables.clone(),
+                            starts: positions_of(&next),
+                            may_release: true,
+                        },
+                        ..ChunkCommit::default()
+                    };
+                    delivery
+                        .deliver(commit, Default::default())
+                        .await
+                        .map_err(|e| RunError::delivery(name.clone(), e))?;
+                }
                 if tracker.due(Instant::now()) {
                     summary.checkpoint_saves +=
                         save_checkpoints(&delivery, &next, &mut committed, &mut tracker)
@@ -513,6 +542,9 @@ impl Pillow {
             // Where to stop if a source or lookup resource is down and
             // the process stops before this chunk is processed.
             let before_chunk = (source.is_some() || lookups.is_some()).then(|| next.clone());
+            // Where the chunk starts: a table a rebuild holds may be taken
+            // back here.
+            let mut starts = positions_of(&next);
             let (mut changes, mut decode_errors, skipped) =
                 chunk::decode_chunk(&name, polled.messages, &mut next);
             if let Some(source) = &source {
@@ -599,6 +631,13 @@ impl Pillow {
                     passed: outcome.passed,
                     retries: Vec::new(),
                     checkpoints,
+                    scope: HoldScope {
+                        tables: own_tables.clone(),
+                        // The first piece only: the later ones follow
+                        // its decision.
+                        may_release: !starts.is_empty(),
+                        starts: std::mem::take(&mut starts),
+                    },
                 };
                 // Commit in the background while the next chunk (or piece)
                 // is read and transformed; commits stay strictly in order
@@ -641,6 +680,25 @@ impl Pillow {
         tracing::info!(pillow = %name, messages = summary.messages, chunks = summary.chunks, "pillow stopped; checkpoints saved");
         Ok(summary)
     }
+}
+
+/// How often an idle pillow looks whether it can take back a table a
+/// rebuild holds (one small query).
+const IDLE_HOLD_CHECK: Duration = Duration::from_secs(2);
+
+/// The tables a pillow's processors write.
+fn tables_of(processors: &[Processor]) -> Arc<[String]> {
+    processors
+        .iter()
+        .flat_map(|p| p.plugin().info().tables.iter().map(|t| t.name.clone()))
+        .collect()
+}
+
+/// Positions, sorted.
+fn positions_of(next: &HashMap<TopicPartition, u64>) -> Vec<(TopicPartition, u64)> {
+    let mut out: Vec<_> = next.iter().map(|(tp, n)| (tp.clone(), *n)).collect();
+    out.sort();
+    out
 }
 
 /// A chunk delivery running in the background.

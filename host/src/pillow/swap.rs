@@ -6,10 +6,25 @@
 
 use crate::feed::TopicPartition;
 use crate::reload::{Follower, SlotChange};
-use crate::sink::Sinks;
+use crate::sink::{OutputError, SinkError, Sinks};
 use crate::store::{PluginEvent, PluginEventKind};
-use crate::wasm::Processor;
+use crate::wasm::{Plugin, Processor};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a version refused because a table of another definition
+/// stands in its way is tried again.
+const RETRY_REDEFINED: Duration = Duration::from_secs(2);
+
+/// A version this pillow refused because a table it declares holds rows
+/// of another definition: it goes live by itself once the table is
+/// rebuilt with its definition (`pillowtop ucr rebuild`), without another
+/// reload. A newer version from the slot replaces it.
+pub(super) struct Waiting {
+    plugin: Arc<Plugin>,
+    tried: Instant,
+}
 
 /// Plugin events of one pillow process.
 pub(super) struct Events {
@@ -69,9 +84,12 @@ impl Events {
 /// Swap in the new versions the `followers` (one per processor) report,
 /// in every lane; returns the events to record. A version whose declared
 /// tables or indices do not fit the sinks is refused by this pillow and
-/// the running one stays.
+/// the running one stays; one refused only because a table must be
+/// rebuilt first waits in `waiting` (one slot per processor) and is tried
+/// again every few seconds.
 pub(super) async fn swap_new_versions(
     followers: &mut [Follower],
+    waiting: &mut [Option<Waiting>],
     lanes: &mut [Vec<Processor>],
     sinks: &Sinks,
     events: &Events,
@@ -79,49 +97,76 @@ pub(super) async fn swap_new_versions(
 ) -> Vec<PluginEvent> {
     let mut out = Vec::new();
     for (i, follower) in followers.iter_mut().enumerate() {
+        let processor = follower.slot().name().to_owned();
         for change in follower.poll() {
-            let processor = follower.slot().name().to_owned();
-            let event = match change {
-                SlotChange::Refused(r) => events.event(
+            match change {
+                SlotChange::Refused(r) => out.push(events.event(
                     &processor,
                     PluginEventKind::Refused,
                     r.version,
                     Some(r.reason),
                     next,
-                ),
+                )),
                 SlotChange::NewVersion(plugin) => {
+                    waiting[i] = None;
                     let version = plugin.version().to_string();
-                    match sinks.ensure_outputs(plugin.info()).await {
-                        Ok(()) => {
-                            tracing::info!(pillow = %events.pillow, plugin = %processor, %version, from = %lanes[0][i].plugin().version(), "new plugin version live at this chunk boundary");
-                            for lane in lanes.iter_mut() {
-                                lane[i] = Processor::new(plugin.clone());
-                            }
-                            events.event(
-                                &processor,
-                                PluginEventKind::Live,
-                                Some(version),
-                                None,
-                                next,
-                            )
-                        }
+                    match try_swap(&plugin, i, lanes, sinks, events, next).await {
+                        Ok(live) => out.push(live),
                         Err(e) => {
                             let reason =
                                 format!("its declared tables or indices do not fit the sinks: {e}");
                             tracing::warn!(pillow = %events.pillow, plugin = %processor, %version, %reason, "plugin version refused by this pillow");
-                            events.event(
+                            if matches!(e, OutputError::Sql(SinkError::Redefined { .. })) {
+                                waiting[i] = Some(Waiting {
+                                    plugin,
+                                    tried: Instant::now(),
+                                });
+                            }
+                            out.push(events.event(
                                 &processor,
                                 PluginEventKind::Refused,
                                 Some(version),
                                 Some(reason),
                                 next,
-                            )
+                            ));
                         }
                     }
                 }
-            };
-            out.push(event);
+            }
+        }
+        let due = waiting[i]
+            .as_ref()
+            .is_some_and(|w| w.tried.elapsed() >= RETRY_REDEFINED);
+        if due && let Some(w) = waiting[i].as_mut() {
+            // Quietly: the refusal was logged and recorded once.
+            match try_swap(&w.plugin, i, lanes, sinks, events, next).await {
+                Ok(live) => {
+                    waiting[i] = None;
+                    out.push(live);
+                }
+                Err(_) => w.tried = Instant::now(),
+            }
         }
     }
     out
+}
+
+/// Swap `plugin` in as processor `i` in every lane if the sinks take
+/// what it declares; the `live` event to record.
+async fn try_swap(
+    plugin: &Arc<Plugin>,
+    i: usize,
+    lanes: &mut [Vec<Processor>],
+    sinks: &Sinks,
+    events: &Events,
+    next: &HashMap<TopicPartition, u64>,
+) -> Result<PluginEvent, OutputError> {
+    sinks.ensure_outputs(plugin.info()).await?;
+    let processor = &plugin.manifest().name;
+    let version = plugin.version().to_string();
+    tracing::info!(pillow = %events.pillow, plugin = %processor, %version, from = %lanes[0][i].plugin().version(), "new plugin version live at this chunk boundary");
+    for lane in lanes.iter_mut() {
+        lane[i] = Processor::new(plugin.clone());
+    }
+    Ok(events.event(processor, PluginEventKind::Live, Some(version), None, next))
 }

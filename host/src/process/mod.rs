@@ -72,6 +72,11 @@ impl Stop {
         self.graceful.is_cancelled()
     }
 
+    /// Resolves once a stop is requested.
+    pub async fn requested_wait(&self) {
+        self.graceful.cancelled().await;
+    }
+
     /// Resolves once a stop was requested and then `grace` passed (or a
     /// forced stop came): the time a stopping process may take is up.
     async fn grace_over(&self, grace: Duration) {

@@ -43,6 +43,16 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// The partition of the change at position `change`.
+    pub fn partition_of(&self, change: u32) -> Option<TopicPartition> {
+        self.changes
+            .get(change as usize)
+            .map(|(c, _)| TopicPartition {
+                topic: c.topic.clone(),
+                partition: c.partition,
+            })
+    }
+
     /// A pillow error for the change and processor at `origin` (its
     /// message cut to the bound every pillow error has).
     pub fn record(&self, origin: Origin, kind: ErrorKind, message: String) -> PillowError {
@@ -293,10 +303,11 @@ impl Delivery {
             }
         }
         let sql = &self.sinks.sql;
+        let partition_of = |k| sources.partition_of(k);
         match self
             .outage
             .retry("store", self.sinks.store.location(), || {
-                sql.commit(&self.checkpoint_id, &commit)
+                sql.commit_from(&self.checkpoint_id, &commit, &partition_of)
             })
             .await
         {
@@ -324,8 +335,12 @@ impl Delivery {
         cause: SinkError,
     ) -> Result<Vec<Origin>, SinkError> {
         let (sql, location) = (&self.sinks.sql, self.sinks.store.location());
+        let partition_of = |k| sources.partition_of(k);
         tracing::warn!(pillow = %self.outage.pillow, store = location, error = %cause, "the store refused the chunk's writes; writing them one change at a time");
         let mut refused = Vec::new();
+        // Parts commit one by one: none may take a held table back, since
+        // the parts before it dropped their writes to it.
+        commit.scope.may_release = false;
         for (origin, plan) in std::mem::take(&mut commit.plan).split_by_origin() {
             // A retried change's claim goes with its writes.
             let retries = match commit.retries.iter().position(|(c, _)| *c == origin.change) {
@@ -335,11 +350,14 @@ impl Delivery {
             let mut one = ChunkCommit {
                 plan,
                 retries,
+                scope: commit.scope.clone(),
                 ..ChunkCommit::default()
             };
             match self
                 .outage
-                .retry("store", location, || sql.commit(&self.checkpoint_id, &one))
+                .retry("store", location, || {
+                    sql.commit_from(&self.checkpoint_id, &one, &partition_of)
+                })
                 .await
             {
                 Ok(()) => {}
@@ -360,7 +378,7 @@ impl Delivery {
         }
         self.outage
             .retry("store", location, || {
-                sql.commit(&self.checkpoint_id, commit)
+                sql.commit_from(&self.checkpoint_id, commit, &partition_of)
             })
             .await?;
         Ok(refused)

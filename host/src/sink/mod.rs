@@ -18,12 +18,14 @@
 
 pub mod delivery;
 pub mod elastic;
+pub mod hold;
 pub mod postgres;
 pub mod shape;
 pub mod sql;
 pub mod sqlite;
 
 pub use delivery::{Delivery, Sources};
+pub use hold::HoldScope;
 pub use sql::{ChunkCommit, SinkCounts, SqlSink};
 
 use crate::action::{Action, Cell, PluginInfo, TableSpec};
@@ -298,6 +300,13 @@ pub enum RowOp {
 }
 
 impl RowOp {
+    /// Per row or id: the origin of its action.
+    pub fn origins(&self) -> &[Origin] {
+        match self {
+            RowOp::Upsert { origins, .. } | RowOp::Delete { origins, .. } => origins,
+        }
+    }
+
     fn push_upsert(ops: &mut Vec<RowOp>, rows: Vec<Vec<Cell>>, origin: Origin) {
         if let Some(RowOp::Upsert {
             rows: existing,
@@ -421,11 +430,21 @@ impl WritePlan {
     /// in the chunk), keeping the order of the rest.
     pub fn without_changes(&self, changes: &[u32]) -> WritePlan {
         let keep = |o: &Origin| !changes.contains(&o.change);
+        self.filtered(keep, |_, o| keep(o))
+    }
+
+    /// This plan with only the document writes `keep_document` and the row
+    /// writes `keep_row` (given the table) accept, in their order.
+    pub fn filtered(
+        &self,
+        keep_document: impl Fn(&Origin) -> bool,
+        keep_row: impl Fn(&str, &Origin) -> bool,
+    ) -> WritePlan {
         let mut plan = WritePlan::default();
         for (index, docs) in &self.documents {
             let docs: BTreeMap<_, _> = docs
                 .iter()
-                .filter(|(_, w)| keep(&w.origin))
+                .filter(|(_, w)| keep_document(&w.origin))
                 .map(|(id, w)| (id.clone(), w.clone()))
                 .collect();
             if !docs.is_empty() {
@@ -433,6 +452,7 @@ impl WritePlan {
             }
         }
         for (table, ops) in &self.rows {
+            let keep = |o: &Origin| keep_row(table, o);
             let mut kept = Vec::new();
             for op in ops {
                 match op {

@@ -4,6 +4,7 @@
 //! transaction with its pillow errors and its checkpoint
 //! ([`SqlSink::commit`]), so after a crash either all of it landed or none.
 
+use super::hold::{self, HoldScope, PartitionOf, SettleError};
 use super::{SinkError, WritePlan, describe_spec, index_table, shape};
 use crate::action::{ColumnType, PluginInfo, TableSpec};
 use crate::db::{Db, DbError, Tx, on_db, on_tx, quote};
@@ -31,6 +32,8 @@ pub struct ChunkCommit {
     pub retries: Vec<(u32, RetryOutcome)>,
     /// Checkpoints to save (next offsets), if due.
     pub checkpoints: Vec<(TopicPartition, u64)>,
+    /// Where the writes come from, for tables a rebuild holds.
+    pub scope: HoldScope,
 }
 
 /// What the SQL sinks hold.
@@ -115,28 +118,74 @@ impl SqlSink {
         Ok(())
     }
 
-    /// Drop the row table `name` and forget it in the `sink_tables`
-    /// registry, in one transaction (for a rebuild: the next
-    /// [`SqlSink::ensure_outputs`] creates it anew, with its definition).
+    /// Drop the row table of `spec`, create it anew and hold it for the
+    /// rebuild `rebuilder` in `partitions`, in one transaction: from its
+    /// commit on, pillows writing the table leave it to the rebuild until
+    /// they take it back ([`hold`]).
     ///
     /// # Errors
     ///
-    /// When the database fails; nothing is dropped then.
-    pub async fn drop_table(&self, name: &str) -> Result<(), SinkError> {
+    /// When the database fails; nothing changes then.
+    pub async fn hold_for_rebuild(
+        &self,
+        spec: &TableSpec,
+        rebuilder: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<(), SinkError> {
         let mut tx = self.db.begin().await.map_err(self.err())?;
-        let ddl = format!("DROP TABLE IF EXISTS {}", quote(name));
+        if let Tx::Postgres(t) = &mut tx {
+            super::postgres::lock_ddl(t).await.map_err(self.err())?;
+        }
+        let ddl = format!("DROP TABLE IF EXISTS {}", quote(&spec.name));
         on_tx!(&mut tx, t => sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut **t).await.map(|_| ()))
             .map_err(self.err())?;
         on_tx!(&mut tx, t => {
             sqlx::query("DELETE FROM sink_tables WHERE name = $1")
-                .bind(name)
+                .bind(&spec.name)
                 .execute(&mut **t)
                 .await
                 .map(|_| ())
         })
         .map_err(self.err())?;
+        self.ensure_table(&mut tx, spec).await?;
+        hold::hold(
+            &mut tx,
+            &spec.name,
+            spec.definition.as_deref(),
+            rebuilder,
+            partitions,
+        )
+        .await
+        .map_err(self.err())?;
+        self.db.commit(tx).await.map_err(self.err())
+    }
+
+    /// The partitions of `table` a rebuild holds, with whether its pillow
+    /// has taken each back.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn holds(&self, table: &str) -> Result<Vec<(TopicPartition, bool)>, SinkError> {
+        let mut tx = self.db.begin().await.map_err(self.err())?;
+        let holds = hold::of_table(&mut tx, table).await.map_err(self.err())?;
         self.db.commit(tx).await.map_err(self.err())?;
-        Ok(())
+        Ok(holds)
+    }
+
+    /// The rebuild `rebuilder` of `table` has stopped writing it: forget
+    /// the partitions taken back; the pillow takes the others back when it
+    /// gets to them.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn finish_rebuild(&self, table: &str, rebuilder: &str) -> Result<(), SinkError> {
+        let mut tx = self.db.begin().await.map_err(self.err())?;
+        hold::finish(&mut tx, table, rebuilder)
+            .await
+            .map_err(self.err())?;
+        self.db.commit(tx).await.map_err(self.err())
     }
 
     /// Create the row table of `spec` if missing (with an index on
@@ -225,6 +274,22 @@ impl SqlSink {
     ///
     /// When the database fails; nothing of the chunk is kept.
     pub async fn commit(&self, checkpoint_id: &str, chunk: &ChunkCommit) -> Result<(), SinkError> {
+        self.commit_from(checkpoint_id, chunk, &|_| None).await
+    }
+
+    /// [`SqlSink::commit`] of a chunk whose change at position `k` came
+    /// from partition `partition_of(k)`: writes to a table a rebuild holds
+    /// are dropped for the partitions it holds ([`hold`]).
+    ///
+    /// # Errors
+    ///
+    /// When the database fails; nothing of the chunk is kept.
+    pub async fn commit_from(
+        &self,
+        checkpoint_id: &str,
+        chunk: &ChunkCommit,
+        partition_of: PartitionOf<'_>,
+    ) -> Result<(), SinkError> {
         let mut tx = self.db.begin().await.map_err(self.err())?;
         // Error records first, writes after: the queue's claim on an error
         // and a pillow's resolution of it take the row in the same order
@@ -243,8 +308,27 @@ impl SqlSink {
             kept = chunk.plan.without_changes(&lost);
             &kept
         };
+        let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
+        let settled = hold::settle(
+            &mut tx,
+            checkpoint_id,
+            plan,
+            &chunk.scope,
+            &tables,
+            partition_of,
+        )
+        .await
+        .map_err(|e| match e {
+            SettleError::Database(source) => self.err()(source),
+            SettleError::Redefined(m) => SinkError::Redefined {
+                store: self.location.to_string(),
+                table: m.table,
+                stored: m.stored,
+                declared: m.declared,
+            },
+        })?;
+        let plan = settled.as_ref().unwrap_or(plan);
         if !plan.is_empty() {
-            let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
             match &mut tx {
                 Tx::Sqlite(t) => super::sqlite::apply(t, plan, &tables).await,
                 Tx::Postgres(t) => super::postgres::apply(t, plan, &tables).await,

@@ -1,37 +1,55 @@
 //! `pillowtop ucr rebuild TABLE_ID`: rebuild the table of one UCR data
 //! source from the pillow's feed, with the data source as its file says
-//! now.
+//! now, while the pillow keeps running.
 //!
 //! A data source whose filter or indicators changed declares a new
 //! definition for its table, and the host refuses to write it into the
-//! table the old definition built. The rebuild, for one data source only:
+//! table the old definition built: the pillow keeps running the old
+//! version (on a reload) or does not start (at startup). The rebuild, for
+//! one data source only:
 //!
 //! 1. finds the pillow whose UCR processor has a data source with that
-//!    `table_id`, and refuses while a process of that pillow runs (its
-//!    other processors, and every other pillow, may run; this one must be
-//!    stopped so that no one else writes the table meanwhile);
-//! 2. drops the table and its registry entry;
-//! 3. runs the pillow's feed from the first offset through the UCR plugin
-//!    restricted to that data source (`include_ucrs = [TABLE_ID]`), in a
-//!    pillow of its own checkpoint id (`PILLOW:rebuild:TABLE_ID`, reset
-//!    first) that writes nothing else, until every partition reaches the
-//!    end it had at the start, with a progress bar.
+//!    `table_id`, and loads the plugin restricted to it
+//!    (`include_ucrs = [TABLE_ID]`) for the table it declares;
+//! 2. in one transaction, drops the table, creates it with the new
+//!    definition and *holds* it for every partition of the pillow's feed
+//!    (`crate::sink::hold`): the pillow's other tables and processors go
+//!    on, but it leaves this table to the rebuild, and its waiting new
+//!    version goes live (the table now has that version's definition);
+//! 3. replays the feed from its first offset into the table, in a pillow
+//!    of its own (`PILLOW:rebuild:TABLE_ID`, name and checkpoint id, reset
+//!    first) that saves its checkpoint with every chunk, until every
+//!    partition reaches the end it had at the start, with a progress bar;
+//! 4. follows the feed on until the pillow has taken every partition back
+//!    (it does at a chunk start, or idle, once the rebuild has passed its
+//!    position), or, when no process of the pillow runs, until the rebuild
+//!    has passed the pillow's checkpoints: the pillow takes the table
+//!    back when it starts.
 //!
-//! When the pillow starts again its UCR version finds the table with its
-//! own definition and resumes from its checkpoints: the changes between
-//! its checkpoint and the rebuild's end are written again, in order, which
-//! leaves every row as the latest change of its document makes it.
+//! Every change is then written by the rebuild (before the pillow takes
+//! its partition back) or by the pillow (from then on), in feed order.
+//! With the embedded store (one process at a time) the pillow must be
+//! stopped: the rebuild refuses while any process uses the store.
 
+use crate::action::TableSpec;
 use crate::checkpoint::{self, CheckpointError, Move};
 use crate::config::{HostConfig, PillowConfig, RetryMode};
-use crate::feed::Feed;
+use crate::feed::{Feed, TopicPartition};
 use crate::manifest::Manifest;
 use crate::pillow::RunOptions;
 use crate::process::{self, ProcessError, ProcessOptions, ProcessSummary, Stop};
 use crate::sink::SqlSink;
-use crate::store::Store;
+use crate::store::{Liveness, Store};
 use crate::wasm::{Runtime, RuntimeOptions};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often the rebuild, following the feed, looks whether the pillow
+/// has taken the table back.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// How often it says what it still waits for.
+const SAY_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a rebuild could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +60,7 @@ pub enum RebuildError {
     /// A manifest or its data source files could not be read or loaded.
     #[error("{0}")]
     Plugin(String),
-    /// The pillow runs, or its positions cannot be set.
+    /// Another rebuild of the table runs, or its positions cannot be set.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// The store or feed failed.
@@ -51,6 +69,14 @@ pub enum RebuildError {
     /// The rebuild run failed (its summary says what it did).
     #[error(transparent)]
     Run(#[from] ProcessError),
+    /// Stopped (Ctrl-C, SIGTERM) before the pillow had the table back.
+    #[error(
+        "stopped before the rebuild of {table} was done: the pillow does not write the table until it is; run `pillowtop ucr rebuild` for it again (it starts over)"
+    )]
+    Interrupted {
+        /// The table.
+        table: String,
+    },
 }
 
 /// What a rebuild did.
@@ -60,8 +86,13 @@ pub struct Rebuilt {
     pub pillow: String,
     /// The table rebuilt.
     pub table: String,
-    /// The run of the restricted pillow.
+    /// The replay of the feed as it stood at the start.
     pub summary: ProcessSummary,
+    /// Partitions the pillow had taken back when the rebuild stopped; the
+    /// others it takes back when it gets to them (it was not running).
+    pub taken_back: usize,
+    /// Partitions of the pillow's feed.
+    pub partitions: usize,
 }
 
 /// Rebuild the table of data source `table_id`, in `pillow` (or the one
@@ -69,8 +100,8 @@ pub struct Rebuilt {
 ///
 /// # Errors
 ///
-/// See [`RebuildError`]; the table is dropped only once the pillow is
-/// known to be stopped and the plugin to accept the data source.
+/// See [`RebuildError`]; the table is dropped only once the plugin is
+/// known to accept the data source and no other rebuild of it runs.
 pub async fn rebuild(
     config: &HostConfig,
     table_id: &str,
@@ -79,53 +110,145 @@ pub async fn rebuild(
 ) -> Result<Rebuilt, RebuildError> {
     let (pillow, manifest) = find(config, table_id, pillow)?;
     let restricted = RestrictedManifest::write(&manifest, table_id)?;
-    let table = declared_table(config, restricted.path()).await?;
+    let spec = declared_table(config, restricted.path()).await?;
+    let store_err = |e: &dyn std::fmt::Display| RebuildError::Store(e.to_string());
 
+    let rebuilder = format!("{}:rebuild:{table_id}", pillow.checkpoint_id());
     let mut rebuild_pillow = pillow.clone();
-    rebuild_pillow.checkpoint_id = Some(format!("{}:rebuild:{table_id}", pillow.checkpoint_id()));
+    rebuild_pillow.name = rebuilder.clone();
+    rebuild_pillow.checkpoint_id = Some(rebuilder.clone());
     rebuild_pillow.processors = vec![restricted.path().to_owned()];
     rebuild_pillow.num_processes = 1;
     rebuild_pillow.dedicated_migration_process = false;
+    // The pillow takes a partition back from what the rebuild committed:
+    // every chunk commits its checkpoint.
+    rebuild_pillow.checkpoint_every = 1;
+    rebuild_pillow.checkpoint_max_delay_seconds = 1;
     // The pillow's own errors are not this run's to retry.
     rebuild_pillow.retry = RetryMode::Off;
 
-    let feed = Feed::open(&config.feed)
-        .await
-        .map_err(|e| RebuildError::Store(e.to_string()))?;
+    let feed = Feed::open(&config.feed).await.map_err(|e| store_err(&e))?;
     let store = Store::connect(&config.store)
         .await
-        .map_err(|e| RebuildError::Store(e.to_string()))?;
-    // Refuses while a process of the pillow runs (same pillow name), and,
-    // on the embedded store (one process at a time), while any does:
-    // before anything is dropped.
-    checkpoint::apply(&rebuild_pillow, &feed, &store, &[], Move::Reset, false).await?;
+        .map_err(|e| store_err(&e))?;
+    // The embedded store serves one process at a time; refused before
+    // anything is dropped, as is a second rebuild of the table (a process
+    // of the rebuild's name runs).
     process::refuse_if_embedded_store_in_use(config, &store).await?;
-    SqlSink::new(&store)
-        .drop_table(&table)
+    let moves = checkpoint::apply(&rebuild_pillow, &feed, &store, &[], Move::Reset, false).await?;
+    let partitions: Vec<TopicPartition> = moves.into_iter().map(|(tp, _, _)| tp).collect();
+    let sql = SqlSink::new(&store);
+    sql.hold_for_rebuild(&spec, &rebuilder, &partitions)
         .await
-        .map_err(|e| RebuildError::Store(e.to_string()))?;
-    tracing::info!(pillow = %pillow.name, %table, "table dropped; replaying the feed from its first offset");
+        .map_err(|e| store_err(&e))?;
+    tracing::info!(pillow = %pillow.name, table = %spec.name, "table created anew and held; replaying the feed from its first offset");
 
     let mut run_config = config.clone();
     run_config.pillows = vec![rebuild_pillow];
     run_config.admin.enabled = false;
     run_config.reload.watch = false;
-    let options = ProcessOptions {
+    let options = |until_caught_up| ProcessOptions {
         pillow: None,
         run: RunOptions {
-            until_caught_up: true,
+            until_caught_up,
             process_num: 0,
             num_processes: Some(1),
-            progress: true,
+            progress: until_caught_up,
         },
         reload_on_sighup: false,
     };
-    let summary = process::run(&run_config, options, stop).await?;
+    let summary = process::run(&run_config, options(true), stop).await?;
+    if summary.failed.is_none() && !stop.requested() {
+        // Follow the feed until the pillow has the table back.
+        let following = Stop::new();
+        let watch = watch(
+            &store, &sql, &pillow, &spec.name, &rebuilder, stop, &following,
+        );
+        let (tail, watched) =
+            tokio::join!(process::run(&run_config, options(false), &following), watch);
+        watched?;
+        if let Some(e) = tail?.failed {
+            return Err(RebuildError::Run(ProcessError::Config(format!(
+                "following the feed after the replay: {e}"
+            ))));
+        }
+    }
+    sql.finish_rebuild(&spec.name, &rebuilder)
+        .await
+        .map_err(|e| store_err(&e))?;
+    if stop.requested() && summary.failed.is_none() {
+        return Err(RebuildError::Interrupted { table: spec.name });
+    }
+    let holds = sql.holds(&spec.name).await.map_err(|e| store_err(&e))?;
     Ok(Rebuilt {
         pillow: pillow.name.clone(),
-        table,
+        table: spec.name,
         summary,
+        taken_back: partitions.len() - holds.len(),
+        partitions: partitions.len(),
     })
+}
+
+/// Until the pillow has taken every partition of `table` back, or no
+/// process of it runs and the rebuild has passed its checkpoints (or
+/// `stop`): then stop `following`.
+async fn watch(
+    store: &Store,
+    sql: &SqlSink,
+    pillow: &PillowConfig,
+    table: &str,
+    rebuilder: &str,
+    stop: &Stop,
+    following: &Stop,
+) -> Result<(), RebuildError> {
+    let store_err = |e: &dyn std::fmt::Display| RebuildError::Store(e.to_string());
+    let mut said = Instant::now();
+    let result = loop {
+        tokio::select! {
+            _ = stop.requested_wait() => break Ok(()),
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let holds = match sql.holds(table).await {
+            Ok(h) => h,
+            Err(e) => break Err(store_err(&e)),
+        };
+        let held: Vec<&TopicPartition> =
+            holds.iter().filter(|(_, r)| !r).map(|(tp, _)| tp).collect();
+        if held.is_empty() {
+            break Ok(());
+        }
+        let now = crate::time::now_ms();
+        let running = match store.processes().await {
+            Ok(p) => p
+                .into_iter()
+                .any(|p| p.pillow == pillow.name && p.liveness(now) == Liveness::Running),
+            Err(e) => break Err(store_err(&e)),
+        };
+        if !running {
+            let (ours, theirs) = match (
+                store.checkpoints(rebuilder).await,
+                store.checkpoints(pillow.checkpoint_id()).await,
+            ) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => break Err(store_err(&e)),
+            };
+            let at = |list: &[crate::store::Checkpoint], tp: &TopicPartition| {
+                list.iter()
+                    .find(|c| c.tp == *tp)
+                    .map_or(0, |c| c.next_offset)
+            };
+            if held.iter().all(|tp| at(&ours, tp) >= at(&theirs, tp)) {
+                tracing::info!(pillow = %pillow.name, table, "no process of the pillow runs and the rebuild has passed its checkpoints: it takes the table back when it starts");
+                break Ok(());
+            }
+        }
+        if said.elapsed() >= SAY_EVERY {
+            said = Instant::now();
+            tracing::warn!(pillow = %pillow.name, table, partitions = held.len(), "waiting for the pillow to take the table back: it does once it runs the data source's new version (with [reload] watch it loads it by itself; otherwise send it SIGHUP or restart it)");
+        }
+    };
+    following.request();
+    result
 }
 
 /// The pillow and processor manifest whose `[config_files] data_sources`
@@ -197,26 +320,23 @@ fn table_ids(config_json: &str) -> Vec<String> {
 
 /// The table the restricted plugin declares (its data source's), loaded
 /// through the compile cache.
-async fn declared_table(config: &HostConfig, manifest: &Path) -> Result<String, RebuildError> {
+async fn declared_table(config: &HostConfig, manifest: &Path) -> Result<TableSpec, RebuildError> {
     let options = RuntimeOptions::from_config(&config.runtime);
     let manifest = manifest.to_owned();
     tokio::task::spawn_blocking(move || {
         let loaded = Manifest::load(&manifest).map_err(|e| e.to_string())?;
         let runtime = Runtime::new(options).map_err(|e| format!("{e:#}"))?;
         let (processor, _) = runtime.load(&loaded).map_err(|e| e.to_string())?;
-        let tables: Vec<String> = processor
-            .plugin()
-            .info()
-            .tables
-            .iter()
-            .map(|t| t.name.clone())
-            .collect();
-        match &tables[..] {
+        match &processor.plugin().info().tables[..] {
             [one] => Ok(one.clone()),
             other => Err(format!(
                 "the plugin restricted to one data source declared {} tables ({}); expected one",
                 other.len(),
-                other.join(", ")
+                other
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     })

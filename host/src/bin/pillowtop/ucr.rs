@@ -40,11 +40,12 @@ pub enum UcrCommand {
         compile_cache: PathBuf,
     },
     /// Rebuild the table of one data source (after its filter or
-    /// indicators changed): drop it, then replay the pillow's feed from
-    /// the start through the UCR plugin restricted to that data source,
-    /// writing only that table, until caught up. The pillow must be
-    /// stopped (its other processors resume from their checkpoints when it
-    /// starts again); other pillows may run.
+    /// indicators changed): create it anew with the new definition, then
+    /// replay the pillow's feed from the start through the UCR plugin
+    /// restricted to that data source, writing only that table, until the
+    /// pillow takes the table back. The pillow may run meanwhile (its
+    /// other tables and processors go on); with the embedded store it
+    /// must be stopped.
     Rebuild {
         /// The data source's `table_id`.
         table_id: String,
@@ -69,10 +70,19 @@ pub async fn ucr_command(
             if let Some(e) = rebuilt.summary.failed {
                 return Err(e.into());
             }
-            println!(
-                "rebuilt {} from the feed of pillow {}; start the pillow again to go on from its checkpoints",
-                rebuilt.table, rebuilt.pillow
-            );
+            if rebuilt.taken_back == rebuilt.partitions {
+                println!(
+                    "rebuilt {}: pillow {} writes it again in every partition",
+                    rebuilt.table, rebuilt.pillow
+                );
+            } else {
+                println!(
+                    "rebuilt {} from the feed of pillow {}; the pillow writes it again in {} more partition(s) once it runs (with the data source's new version)",
+                    rebuilt.table,
+                    rebuilt.pillow,
+                    rebuilt.partitions - rebuilt.taken_back
+                );
+            }
             Ok(())
         }
         UcrCommand::Eval {
