@@ -5,6 +5,7 @@ use crate::eval::{Ctx, Env, EvalError, Lookup};
 use crate::expr::{Expr, NamedRef, Scope};
 use crate::filter::Filter;
 use crate::indicator::{Cell, Column, Indicator};
+use crate::reads::{Reads, Walk};
 use crate::spec::{Node, Object, SpecError};
 use crate::value::Val;
 use std::collections::{BTreeMap, BTreeSet};
@@ -445,6 +446,32 @@ impl DataSource {
             rows.push(row);
         }
         Ok(Outcome::Rows(rows))
+    }
+
+    /// What evaluating this data source reads of a document.
+    pub fn reads(&self) -> Reads {
+        let mut walk = Walk::new(&self.named_expressions, &self.named_filters);
+        if let Some(f) = &self.filter {
+            walk.filter(f, true);
+        }
+        if let Some(e) = &self.base_item {
+            walk.expr(e, true);
+        }
+        for indicator in &self.indicators {
+            indicator.walk(&mut walk, self.base_item.is_none());
+        }
+        walk.reads
+    }
+
+    /// What evaluating `probe` in this data source's scope reads of a
+    /// document.
+    pub fn probe_reads(&self, probe: &Probe) -> Reads {
+        let mut walk = Walk::new(&self.named_expressions, &self.named_filters);
+        match probe {
+            Probe::Expression(e) => walk.expr(e, true),
+            Probe::Filter(f) => walk.filter(f, true),
+        }
+        walk.reads
     }
 
     /// Whether the primary key is `doc_id` alone, so that an upsert

@@ -125,8 +125,18 @@ impl Date {
 impl fmt::Display for Date {
     /// `YYYY-MM-DD`, as Python's `str(date)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.iso())
+    }
+}
+
+impl Date {
+    /// `YYYY-MM-DD` (what `str()` gives), digits written by hand: a date
+    /// cell is formatted for every row.
+    pub fn iso(self) -> String {
         let (y, m, d) = self.ymd();
-        write!(f, "{y:04}-{m:02}-{d:02}")
+        let mut out = String::with_capacity(10);
+        pillowtop_sdk::time::push_date(&mut out, i64::from(y), m, d);
+        out
     }
 }
 
@@ -138,8 +148,19 @@ impl DateTime {
 
     /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the RFC 3339 text a timestamp column takes.
     pub fn rfc3339(self) -> String {
+        use pillowtop_sdk::time::push_padded;
         let (h, mi, s, us) = split_micros(self.micros);
-        format!("{}T{h:02}:{mi:02}:{s:02}.{us:06}Z", self.date)
+        let mut out = self.date.iso();
+        out.push('T');
+        push_padded(&mut out, h as u64, 2);
+        out.push(':');
+        push_padded(&mut out, mi as u64, 2);
+        out.push(':');
+        push_padded(&mut out, s as u64, 2);
+        out.push('.');
+        push_padded(&mut out, us as u64, 6);
+        out.push('Z');
+        out
     }
 }
 

@@ -6,6 +6,7 @@ use crate::datatype::{self, Datatype};
 use crate::eval::{Ctx, EvalError};
 use crate::expr::{Expr, Scope};
 use crate::filter::{Filter, Op};
+use crate::reads::Walk;
 use crate::spec::{Node, Object, SpecError};
 use crate::value::Val;
 
@@ -361,6 +362,18 @@ impl Indicator {
     }
 }
 
+impl Indicator {
+    /// Note what the indicator reads, evaluated on the root document
+    /// (`root`) or on an item of `base_item_expression`.
+    pub(crate) fn walk(&self, walk: &mut Walk<'_>, root: bool) {
+        match &self.compute {
+            Compute::Value(e, _) | Compute::Choices(e, _, _) => walk.expr(e, root),
+            Compute::Flag(f) => walk.filter(f, root),
+            Compute::One | Compute::DocId | Compute::InsertedAt | Compute::RepeatIteration => {}
+        }
+    }
+}
+
 /// The cell a coerced value becomes in `column`.
 fn cell(column: &Column, value: Val<'_>) -> Result<Cell, EvalError> {
     let c = match (column.kind, value) {
@@ -369,7 +382,7 @@ fn cell(column: &Column, value: Val<'_>) -> Result<Cell, EvalError> {
         (ColumnKind::Text, v) => Cell::Text(v.py_str()),
         (ColumnKind::Integer, v) => v.as_int().map_or(Cell::Null, Cell::Int),
         (ColumnKind::Float, v) => v.as_number().map_or(Cell::Null, Cell::Float),
-        (ColumnKind::Date, Val::Date(d)) => Cell::Text(d.to_string()),
+        (ColumnKind::Date, Val::Date(d)) => Cell::Text(d.iso()),
         (ColumnKind::Timestamp, Val::DateTime(d)) => Cell::Text(d.rfc3339()),
         (ColumnKind::Date | ColumnKind::Timestamp, _) => Cell::Null,
         (ColumnKind::Boolean, Val::Bool(b)) => Cell::Bool(b),

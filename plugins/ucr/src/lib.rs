@@ -12,7 +12,8 @@
 //! The layers, each usable natively (tests, the bench's native row):
 //! [`value`] (Python's values and rules), [`dates`], [`datatype`],
 //! [`spec`] (reading specs with JSON paths), [`expr`], [`filter`],
-//! [`evaluator`], [`indicator`], [`datasource`], [`processor`]; the
+//! [`evaluator`], [`indicator`], [`datasource`], [`reads`] (what of a
+//! document the data sources read), [`processor`]; the
 //! component glue is the `component` module below.
 
 pub mod datasource;
@@ -24,6 +25,7 @@ pub mod expr;
 pub mod filter;
 pub mod indicator;
 pub mod processor;
+pub mod reads;
 pub mod spec;
 pub mod value;
 

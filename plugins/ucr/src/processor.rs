@@ -4,6 +4,7 @@
 use crate::datasource::{DEFAULT_PREFIX, DataSource, Outcome, Probe};
 use crate::eval::{EvalError, Lookup};
 use crate::indicator::{Cell, Column, ColumnKind};
+use crate::reads::Reads;
 use crate::spec::{Node, SpecError};
 use crate::value::Val;
 use pillowtop_sdk::json::Value;
@@ -63,6 +64,9 @@ pub struct Processor {
     /// Set by `[config] eval` (`pillowtop ucr eval`): one data source, and
     /// the expression or filter to evaluate instead of its rows.
     pub eval: Option<EvalMode>,
+    /// What the data sources (or the probe) read of a document: only that
+    /// is converted to Python values.
+    reads: Reads,
 }
 
 /// `pillowtop ucr eval`'s mode: a probe's value (or, for rows, whether the
@@ -179,7 +183,26 @@ impl Processor {
                     && !exclude.contains(&s.table_id)
             });
         }
-        Ok(Processor { sources, eval })
+        // A probe reads what it reads (so `ucr eval` and CommCare's test
+        // vectors run the partial conversion the rows get); rows, what
+        // every data source reads.
+        let reads = match &eval {
+            Some(EvalMode {
+                probe: Some(probe), ..
+            }) => sources[0].probe_reads(probe),
+            _ => {
+                let mut reads = Reads::default();
+                for s in &sources {
+                    reads.merge(&s.reads());
+                }
+                reads
+            }
+        };
+        Ok(Processor {
+            sources,
+            eval,
+            reads,
+        })
     }
 
     /// Every table this instance writes: name, columns and definition
@@ -250,7 +273,9 @@ impl Processor {
             return Ok(Vec::new());
         }
         let doc = match Value::parse(text) {
-            Ok(v) if v.kind() == pillowtop_sdk::json::Kind::Object => Val::from_json(v),
+            Ok(v) if v.kind() == pillowtop_sdk::json::Kind::Object => {
+                Val::from_json_reading(v, &self.reads)
+            }
             Ok(_) => return Err(permanent("the document is not a JSON object".into())),
             Err(e) => return Err(permanent(format!("the document is not JSON: {e}"))),
         };
@@ -426,6 +451,74 @@ mod tests {
         let p = Processor::from_config(&config(filter, 1)).unwrap();
         assert_eq!(value(&run(&p, doc).unwrap()), "true");
         assert_eq!(value(&run(&p, r#"{"age": "9"}"#).unwrap()), "false");
+    }
+
+    /// A document with more than any probe below reads: nested dicts, a
+    /// list of dicts, a repeated key.
+    const RICH: &str = r#"{"_id": "d1", "domain": "x", "doc_type": "y", "type": "patient",
+        "name": "Asha Kumar", "age": "41", "a": 2, "b": 3,
+        "case_json": {"age": "41", "dob": "1985-03-02", "tags": "a b", "other": [1, 2]},
+        "items": [{"n": 2, "v": "x", "w": {"z": 1}}, {"n": 1, "v": "y"}],
+        "extra": {"deep": {"x": 1, "y": [true]}, "flat": "f"}, "dup": 1, "dup": 2}"#;
+
+    /// Every construct that changes what of the document is read: each
+    /// probe's value from the partly converted document equals its value
+    /// from the whole one (what `from_json` gives), and the partial
+    /// conversion is really partial where it can be.
+    #[test]
+    fn a_partly_converted_document_gives_what_the_whole_one_gives() {
+        let probes = [
+            r#"{"expression": {"type": "identity"}}"#,
+            r#"{"expression": {"type": "property_path", "property_path": ["case_json", "dob"]}}"#,
+            r#"{"expression": {"type": "property_name", "property_name": "dup"}}"#,
+            r#"{"expression": {"type": "property_name", "property_name": "case_json"}}"#,
+            r#"{"expression": {"type": "map_items", "items_expression": {"type": "property_name", "property_name": "items"},
+                "map_expression": {"type": "root_doc", "expression": {"type": "property_name", "property_name": "name"}}}}"#,
+            r#"{"expression": {"type": "map_items", "items_expression": {"type": "property_name", "property_name": "items"},
+                "map_expression": {"type": "root_doc", "expression": {"type": "identity"}}}}"#,
+            r#"{"expression": {"type": "nested", "argument_expression": {"type": "property_name", "property_name": "extra"},
+                "value_expression": {"type": "property_path", "property_path": ["deep", "y"]}}}"#,
+            r#"{"expression": {"type": "nested", "argument_expression": {"type": "property_path", "property_path": ["extra", "deep"]},
+                "value_expression": {"type": "identity"}}}"#,
+            r#"{"expression": {"type": "nested", "argument_expression": {"type": "property_name", "property_name": "extra"},
+                "value_expression": {"type": "root_doc", "expression": {"type": "property_name", "property_name": "age"}}}}"#,
+            r#"{"expression": {"type": "evaluator", "statement": "a + b"}}"#,
+            r#"{"expression": {"type": "evaluator", "statement": "a * 2", "context_variables": {"a": {"type": "property_name", "property_name": "b"}}}}"#,
+            r#"{"expression": {"type": "named", "name": "age"}}"#,
+            r#"{"expression": {"type": "iterator", "expressions": [{"type": "property_name", "property_name": "name"}, {"type": "property_name", "property_name": "extra"}],
+                "test": {"type": "boolean_expression", "expression": {"type": "property_name", "property_name": "x"}, "operator": "eq", "property_value": 1}}}"#,
+            r#"{"expression": {"type": "sort_items", "items_expression": {"type": "property_name", "property_name": "items"},
+                "sort_expression": {"type": "property_name", "property_name": "n"}}}"#,
+            r#"{"expression": {"type": "filter_items", "items_expression": {"type": "property_name", "property_name": "items"},
+                "filter_expression": {"type": "boolean_expression", "expression": {"type": "root_doc", "expression": {"type": "property_name", "property_name": "type"}},
+                "operator": "eq", "property_value": "patient"}}}"#,
+            r#"{"expression": {"type": "property_name", "property_name": {"type": "property_name", "property_name": "type"}}}"#,
+            r#"{"expression": {"type": "dict", "properties": {"n": {"type": "property_name", "property_name": "name"}, "t": {"type": "property_path", "property_path": ["case_json", "tags"]}}}}"#,
+            r#"{"filter": {"type": "and", "filters": [{"type": "named", "name": "adult"},
+                {"type": "property_match", "property_path": ["extra", "flat"], "property_value": "f"}]}}"#,
+        ];
+        for probe in probes {
+            let partial = Processor::from_config(&config(probe, 1)).unwrap();
+            let mut whole = Processor::from_config(&config(probe, 1)).unwrap();
+            whole.reads = Reads::All;
+            let got = run(&partial, RICH).unwrap();
+            assert_eq!(got, run(&whole, RICH).unwrap(), "{probe}");
+        }
+        // Paths read, and only those: the keys the host reads, a dict
+        // trimmed to the key read under it.
+        let p = Processor::from_config(&config(probes[1], 1)).unwrap();
+        let mut expected = Reads::default();
+        for path in [
+            &["_id"][..],
+            &["domain"],
+            &["doc_type"],
+            &["case_json", "dob"],
+        ] {
+            expected.path(path);
+        }
+        assert_eq!(p.reads, expected);
+        let p = Processor::from_config(&config(probes[0], 1)).unwrap();
+        assert_eq!(p.reads, Reads::All);
     }
 
     #[test]

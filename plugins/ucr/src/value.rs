@@ -9,6 +9,7 @@
 //! and `str()`.
 
 use crate::dates::{Date, DateTime, Time};
+use crate::reads::Reads;
 use pillowtop_sdk::json::{Kind, Value};
 use pillowtop_sdk::python;
 use std::borrow::Cow;
@@ -69,6 +70,30 @@ impl<'a> Val<'a> {
                 Val::Dict(Rc::new(dict))
             }
         }
+    }
+
+    /// [`Val::from_json`] as far as `reads` reads: an object keeps only
+    /// the keys read, each converted as far as read; the rest is whole.
+    pub fn from_json_reading(value: Value<'a>, reads: &Reads) -> Val<'a> {
+        let Reads::Keys(keys) = reads else {
+            return Val::from_json(value);
+        };
+        if value.kind() != Kind::Object {
+            return Val::from_json(value);
+        }
+        let mut dict: Dict<'a> = Vec::with_capacity(keys.len());
+        for (key, member) in value.members() {
+            let key = key.decoded();
+            let Some(sub) = keys.get(key.as_ref()) else {
+                continue;
+            };
+            let member = Val::from_json_reading(member, sub);
+            match dict.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = member,
+                None => dict.push((key, member)),
+            }
+        }
+        Val::Dict(Rc::new(dict))
     }
 
     /// A string value.
