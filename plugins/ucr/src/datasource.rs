@@ -1,7 +1,7 @@
 //! A data source: CommCare's `DataSourceConfiguration`, parsed once, and
 //! what one document makes of it (rows to write, rows to delete).
 
-use crate::eval::{Ctx, Env, EvalError, Lookup};
+use crate::eval::{Ctx, Env, EvalError, Lookup, NamedValues};
 use crate::expr::{Expr, NamedRef, Scope};
 use crate::filter::Filter;
 use crate::indicator::{Cell, Column, Indicator};
@@ -359,15 +359,22 @@ impl DataSource {
         lookup: &Lookup<'_>,
     ) -> Result<Val<'a>, EvalError> {
         let env = self.env(lookup);
+        let named = self.named_values();
         let ctx = Ctx {
             root: doc,
             iteration: 0,
             env: &env,
+            named: Some(&named),
         };
         match probe {
             Probe::Expression(e) => e.eval(doc, &ctx),
             Probe::Filter(f) => f.eval(doc, &ctx).map(Val::Bool),
         }
+    }
+
+    /// Room for the values of the named expressions on one document.
+    fn named_values<'a>(&self) -> NamedValues<'a> {
+        std::cell::RefCell::new(vec![None; self.named_expressions.len()])
     }
 
     /// What expressions of this data source evaluate in: its named
@@ -407,10 +414,12 @@ impl DataSource {
             return Ok(Outcome::Ignore);
         }
         let env = self.env(lookup);
+        let named = self.named_values();
         let ctx = Ctx {
             root: doc,
             iteration: 0,
             env: &env,
+            named: Some(&named),
         };
         let passes = doc_type == Some(self.doc_type.as_str())
             && match &self.filter {
@@ -438,6 +447,7 @@ impl DataSource {
                 root: doc,
                 iteration: i as i64,
                 env: &env,
+                named: Some(&named),
             };
             let mut row = Vec::with_capacity(self.columns.len());
             for indicator in &self.indicators {

@@ -56,4 +56,25 @@ pub struct Ctx<'c, 'a> {
     pub iteration: i64,
     /// Named parts and lookups.
     pub env: &'c Env<'c>,
+    /// Values of named expressions already evaluated on the root document
+    /// (in iteration 0), by index: a data source names an expression to
+    /// use it in several places, and it is the same value in each.
+    pub named: Option<&'c NamedValues<'a>>,
+}
+
+/// Values of named expressions on the root document, by index.
+pub type NamedValues<'a> = std::cell::RefCell<Vec<Option<Val<'a>>>>;
+
+impl<'a> Ctx<'_, 'a> {
+    /// Where the value of named expression `i` on `item` is kept, if it is
+    /// kept: on the root document in iteration 0 only (another item, or a
+    /// `base_iteration_number` read in another iteration, can give
+    /// another value).
+    pub fn named_slot(&self, item: &Val<'a>) -> Option<&NamedValues<'a>> {
+        let root = match (item, self.root) {
+            (Val::Dict(a), Val::Dict(b)) => std::rc::Rc::ptr_eq(a, b),
+            _ => std::ptr::eq(item, self.root),
+        };
+        self.named.filter(|_| root && self.iteration == 0)
+    }
 }

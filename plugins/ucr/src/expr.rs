@@ -485,7 +485,22 @@ impl Expr {
                 Val::List(Rc::new(values))
             }
             Expr::RootDoc(e) => e.eval(ctx.root, ctx)?,
-            Expr::Named(i) => ctx.env.named_expressions[*i].eval(item, ctx)?,
+            Expr::Named(i) => {
+                let slot = ctx.named_slot(item);
+                let kept = slot.and_then(|values| values.borrow().get(*i).cloned().flatten());
+                match kept {
+                    Some(v) => v,
+                    None => {
+                        let v = ctx.env.named_expressions[*i].eval(item, ctx)?;
+                        if let Some(values) = slot
+                            && let Some(place) = values.borrow_mut().get_mut(*i)
+                        {
+                            *place = Some(v.clone());
+                        }
+                        v
+                    }
+                }
+            }
             Expr::Nested(argument, value) => {
                 let argument = argument.eval(item, ctx)?;
                 value.eval(&argument, ctx)?
@@ -650,6 +665,7 @@ impl Expr {
                     root: &related,
                     iteration: 0,
                     env: ctx.env,
+                    named: None,
                 };
                 to_static(value.eval(&related, &inner)?)
             }
@@ -884,6 +900,7 @@ mod tests {
             root: &doc,
             iteration: 0,
             env: &env,
+            named: None,
         };
         match expr.eval(&doc, &ctx) {
             Ok(v) => v.py_str(),

@@ -521,6 +521,52 @@ mod tests {
         assert_eq!(p.reads, Reads::All);
     }
 
+    /// A named expression's value is kept per document only where it
+    /// cannot change: the same named expression read through `root_doc`
+    /// from each item of a repeat gives each iteration its own number.
+    #[test]
+    fn a_named_value_is_kept_only_where_it_is_the_same() {
+        let spec = r#"{"domain": "other", "table_id": "r", "referenced_doc_type": "XFormInstance",
+            "base_item_expression": {"type": "property_name", "property_name": "items"},
+            "named_expressions": {"it": {"type": "base_iteration_number"},
+                "first": {"type": "array_index", "array_expression": {"type": "property_name", "property_name": "items"}, "index_expression": 0}},
+            "configured_filter": {"type": "boolean_expression", "expression": {"type": "named", "name": "first"}, "operator": "eq", "property_value": "a"},
+            "configured_indicators": [
+                {"type": "expression", "column_id": "n", "datatype": "integer",
+                 "expression": {"type": "root_doc", "expression": {"type": "named", "name": "it"}}},
+                {"type": "expression", "column_id": "first", "datatype": "string",
+                 "expression": {"type": "root_doc", "expression": {"type": "named", "name": "first"}}}]}"#;
+        let config = format!(r#"{{"data_sources": [{{"file": "r.json", "spec": {spec}}}]}}"#);
+        let p = Processor::from_config(&config).unwrap();
+        let actions = run(&p, r#"{"_id": "d1", "domain": "other", "doc_type": "XFormInstance", "items": ["a", "b", "c"]}"#).unwrap();
+        let rows: Vec<(Cell, Cell)> = actions
+            .iter()
+            .flat_map(|a| match a {
+                TableAction::UpsertRows { rows, .. } => rows.clone(),
+                TableAction::DeleteRows { .. } => vec![],
+            })
+            .map(|r| {
+                let at = |name: &str| {
+                    p.sources[0]
+                        .columns
+                        .iter()
+                        .position(|c| c.name == name)
+                        .unwrap()
+                };
+                (r[at("n")].clone(), r[at("first")].clone())
+            })
+            .collect();
+        let a = || Cell::Text("a".into());
+        assert_eq!(
+            rows,
+            [
+                (Cell::Int(0), a()),
+                (Cell::Int(1), a()),
+                (Cell::Int(2), a())
+            ]
+        );
+    }
+
     #[test]
     fn eval_mode_refuses_what_it_cannot_answer() {
         let cases = [
