@@ -354,6 +354,7 @@ async fn a_replay_never_overwrites_newer_documents_in(env: Env) {
                 plan: WritePlan::build(vec![stale]),
                 ..ChunkCommit::default()
             },
+            &|_| None,
         )
         .await
         .unwrap();

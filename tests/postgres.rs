@@ -133,6 +133,7 @@ async fn rows_documents_and_the_checkpoint_commit_together_with_native_types() {
             checkpoints: vec![(tp.clone(), 13)],
             ..ChunkCommit::default()
         },
+        &|_| None,
     )
     .await
     .unwrap();
@@ -228,6 +229,7 @@ async fn a_failed_commit_keeps_nothing_of_the_chunk() {
                 checkpoints: vec![(TopicPartition::new("t", 0), 2)],
                 ..ChunkCommit::default()
             },
+            &|_| None,
         )
         .await
         .unwrap_err();
@@ -435,7 +437,7 @@ async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back()
         let rebuild = SqlSink::new(store);
         pillow.ensure_outputs(&defined("sha1:old")).await.unwrap();
         pillow
-            .commit_from("pillow", &live(["a", "b"], [0, 0]), &partition_of)
+            .commit("pillow", &live(["a", "b"], [0, 0]), &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["a", "b"]);
@@ -453,11 +455,11 @@ async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back()
         // The pillow still runs the old definition: nothing of it lands,
         // and it takes nothing back, however far the rebuild is.
         rebuild
-            .commit_from(REBUILD, &rebuilt(["r0", "r1"], [4, 9]), &partition_of)
+            .commit(REBUILD, &rebuilt(["r0", "r1"], [4, 9]), &partition_of)
             .await
             .unwrap();
         pillow
-            .commit_from("pillow", &live(["x0", "x1"], [5, 5]), &partition_of)
+            .commit("pillow", &live(["x0", "x1"], [5, 5]), &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["r0", "r1"]);
@@ -470,7 +472,7 @@ async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back()
         // Partition 1's rebuild has passed the chunk start (9 >= 5): taken
         // back, the chunk's write lands; partition 0's has not (4 < 5).
         pillow
-            .commit_from("pillow", &live(["y0", "y1"], [5, 5]), &partition_of)
+            .commit("pillow", &live(["y0", "y1"], [5, 5]), &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["r0", "r1", "y1"]);
@@ -480,7 +482,7 @@ async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back()
         );
         // The rebuild writes partition 0 only now.
         rebuild
-            .commit_from(REBUILD, &rebuilt(["s0", "s1"], [10, 12]), &partition_of)
+            .commit(REBUILD, &rebuilt(["s0", "s1"], [10, 12]), &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["r0", "r1", "s0", "y1"]);
@@ -488,12 +490,12 @@ async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back()
         let mut piece = live(["z0", "z1"], [8, 8]);
         piece.scope.may_release = false;
         pillow
-            .commit_from("pillow", &piece, &partition_of)
+            .commit("pillow", &piece, &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["r0", "r1", "s0", "y1", "z1"]);
         pillow
-            .commit_from("pillow", &live(["w0", "w1"], [9, 9]), &partition_of)
+            .commit("pillow", &live(["w0", "w1"], [9, 9]), &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["r0", "r1", "s0", "w0", "w1", "y1", "z1"]);
@@ -512,14 +514,14 @@ async fn a_held_table_is_written_by_its_rebuild_until_the_pillow_takes_it_back()
             .await
             .unwrap();
         rebuild
-            .commit_from(REBUILD, &rebuilt(["a0", "a1"], [3, 3]), &partition_of)
+            .commit(REBUILD, &rebuilt(["a0", "a1"], [3, 3]), &partition_of)
             .await
             .unwrap();
         rebuild.finish_rebuild("visits", REBUILD).await.unwrap();
         let mut first = live(["b0", "b1"], [3, 3]);
         first.scope.starts.pop();
         pillow
-            .commit_from("pillow", &first, &partition_of)
+            .commit("pillow", &first, &partition_of)
             .await
             .unwrap();
         assert_eq!(docs().await, ["a0", "a1", "b0"]);
@@ -861,6 +863,7 @@ async fn versioned_rows_and_created_documents_keep_the_newest_and_the_first() {
                     checkpoints: vec![(TopicPartition::new("case-sql", 0), chunk as u64 + 1)],
                     ..ChunkCommit::default()
                 },
+                &|_| None,
             )
             .await
             .unwrap();

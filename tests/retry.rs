@@ -360,7 +360,7 @@ async fn stale_in(env: Env) {
     };
     let commit = |c: ChunkCommit| {
         let sql = sinks.sql.clone();
-        async move { sql.commit("stale", &c).await.unwrap() }
+        async move { sql.commit("stale", &c, &|_| None).await.unwrap() }
     };
     // A replayed older change passing leaves the error open...
     commit(ChunkCommit {

@@ -17,7 +17,7 @@
 
 use crate::config::PillowConfig;
 use crate::feed::{Feed, FeedError, TopicPartition};
-use crate::store::{Liveness, Store, StoreError};
+use crate::store::{Store, StoreError};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -179,12 +179,7 @@ pub async fn apply(
 ) -> Result<Vec<(TopicPartition, Option<u64>, u64)>, CheckpointError> {
     if !force {
         let now = crate::time::now_ms();
-        if let Some(p) = store
-            .processes()
-            .await?
-            .into_iter()
-            .find(|p| p.pillow == pillow.name && p.liveness(now) == Liveness::Running)
-        {
+        if let Some(p) = store.running_process(&pillow.name, now).await? {
             return Err(CheckpointError::Running {
                 pillow: pillow.name.clone(),
                 process_num: p.process_num,

@@ -483,7 +483,8 @@ pub fn pg_sink_bench() {
                     checkpoints: vec![(TopicPartition::new("case-sql", 0), (start + batch) as u64)],
                     ..ChunkCommit::default()
                 };
-                rt.block_on(sql.commit("bench", &commit)).unwrap();
+                rt.block_on(sql.commit("bench", &commit, &|_| None))
+                    .unwrap();
             }
             rates.push(rows_total as f64 / started.elapsed().as_secs_f64());
         }

@@ -307,7 +307,7 @@ impl Delivery {
         match self
             .outage
             .retry("store", self.sinks.store.location(), || {
-                sql.commit_from(&self.checkpoint_id, &commit, &partition_of)
+                sql.commit(&self.checkpoint_id, &commit, &partition_of)
             })
             .await
         {
@@ -356,7 +356,7 @@ impl Delivery {
             match self
                 .outage
                 .retry("store", location, || {
-                    sql.commit_from(&self.checkpoint_id, &one, &partition_of)
+                    sql.commit(&self.checkpoint_id, &one, &partition_of)
                 })
                 .await
             {
@@ -378,7 +378,7 @@ impl Delivery {
         }
         self.outage
             .retry("store", location, || {
-                sql.commit_from(&self.checkpoint_id, commit, &partition_of)
+                sql.commit(&self.checkpoint_id, commit, &partition_of)
             })
             .await?;
         Ok(refused)

@@ -29,7 +29,7 @@
 
 use super::WritePlan;
 use crate::action::TableSpec;
-use crate::db::{Tx, quote};
+use crate::db::{Db, Tx, quote};
 use crate::feed::TopicPartition;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -138,7 +138,8 @@ pub(super) async fn settle(
     if holds.is_empty() {
         return Ok(None);
     }
-    let mut drop: BTreeSet<(String, TopicPartition)> = BTreeSet::new();
+    // Per held table, the partitions whose writes this commit drops.
+    let mut drop: BTreeMap<&str, BTreeSet<TopicPartition>> = BTreeMap::new();
     let mut by_table: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
     for h in &holds {
         by_table.entry(&h.table_name).or_default().push(h);
@@ -149,7 +150,7 @@ pub(super) async fn settle(
         if holds.iter().any(|h| h.rebuilder == checkpoint_id) {
             // The rebuild: held partitions only.
             for h in holds.iter().filter(|h| h.released) {
-                drop.insert((table.to_owned(), h.tp()));
+                drop.entry(table).or_default().insert(h.tp());
             }
             continue;
         }
@@ -179,7 +180,7 @@ pub(super) async fn settle(
                 if own != h.definition.as_deref() && !h.finished {
                     tracing::debug!(table, partition = %tp, "the rebuild writes another definition than this pillow's version declares; it takes the table back once it runs that version");
                 }
-                drop.insert((table.to_owned(), tp));
+                drop.entry(table).or_default().insert(tp);
             }
         }
     }
@@ -187,7 +188,8 @@ pub(super) async fn settle(
         return Ok(None);
     }
     let dropped = |table: &str, o: &super::Origin| {
-        partition_of(o.change).is_some_and(|tp| drop.contains(&(table.to_owned(), tp)))
+        drop.get(table)
+            .is_some_and(|held| partition_of(o.change).is_some_and(|tp| held.contains(&tp)))
     };
     Ok(Some(plan.filtered(|_| true, |table, o| !dropped(table, o))))
 }
@@ -305,18 +307,18 @@ pub(super) async fn hold(
 }
 
 /// The holds of `table` (for the rebuild watching its pillow take the
-/// table back, and for `status`).
+/// table back): a read, outside any transaction.
 pub(super) async fn of_table(
-    tx: &mut Tx,
+    db: &Db,
     table: &str,
 ) -> Result<Vec<(TopicPartition, bool)>, sqlx::Error> {
     let sql = format!(
         "SELECT {COLUMNS} FROM table_holds WHERE table_name = $1 ORDER BY topic, partition"
     );
-    let rows: Vec<Hold> = crate::db::on_tx!(tx, t => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+    let rows: Vec<Hold> = crate::db::on_db!(db, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(table)
-            .fetch_all(&mut **t)
+            .fetch_all(pool)
             .await
     })?;
     Ok(rows.iter().map(|h| (h.tp(), h.released)).collect())

@@ -167,10 +167,7 @@ impl SqlSink {
     ///
     /// When the database fails.
     pub async fn holds(&self, table: &str) -> Result<Vec<(TopicPartition, bool)>, SinkError> {
-        let mut tx = self.db.begin().await.map_err(self.err())?;
-        let holds = hold::of_table(&mut tx, table).await.map_err(self.err())?;
-        self.db.commit(tx).await.map_err(self.err())?;
-        Ok(holds)
+        hold::of_table(&self.db, table).await.map_err(self.err())
     }
 
     /// The rebuild `rebuilder` of `table` has stopped writing it: forget
@@ -268,23 +265,15 @@ impl SqlSink {
     }
 
     /// Commit a chunk: sink writes, pillow errors and checkpoints (of
-    /// `checkpoint_id`) in one transaction.
+    /// `checkpoint_id`) in one transaction. `partition_of(k)` is the
+    /// partition of the chunk's change at position `k`: writes to a table
+    /// a rebuild holds are dropped for the partitions it holds ([`hold`];
+    /// a change without one is written).
     ///
     /// # Errors
     ///
     /// When the database fails; nothing of the chunk is kept.
-    pub async fn commit(&self, checkpoint_id: &str, chunk: &ChunkCommit) -> Result<(), SinkError> {
-        self.commit_from(checkpoint_id, chunk, &|_| None).await
-    }
-
-    /// [`SqlSink::commit`] of a chunk whose change at position `k` came
-    /// from partition `partition_of(k)`: writes to a table a rebuild holds
-    /// are dropped for the partitions it holds ([`hold`]).
-    ///
-    /// # Errors
-    ///
-    /// When the database fails; nothing of the chunk is kept.
-    pub async fn commit_from(
+    pub async fn commit(
         &self,
         checkpoint_id: &str,
         chunk: &ChunkCommit,

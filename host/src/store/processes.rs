@@ -240,6 +240,24 @@ impl Store {
         });
         Ok(rows.into_iter().map(ProcessRecord::from).collect())
     }
+
+    /// A process of `pillow` that is running now (by the liveness rule),
+    /// if any: what refuses a checkpoint move, and what a rebuild waits on.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn running_process(
+        &self,
+        pillow: &str,
+        now_ms: i64,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        Ok(self
+            .processes()
+            .await?
+            .into_iter()
+            .find(|p| p.pillow == pillow && p.liveness(now_ms) == Liveness::Running))
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use crate::manifest::Manifest;
 use crate::pillow::RunOptions;
 use crate::process::{self, ProcessError, ProcessOptions, ProcessSummary, Stop};
 use crate::sink::SqlSink;
-use crate::store::{Liveness, Store};
+use crate::store::Store;
 use crate::wasm::{Runtime, RuntimeOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -157,7 +157,7 @@ pub async fn rebuild(
         },
         reload_on_sighup: false,
     };
-    let summary = process::run(&run_config, options(true), stop).await?;
+    let mut summary = process::run(&run_config, options(true), stop).await?;
     if summary.failed.is_none() && !stop.requested() {
         // Follow the feed until the pillow has the table back.
         let following = Stop::new();
@@ -167,11 +167,9 @@ pub async fn rebuild(
         let (tail, watched) =
             tokio::join!(process::run(&run_config, options(false), &following), watch);
         watched?;
-        if let Some(e) = tail?.failed {
-            return Err(RebuildError::Run(ProcessError::Config(format!(
-                "following the feed after the replay: {e}"
-            ))));
-        }
+        // A failure while following is the run's failure, as one in the
+        // replay.
+        summary.failed = tail?.failed;
     }
     sql.finish_rebuild(&spec.name, &rebuilder)
         .await
@@ -217,11 +215,11 @@ async fn watch(
         if held.is_empty() {
             break Ok(());
         }
-        let now = crate::time::now_ms();
-        let running = match store.processes().await {
-            Ok(p) => p
-                .into_iter()
-                .any(|p| p.pillow == pillow.name && p.liveness(now) == Liveness::Running),
+        let running = match store
+            .running_process(&pillow.name, crate::time::now_ms())
+            .await
+        {
+            Ok(p) => p.is_some(),
             Err(e) => break Err(store_err(&e)),
         };
         if !running {

@@ -21,6 +21,15 @@ use std::rc::Rc;
 /// its first place and its last value, as Python's `json` reads it.
 pub type Dict<'a> = Vec<(Cow<'a, str>, Val<'a>)>;
 
+/// Set `key` as Python's `json` reads a member: a key written twice keeps
+/// its first place and its last value.
+fn set_member<'a>(dict: &mut Dict<'a>, key: Cow<'a, str>, value: Val<'a>) {
+    match dict.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => dict.push((key, value)),
+    }
+}
+
 /// A Python value.
 #[derive(Debug, Clone)]
 pub enum Val<'a> {
@@ -60,12 +69,7 @@ impl<'a> Val<'a> {
             Kind::Object => {
                 let mut dict: Dict<'a> = Vec::new();
                 for (key, member) in value.members() {
-                    let key = key.decoded();
-                    let member = Val::from_json(member);
-                    match dict.iter_mut().find(|(k, _)| *k == key) {
-                        Some(slot) => slot.1 = member,
-                        None => dict.push((key, member)),
-                    }
+                    set_member(&mut dict, key.decoded(), Val::from_json(member));
                 }
                 Val::Dict(Rc::new(dict))
             }
@@ -87,11 +91,7 @@ impl<'a> Val<'a> {
             let Some(sub) = keys.get(key.as_ref()) else {
                 continue;
             };
-            let member = Val::from_json_reading(member, sub);
-            match dict.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = member,
-                None => dict.push((key, member)),
-            }
+            set_member(&mut dict, key, Val::from_json_reading(member, sub));
         }
         Val::Dict(Rc::new(dict))
     }
