@@ -7,7 +7,7 @@ use crate::indicator::{Cell, Column, ColumnKind};
 use crate::reads::Reads;
 use crate::spec::{Node, SpecError};
 use crate::value::Val;
-use pillowtop_sdk::json::Value;
+use pillowtop_sdk::json::{Kind, Reader, Value};
 use std::collections::BTreeMap;
 
 /// A change, as much of it as the processor reads.
@@ -272,10 +272,13 @@ impl Processor {
         {
             return Ok(Vec::new());
         }
-        let doc = match Value::parse(text) {
-            Ok(v) if v.kind() == pillowtop_sdk::json::Kind::Object => {
-                Val::from_json_reading(v, &self.reads)
-            }
+        // One pass over the text: what the data sources read is
+        // converted, the rest only validated.
+        let mut reader = Reader::new(text);
+        let doc = match reader.kind() {
+            Ok(Kind::Object) => Val::read(&mut reader, &self.reads)
+                .and_then(|doc| reader.end().map(|()| doc))
+                .map_err(|e| permanent(format!("the document is not JSON: {e}")))?,
             Ok(_) => return Err(permanent("the document is not a JSON object".into())),
             Err(e) => return Err(permanent(format!("the document is not JSON: {e}"))),
         };
@@ -519,6 +522,29 @@ mod tests {
         assert_eq!(p.reads, expected);
         let p = Processor::from_config(&config(probes[0], 1)).unwrap();
         assert_eq!(p.reads, Reads::All);
+    }
+
+    /// A document is read in one pass that converts only what is read,
+    /// but bad JSON anywhere in it, read or not, fails the change for
+    /// good, and so does a document that is not an object.
+    #[test]
+    fn bad_json_is_refused_where_nothing_reads_it() {
+        let probe = r#"{"expression": {"type": "property_name", "property_name": "age"}}"#;
+        let p = Processor::from_config(&config(probe, 1)).unwrap();
+        assert_eq!(
+            value(&run(&p, r#"{"age": 3, "x": {"y": [1]}}"#).unwrap()),
+            "3"
+        );
+        for (doc, says) in [
+            (r#"{"age": 3, "x": {"y": [1,]}}"#, "not JSON"),
+            (r#"{"age": 3, "x": "\q"}"#, "not JSON"),
+            (r#"{"age": 3} {}"#, "trailing characters"),
+            (r#"{"age": 3"#, "not JSON"),
+            ("[1]", "not a JSON object"),
+        ] {
+            let e = run(&p, doc).unwrap_err();
+            assert!(!e.retryable && e.message.contains(says), "{doc}: {e:?}");
+        }
     }
 
     /// A named expression's value is kept per document only where it

@@ -10,7 +10,7 @@
 
 use crate::dates::{Date, DateTime, Time};
 use crate::reads::Reads;
-use pillowtop_sdk::json::{Kind, Value};
+use pillowtop_sdk::json::{self, Kind, Reader, Value};
 use pillowtop_sdk::python;
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -76,24 +76,60 @@ impl<'a> Val<'a> {
         }
     }
 
-    /// [`Val::from_json`] as far as `reads` reads: an object keeps only
-    /// the keys read, each converted as far as read; the rest is whole.
-    pub fn from_json_reading(value: Value<'a>, reads: &Reads) -> Val<'a> {
+    /// Read the value at `reader` as Python's `json.loads` gives it, as
+    /// far as `reads` reads: an object keeps only the keys read, each
+    /// converted as far as read, and anything else is converted whole.
+    /// What is not read is still validated, in the same pass.
+    ///
+    /// # Errors
+    ///
+    /// Where and why the text is not JSON.
+    pub fn read(reader: &mut Reader<'a>, reads: &Reads) -> Result<Val<'a>, json::Error> {
         let Reads::Keys(keys) = reads else {
-            return Val::from_json(value);
+            return Val::read_all(reader);
         };
-        if value.kind() != Kind::Object {
-            return Val::from_json(value);
+        if reader.kind()? != Kind::Object {
+            return Val::read_all(reader);
         }
+        reader.object()?;
         let mut dict: Dict<'a> = Vec::with_capacity(keys.len());
-        for (key, member) in value.members() {
+        while let Some(key) = reader.key()? {
             let key = key.decoded();
-            let Some(sub) = keys.get(key.as_ref()) else {
-                continue;
-            };
-            set_member(&mut dict, key, Val::from_json_reading(member, sub));
+            match keys.get(key.as_ref()) {
+                Some(sub) => {
+                    let value = Val::read(reader, sub)?;
+                    set_member(&mut dict, key, value);
+                }
+                None => {
+                    reader.value()?;
+                }
+            }
         }
-        Val::Dict(Rc::new(dict))
+        Ok(Val::Dict(Rc::new(dict)))
+    }
+
+    /// Read the value at `reader` whole, as [`Val::from_json`] converts it.
+    fn read_all(reader: &mut Reader<'a>) -> Result<Val<'a>, json::Error> {
+        match reader.kind()? {
+            Kind::Object => {
+                reader.object()?;
+                let mut dict: Dict<'a> = Vec::new();
+                while let Some(key) = reader.key()? {
+                    let value = Val::read_all(reader)?;
+                    set_member(&mut dict, key.decoded(), value);
+                }
+                Ok(Val::Dict(Rc::new(dict)))
+            }
+            Kind::Array => {
+                reader.array()?;
+                let mut items = Vec::new();
+                while reader.element()? {
+                    items.push(Val::read_all(reader)?);
+                }
+                Ok(Val::List(Rc::new(items)))
+            }
+            _ => Ok(Val::from_json(reader.value()?)),
+        }
     }
 
     /// A string value.

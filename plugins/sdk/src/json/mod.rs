@@ -14,18 +14,21 @@
 //! assert_eq!(doc.get("age").unwrap().kind(), Kind::Number);
 //! ```
 
-//! The parts: reading ([`Value`], [`Key`], [`walk_object`]), validating
+//! The parts: reading ([`Value`], [`Key`], [`walk_object`], and
+//! [`Reader`], a cursor the caller steers through one validating pass), validating
 //! ([`validate`], with a fast path by 64-byte blocks on x86-64), the
 //! scanner that says where and why text is not JSON, and writing
 //! ([`write_compact`], [`write_str`], [`write_escaped`]).
 
 #[cfg(target_arch = "x86_64")]
 mod blocks;
+mod reader;
 mod scan;
 mod validate;
 mod value;
 mod write;
 
+pub use reader::Reader;
 pub use validate::validate;
 pub use value::{Elements, Key, Members, Value, Walk, walk_object};
 pub use write::{write_compact, write_escaped, write_str};

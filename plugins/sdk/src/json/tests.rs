@@ -5,11 +5,10 @@ use super::validate::quick_validate;
 use super::*;
 use std::borrow::Cow;
 
-/// `validate`'s fast path agrees with `Value::parse` on valid text and
-/// on thousands of random corruptions of it (a disagreement would let
-/// invalid JSON through, or refuse valid JSON, in the host's checks).
-#[test]
-fn validate_agrees_with_parse() {
+/// Valid texts that exercise every part of the grammar: strings with
+/// escapes, scalars at every offset within a 64-byte block, and nesting at
+/// and past the limit.
+fn sample_texts() -> Vec<String> {
     let samples = [
         r#"{"a": [1, -2.5e+3, 0, true, false, null, "x\"\\\/\b\f\n\r\t\u00e9"], "b": {"c": {}}, "d": []}"#,
         r#"[{"key":"@case_id","value":"abc"},{"key":"k","value":"a long value that needs more than one word"}]"#,
@@ -23,7 +22,7 @@ fn validate_agrees_with_parse() {
     // backslashes too) and scalars at every offset within a block: each
     // shifted by 0..64 leading blanks.
     let long = [
-        r#"{"_id":"c-1","name":"Ada "the" first \\","case_properties":[{"key":"@case_id","value":"c-1"},{"key":"age","value":"36"},{"key":"x\\\"y","value":"\u00e9\/\b"}],"n":-12.5e-3,"t":true,"f":false,"z":null,"e":{},"a":[]}"#,
+        r#"{"_id":"c-1","name":"Ada \"the\" first \\","case_properties":[{"key":"@case_id","value":"c-1"},{"key":"age","value":"36"},{"key":"x\\\"y","value":"\u00e9\/\b"}],"n":-12.5e-3,"t":true,"f":false,"z":null,"e":{},"a":[]}"#,
         r#"[["a long string value that crosses a block boundary for sure, yes it does", 1, 22, 333, "\\", "\\\\\"", "\\\"\\"], {"k\n": [null, true, {"deep": [0.5, -0, 1E+2]}]}]"#,
     ];
     for text in long {
@@ -35,17 +34,13 @@ fn validate_agrees_with_parse() {
     cases.push("[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1));
     cases.push("{\"a\":".repeat(MAX_DEPTH) + "1" + &"}".repeat(MAX_DEPTH));
     cases.push("{\"a\":".repeat(MAX_DEPTH + 1) + "1" + &"}".repeat(MAX_DEPTH + 1));
-    let fast = |text: &str| {
-        let scalar = quick_validate(text.as_bytes());
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(blocks::quick_validate(text.as_bytes()), scalar, "{text:?}");
-        scalar
-    };
-    for s in &cases {
-        assert_eq!(fast(s), Value::parse(s).ok().map(|v| v.kind()), "{s}");
-    }
-    // Random corruptions: replace, insert or delete one to three bytes,
-    // drawn mostly from JSON's own punctuation.
+    cases
+}
+
+/// Call `check` on `rounds` random corruptions of `cases` (one to three
+/// bytes replaced, inserted or deleted, drawn mostly from JSON's own
+/// punctuation) that are still UTF-8.
+fn for_corruptions(cases: &[String], rounds: usize, mut check: impl FnMut(&str)) {
     const ALPHABET: &[u8] = b"{}[]:,\"\\ \n0123456789.-+eEtrufalsnx/\x01";
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move |n: usize| {
@@ -54,9 +49,7 @@ fn validate_agrees_with_parse() {
         seed ^= seed << 17;
         (seed % n as u64) as usize
     };
-    let mut accepted = 0;
-    let mut rejected = 0;
-    for round in 0..100_000 {
+    for round in 0..rounds {
         let base = cases[round % cases.len()].as_bytes();
         let mut bytes = base.to_vec();
         for _ in 0..1 + next(3) {
@@ -70,9 +63,30 @@ fn validate_agrees_with_parse() {
                 _ => bytes.insert(at, c),
             }
         }
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            continue;
-        };
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            check(text);
+        }
+    }
+}
+
+/// `validate`'s fast path agrees with `Value::parse` on valid text and
+/// on thousands of random corruptions of it (a disagreement would let
+/// invalid JSON through, or refuse valid JSON, in the host's checks).
+#[test]
+fn validate_agrees_with_parse() {
+    let cases = sample_texts();
+    let fast = |text: &str| {
+        let scalar = quick_validate(text.as_bytes());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(blocks::quick_validate(text.as_bytes()), scalar, "{text:?}");
+        scalar
+    };
+    for s in &cases {
+        assert_eq!(fast(s), Value::parse(s).ok().map(|v| v.kind()), "{s}");
+    }
+    let mut accepted = 0;
+    let mut rejected = 0;
+    for_corruptions(&cases, 100_000, |text| {
         let slow = Value::parse(text).map(|v| v.kind());
         assert_eq!(fast(text), slow.ok(), "{text:?}");
         assert_eq!(validate(text), slow, "{text:?}");
@@ -81,12 +95,117 @@ fn validate_agrees_with_parse() {
         } else {
             rejected += 1;
         }
-    }
+    });
     // Both answers were exercised many times.
     assert!(
         accepted > 2_500 && rejected > 25_000,
         "{accepted} accepted, {rejected} rejected"
     );
+}
+
+/// Read the next value with `reader`, going into objects and arrays
+/// where `enter` says so (by depth and position) and taking the rest
+/// whole; return the value's text put back together, compacted.
+fn read_steered(
+    reader: &mut Reader<'_>,
+    depth: usize,
+    enter: &impl Fn(usize, usize) -> bool,
+    at: usize,
+) -> Result<String, Error> {
+    let kind = reader.kind()?;
+    if !enter(depth, at) || !matches!(kind, Kind::Object | Kind::Array) {
+        let mut out = String::new();
+        write_compact(&mut out, reader.value()?.raw());
+        return Ok(out);
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    if kind == Kind::Object {
+        reader.object()?;
+        out.push('{');
+        while let Some(key) = reader.key()? {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key.raw());
+            out.push(':');
+            out.push_str(&read_steered(reader, depth + 1, enter, i)?);
+            i += 1;
+        }
+        out.push('}');
+    } else {
+        reader.array()?;
+        out.push('[');
+        while reader.element()? {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&read_steered(reader, depth + 1, enter, i)?);
+            i += 1;
+        }
+        out.push(']');
+    }
+    Ok(out)
+}
+
+/// A `Reader` steered anywhere (into everything, into nothing, into
+/// every other item) accepts exactly what `Value::parse` accepts,
+/// refuses the rest at the same byte for the same reason, and reads
+/// the same value.
+#[test]
+fn a_reader_steered_anywhere_agrees_with_parse() {
+    let steerings: [&dyn Fn(usize, usize) -> bool; 4] = [
+        &|_, _| true,
+        &|_, _| false,
+        &|depth, _| depth < 2,
+        &|depth, at| (depth + at) % 2 == 0,
+    ];
+    let check = |text: &str| {
+        let parsed = Value::parse(text).map(|v| {
+            let mut out = String::new();
+            write_compact(&mut out, v.raw());
+            out
+        });
+        for (n, enter) in steerings.iter().enumerate() {
+            let mut reader = Reader::new(text);
+            let read = read_steered(&mut reader, 0, enter, 0).and_then(|out| {
+                reader.end()?;
+                Ok(out)
+            });
+            assert_eq!(read, parsed, "steering {n}: {text:?}");
+        }
+    };
+    let cases = sample_texts();
+    for s in &cases {
+        check(s);
+    }
+    for_corruptions(&cases, 30_000, check);
+}
+
+#[test]
+fn a_reader_refuses_an_unfinished_value_and_misplaced_steps() {
+    let mut reader = Reader::new(r#"{"a": [1"#);
+    reader.object().unwrap();
+    reader.key().unwrap().unwrap();
+    reader.array().unwrap();
+    assert!(reader.element().unwrap());
+    reader.value().unwrap();
+    assert_eq!(
+        reader.element().unwrap_err().reason,
+        "expected ',' or ']' in array"
+    );
+    let mut early = Reader::new(r#"{"a": 1}"#);
+    early.object().unwrap();
+    assert_eq!(early.end().unwrap_err().reason, "the value is not complete");
+    assert_eq!(
+        Reader::new("[1]").object().unwrap_err().reason,
+        "expected an object"
+    );
+    assert_eq!(
+        Reader::new("{}").array().unwrap_err().reason,
+        "expected an array"
+    );
+    assert_eq!(Reader::new("  ").kind().unwrap_err().offset, 2);
 }
 
 #[test]
