@@ -368,8 +368,12 @@ impl Expr {
             Expr::Identity => item.clone(),
             Expr::Constant(v) => v.clone(),
             Expr::PropertyName { name, datatype } => {
-                let value = match item {
-                    Val::Dict(_) => match name.eval(item, ctx)? {
+                let value = match (item, name.as_ref()) {
+                    // The usual constant name, read without a copy of it.
+                    (Val::Dict(_), Expr::Constant(Val::Str(key))) => {
+                        item.get(key).cloned().unwrap_or(Val::Null)
+                    }
+                    (Val::Dict(_), name) => match name.eval(item, ctx)? {
                         Val::Str(key) => item.get(&key).cloned().unwrap_or(Val::Null),
                         // A dict read from JSON has only string keys.
                         _ => Val::Null,
