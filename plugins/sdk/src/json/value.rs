@@ -16,6 +16,9 @@ pub struct Value<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key<'a> {
     pub(super) raw: &'a str,
+    /// Whether the key has an escape (the scanner saw one): without, its
+    /// text between the quotes is what it decodes to.
+    pub(super) escaped: bool,
 }
 
 impl<'a> Value<'a> {
@@ -169,40 +172,29 @@ impl<'a> Key<'a> {
         self.raw
     }
 
-    /// The unescaped key.
+    /// The unescaped key (borrowed unless it has escapes).
     pub fn decoded(&self) -> Cow<'a, str> {
-        unescape(self.raw)
+        if self.escaped {
+            unescape(self.raw)
+        } else {
+            Cow::Borrowed(self.inner())
+        }
     }
 
-    /// Whether the key equals `name` (compares without allocating when the
-    /// key has no escapes).
+    /// Whether the key equals `name`: a comparison of the text as written
+    /// unless the key has escapes, which are rare enough to decode.
     pub fn is(&self, name: &str) -> bool {
-        let inner = &self.raw[1..self.raw.len() - 1];
-        let (written, name_bytes) = (inner.as_bytes(), name.as_bytes());
-        // Written and decoded forms are the same for a key without escapes.
-        // Every escape is longer written than decoded (`\n` is two bytes
-        // for one, `\u00e9` six for two), so a key with escapes is written
-        // longer than any name it equals: a key as long as `name` equals it
-        // only if identical and escape-free, and a shorter one never does.
-        if written.len() <= name_bytes.len() {
-            return written == name_bytes && !written.contains(&b'\\');
+        if self.escaped {
+            self.decoded() == name
+        } else {
+            self.inner() == name
         }
-        // Longer as written: equal only through an escape. Up to the first
-        // escape the written and decoded bytes are the same, so the first
-        // byte where the key differs from a `name` it decodes to is a `\`:
-        // the `\` of that escape or, for a run of escaped backslashes (two
-        // written bytes each), a `\` still inside the run. A first
-        // difference anywhere else settles it without decoding, which is
-        // nearly every key after a byte or two.
-        let differs = written
-            .iter()
-            .zip(name_bytes)
-            .position(|(w, n)| w != n)
-            .unwrap_or(name_bytes.len());
-        if written[differs] != b'\\' {
-            return false;
-        }
-        self.decoded() == name
+    }
+
+    /// The text between the quotes, as written.
+    fn inner(&self) -> &'a str {
+        // The quotes are one byte each, so both ends are char boundaries.
+        &self.raw[1..self.raw.len() - 1]
     }
 }
 
