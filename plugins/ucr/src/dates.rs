@@ -216,94 +216,120 @@ fn digit(b: Option<&u8>, range: std::ops::RangeInclusive<u8>) -> bool {
     b.is_some_and(|b| range.contains(b))
 }
 
+/// The lengths a field can match at one place, most preferred first: at
+/// most six (`%f`), kept inline (a date is read per document per column,
+/// and a heap list per field was most of its cost in fuel).
+struct Lengths {
+    lens: [u8; 6],
+    n: usize,
+}
+
+impl Lengths {
+    fn push(&mut self, ok: bool, len: usize) {
+        if ok {
+            self.lens[self.n] = len as u8;
+            self.n += 1;
+        }
+    }
+}
+
 impl Field {
     /// The lengths this field can match at the start of `s`, most preferred first.
-    fn candidates(self, s: &[u8]) -> Vec<usize> {
+    fn candidates(self, s: &[u8]) -> Lengths {
         let (a, b) = (s.first(), s.get(1));
-        let mut out = Vec::new();
-        let mut alt = |ok: bool, len: usize| {
-            if ok {
-                out.push(len)
-            }
-        };
+        let mut out = Lengths { lens: [0; 6], n: 0 };
         match self {
-            Field::Year => alt(s.len() >= 4 && s[..4].iter().all(u8::is_ascii_digit), 4),
+            Field::Year => out.push(s.len() >= 4 && s[..4].iter().all(u8::is_ascii_digit), 4),
             Field::Month => {
-                alt(a == Some(&b'1') && digit(b, b'0'..=b'2'), 2);
-                alt(a == Some(&b'0') && digit(b, b'1'..=b'9'), 2);
-                alt(digit(a, b'1'..=b'9'), 1);
+                out.push(a == Some(&b'1') && digit(b, b'0'..=b'2'), 2);
+                out.push(a == Some(&b'0') && digit(b, b'1'..=b'9'), 2);
+                out.push(digit(a, b'1'..=b'9'), 1);
             }
             Field::Day => {
-                alt(a == Some(&b'3') && digit(b, b'0'..=b'1'), 2);
-                alt(digit(a, b'1'..=b'2') && digit(b, b'0'..=b'9'), 2);
-                alt(a == Some(&b'0') && digit(b, b'1'..=b'9'), 2);
-                alt(digit(a, b'1'..=b'9'), 1);
-                alt(a == Some(&b' ') && digit(b, b'1'..=b'9'), 2);
+                out.push(a == Some(&b'3') && digit(b, b'0'..=b'1'), 2);
+                out.push(digit(a, b'1'..=b'2') && digit(b, b'0'..=b'9'), 2);
+                out.push(a == Some(&b'0') && digit(b, b'1'..=b'9'), 2);
+                out.push(digit(a, b'1'..=b'9'), 1);
+                out.push(a == Some(&b' ') && digit(b, b'1'..=b'9'), 2);
             }
             Field::Hour => {
-                alt(a == Some(&b'2') && digit(b, b'0'..=b'3'), 2);
-                alt(digit(a, b'0'..=b'1') && digit(b, b'0'..=b'9'), 2);
-                alt(digit(a, b'0'..=b'9'), 1);
+                out.push(a == Some(&b'2') && digit(b, b'0'..=b'3'), 2);
+                out.push(digit(a, b'0'..=b'1') && digit(b, b'0'..=b'9'), 2);
+                out.push(digit(a, b'0'..=b'9'), 1);
             }
             Field::Minute => {
-                alt(digit(a, b'0'..=b'5') && digit(b, b'0'..=b'9'), 2);
-                alt(digit(a, b'0'..=b'9'), 1);
+                out.push(digit(a, b'0'..=b'5') && digit(b, b'0'..=b'9'), 2);
+                out.push(digit(a, b'0'..=b'9'), 1);
             }
             Field::Second => {
-                alt(a == Some(&b'6') && digit(b, b'0'..=b'1'), 2);
-                alt(digit(a, b'0'..=b'5') && digit(b, b'0'..=b'9'), 2);
-                alt(digit(a, b'0'..=b'9'), 1);
+                out.push(a == Some(&b'6') && digit(b, b'0'..=b'1'), 2);
+                out.push(digit(a, b'0'..=b'5') && digit(b, b'0'..=b'9'), 2);
+                out.push(digit(a, b'0'..=b'9'), 1);
             }
             Field::Fraction => {
                 let n = s.iter().take(6).take_while(|b| b.is_ascii_digit()).count();
-                out.extend((1..=n).rev());
+                for len in (1..=n).rev() {
+                    out.push(true, len);
+                }
             }
-            Field::Lit(c) => alt(a.is_some_and(|a| a.eq_ignore_ascii_case(&c)), 1),
+            Field::Lit(c) => out.push(a.is_some_and(|a| a.eq_ignore_ascii_case(&c)), 1),
         }
         out
     }
 }
 
 /// Match `fields` against the start of `s` as a backtracking regular
-/// expression would; on success the matched piece of each field.
-fn match_fields<'s>(fields: &[Field], s: &'s [u8], out: &mut Vec<&'s [u8]>) -> bool {
+/// expression would; on success `out[i]` is the piece field `i` matched
+/// (`out` is at least as long as `fields`).
+fn match_fields<'s>(fields: &[Field], s: &'s [u8], out: &mut [&'s [u8]]) -> bool {
     let Some((first, rest)) = fields.split_first() else {
         return true;
     };
-    for len in first.candidates(s) {
-        out.push(&s[..len]);
-        if match_fields(rest, &s[len..], out) {
+    let lengths = first.candidates(s);
+    for &len in &lengths.lens[..lengths.n] {
+        let len = usize::from(len);
+        out[0] = &s[..len];
+        if match_fields(rest, &s[len..], &mut out[1..]) {
             return true;
         }
-        out.pop();
     }
     false
 }
 
+/// The most fields a format has (`DATETIME_FRACTION_FORMAT`).
+const MAX_FIELDS: usize = 14;
+
 /// `strptime(s, format)` for a format given as `fields`: the numbers of
-/// every non-literal field, if the whole text matches.
-fn strptime(s: &str, fields: &[Field]) -> Option<Vec<i64>> {
-    let mut parts = Vec::with_capacity(fields.len());
+/// the non-literal fields (at most eight), if the whole text matches.
+fn strptime(s: &str, fields: &[Field]) -> Option<([i64; 8], usize)> {
+    let mut parts: [&[u8]; MAX_FIELDS] = [&[]; MAX_FIELDS];
     if !match_fields(fields, s.as_bytes(), &mut parts) {
         return None;
     }
     // Python's strptime fails with "unconverted data remains".
-    if parts.iter().map(|p| p.len()).sum::<usize>() != s.len() {
+    if parts[..fields.len()].iter().map(|p| p.len()).sum::<usize>() != s.len() {
         return None;
     }
-    let mut numbers = Vec::new();
+    let mut numbers = [0i64; 8];
+    let mut n = 0;
     for (field, part) in fields.iter().zip(parts) {
-        match field {
-            Field::Lit(_) => {}
-            Field::Fraction => {
-                // `%f` is padded on the right to microseconds.
-                let digits = std::str::from_utf8(part).ok()?;
-                numbers.push(format!("{digits:0<6}").parse().ok()?);
-            }
-            _ => numbers.push(std::str::from_utf8(part).ok()?.trim().parse().ok()?),
-        }
+        let value = match field {
+            Field::Lit(_) => continue,
+            // `%f` is padded on the right to microseconds.
+            Field::Fraction => digits(part) * 10i64.pow(6 - part.len() as u32),
+            // A day may be written ` 5`.
+            _ => digits(part.trim_ascii_start()),
+        };
+        numbers[n] = value;
+        n += 1;
     }
-    Some(numbers)
+    Some((numbers, n))
+}
+
+/// The number a run of ASCII digits (as matched) writes.
+fn digits(part: &[u8]) -> i64 {
+    part.iter()
+        .fold(0, |n, d| n * 10 + i64::from(d.wrapping_sub(b'0')))
 }
 
 const DATE_FORMAT: &[Field] = &[
@@ -368,7 +394,8 @@ fn datetime_of(n: &[i64]) -> Option<DateTime> {
 
 /// CommCare's `iso_string_to_date`: `strptime(s, '%Y-%m-%d')`.
 pub fn parse_date(s: &str) -> Option<Date> {
-    date_of(&strptime(s, DATE_FORMAT)?)
+    let (numbers, n) = strptime(s, DATE_FORMAT)?;
+    date_of(&numbers[..n])
 }
 
 /// CommCare's `iso_string_to_datetime(s, strict=True)`: `%Y-%m-%dT%H:%M:%SZ`
@@ -385,7 +412,7 @@ pub fn parse_datetime(s: &str) -> Option<DateTime> {
     };
     strptime(s, DATETIME_FORMAT)
         .or_else(|| strptime(s, DATETIME_FRACTION_FORMAT))
-        .and_then(|n| datetime_of(&n))
+        .and_then(|(numbers, n)| datetime_of(&numbers[..n]))
 }
 
 /// What jsonobject turns a spec string literal into.
