@@ -173,6 +173,7 @@ impl<'a> Key<'a> {
     }
 
     /// The unescaped key (borrowed unless it has escapes).
+    #[inline]
     pub fn decoded(&self) -> Cow<'a, str> {
         if self.escaped {
             unescape(self.raw)
@@ -183,6 +184,7 @@ impl<'a> Key<'a> {
 
     /// Whether the key equals `name`: a comparison of the text as written
     /// unless the key has escapes, which are rare enough to decode.
+    #[inline]
     pub fn is(&self, name: &str) -> bool {
         if self.escaped {
             self.decoded() == name
@@ -192,6 +194,7 @@ impl<'a> Key<'a> {
     }
 
     /// The text between the quotes, as written.
+    #[inline]
     fn inner(&self) -> &'a str {
         // The quotes are one byte each, so both ends are char boundaries.
         &self.raw[1..self.raw.len() - 1]
