@@ -58,6 +58,7 @@ pub fn ucr_bench(changes: &[Change]) {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(RuntimeOptions {
         compile_cache_dir: Some(cache.path().to_owned()),
+        perf_map: std::env::var_os("BENCH_PERFMAP").is_some(),
         ..RuntimeOptions::default()
     })
     .unwrap();
