@@ -392,8 +392,84 @@ fn datetime_of(n: &[i64]) -> Option<DateTime> {
     })
 }
 
+/// The most `DATE_FORMAT` can match: `%Y` is four digits, `%m` and `%d`
+/// at most two each.
+const DATE_MAX: usize = 10;
+/// The most `DATETIME_FRACTION_FORMAT` can match (`%f` is at most six
+/// digits); `DATETIME_FORMAT` matches at most 20.
+const DATETIME_MAX: usize = 27;
+
+/// The year, month and day of `b` when it starts `YYYY-MM-DD` with a
+/// month strptime's `%m` takes as two digits (01-12) and a day `%d`
+/// takes as two (01-31): what `DATE_FORMAT` matches there, read without
+/// backtracking. `None` for any other start, which strptime decides.
+fn plain_date(b: &[u8]) -> Option<[i64; 3]> {
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let (year, month, day) = (
+        number_at(b, 0, 4)?,
+        number_at(b, 5, 2)?,
+        number_at(b, 8, 2)?,
+    );
+    ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some([year, month, day])
+}
+
+/// The number the `n` ASCII digits at `at` write, if they are digits.
+fn number_at(b: &[u8], at: usize, n: usize) -> Option<i64> {
+    let part = b.get(at..at + n)?;
+    part.iter().all(u8::is_ascii_digit).then(|| digits(part))
+}
+
+/// The numbers of `b` when it is exactly `YYYY-MM-DDTHH:MM:SSZ` or
+/// `YYYY-MM-DDTHH:MM:SS.fZ` (one to six digits of `f`; `T` and `Z` in
+/// either case, or a space for the `T`) with every two-digit field one
+/// strptime takes whole (hour 00-23, minute 00-59, second 00-61): what
+/// the datetime formats match, read without backtracking. `None` for
+/// any other text, which strptime decides.
+fn plain_datetime(b: &[u8]) -> Option<([i64; 8], usize)> {
+    let [year, month, day] = plain_date(b)?;
+    if !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+    {
+        return None;
+    }
+    let (hour, minute, second) = (
+        number_at(b, 11, 2)?,
+        number_at(b, 14, 2)?,
+        number_at(b, 17, 2)?,
+    );
+    if hour > 23 || minute > 59 || second > 61 || !matches!(b.last(), Some(b'Z' | b'z')) {
+        return None;
+    }
+    let mut numbers = [year, month, day, hour, minute, second, 0, 0];
+    match b.len() {
+        20 => Some((numbers, 6)),
+        21..=DATETIME_MAX if b[19] == b'.' => {
+            let fraction = &b[20..b.len() - 1];
+            if fraction.is_empty() || !fraction.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            numbers[6] = digits(fraction) * 10i64.pow(6 - fraction.len() as u32);
+            Some((numbers, 7))
+        }
+        _ => None,
+    }
+}
+
 /// CommCare's `iso_string_to_date`: `strptime(s, '%Y-%m-%d')`.
 pub fn parse_date(s: &str) -> Option<Date> {
+    let b = s.as_bytes();
+    if b.len() > DATE_MAX {
+        // Data would remain unconverted.
+        return None;
+    }
+    if b.len() == DATE_MAX
+        && let Some(numbers) = plain_date(b)
+    {
+        return date_of(&numbers);
+    }
     let (numbers, n) = strptime(s, DATE_FORMAT)?;
     date_of(&numbers[..n])
 }
@@ -403,6 +479,13 @@ pub fn parse_date(s: &str) -> Option<Date> {
 /// current `test_expressions.py` expects of the `datetime` datatype
 /// (`"2015-09-30 19:04:27Z"`; earlier versions gave None).
 pub fn parse_datetime(s: &str) -> Option<DateTime> {
+    if s.len() > DATETIME_MAX {
+        // Data would remain unconverted.
+        return None;
+    }
+    if let Some((numbers, n)) = plain_datetime(s.as_bytes()) {
+        return datetime_of(&numbers[..n]);
+    }
     let spaced;
     let s = if s.as_bytes().get(10) == Some(&b' ') {
         spaced = format!("{}T{}", &s[..10], &s[11..]);
@@ -575,6 +658,61 @@ mod tests {
         assert_eq!(dt("2015-04-07T19:07:60Z"), None);
         assert_eq!(dt("2015-04-07"), None);
         assert_eq!(dt("2015-04-07T24:00:00Z"), None);
+    }
+
+    /// The shortcuts for the usual shapes give what strptime gives, on
+    /// those shapes and on every one- and two-byte change of them.
+    #[test]
+    fn plain_shapes_read_as_strptime_reads_them() {
+        let slow_date = |s: &str| strptime(s, DATE_FORMAT).and_then(|(n, k)| date_of(&n[..k]));
+        let slow_datetime = |s: &str| {
+            let s = if s.as_bytes().get(10) == Some(&b' ') {
+                format!("{}T{}", &s[..10], &s[11..])
+            } else {
+                s.to_string()
+            };
+            strptime(&s, DATETIME_FORMAT)
+                .or_else(|| strptime(&s, DATETIME_FRACTION_FORMAT))
+                .and_then(|(n, k)| datetime_of(&n[..k]))
+        };
+        let alphabet = b"0123456789-Tt :.Zzx";
+        let bases = [
+            "2015-04-07",
+            "2015-12-31",
+            "2016-02-29",
+            "2015-04-07T19:07:55Z",
+            "2015-04-07T23:59:59.437086Z",
+            "2015-04-07 09:07:05.5z",
+            "2015-04-07T19:07:60Z",
+        ];
+        let mut checked = 0;
+        let mut check = |s: &str| {
+            assert_eq!(parse_date(s), slow_date(s), "{s:?}");
+            assert_eq!(parse_datetime(s), slow_datetime(s), "{s:?}");
+            checked += 1;
+        };
+        for base in bases {
+            check(base);
+            let b = base.as_bytes();
+            for i in 0..b.len() {
+                for &c in alphabet {
+                    let mut one = b.to_vec();
+                    one[i] = c;
+                    check(std::str::from_utf8(&one).unwrap());
+                    for j in (i + 1)..b.len() {
+                        for &d in b"091:Z" {
+                            let mut two = one.clone();
+                            two[j] = d;
+                            check(std::str::from_utf8(&two).unwrap());
+                        }
+                    }
+                }
+                let mut cut = b.to_vec();
+                cut.remove(i);
+                check(std::str::from_utf8(&cut).unwrap());
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 
     #[test]
