@@ -120,7 +120,8 @@ pub fn push_date(out: &mut String, y: i64, m: u32, d: u32) {
 
 /// Append `n` in decimal, zero-padded to at least `width` digits.
 pub fn push_padded(out: &mut String, n: u64, width: usize) {
-    let mut digits = [0u8; 20];
+    // Twenty digits hold any u64; a wider field is padded with zeros.
+    let mut digits = [b'0'; 20];
     let mut at = digits.len();
     let mut n = n;
     loop {
@@ -131,12 +132,12 @@ pub fn push_padded(out: &mut String, n: u64, width: usize) {
             break;
         }
     }
-    for _ in (digits.len() - at)..width {
+    for _ in digits.len()..width {
         out.push('0');
     }
-    for &b in &digits[at..] {
-        out.push(char::from(b));
-    }
+    let start = at.min(digits.len().saturating_sub(width));
+    // One append, not one per digit (each checks capacity: fuel in a plugin).
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 #[cfg(test)]
@@ -172,5 +173,12 @@ mod tests {
         let mut out = String::new();
         push_date(&mut out, -5, 1, 2);
         assert_eq!(out, format!("{:04}-01-02", -5));
+        for n in [0, 7, 42, 999, 12_345, u64::MAX] {
+            for width in [0, 1, 2, 3, 6, 20, 23] {
+                let mut out = String::from("x");
+                push_padded(&mut out, n, width);
+                assert_eq!(out, format!("x{n:0width$}"));
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@
 use crate::dates::{self, DateTime};
 use crate::eval::EvalError;
 use crate::value::Val;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// A UCR datatype.
@@ -160,8 +161,8 @@ pub fn to_datetime(value: &Val<'_>) -> Val<'static> {
 
 /// Python's whitespace-trimmed text with `_` allowed between digits (as
 /// `int()`, `float()` and `Decimal()` read numbers), or `None` when an
-/// underscore is misplaced.
-fn without_underscores(s: &str) -> Option<String> {
+/// underscore is misplaced. Borrowed when there is none (nearly always).
+fn without_underscores(s: &str) -> Option<Cow<'_, str>> {
     let s = s.trim();
     let bytes = s.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
@@ -174,7 +175,11 @@ fn without_underscores(s: &str) -> Option<String> {
             }
         }
     }
-    Some(s.replace('_', ""))
+    Some(if bytes.contains(&b'_') {
+        Cow::Owned(s.replace('_', ""))
+    } else {
+        Cow::Borrowed(s)
+    })
 }
 
 /// Python's `int(s)` in base 10 (sign, digits, surrounding whitespace).
@@ -191,13 +196,17 @@ pub fn parse_int(s: &str) -> Option<i64> {
 pub fn parse_float(s: &str) -> Option<f64> {
     let clean = without_underscores(s)?;
     let body = clean.strip_prefix(['+', '-']).unwrap_or(&clean);
-    let word = body.to_ascii_lowercase();
     let numeric = !body.is_empty()
         && body
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         && body.bytes().any(|b| b.is_ascii_digit());
-    if !(numeric || matches!(word.as_str(), "inf" | "infinity" | "nan")) {
+    let word = || {
+        ["inf", "infinity", "nan"]
+            .iter()
+            .any(|w| body.eq_ignore_ascii_case(w))
+    };
+    if !(numeric || word()) {
         return None;
     }
     clean.parse().ok()
