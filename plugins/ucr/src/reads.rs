@@ -20,21 +20,36 @@
 use crate::expr::Expr;
 use crate::filter::Filter;
 use crate::value::Val;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// The part of a JSON value evaluation reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reads {
     /// All of it.
     All,
-    /// These keys of an object, each read as far as given.
-    Keys(BTreeMap<String, Reads>),
+    /// These keys of an object (in order, each once), each read as far
+    /// as given. A list, not a map: a document's every key is compared
+    /// with the few read, and walking a list of them costs the least
+    /// fuel.
+    Keys(Vec<(String, Reads)>),
 }
 
 impl Default for Reads {
     fn default() -> Self {
-        Reads::Keys(BTreeMap::new())
+        Reads::Keys(Vec::new())
     }
+}
+
+/// What is read under `key`, added (reading nothing yet) if new.
+fn slot<'r>(keys: &'r mut Vec<(String, Reads)>, key: &str) -> &'r mut Reads {
+    let at = match keys.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+        Ok(at) => at,
+        Err(at) => {
+            keys.insert(at, (key.to_owned(), Reads::default()));
+            at
+        }
+    };
+    &mut keys[at].1
 }
 
 impl Reads {
@@ -45,9 +60,7 @@ impl Reads {
             return;
         };
         if let Reads::Keys(keys) = self {
-            keys.entry(first.as_ref().to_owned())
-                .or_default()
-                .path(rest);
+            slot(keys, first.as_ref()).path(rest);
         }
     }
 
@@ -58,7 +71,7 @@ impl Reads {
             (_, Reads::All) => *self = Reads::All,
             (Reads::Keys(mine), Reads::Keys(theirs)) => {
                 for (key, reads) in theirs {
-                    mine.entry(key.clone()).or_default().merge(reads);
+                    slot(mine, key).merge(reads);
                 }
             }
         }
