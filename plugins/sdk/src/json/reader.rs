@@ -43,6 +43,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     ///
     /// When no value starts here.
+    #[inline]
     pub fn kind(&mut self) -> Result<Kind, Error> {
         self.scanner.skip_ws();
         match self.scanner.peek() {
@@ -64,6 +65,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     ///
     /// Where and why the value is not valid JSON.
+    #[inline]
     pub fn value(&mut self) -> Result<Value<'a>, Error> {
         self.scanner.skip_ws();
         self.scanner.value(self.depth)
@@ -75,6 +77,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     ///
     /// When the next value is not an object, or nesting is too deep.
+    #[inline]
     pub fn object(&mut self) -> Result<(), Error> {
         self.open(b'{', "expected an object")
     }
@@ -85,6 +88,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     ///
     /// When the next value is not an array, or nesting is too deep.
+    #[inline]
     pub fn array(&mut self) -> Result<(), Error> {
         self.open(b'[', "expected an array")
     }
@@ -110,6 +114,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     ///
     /// When the object is not well formed here.
+    #[inline]
     pub fn key(&mut self) -> Result<Option<Key<'a>>, Error> {
         let key = self.scanner.member_key(&mut self.first)?;
         if key.is_none() {
@@ -124,6 +129,7 @@ impl<'a> Reader<'a> {
     /// # Errors
     ///
     /// When the array is not well formed here.
+    #[inline]
     pub fn element(&mut self) -> Result<bool, Error> {
         let s = &mut self.scanner;
         s.skip_ws();
@@ -144,6 +150,7 @@ impl<'a> Reader<'a> {
 
     /// A closed object or array is a value of its parent, so a comma
     /// comes before the parent's next item.
+    #[inline]
     fn close(&mut self) {
         self.depth -= 1;
         self.first = false;
