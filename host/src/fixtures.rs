@@ -435,7 +435,7 @@ fn compare(expected: &[Value], actual: &[Action]) -> Result<(), String> {
         if *e != a {
             return Err(format!(
                 "action {i} differs{}\n  expected: {}\n  actual:   {}",
-                first_difference(e, &a, "")
+                first_difference(e, &a)
                     .map(|p| format!(" at {p}"))
                     .unwrap_or_default(),
                 shown(e),
@@ -446,39 +446,20 @@ fn compare(expected: &[Value], actual: &[Action]) -> Result<(), String> {
     Ok(())
 }
 
-/// The JSON path of the first difference, to point the author at it.
-fn first_difference(e: &Value, a: &Value, path: &str) -> Option<String> {
-    match (e, a) {
-        (Value::Object(eo), Value::Object(ao)) => {
-            for (k, ev) in eo {
-                match ao.get(k) {
-                    None => return Some(format!("{path}.{k} (missing)")),
-                    Some(av) if av != ev => {
-                        return first_difference(ev, av, &format!("{path}.{k}"));
-                    }
-                    _ => {}
-                }
-            }
-            ao.keys()
-                .find(|k| !eo.contains_key(*k))
-                .map(|k| format!("{path}.{k} (unexpected)"))
+/// Where `e` and `a` first differ: a path, with "(missing)" for a key
+/// only `e` has, "(unexpected)" for one only `a` has, the lengths of
+/// arrays of different lengths.
+fn first_difference(e: &Value, a: &Value) -> Option<String> {
+    use crate::json_diff::Difference;
+    let first = crate::json_diff::differences(e, a, 1).pop()?;
+    Some(match &first {
+        Difference::Missing { .. } => format!("{} (missing)", first.path()),
+        Difference::Unexpected { .. } => format!("{} (unexpected)", first.path()),
+        Difference::Length { left, right, .. } => {
+            format!("{} (length {left} vs {right})", first.path())
         }
-        (Value::Array(ea), Value::Array(aa)) => {
-            for (i, (ev, av)) in ea.iter().zip(aa).enumerate() {
-                if ev != av {
-                    return first_difference(ev, av, &format!("{path}[{i}]"));
-                }
-            }
-            (ea.len() != aa.len()).then(|| format!("{path} (length {} vs {})", ea.len(), aa.len()))
-        }
-        _ => (e != a).then(|| {
-            if path.is_empty() {
-                "the top level".into()
-            } else {
-                path.to_owned()
-            }
-        }),
-    }
+        Difference::Value { .. } => first.path().to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -490,16 +471,16 @@ mod tests {
     fn points_at_the_first_difference() {
         let e = json!({"a": {"b": [1, {"c": 2}]}});
         let a = json!({"a": {"b": [1, {"c": 3}]}});
-        assert_eq!(first_difference(&e, &a, "").as_deref(), Some(".a.b[1].c"));
+        assert_eq!(first_difference(&e, &a).as_deref(), Some(".a.b[1].c"));
         assert_eq!(
-            first_difference(&json!({"x": 1}), &json!({}), "").as_deref(),
+            first_difference(&json!({"x": 1}), &json!({})).as_deref(),
             Some(".x (missing)")
         );
         assert_eq!(
-            first_difference(&json!({}), &json!({"y": 1}), "").as_deref(),
+            first_difference(&json!({}), &json!({"y": 1})).as_deref(),
             Some(".y (unexpected)")
         );
-        assert_eq!(first_difference(&json!(1), &json!(1), ""), None);
+        assert_eq!(first_difference(&json!(1), &json!(1)), None);
     }
 
     #[test]
