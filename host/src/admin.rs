@@ -8,12 +8,17 @@
 //! | `GET /plugins` | live version and last refusal of every plugin |
 //! | `POST /plugins/reload` | reload every plugin now |
 //! | `POST /plugins/{name}/reload` | reload one plugin now; answers with the outcome |
+//! | `POST /plugins/{name}/shadow` | run the candidate in `{"manifest": PATH}` beside the live version |
+//! | `DELETE /plugins/{name}/shadow` | stop the candidate |
+//! | `POST /plugins/{name}/promote` | make the candidate live |
+//! | `POST /plugins/{name}/rollback` | bring the previous version back |
 //!
 //! It listens on loopback by default and has no authentication: whoever
-//! can reach it can reload plugins (not change them). Bind it to a
+//! can reach it can reload, shadow, promote and roll back plugins (and
+//! name a manifest on the host's machine to shadow). Bind it to a
 //! non-loopback address only behind a network policy.
 
-use crate::reload::{Plugins, Refusal, ReloadOutcome};
+use crate::reload::{Deploy, DeployOutcome, Plugins, Refusal, ReloadOutcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -75,6 +80,18 @@ impl Admin {
             .route("/plugins", routing::get(list))
             .route("/plugins/reload", post(reload_all))
             .route("/plugins/{name}/reload", post(reload_one))
+            .route(
+                "/plugins/{name}/shadow",
+                post(shadow_one).delete(|s, n| deploy_one(s, n, Deploy::StopShadow)),
+            )
+            .route(
+                "/plugins/{name}/promote",
+                post(|s, n| deploy_one(s, n, Deploy::Promote)),
+            )
+            .route(
+                "/plugins/{name}/rollback",
+                post(|s, n| deploy_one(s, n, Deploy::Rollback)),
+            )
             .with_state(plugins);
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -99,6 +116,10 @@ struct PluginView {
     manifest: String,
     live: String,
     refused: Option<Refusal>,
+    /// The candidate running beside the live version.
+    shadow: Option<String>,
+    /// The version a rollback brings back.
+    previous: Option<String>,
 }
 
 async fn list(State(plugins): State<Arc<Plugins>>) -> Json<Vec<PluginView>> {
@@ -111,6 +132,8 @@ async fn list(State(plugins): State<Arc<Plugins>>) -> Json<Vec<PluginView>> {
                 manifest: s.manifest_path().display().to_string(),
                 live: s.live().0.version().to_string(),
                 refused: s.refusal().0,
+                shadow: s.shadow().map(|p| p.version().to_string()),
+                previous: s.previous().map(|p| p.version().to_string()),
             })
             .collect(),
     )
@@ -124,17 +147,54 @@ async fn reload_one(
     State(plugins): State<Arc<Plugins>>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<ReloadOutcome>>, (StatusCode, String)> {
-    if !plugins.slots().iter().any(|s| s.name() == name) {
-        let names: Vec<String> = plugins.slots().iter().map(|s| s.name().into()).collect();
-        return Err((
-            StatusCode::NOT_FOUND,
-            format!(
-                "no plugin named {name:?} is loaded here; loaded: {}\n",
-                names.join(", ")
-            ),
-        ));
-    }
+    loaded(&plugins, &name)?;
     Ok(Json(plugins.reload_named(Some(&name)).await))
+}
+
+/// 404 naming what is loaded, unless plugin `name` is.
+fn loaded(plugins: &Plugins, name: &str) -> Result<(), (StatusCode, String)> {
+    if plugins.slots().iter().any(|s| s.name() == name) {
+        return Ok(());
+    }
+    let names: Vec<String> = plugins.slots().iter().map(|s| s.name().into()).collect();
+    Err((
+        StatusCode::NOT_FOUND,
+        format!(
+            "no plugin named {name:?} is loaded here; loaded: {}\n",
+            names.join(", ")
+        ),
+    ))
+}
+
+/// The body of `POST /plugins/{name}/shadow`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct ShadowRequest {
+    /// The candidate's manifest, a path on the host's machine.
+    manifest: std::path::PathBuf,
+}
+
+async fn shadow_one(
+    state: State<Arc<Plugins>>,
+    name: Path<String>,
+    Json(request): Json<ShadowRequest>,
+) -> Result<Json<Vec<DeployOutcome>>, (StatusCode, String)> {
+    deploy_one(
+        state,
+        name,
+        Deploy::Shadow {
+            manifest: request.manifest,
+        },
+    )
+    .await
+}
+
+async fn deploy_one(
+    State(plugins): State<Arc<Plugins>>,
+    Path(name): Path<String>,
+    command: Deploy,
+) -> Result<Json<Vec<DeployOutcome>>, (StatusCode, String)> {
+    loaded(&plugins, &name)?;
+    Ok(Json(plugins.deploy_named(&name, command).await))
 }
 
 /// Why a request to a host's admin endpoint failed.
@@ -185,10 +245,43 @@ pub async fn request_reload(
         Some(n) => format!("/plugins/{n}/reload"),
         None => "/plugins/reload".into(),
     };
-    let body = request(base_url, "POST", &path).await?;
+    let body = request(base_url, "POST", &path, None).await?;
     serde_json::from_str(&body).map_err(|e| ClientError::Protocol {
         url: base_url.into(),
         message: format!("{e}: {body}"),
+    })
+}
+
+/// Ask the host at `base_url` to apply `command` to plugin `name`.
+///
+/// # Errors
+///
+/// See [`ClientError`].
+pub async fn request_deploy(
+    base_url: &str,
+    name: &str,
+    command: &Deploy,
+) -> Result<Vec<DeployOutcome>, ClientError> {
+    let (method, path, body) = match command {
+        Deploy::Shadow { manifest } => (
+            "POST",
+            "shadow",
+            Some(serde_json::json!({ "manifest": manifest }).to_string()),
+        ),
+        Deploy::StopShadow => ("DELETE", "shadow", None),
+        Deploy::Promote => ("POST", "promote", None),
+        Deploy::Rollback => ("POST", "rollback", None),
+    };
+    let answer = request(
+        base_url,
+        method,
+        &format!("/plugins/{name}/{path}"),
+        body.as_deref(),
+    )
+    .await?;
+    serde_json::from_str(&answer).map_err(|e| ClientError::Protocol {
+        url: base_url.into(),
+        message: format!("{e}: {answer}"),
     })
 }
 
@@ -219,6 +312,36 @@ pub async fn reload_running(
     store: &crate::store::Store,
     name: Option<&str>,
 ) -> Result<Vec<(String, Vec<ReloadOutcome>)>, ReloadRequestError> {
+    let mut out = Vec::new();
+    for url in running_urls(store).await? {
+        let outcomes = request_reload(&url, name).await?;
+        out.push((url, outcomes));
+    }
+    Ok(out)
+}
+
+/// Ask every live host process recorded in `store` to apply `command`
+/// to plugin `name`; each admin URL with what it answered.
+///
+/// # Errors
+///
+/// See [`ReloadRequestError`].
+pub async fn deploy_running(
+    store: &crate::store::Store,
+    name: &str,
+    command: &Deploy,
+) -> Result<Vec<(String, Vec<DeployOutcome>)>, ReloadRequestError> {
+    let mut out = Vec::new();
+    for url in running_urls(store).await? {
+        let outcomes = request_deploy(&url, name, command).await?;
+        out.push((url, outcomes));
+    }
+    Ok(out)
+}
+
+/// The admin URLs of the live host processes recorded in `store` (by the
+/// liveness rule).
+async fn running_urls(store: &crate::store::Store) -> Result<Vec<String>, ReloadRequestError> {
     let now = crate::time::now_ms();
     let mut urls: Vec<String> = store
         .processes()
@@ -232,12 +355,7 @@ pub async fn reload_running(
     if urls.is_empty() {
         return Err(ReloadRequestError::NoneRunning(store.location().to_owned()));
     }
-    let mut out = Vec::with_capacity(urls.len());
-    for url in urls {
-        let outcomes = request_reload(&url, name).await?;
-        out.push((url, outcomes));
-    }
-    Ok(out)
+    Ok(urls)
 }
 
 /// `GET path` from the host at `base_url` (e.g. `/metrics`); the body.
@@ -246,11 +364,17 @@ pub async fn reload_running(
 ///
 /// See [`ClientError`].
 pub async fn get(base_url: &str, path: &str) -> Result<String, ClientError> {
-    request(base_url, "GET", path).await
+    request(base_url, "GET", path, None).await
 }
 
-/// One request; returns the body of a 2xx answer.
-async fn request(base_url: &str, method: &str, path: &str) -> Result<String, ClientError> {
+/// One request (with a JSON `body`, if any); returns the body of a 2xx
+/// answer.
+async fn request(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String, ClientError> {
     let url = format!("{base_url}{path}");
     let protocol = |message: String| ClientError::Protocol {
         url: url.clone(),
@@ -266,8 +390,10 @@ async fn request(base_url: &str, method: &str, path: &str) -> Result<String, Cli
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(connect)?;
+    let content = body.unwrap_or("");
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
+        content.len()
     );
     stream.write_all(head.as_bytes()).await.map_err(connect)?;
     let mut raw = Vec::new();

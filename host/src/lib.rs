@@ -22,19 +22,22 @@
 //! |---|---|
 //! | [`ucr`] | `pillowtop ucr eval` (a data source, expression or filter on one document, through the plugin) and `ucr rebuild` (one data source's table anew from the feed) |
 //! | [`process`] | the whole host as one call: open, start, supervise every task, stop |
+//! | [`replay`] | a plugin version over a range of a pillow's feed, read-only (`pillowtop replay`, `plugin check --against-feed`) |
 //! | [`admin`] | the admin HTTP endpoint (metrics, plugins, reloads) and its client |
 //! | [`status`] | what `pillowtop status` shows |
 //! | [`triage`] | operator tools for pillow errors: list, show, re-queue, purge, make a fixture |
 //! | [`conformance`] | `pillowtop plugin check`: load, declaration, fixtures, fuel |
 //! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |
 //! | [`retry`] | the retry queue: due pillow errors re-run (or republished), fairly by domain |
-//! | [`reload`] | hot reload: plugin slots, watching files, staging checked versions |
+//! | [`reload`] | hot reload and deployment: plugin slots, watching files, staging checked versions, candidates, promote, rollback |
 //! | [`resource`] | lookup resources of the host config: queries, indices, store tables, cached and prefetched |
 //! | [`source`] | document sources: a chunk's documents read in one batch per database or index |
 //! | [`sink`] | writing actions: Elasticsearch, the SQL sink tables, delivery of a chunk |
 //! | [`checkpoint`] | partition positions, when checkpoints are saved, moving them |
-//! | [`store`] | checkpoints, host processes (one liveness rule), plugin events |
+//! | [`store`] | checkpoints, host processes (one liveness rule), plugin events, shadow runs |
+//! | [`shadow`] | a candidate version beside the live one: comparing actions, tallies, kept differences |
 //! | [`fixtures`] | golden fixtures: change in, actions out |
+//! | [`json_diff`] | where two JSON values differ, as paths |
 //! | [`wasm`] | compiling, caching, instantiating and calling components under limits |
 //! | [`lookup`] | the read-only data plugins may look up: the contract and its cache |
 //! | [`errors`] | pillow errors end to end: kinds, the record, backoff, SQL |
@@ -68,6 +71,7 @@ pub mod feed;
 pub mod file;
 pub mod fixtures;
 pub mod generate;
+pub mod json_diff;
 #[cfg(test)]
 mod layers;
 pub mod lookup;
@@ -79,9 +83,11 @@ pub mod pillow;
 pub mod process;
 pub mod rate;
 pub mod reload;
+pub mod replay;
 pub mod resource;
 pub mod retry;
 pub mod scaffold;
+pub mod shadow;
 pub mod shard;
 pub mod sink;
 pub mod source;

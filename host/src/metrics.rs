@@ -52,11 +52,19 @@ pub enum Metric {
     LookupErrorsTotal,
     /// `pillowtop_lookup_seconds_total`.
     LookupSecondsTotal,
+    /// `pillowtop_plugin_shadow_info`.
+    PluginShadowInfo,
+    /// `pillowtop_shadow_changes_total`.
+    ShadowChangesTotal,
+    /// `pillowtop_shadow_fuel_used_total`.
+    ShadowFuelUsedTotal,
+    /// `pillowtop_shadow_hungrier_total`.
+    ShadowHungrierTotal,
 }
 
 impl Metric {
     /// Every metric, in the order `/metrics` lists them.
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 18] = [
         Metric::PluginInfo,
         Metric::PluginReloadsTotal,
         Metric::PluginRefused,
@@ -71,6 +79,10 @@ impl Metric {
         Metric::LookupQueriesTotal,
         Metric::LookupErrorsTotal,
         Metric::LookupSecondsTotal,
+        Metric::PluginShadowInfo,
+        Metric::ShadowChangesTotal,
+        Metric::ShadowFuelUsedTotal,
+        Metric::ShadowHungrierTotal,
     ];
 
     /// Its exported name.
@@ -159,6 +171,26 @@ impl Metric {
                 "pillowtop_lookup_seconds_total",
                 MetricType::Counter,
                 "Time spent waiting on a lookup resource",
+            ),
+            Metric::PluginShadowInfo => (
+                "pillowtop_plugin_shadow_info",
+                MetricType::Gauge,
+                "1 for a candidate version running beside a plugin's live version (pillowtop plugin shadow)",
+            ),
+            Metric::ShadowChangesTotal => (
+                "pillowtop_shadow_changes_total",
+                MetricType::Counter,
+                "Changes a candidate ran on beside the live version, by outcome: agree, differ, or the candidate's error kind",
+            ),
+            Metric::ShadowFuelUsedTotal => (
+                "pillowtop_shadow_fuel_used_total",
+                MetricType::Counter,
+                "Fuel used on the changes a candidate was compared on, by role: live or candidate",
+            ),
+            Metric::ShadowHungrierTotal => (
+                "pillowtop_shadow_hungrier_total",
+                MetricType::Counter,
+                "Changes on which a candidate used more fuel than the live version",
             ),
         }
     }

@@ -9,7 +9,8 @@ use crate::errors::{ErrorKind, PillowError};
 use crate::feed::{Feed, FeedError};
 use crate::manifest::Manifest;
 use crate::partition;
-use crate::store::{PluginEvent, PluginEventKind, Store, StoreError, Waiting};
+use crate::shadow::Tally;
+use crate::store::{PluginEvent, PluginEventKind, ShadowRun, Store, StoreError, Waiting};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -63,6 +64,19 @@ pub struct PluginStatus {
     pub live: Vec<(u32, String, i64)>,
     /// The latest refusal after the newest version went live, if any.
     pub refused: Option<Refused>,
+    /// Candidates running beside the live version, with what they did.
+    pub shadows: Vec<ShadowStatus>,
+}
+
+/// A candidate running beside a processor's live version.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ShadowStatus {
+    /// The candidate version.
+    pub version: String,
+    /// The processes running it.
+    pub processes: Vec<u32>,
+    /// What it did so far (every process, beside any live version).
+    pub tally: Tally,
 }
 
 /// A refused version.
@@ -158,6 +172,12 @@ pub async fn pillow_status(
         source,
     };
     let events = store.plugin_events(&config.name).await?;
+    let runs: Vec<ShadowRun> = store
+        .shadow_runs(None)
+        .await?
+        .into_iter()
+        .filter(|r| r.pillow == config.name)
+        .collect();
     let plugins = config
         .processors
         .iter()
@@ -169,7 +189,7 @@ pub async fn pillow_status(
                 },
                 Err(e) => (path.display().to_string(), format!("manifest error: {e}")),
             };
-            plugin_status(processor, on_disk, &events)
+            plugin_status(processor, on_disk, &events, &runs)
         })
         .collect();
     let processes = store
@@ -203,14 +223,21 @@ pub async fn pillow_status(
     })
 }
 
-/// Fold a pillow's plugin events (oldest first) into one processor's status.
-fn plugin_status(processor: String, on_disk: String, events: &[PluginEvent]) -> PluginStatus {
+/// Fold a pillow's plugin events (oldest first) into one processor's
+/// status, with the counts of the candidates it runs.
+fn plugin_status(
+    processor: String,
+    on_disk: String,
+    events: &[PluginEvent],
+    runs: &[ShadowRun],
+) -> PluginStatus {
     let mut live: Vec<(u32, String, i64)> = Vec::new();
     let mut refused = None;
+    let mut shadowing: Vec<(u32, String)> = Vec::new();
     for e in events.iter().filter(|e| e.processor == processor) {
+        let version = e.version.clone().unwrap_or_default();
         match e.event {
             PluginEventKind::Live => {
-                let version = e.version.clone().unwrap_or_default();
                 match live.iter_mut().find(|(n, _, _)| *n == e.process_num) {
                     Some(slot) => *slot = (e.process_num, version, e.at_ms),
                     None => live.push((e.process_num, version, e.at_ms)),
@@ -224,14 +251,40 @@ fn plugin_status(processor: String, on_disk: String, events: &[PluginEvent]) -> 
                     at_ms: e.at_ms,
                 })
             }
+            PluginEventKind::Shadow => {
+                shadowing.retain(|(n, _)| *n != e.process_num);
+                shadowing.push((e.process_num, version));
+            }
+            PluginEventKind::ShadowEnded => shadowing.retain(|(n, _)| *n != e.process_num),
         }
     }
     live.sort();
+    let mut shadows: Vec<ShadowStatus> = Vec::new();
+    for (process, version) in shadowing {
+        match shadows.iter_mut().find(|s| s.version == version) {
+            Some(s) => s.processes.push(process),
+            None => shadows.push(ShadowStatus {
+                version,
+                processes: vec![process],
+                tally: Tally::default(),
+            }),
+        }
+    }
+    for s in &mut shadows {
+        s.processes.sort();
+        for r in runs
+            .iter()
+            .filter(|r| r.processor == processor && r.candidate_version == s.version)
+        {
+            s.tally.add(&r.tally);
+        }
+    }
     PluginStatus {
         processor,
         on_disk,
         live,
         refused,
+        shadows,
     }
 }
 
@@ -261,6 +314,32 @@ pub fn render(statuses: &[PillowStatus]) -> String {
                 },
                 p.on_disk
             );
+            for c in &p.shadows {
+                let t = &c.tally;
+                let (live_fuel, candidate_fuel) = t.fuel_per_change();
+                let failed: Vec<String> =
+                    t.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                let processes: Vec<String> = c.processes.iter().map(u32::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "    SHADOW {} (process {}): {} changes compared: {} agree, {} differ, {} failed{}; {} hungrier; fuel per change {:.0} live, {:.0} candidate; see `pillowtop plugin diff {}`",
+                    c.version,
+                    processes.join(", "),
+                    t.changes(),
+                    t.agree,
+                    t.differ,
+                    t.failures(),
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", failed.join(", "))
+                    },
+                    t.hungrier,
+                    live_fuel,
+                    candidate_fuel,
+                    p.processor
+                );
+            }
             if let Some(r) = &p.refused {
                 let _ = writeln!(
                     out,

@@ -332,9 +332,29 @@ pub struct ReloadConfig {
     /// not loaded), so a new version is picked up within about twice this.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Stage a changed plugin as a *candidate* beside the live version
+    /// (its actions compared, never written) instead of making it live;
+    /// `pillowtop plugin promote` makes it live. As `pillowtop plugin
+    /// shadow` does for a manifest anywhere.
+    #[serde(default)]
+    pub shadow: bool,
+    /// How many differences between a candidate and the live version are
+    /// kept (per plugin and candidate version) for `pillowtop plugin diff`;
+    /// the rest are counted.
+    #[serde(default = "default_shadow_diffs")]
+    pub shadow_diffs: u32,
+    /// Promote a candidate by itself once this many changes were compared
+    /// in a host process with no difference and no failure (0: never;
+    /// each host process decides for itself).
+    #[serde(default)]
+    pub promote_after: u64,
 }
 
 fn default_poll_interval_ms() -> u64 {
+    100
+}
+
+fn default_shadow_diffs() -> u32 {
     100
 }
 
@@ -343,6 +363,9 @@ impl Default for ReloadConfig {
         ReloadConfig {
             watch: true,
             poll_interval_ms: default_poll_interval_ms(),
+            shadow: false,
+            shadow_diffs: default_shadow_diffs(),
+            promote_after: 0,
         }
     }
 }

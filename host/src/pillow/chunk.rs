@@ -5,11 +5,13 @@
 //! metrics. Everything here but the poll is synchronous and testable
 //! without a feed or a sink.
 
+use super::lanes::Lane;
 use crate::change::{self, Change};
 use crate::errors::sql::Passed;
 use crate::errors::{ErrorKind, PillowError};
 use crate::feed::{FeedError, FeedReader, Message, TopicPartition};
 use crate::metrics::{Metric, Metrics};
+use crate::shadow::LaneShadow;
 use crate::sink::{Origin, Sources, VersionedAction};
 use crate::wasm::{Failure, Processor};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -126,6 +128,8 @@ pub(super) struct ChunkOutcome {
     pub(super) stats: Vec<ProcessorStats>,
     /// The chunk's changes, for errors a sink finds later.
     pub(super) sources: Sources,
+    /// What the candidates running beside processors found.
+    pub(super) shadow: LaneShadow,
 }
 
 /// What one processor did in one chunk, for metrics.
@@ -153,6 +157,7 @@ const MIN_CHANGES_PER_THREAD: usize = 64;
 
 /// What one lane made of its run of a chunk.
 struct LaneOutcome {
+    shadow: LaneShadow,
     actions: Vec<VersionedAction>,
     failures: Vec<(Origin, Failure)>,
     passed: Vec<Origin>,
@@ -195,12 +200,17 @@ pub(super) type Changes = Vec<(Change, Vec<u8>)>;
 ///
 /// Re-raises a panic of a lane's thread (a host bug); the caller's
 /// `spawn_blocking` turns it into [`super::RunError::Worker`].
+///
+/// A processor's candidate (if one runs) gets every change after the live
+/// version, and the results are compared; at most `diff_room[j]` of
+/// processor `j`'s differences are described, the rest counted.
 pub(super) fn run_chunk(
     pillow: String,
-    mut lanes: Vec<Vec<Processor>>,
+    mut lanes: Vec<Lane>,
     changes: Changes,
     budget_bytes: usize,
-) -> (Vec<Vec<Processor>>, ChunkOutcome, Changes) {
+    diff_room: &[usize],
+) -> (Vec<Lane>, ChunkOutcome, Changes) {
     let threads = lanes
         .len()
         .min(changes.len().div_ceil(MIN_CHANGES_PER_THREAD))
@@ -211,7 +221,7 @@ pub(super) fn run_chunk(
         used: AtomicUsize::new(0),
     };
     let outcomes: Vec<LaneOutcome> = if threads == 1 {
-        vec![run_lane(&mut lanes[0], &changes, 0, &budget)]
+        vec![run_lane(&mut lanes[0], &changes, 0, &budget, diff_room)]
     } else {
         std::thread::scope(|scope| {
             let budget = &budget;
@@ -219,10 +229,10 @@ pub(super) fn run_chunk(
             let (_, (first_lane, first_run)) = runs.next().expect("a chunk has a first run");
             let others: Vec<_> = runs
                 .map(|(k, (lane, run))| {
-                    scope.spawn(move || run_lane(lane, run, k * per_thread, budget))
+                    scope.spawn(move || run_lane(lane, run, k * per_thread, budget, diff_room))
                 })
                 .collect();
-            let mut outcomes = vec![run_lane(first_lane, first_run, 0, budget)];
+            let mut outcomes = vec![run_lane(first_lane, first_run, 0, budget, diff_room)];
             for handle in others {
                 outcomes.push(
                     handle
@@ -235,7 +245,8 @@ pub(super) fn run_chunk(
     };
 
     let mut outcome = ChunkOutcome {
-        stats: vec![ProcessorStats::default(); lanes[0].len()],
+        stats: vec![ProcessorStats::default(); lanes[0].live.len()],
+        shadow: LaneShadow::new(diff_room.len(), &[]),
         ..ChunkOutcome::default()
     };
     let mut failures = Vec::new();
@@ -247,6 +258,7 @@ pub(super) fn run_chunk(
         outcome.actions.extend(lane.actions);
         failures.extend(lane.failures);
         passed.extend(lane.passed);
+        outcome.shadow.join(lane.shadow);
         for (total, part) in outcome.stats.iter_mut().zip(lane.stats) {
             total.add(part);
         }
@@ -273,7 +285,7 @@ pub(super) fn run_chunk(
     outcome.sources = Sources {
         pillow,
         changes,
-        processors: lanes[0].iter().map(Processor::reference).collect(),
+        processors: lanes[0].live.iter().map(Processor::reference).collect(),
     };
     outcome.errors = failures
         .into_iter()
@@ -329,16 +341,19 @@ fn split_processed<T>(changes: Vec<T>, processed: &[std::ops::Range<usize>]) -> 
 /// one lane's processors, in order, until the chunk's action budget is
 /// spent.
 fn run_lane(
-    processors: &mut [Processor],
+    lane: &mut Lane,
     changes: &[(Change, Vec<u8>)],
     first: usize,
     budget: &ActionBudget,
+    diff_room: &[usize],
 ) -> LaneOutcome {
+    let processors = lane.live.len();
     let mut outcome = LaneOutcome {
+        shadow: LaneShadow::new(processors, diff_room),
         actions: Vec::new(),
         failures: Vec::new(),
         passed: Vec::new(),
-        stats: vec![ProcessorStats::default(); processors.len()],
+        stats: vec![ProcessorStats::default(); processors],
         done: 0,
     };
     for (i, (change, _)) in changes.iter().enumerate() {
@@ -346,20 +361,48 @@ fn run_lane(
             break;
         }
         let mut bytes = 0;
-        for (j, (p, stats)) in processors
+        for (j, ((p, shadow), stats)) in lane
+            .live
             .iter_mut()
+            .zip(lane.shadow.iter_mut())
             .zip(outcome.stats.iter_mut())
             .enumerate()
         {
-            if !p.wants(change) {
+            let wanted = p.wants(change);
+            let shadowed = shadow.as_ref().is_some_and(|s| s.wants(change));
+            if !wanted && !shadowed {
                 continue;
             }
             let origin = Origin {
                 change: (first + i) as u32,
                 processor: j as u16,
             };
-            let result = p.process(change);
-            stats.fuel += p.last_fuel_used();
+            let (result, fuel) = if wanted {
+                (p.process(change), p.last_fuel_used())
+            } else {
+                (Ok(Vec::new()), 0)
+            };
+            if let Some(candidate) = shadow {
+                // Its actions are compared and dropped: never written.
+                let (theirs, their_fuel) = if shadowed {
+                    (candidate.process(change), candidate.last_fuel_used())
+                } else {
+                    (Ok(Vec::new()), 0)
+                };
+                outcome.shadow.observe(
+                    j,
+                    origin.change,
+                    change,
+                    &result,
+                    fuel,
+                    &theirs,
+                    their_fuel,
+                );
+            }
+            if !wanted {
+                continue;
+            }
+            stats.fuel += fuel;
             match result {
                 Ok(actions) => {
                     stats.ok += 1;

@@ -27,8 +27,10 @@
 //! again. The only reordering is between documents (a chunk holds one
 //! change per document), never between two changes of one document.
 
+mod candidates;
 mod chunk;
 mod documents;
+mod lanes;
 mod prefetch;
 mod startup;
 mod swap;
@@ -379,15 +381,12 @@ impl Pillow {
         // One lane of processors per transform thread; lane 0 is the one
         // versions, metrics and pillow errors are read from (all lanes run
         // the same plugin versions).
-        let mut lanes: Vec<Vec<Processor>> = vec![processors];
+        let mut lanes = vec![lanes::Lane::new(processors)];
         for _ in 1..config.transform_threads {
-            lanes.push(
-                lanes[0]
-                    .iter()
-                    .map(|p| Processor::new(p.plugin().clone()))
-                    .collect(),
-            );
+            let lane = lanes[0].like();
+            lanes.push(lane);
         }
+        let mut candidates = candidates::Candidates::new(lanes[0].live.len());
         let feed_err = |source| RunError::Feed {
             pillow: name.clone(),
             source,
@@ -423,6 +422,7 @@ impl Pillow {
             ..Default::default()
         };
         let versions: Vec<String> = lanes[0]
+            .live
             .iter()
             .map(|p| format!("{}@{}", p.plugin().manifest().name, p.plugin().version()))
             .collect();
@@ -433,7 +433,7 @@ impl Pillow {
         };
         // Built before awaiting: the future must not hold a borrow of a
         // `Processor` (not `Sync`) across an await.
-        let started_versions = events_of.started(&lanes[0], &next);
+        let started_versions = events_of.started(&lanes[0].live, &next);
         for event in &started_versions {
             store.record_plugin_event(event).await.map_err(store_err)?;
         }
@@ -459,7 +459,7 @@ impl Pillow {
         ));
         let chunk_budget = config.chunk_memory_bytes();
         let mut waiting: Vec<Option<swap::Waiting>> = followers.iter().map(|_| None).collect();
-        let mut own_tables = tables_of(&lanes[0]);
+        let mut own_tables = tables_of(&lanes[0].live);
         let mut idle_hold_check = Instant::now();
         let mut in_flight: Option<InFlight> = None;
         let mut reader = Some(reader);
@@ -501,7 +501,7 @@ impl Pillow {
             )
             .await;
             if !events.is_empty() {
-                own_tables = tables_of(&lanes[0]);
+                own_tables = tables_of(&lanes[0].live);
             }
             for event in &events {
                 store.record_plugin_event(event).await.map_err(store_err)?;
@@ -566,7 +566,7 @@ impl Pillow {
                 }
             }
             if let Some(resources) = &lookups {
-                let keys = prefetch::keys(&lanes[0], &changes);
+                let keys = prefetch::keys(&lanes[0].live, &changes);
                 if !keys.is_empty() && !prefetch::warm(&name, resources, keys, &shutdown).await {
                     // Stopped while a lookup resource was down: as above.
                     next = before_chunk.expect("taken with lookups");
@@ -584,8 +584,9 @@ impl Pillow {
             loop {
                 let t1 = Instant::now();
                 let pillow = name.clone();
+                let room = candidates.room(&lanes[0], &followers);
                 let (back, outcome, rest) = tokio::task::spawn_blocking(move || {
-                    chunk::run_chunk(pillow, lanes, pending, chunk_budget)
+                    chunk::run_chunk(pillow, lanes, pending, chunk_budget, &room)
                 })
                 .await
                 .map_err(|e| RunError::Worker {
@@ -602,7 +603,19 @@ impl Pillow {
                 for a in &outcome.actions {
                     *summary.actions.entry(a.action.kind()).or_default() += 1;
                 }
-                chunk::report(&metrics, &name, &lanes[0], &outcome.stats);
+                chunk::report(&metrics, &name, &lanes[0].live, &outcome.stats);
+                let shadow = if lanes[0].shadowing() {
+                    candidates.records(
+                        &name,
+                        options.process_num,
+                        &lanes[0],
+                        &followers,
+                        outcome.shadow,
+                        &metrics,
+                    )
+                } else {
+                    Vec::new()
+                };
                 for e in &errors {
                     *summary.errors.entry(e.kind).or_default() += 1;
                     failure_log.log(e);
@@ -630,6 +643,7 @@ impl Pillow {
                     errors,
                     passed: outcome.passed,
                     retries: Vec::new(),
+                    shadow,
                     checkpoints,
                     scope: HoldScope {
                         tables: own_tables.clone(),

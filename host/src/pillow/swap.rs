@@ -1,11 +1,13 @@
 //! Hot reload inside a running pillow: at a chunk boundary, a processor
 //! whose plugin slot has a new version is swapped for it in every lane
 //! (once the sinks have the tables and indices the version declares), so
-//! each chunk is processed by exactly one version. What happened is
+//! each chunk is processed by exactly one version; a candidate starts or
+//! stops running beside it at the same kind of boundary. What happened is
 //! recorded as plugin events for `status`.
 
+use super::lanes::Lane;
 use crate::feed::TopicPartition;
-use crate::reload::{Follower, SlotChange};
+use crate::reload::{Follower, LiveCause, SlotChange};
 use crate::sink::{OutputError, SinkError, Sinks};
 use crate::store::{PluginEvent, PluginEventKind};
 use crate::wasm::{Plugin, Processor};
@@ -33,8 +35,8 @@ pub(super) struct Events {
 }
 
 impl Events {
-    /// An event for `processor`; a `live` one records where each
-    /// partition stood (`next`) when the version took over.
+    /// An event for `processor`; a `live`, `shadow` or `shadow_ended` one
+    /// records where each partition stood (`next`) when it happened.
     pub(super) fn event(
         &self,
         processor: &str,
@@ -50,7 +52,7 @@ impl Events {
             event,
             version,
             reason,
-            positions: if event == PluginEventKind::Live {
+            positions: if event != PluginEventKind::Refused {
                 next.iter().map(|(tp, n)| (tp.clone(), *n)).collect()
             } else {
                 Default::default()
@@ -82,7 +84,8 @@ impl Events {
 }
 
 /// Swap in the new versions the `followers` (one per processor) report,
-/// in every lane; returns the events to record. A version whose declared
+/// in every lane, and start or stop the candidates they report; returns
+/// the events to record. A version whose declared
 /// tables or indices do not fit the sinks is refused by this pillow and
 /// the running one stays; one refused only because a table must be
 /// rebuilt first waits in `waiting` (one slot per processor) and is tried
@@ -90,7 +93,7 @@ impl Events {
 pub(super) async fn swap_new_versions(
     followers: &mut [Follower],
     waiting: &mut [Option<Waiting>],
-    lanes: &mut [Vec<Processor>],
+    lanes: &mut [Lane],
     sinks: &Sinks,
     events: &Events,
     next: &HashMap<TopicPartition, u64>,
@@ -107,10 +110,37 @@ pub(super) async fn swap_new_versions(
                     Some(r.reason),
                     next,
                 )),
-                SlotChange::NewVersion(plugin) => {
+                SlotChange::Shadow(candidate) => {
+                    let ended = lanes[0].shadow[i]
+                        .as_ref()
+                        .map(|p| p.plugin().version().to_string());
+                    for lane in lanes.iter_mut() {
+                        lane.set_shadow(i, candidate.as_ref());
+                    }
+                    if let Some(version) = ended {
+                        out.push(events.event(
+                            &processor,
+                            PluginEventKind::ShadowEnded,
+                            Some(version),
+                            None,
+                            next,
+                        ));
+                    }
+                    if let Some(c) = &candidate {
+                        tracing::info!(pillow = %events.pillow, plugin = %processor, version = %c.version(), "candidate runs beside the live version from this chunk boundary");
+                        out.push(events.event(
+                            &processor,
+                            PluginEventKind::Shadow,
+                            Some(c.version().to_string()),
+                            None,
+                            next,
+                        ));
+                    }
+                }
+                SlotChange::NewVersion(plugin, cause) => {
                     waiting[i] = None;
                     let version = plugin.version().to_string();
-                    match try_swap(&plugin, i, lanes, sinks, events, next).await {
+                    match try_swap(&plugin, cause, i, lanes, sinks, events, next).await {
                         Ok(live) => out.push(live),
                         Err(e) => {
                             let reason =
@@ -139,7 +169,7 @@ pub(super) async fn swap_new_versions(
             .is_some_and(|w| w.tried.elapsed() >= RETRY_REDEFINED);
         if due && let Some(w) = waiting[i].as_mut() {
             // Quietly: the refusal was logged and recorded once.
-            match try_swap(&w.plugin, i, lanes, sinks, events, next).await {
+            match try_swap(&w.plugin, LiveCause::Reload, i, lanes, sinks, events, next).await {
                 Ok(live) => {
                     waiting[i] = None;
                     out.push(live);
@@ -155,8 +185,9 @@ pub(super) async fn swap_new_versions(
 /// what it declares; the `live` event to record.
 async fn try_swap(
     plugin: &Arc<Plugin>,
+    cause: LiveCause,
     i: usize,
-    lanes: &mut [Vec<Processor>],
+    lanes: &mut [Lane],
     sinks: &Sinks,
     events: &Events,
     next: &HashMap<TopicPartition, u64>,
@@ -164,9 +195,15 @@ async fn try_swap(
     sinks.ensure_outputs(plugin.info()).await?;
     let processor = &plugin.manifest().name;
     let version = plugin.version().to_string();
-    tracing::info!(pillow = %events.pillow, plugin = %processor, %version, from = %lanes[0][i].plugin().version(), "new plugin version live at this chunk boundary");
+    tracing::info!(pillow = %events.pillow, plugin = %processor, %version, from = %lanes[0].live[i].plugin().version(), reason = cause.reason().unwrap_or("reload"), "new plugin version live at this chunk boundary");
     for lane in lanes.iter_mut() {
-        lane[i] = Processor::new(plugin.clone());
+        lane.live[i] = Processor::new(plugin.clone());
     }
-    Ok(events.event(processor, PluginEventKind::Live, Some(version), None, next))
+    Ok(events.event(
+        processor,
+        PluginEventKind::Live,
+        Some(version),
+        cause.reason().map(str::to_owned),
+        next,
+    ))
 }

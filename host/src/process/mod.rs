@@ -97,6 +97,9 @@ pub struct ProcessOptions {
     pub run: RunOptions,
     /// Reload every plugin on SIGHUP (the binary; not for tests).
     pub reload_on_sighup: bool,
+    /// Candidates to run beside their plugins' live versions from the
+    /// start (manifests; `pillowtop run --shadow`).
+    pub shadow: Vec<std::path::PathBuf>,
 }
 
 /// Why the host could not run, or stopped with an error.
@@ -271,6 +274,9 @@ pub async fn run(
             .with_lookups(lookups.clone());
         tracing::info!(pillow = %p.name, startup_ms = started.elapsed().as_secs_f64() * 1e3, "pillow ready");
         prepared.push((p.name.clone(), pillow));
+    }
+    for manifest in &options.shadow {
+        stage_candidate(&plugins, manifest).await?;
     }
 
     // Side tasks stop with the pillows, not with the stop request: the
@@ -474,7 +480,8 @@ async fn open(config: &HostConfig, stop: &Stop) -> Result<Option<Opened>, Proces
     let metrics = Arc::new(Metrics::new());
     let reported = lookups.clone();
     metrics.collect_with(Box::new(move |m| reported.report(m)));
-    let plugins = Arc::new(Plugins::new(runtime.clone(), metrics.clone()));
+    let plugins =
+        Arc::new(Plugins::new(runtime.clone(), metrics.clone()).with_reload_config(&config.reload));
     Ok(Some(Opened {
         feed,
         store,
@@ -572,6 +579,32 @@ pub(crate) async fn refuse_if_embedded_store_in_use(
             process_num: p.process_num,
         }),
         None => Ok(()),
+    }
+}
+
+/// Run the candidate in `manifest` beside its plugin's live version from
+/// the first chunk (`pillowtop run --shadow`).
+async fn stage_candidate(
+    plugins: &Arc<Plugins>,
+    manifest: &std::path::Path,
+) -> Result<(), ProcessError> {
+    let refuse =
+        |why: String| ProcessError::Config(format!("--shadow {}: {why}", manifest.display()));
+    let name = crate::manifest::Manifest::load(manifest)
+        .map_err(|e| refuse(e.to_string()))?
+        .name;
+    let Some(slot) = plugins.slots().into_iter().find(|s| s.name() == name) else {
+        return Err(refuse(format!(
+            "no pillow of this run has a processor named {name}"
+        )));
+    };
+    let (plugins, path) = (plugins.clone(), manifest.to_owned());
+    let outcome = tokio::task::spawn_blocking(move || plugins.shadow(&slot, Some(&path)))
+        .await
+        .map_err(|e| ProcessError::Task(e.to_string()))?;
+    match outcome {
+        crate::reload::DeployOutcome::Shadowing { .. } => Ok(()),
+        other => Err(refuse(other.to_string())),
     }
 }
 

@@ -1,9 +1,12 @@
 //! Hot reload: new plugin versions go live without a restart, or are refused
-//! and the running version stays.
+//! and the running version stays; and deployment beside it: a candidate
+//! version shadowed, promoted, rolled back.
 //!
 //! [`Plugins`] holds one [`PluginSlot`] per loaded manifest (pillows that
 //! list the same manifest share it). A slot holds the *live* plugin — a
-//! compiled, linked, `init`-checked [`Plugin`] — and a generation number.
+//! compiled, linked, `init`-checked [`Plugin`] — and a generation number,
+//! the version live before it (kept compiled, for a rollback) and possibly
+//! a *candidate* running beside it ([`crate::shadow`]).
 //!
 //! A reload (a watched file changed, SIGHUP, or `pillowtop plugin reload`)
 //! runs off the hot path, on a blocking thread: read the manifest, compile
@@ -16,23 +19,36 @@
 //! version changes nothing but the slot's refusal, which status, the log
 //! and the `pillowtop_plugin_refused` metric report.
 //!
-//! Watching polls file metadata (size, modification time) instead of
-//! using inotify: it behaves the same on every filesystem (network mounts,
-//! container volumes, symlink swaps as in Kubernetes ConfigMaps) and costs a
-//! few `stat` calls per interval. A change is loaded once the files look the
-//! same on two polls in a row, so a component still being written is not
-//! loaded half-way.
+//! A candidate ([`deploy`]: `pillowtop plugin shadow`, or watched files
+//! with `[reload] shadow = true`) passes the same checks and is staged
+//! beside the live version instead; `promote` and `rollback` switch the
+//! live version through the same generation, so at the same kind of chunk
+//! boundary.
+//!
+//! Watching ([`watch`]) polls file metadata (size, modification time)
+//! instead of using inotify: it behaves the same on every filesystem
+//! (network mounts, container volumes, symlink swaps as in Kubernetes
+//! ConfigMaps) and costs a few `stat` calls per interval. A change is
+//! loaded once the files look the same on two polls in a row, so a
+//! component still being written is not loaded half-way.
+
+mod deploy;
+mod slot;
+mod watch;
+
+pub use deploy::{Deploy, DeployOutcome};
+pub use slot::{Follower, LiveCause, PluginSlot, ShadowPolicy, SlotChange};
 
 use crate::fixtures;
 use crate::manifest::Manifest;
 use crate::metrics::{Metric, Metrics};
-use crate::wasm::{self, LoadError, LoadTimings, Plugin, Processor, Runtime};
+use crate::wasm::{self, LoadError, LoadTimings, Plugin, Runtime};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use slot::lock;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-use tokio_util::sync::CancellationToken;
+use std::time::Instant;
+use watch::Fingerprint;
 
 /// Why a version was refused: what was tried and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -119,106 +135,6 @@ impl std::fmt::Display for ReloadOutcome {
     }
 }
 
-/// The state of a watched file: size and modification time (None: missing).
-type FileStamp = (PathBuf, Option<(u64, SystemTime)>);
-
-/// What the watcher compares between polls.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct Fingerprint(Vec<FileStamp>);
-
-impl Fingerprint {
-    /// Stamp the manifest, the component it names, its `[config_files]`
-    /// and its fixture files (a folder: itself, for files added or
-    /// removed, and each file in it).
-    fn of(manifest_path: &Path) -> Fingerprint {
-        let stamp = |p: &Path| {
-            let meta = std::fs::metadata(p).ok();
-            (
-                p.to_owned(),
-                meta.map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH))),
-            )
-        };
-        // A folder and every file in it: a file edited in place changes
-        // its own stamp, not the folder's.
-        let with_files = |dir: &Path, files: &mut Vec<_>| {
-            files.push(stamp(dir));
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                let mut paths: Vec<PathBuf> =
-                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                paths.sort();
-                files.extend(paths.iter().map(|p| stamp(p)));
-            }
-        };
-        let mut files = vec![stamp(manifest_path)];
-        if let Ok(m) = Manifest::load(manifest_path) {
-            files.push(stamp(&m.component));
-            for path in &m.config_files {
-                with_files(path, &mut files);
-            }
-            if let Some(dir) = &m.fixtures {
-                with_files(dir, &mut files);
-            }
-        }
-        Fingerprint(files)
-    }
-}
-
-/// One plugin manifest's live version, shared by every pillow that lists it.
-pub struct PluginSlot {
-    name: String,
-    manifest_path: PathBuf,
-    live: Mutex<Arc<Plugin>>,
-    refusal: Mutex<Option<Refusal>>,
-    /// Goes up each time a new version is staged.
-    generation: AtomicU64,
-    /// Goes up each time a version is refused.
-    refusals: AtomicU64,
-    /// The files as of the last load attempt.
-    seen: Mutex<Fingerprint>,
-    /// Serialises reloads of this slot.
-    reloading: Mutex<()>,
-}
-
-impl PluginSlot {
-    /// Plugin name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Manifest path.
-    pub fn manifest_path(&self) -> &Path {
-        &self.manifest_path
-    }
-
-    /// The live plugin and its generation.
-    pub fn live(&self) -> (Arc<Plugin>, u64) {
-        let live = lock(&self.live).clone();
-        (live, self.generation.load(Ordering::Acquire))
-    }
-
-    /// The current generation (cheap; checked at every chunk boundary).
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The last refusal (if any) and how many refusals there were.
-    pub fn refusal(&self) -> (Option<Refusal>, u64) {
-        let r = lock(&self.refusal).clone();
-        (r, self.refusals.load(Ordering::Acquire))
-    }
-
-    /// How many refusals there were (cheap).
-    pub fn refusals(&self) -> u64 {
-        self.refusals.load(Ordering::Acquire)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The data behind these locks is replaced whole, never left half-done,
-    // so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Why a plugin could not be loaded at startup.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -244,16 +160,35 @@ pub struct Plugins {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     slots: Mutex<Vec<Arc<PluginSlot>>>,
+    policy: ShadowPolicy,
+    /// Changed files are staged as candidates, not made live.
+    shadow_changes: bool,
 }
 
 impl Plugins {
-    /// An empty set.
+    /// An empty set: changed files go live, candidates keep 100 differences
+    /// and are never promoted by themselves.
     pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Plugins {
         Plugins {
             runtime,
             metrics,
             slots: Mutex::new(Vec::new()),
+            policy: ShadowPolicy {
+                keep_diffs: 100,
+                promote_after: 0,
+            },
+            shadow_changes: false,
         }
+    }
+
+    /// The same, with `[reload]`'s shadow settings.
+    pub fn with_reload_config(mut self, config: &crate::config::ReloadConfig) -> Plugins {
+        self.policy = ShadowPolicy {
+            keep_diffs: config.shadow_diffs,
+            promote_after: config.promote_after,
+        };
+        self.shadow_changes = config.shadow;
+        self
     }
 
     /// The metrics registry.
@@ -288,33 +223,24 @@ impl Plugins {
         let manifest = Manifest::load(&path)?;
         let (processor, timings) = self.runtime.load(&manifest)?;
         let plugin = processor.plugin().clone();
-        self.set_live_metric(&manifest.name, None, &plugin.version().to_string());
-        let slot = Arc::new(PluginSlot {
-            name: manifest.name.clone(),
-            manifest_path: path,
-            live: Mutex::new(plugin),
-            refusal: Mutex::new(None),
-            generation: AtomicU64::new(0),
-            refusals: AtomicU64::new(0),
-            seen: Mutex::new(seen),
-            reloading: Mutex::new(()),
-        });
-        lock(&self.slots).push(slot.clone());
-        Ok((slot, Some(timings)))
-    }
-
-    fn set_live_metric(&self, plugin: &str, previous: Option<&str>, version: &str) {
-        if let Some(previous) = previous {
-            self.metrics.remove_matching(
-                Metric::PluginInfo,
-                &[("plugin", plugin), ("version", previous)],
-            );
-        }
         self.metrics.set(
             Metric::PluginInfo,
-            &[("plugin", plugin), ("version", version)],
+            &[
+                ("plugin", &manifest.name),
+                ("version", &plugin.version().to_string()),
+            ],
             1.0,
         );
+        let slot = Arc::new(PluginSlot::new(
+            manifest.name.clone(),
+            path,
+            plugin,
+            seen,
+            self.policy,
+            self.metrics.clone(),
+        ));
+        lock(&self.slots).push(slot.clone());
+        Ok((slot, Some(timings)))
     }
 
     /// Load the slot's files now and stage them if they are a new version
@@ -326,17 +252,15 @@ impl Plugins {
         *lock(&slot.seen) = Fingerprint::of(&slot.manifest_path);
         let (live, _) = slot.live();
         let live_version = live.version().to_string();
-        let outcome = match self.candidate(slot, &live) {
+        let outcome = match self.candidate(slot, &slot.manifest_path, &live) {
             Ok(None) => ReloadOutcome::Unchanged {
                 plugin: slot.name.clone(),
                 version: live_version,
             },
             Ok(Some(plugin)) => {
                 let version = plugin.version().to_string();
-                *lock(&slot.live) = plugin;
                 *lock(&slot.refusal) = None;
-                slot.generation.fetch_add(1, Ordering::AcqRel);
-                self.set_live_metric(&slot.name, Some(&live_version), &version);
+                slot.set_live(plugin, LiveCause::Reload);
                 ReloadOutcome::Live {
                     plugin: slot.name.clone(),
                     version,
@@ -345,8 +269,7 @@ impl Plugins {
                 }
             }
             Err(refusal) => {
-                *lock(&slot.refusal) = Some(refusal.clone());
-                slot.refusals.fetch_add(1, Ordering::AcqRel);
+                slot.refuse(refusal.clone());
                 ReloadOutcome::Refused {
                     plugin: slot.name.clone(),
                     live: live_version,
@@ -375,15 +298,20 @@ impl Plugins {
         outcome
     }
 
-    /// The new plugin in the slot's files, `None` if it is the live version.
-    fn candidate(&self, slot: &PluginSlot, live: &Plugin) -> Result<Option<Arc<Plugin>>, Refusal> {
+    /// The plugin in the files of `manifest_path` (a version of the
+    /// slot's plugin), checked; `None` if it is the live version.
+    fn candidate(
+        &self,
+        slot: &PluginSlot,
+        manifest_path: &Path,
+        live: &Plugin,
+    ) -> Result<Option<Arc<Plugin>>, Refusal> {
         let refuse = |version: Option<String>, reason: String| Refusal {
             version,
             reason,
             at_ms: crate::time::now_ms(),
         };
-        let manifest =
-            Manifest::load(&slot.manifest_path).map_err(|e| refuse(None, e.to_string()))?;
+        let manifest = Manifest::load(manifest_path).map_err(|e| refuse(None, e.to_string()))?;
         if manifest.name != slot.name {
             return Err(refuse(
                 None,
@@ -445,94 +373,5 @@ impl Plugins {
         tokio::task::spawn_blocking(move || slots.iter().map(|s| this.reload(s)).collect())
             .await
             .unwrap_or_default()
-    }
-
-    /// Poll every slot's files each `interval` until `shutdown`; reload a
-    /// slot whose files changed and then held still for one interval.
-    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let mut pending: Vec<(PathBuf, Fingerprint)> = Vec::new();
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let this = self.clone();
-            let previous = std::mem::take(&mut pending);
-            // Stat calls and manifest parsing touch the disk: not on the
-            // async workers.
-            let work = tokio::task::spawn_blocking(move || {
-                let mut still_pending = Vec::new();
-                for slot in this.slots() {
-                    let now = Fingerprint::of(&slot.manifest_path);
-                    if *lock(&slot.seen) == now {
-                        continue;
-                    }
-                    let stable = previous
-                        .iter()
-                        .any(|(p, f)| *p == slot.manifest_path && *f == now);
-                    if stable {
-                        this.reload(&slot);
-                    } else {
-                        still_pending.push((slot.manifest_path.clone(), now));
-                    }
-                }
-                still_pending
-            });
-            pending = work.await.unwrap_or_default();
-        }
-    }
-}
-
-/// A pillow's view of one slot: which generation its processor runs and
-/// which refusals it has reported.
-pub struct Follower {
-    slot: Arc<PluginSlot>,
-    generation: u64,
-    refusals: u64,
-}
-
-/// What changed in a slot since a pillow last looked.
-pub enum SlotChange {
-    /// A new version to swap in.
-    NewVersion(Arc<Plugin>),
-    /// A version was refused.
-    Refused(Refusal),
-}
-
-impl Follower {
-    /// A processor for the live version, and its follower.
-    pub fn start(slot: Arc<PluginSlot>) -> (Processor, Follower) {
-        let (plugin, generation) = slot.live();
-        let follower = Follower {
-            generation,
-            refusals: slot.refusals(),
-            slot,
-        };
-        (Processor::new(plugin), follower)
-    }
-
-    /// The slot.
-    pub fn slot(&self) -> &Arc<PluginSlot> {
-        &self.slot
-    }
-
-    /// What changed since the last call (cheap when nothing did: two atomic loads).
-    pub fn poll(&mut self) -> Vec<SlotChange> {
-        let mut out = Vec::new();
-        if self.slot.refusals() != self.refusals {
-            let (refusal, n) = self.slot.refusal();
-            self.refusals = n;
-            if let Some(r) = refusal {
-                out.push(SlotChange::Refused(r));
-            }
-        }
-        if self.slot.generation() != self.generation {
-            let (plugin, generation) = self.slot.live();
-            self.generation = generation;
-            out.push(SlotChange::NewVersion(plugin));
-        }
-        out
     }
 }

@@ -443,7 +443,7 @@ impl RetryQueue {
         let mut fresh = Vec::new();
         for (j, f) in self.followers.iter_mut().enumerate() {
             for change in f.poll() {
-                if let SlotChange::NewVersion(plugin) = change {
+                if let SlotChange::NewVersion(plugin, _) = change {
                     fresh.push((j, plugin));
                 }
             }

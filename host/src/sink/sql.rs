@@ -32,6 +32,8 @@ pub struct ChunkCommit {
     pub retries: Vec<(u32, RetryOutcome)>,
     /// Checkpoints to save (next offsets), if due.
     pub checkpoints: Vec<(TopicPartition, u64)>,
+    /// What candidates running beside processors found in the chunk.
+    pub shadow: Vec<crate::shadow::ShadowRecord>,
     /// Where the writes come from, for tables a rebuild holds.
     pub scope: HoldScope,
 }
@@ -325,6 +327,9 @@ impl SqlSink {
             .map_err(self.err())?;
         }
         crate::errors::sql::record(&mut tx, &chunk.errors)
+            .await
+            .map_err(self.err())?;
+        crate::shadow::sql::record(&mut tx, &chunk.shadow)
             .await
             .map_err(self.err())?;
         crate::store::save_checkpoints(&mut tx, checkpoint_id, &chunk.checkpoints)

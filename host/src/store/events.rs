@@ -14,6 +14,11 @@ pub enum PluginEventKind {
     Live,
     /// The version was refused; the previous one keeps running.
     Refused,
+    /// The version started running beside the live one as a candidate
+    /// (its actions compared, not written).
+    Shadow,
+    /// The candidate stopped (stopped, replaced or promoted).
+    ShadowEnded,
 }
 
 impl PluginEventKind {
@@ -21,6 +26,17 @@ impl PluginEventKind {
         match self {
             PluginEventKind::Live => "live",
             PluginEventKind::Refused => "refused",
+            PluginEventKind::Shadow => "shadow",
+            PluginEventKind::ShadowEnded => "shadow_ended",
+        }
+    }
+
+    fn parse(s: &str) -> PluginEventKind {
+        match s {
+            "live" => PluginEventKind::Live,
+            "shadow" => PluginEventKind::Shadow,
+            "shadow_ended" => PluginEventKind::ShadowEnded,
+            _ => PluginEventKind::Refused,
         }
     }
 }
@@ -38,9 +54,10 @@ pub struct PluginEvent {
     pub event: PluginEventKind,
     /// `version+hash`, when known.
     pub version: Option<String>,
-    /// Why it was refused.
+    /// Why it was refused, or why it went live (promoted, rolled back).
     pub reason: Option<String>,
-    /// For `live`: the next offset per partition when it took over.
+    /// For all but `refused`: the next offset per partition when it
+    /// happened (for `live`: when the version took over).
     pub positions: BTreeMap<TopicPartition, u64>,
     /// When, epoch ms.
     pub at_ms: i64,
@@ -71,11 +88,7 @@ impl From<EventRow> for PluginEvent {
             pillow: r.pillow,
             process_num: r.process_num as u32,
             processor: r.processor,
-            event: if r.event == "live" {
-                PluginEventKind::Live
-            } else {
-                PluginEventKind::Refused
-            },
+            event: PluginEventKind::parse(&r.event),
             version: r.version,
             reason: r.reason,
             positions,

@@ -9,9 +9,11 @@
 
 mod events;
 mod processes;
+mod shadows;
 
 pub use events::{PluginEvent, PluginEventKind};
 pub use processes::{HEARTBEAT, Liveness, ProcessRecord, STALE_AFTER, Waiting};
+pub use shadows::{ShadowRun, StoredDiff};
 
 use crate::config::StoreLocation;
 use crate::db::{self, Db, Tx, on_db, on_tx};

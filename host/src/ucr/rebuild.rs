@@ -155,7 +155,7 @@ pub async fn rebuild(
             num_processes: Some(1),
             progress: until_caught_up,
         },
-        reload_on_sighup: false,
+        ..ProcessOptions::default()
     };
     let mut summary = process::run(&run_config, options(true), stop).await?;
     if summary.failed.is_none() && !stop.requested() {

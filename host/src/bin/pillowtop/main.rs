@@ -4,22 +4,21 @@
 
 mod checkpoint;
 mod errors;
+mod plugin;
+mod replay;
 mod ucr;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use pillowtop::config::{FeedConfig, HostConfig};
-use pillowtop::conformance::{self, CheckOptions};
 use pillowtop::feed::Feed;
 use pillowtop::feed::kafka::KafkaFeed;
 use pillowtop::pillow::RunOptions;
 use pillowtop::process::{self, ProcessOptions, Stop, selected};
-use pillowtop::reload::ReloadOutcome;
-use pillowtop::scaffold::{self, Lang};
 use pillowtop::store::Store;
-use pillowtop::{admin, fixtures, generate, status};
+use pillowtop::{generate, status};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Run change processors as sandboxed WebAssembly components.
@@ -66,6 +65,11 @@ enum Command {
         /// This process's number, 0-based.
         #[arg(long, default_value_t = 0)]
         process_num: u32,
+        /// Run the candidate in this manifest beside its plugin's live
+        /// version from the first chunk, as `pillowtop plugin shadow`
+        /// does in a running host (repeatable).
+        #[arg(long)]
+        shadow: Vec<PathBuf>,
     },
     /// Run the retry queue of each pillow (`pillowtop run` runs it too):
     /// due pillow errors are tried again, round-robin by domain, with
@@ -121,8 +125,13 @@ enum Command {
     /// Work with plugins.
     Plugin {
         #[command(subcommand)]
-        command: PluginCommand,
+        command: plugin::PluginCommand,
     },
+    /// Run a plugin version over a range of a pillow's feed (embedded or
+    /// Kafka) and print the actions, or with --diff how a candidate's
+    /// differ from the pillow's version. Read-only: no checkpoint is saved,
+    /// no error recorded, nothing written.
+    Replay(replay::ReplayArgs),
     /// Tools for UCR data sources (the `ucr` plugin).
     Ucr {
         #[command(subcommand)]
@@ -143,70 +152,6 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         domains: u32,
     },
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// The conformance kit, for a plugin in any language: load it, check
-    /// its declaration against the manifest's capabilities, and run its
-    /// golden fixtures (each --runs times on one instance and once on a
-    /// fresh one, to check determinism); every action is checked against
-    /// the declaration. Prints fuel and memory per fixture against the limits.
-    Check {
-        /// The plugin's manifest (`plugin.toml`).
-        manifest: PathBuf,
-        /// Compile cache directory.
-        #[arg(long, default_value = "data/compile-cache")]
-        compile_cache: PathBuf,
-        /// Calls of each fixture on one instance (at least 2; a fresh
-        /// instance runs it once more).
-        #[arg(long, default_value_t = fixtures::DEFAULT_RUNS as u32, value_parser = clap::value_parser!(u32).range(2..=1000))]
-        runs: u32,
-        /// Largest component file loaded, in MiB (as `runtime.max_component_mb`).
-        #[arg(long, default_value_t = 256)]
-        max_component_mb: u32,
-    },
-    /// Scaffold a working plugin: source, manifest, one golden fixture and
-    /// a Makefile that builds the component. Then: `make` in the new
-    /// directory, `pillowtop plugin check DIR/plugin.toml`, and list the
-    /// manifest in a pillow's `processors`.
-    New {
-        /// Plugin name: lowercase letters, digits and '-'.
-        name: String,
-        /// Language.
-        #[arg(long, value_enum, default_value_t = LangArg::Rust)]
-        lang: LangArg,
-        /// Directory to create (default: plugins/NAME).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// The Rust SDK (plugins/sdk of a pillowtop checkout); found
-        /// upwards from the current directory when omitted.
-        #[arg(long)]
-        sdk: Option<PathBuf>,
-    },
-    /// Ask the running host processes (found in the store named by
-    /// --config) to load plugin NAME's files now. A new version that
-    /// compiles, initialises and passes its fixtures goes live at the next
-    /// chunk boundary; otherwise the running version stays and the reason
-    /// is printed. Exits non-zero when a version is refused.
-    Reload {
-        /// Plugin name (as in its manifest); omit with --all.
-        #[arg(required_unless_present = "all")]
-        name: Option<String>,
-        /// Reload every plugin.
-        #[arg(long, conflicts_with = "name")]
-        all: bool,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LangArg {
-    /// Rust with pillowtop-sdk.
-    Rust,
-    /// Python with componentize-py.
-    Python,
-    /// JavaScript with componentize-js.
-    Js,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -270,44 +215,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             seed,
             domains,
         } => generate_changes(kind, count, seed, domains),
-        Command::Plugin {
-            command:
-                PluginCommand::Check {
-                    manifest,
-                    compile_cache,
-                    runs,
-                    max_component_mb,
-                },
-        } => {
-            let options = CheckOptions {
-                compile_cache,
-                runs: runs as usize,
-                max_component_bytes: u64::from(max_component_mb) << 20,
-            };
-            let report = conformance::check(&manifest, options).await?;
-            print!("{report}");
-            let failed = report.failed();
-            if failed > 0 {
-                bail!(
-                    "{failed} of {} fixtures failed for {}",
-                    report.fixtures.as_ref().map_or(0, Vec::len),
-                    report.manifest.name
-                );
-            }
-            Ok(())
-        }
-        Command::Plugin {
-            command:
-                PluginCommand::New {
-                    name,
-                    lang,
-                    dir,
-                    sdk,
-                },
-        } => plugin_new(&name, lang, dir, sdk),
-        Command::Plugin {
-            command: PluginCommand::Reload { name, all: _ },
-        } => plugin_reload(&config()?, name.as_deref()).await,
+        Command::Replay(args) => replay::replay_command(&config()?, args).await,
+        Command::Plugin { command } => plugin::plugin_command(command, || Ok(config()?)).await,
         Command::Migrate => {
             let config = config()?;
             let store = Store::connect(&config.store).await?;
@@ -384,6 +293,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             until_caught_up,
             num_processes,
             process_num,
+            shadow,
         } => {
             let config = config()?;
             let stop = Stop::new();
@@ -397,6 +307,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     progress: true,
                 },
                 reload_on_sighup: true,
+                shadow,
             };
             let summary = process::run(&config, options, &stop).await?;
             print!("{summary}");
@@ -503,53 +414,6 @@ async fn publish(feed: &Feed, topic: &str, partitions: Option<u32>) -> Result<()
             "warning: {} lines had no document_id; they were published without a key and will be recorded as decode errors",
             done.unkeyed
         );
-    }
-    Ok(())
-}
-
-fn plugin_new(name: &str, lang: LangArg, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> Result<()> {
-    let lang = match lang {
-        LangArg::Rust => Lang::Rust,
-        LangArg::Python => Lang::Python,
-        LangArg::Js => Lang::Js,
-    };
-    let dir = dir.unwrap_or_else(|| Path::new("plugins").join(name));
-    let sdk = sdk.or_else(|| scaffold::find_sdk(&std::env::current_dir().ok()?));
-    let files = scaffold::scaffold(name, lang, &dir, sdk.as_deref())?;
-    println!("created plugin {name} in {}:", dir.display());
-    for f in &files {
-        println!("  {}", f.display());
-    }
-    let tool = match lang {
-        Lang::Rust => "the wasm32-wasip2 target (added by make if missing)",
-        Lang::Python => "componentize-py (pip install componentize-py)",
-        Lang::Js => "componentize-js (npm install @bytecodealliance/componentize-js)",
-    };
-    println!(
-        "next:\n  make -C {0}                      # builds the component; needs {tool}\n  pillowtop plugin check {0}/plugin.toml\n  add \"{0}/plugin.toml\" to a pillow's processors; a running host picks up every rebuild",
-        dir.display()
-    );
-    Ok(())
-}
-
-/// `pillowtop plugin reload`: ask every live host process of the config's
-/// store to reload `name` and print what each said.
-async fn plugin_reload(config: &HostConfig, name: Option<&str>) -> Result<()> {
-    let store = Store::connect(&config.store).await?;
-    let mut refused = 0;
-    for (url, outcomes) in admin::reload_running(&store, name).await? {
-        if outcomes.is_empty() {
-            println!("{url}: no plugins loaded");
-        }
-        for o in outcomes {
-            if matches!(o, ReloadOutcome::Refused { .. }) {
-                refused += 1;
-            }
-            println!("{url}: {o}");
-        }
-    }
-    if refused > 0 {
-        bail!("{refused} reload(s) refused; the running versions stay live (see above)");
     }
     Ok(())
 }

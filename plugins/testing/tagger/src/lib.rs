@@ -11,6 +11,9 @@
 //! A deletion deletes the document's row instead (sink and crash tests
 //! check that no row of a deleted document survives).
 //! `fail_init = true` makes `init` fail (a version that must be refused).
+//! `subtype_tags = {"SUBTYPE": "TAG"}` tags changes of those document
+//! subtypes (case types) otherwise: a version that differs from another
+//! only for some changes, for the shadow tests.
 
 #[cfg(target_arch = "wasm32")]
 mod component {
@@ -20,6 +23,8 @@ mod component {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
     static TAG: OnceLock<String> = OnceLock::new();
+    /// (subtype, tag) pairs of `subtype_tags`.
+    static SUBTYPE_TAGS: OnceLock<Vec<(String, String)>> = OnceLock::new();
     static COUNT_CALLS: AtomicBool = AtomicBool::new(false);
     /// Calls of `process-change` on this instance so far.
     static CALLS: AtomicI64 = AtomicI64::new(0);
@@ -45,6 +50,19 @@ mod component {
                 .and_then(|v| v.as_str().map(|s| s.into_owned()))
                 .ok_or("config key `tag` (a string) is required")?;
             let _ = TAG.set(tag);
+            let subtype_tags = config
+                .get("subtype_tags")
+                .map(|tags| {
+                    tags.members()
+                        .map(|(k, v)| {
+                            let tag = v.as_str().ok_or("subtype_tags values must be strings")?;
+                            Ok((k.decoded().into_owned(), tag.into_owned()))
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let _ = SUBTYPE_TAGS.set(subtype_tags);
             let count = config.get("count_calls").and_then(|v| v.as_bool()) == Some(true);
             COUNT_CALLS.store(count, Ordering::Relaxed);
             Ok(PluginInfo {
@@ -78,7 +96,13 @@ mod component {
                     doc_id: change.id,
                 })]);
             }
-            let tag = TAG.get().cloned().unwrap_or_default();
+            let by_subtype = SUBTYPE_TAGS.get().and_then(|tags| {
+                let subtype = change.document_subtype.as_deref()?;
+                tags.iter()
+                    .find(|(s, _)| s == subtype)
+                    .map(|(_, t)| t.clone())
+            });
+            let tag = by_subtype.unwrap_or_else(|| TAG.get().cloned().unwrap_or_default());
             Ok(vec![Action::UpsertRows(UpsertRows {
                 table: "tagged".into(),
                 rows: vec![vec![
