@@ -18,5 +18,7 @@ mod recovery;
 mod reload;
 mod retry;
 mod sandbox;
+mod shadow;
 mod sources;
+mod tagged;
 mod ucr;

@@ -21,6 +21,8 @@
 //! 9. The retry queue; 10. lookups and document sources (see their modules).
 //! 11. UCR: a 20-indicator data source over generated cases, native vs.
 //!     the Wasm component with fuel (`BENCH_ONLY=ucr`).
+//! 12. Shadow: the embedded pipeline with a candidate beside the live
+//!     plugin, against without (`BENCH_ONLY=shadow`).
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
@@ -28,6 +30,7 @@
 mod lookups;
 mod retry;
 mod servers;
+mod shadow;
 mod ucr;
 
 use pillowtop::change::{self, Change};
@@ -493,6 +496,9 @@ fn main() {
     }
     if wanted("ucr") {
         ucr::ucr_bench(&changes);
+    }
+    if wanted("shadow") {
+        shadow::shadow_bench(n);
     }
 }
 
