@@ -17,6 +17,17 @@ use std::time::{Duration, Instant};
 /// The case types the load cycles through; v2 differs on the first only.
 const SUBTYPES: [&str; 3] = ["household", "patient", "visit"];
 
+/// Case `n` (of subtype `SUBTYPES[n % 3]`) as a feed message; its id and
+/// subtype go to `published`.
+fn typed_case(n: usize, published: &mut Vec<(String, &'static str)>) -> (Option<Vec<u8>>, Vec<u8>) {
+    let id = format!("doc-{n}");
+    let subtype = SUBTYPES[n % SUBTYPES.len()];
+    let line = serde_json::json!({"document_id": id, "document_type": "CommCareCase",
+        "document_subtype": subtype, "domain": "x", "document": {"n": n}});
+    published.push((id.clone(), subtype));
+    (Some(id.into_bytes()), line.to_string().into_bytes())
+}
+
 /// Publishes small batches of cases of [`SUBTYPES`] in turn to topic
 /// `load` until stopped; returns (id, subtype) of each.
 fn start_typed_load(
@@ -30,12 +41,7 @@ fn start_typed_load(
             let batch: Vec<_> = (0..15)
                 .map(|_| {
                     n += 1;
-                    let id = format!("doc-{n}");
-                    let subtype = SUBTYPES[n % SUBTYPES.len()];
-                    let line = serde_json::json!({"document_id": id, "document_type": "CommCareCase",
-                        "document_subtype": subtype, "domain": "x", "document": {"n": n}});
-                    published.push((id.clone(), subtype));
-                    (Some(id.into_bytes()), line.to_string().into_bytes())
+                    typed_case(n, &mut published)
                 })
                 .collect();
             feed.publish("load", batch).await.unwrap();
@@ -319,16 +325,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Publish `n` cases of [`SUBTYPES`] in turn; (id, subtype) of each.
 async fn publish_typed(feed: &EmbeddedFeed, n: usize) -> Vec<(String, &'static str)> {
     let mut published = Vec::new();
-    let batch: Vec<_> = (1..=n)
-        .map(|i| {
-            let id = format!("doc-{i}");
-            let subtype = SUBTYPES[i % SUBTYPES.len()];
-            let line = serde_json::json!({"document_id": id, "document_type": "CommCareCase",
-                "document_subtype": subtype, "domain": "x", "document": {"n": i}});
-            published.push((id.clone(), subtype));
-            (Some(id.into_bytes()), line.to_string().into_bytes())
-        })
-        .collect();
+    let batch: Vec<_> = (1..=n).map(|i| typed_case(i, &mut published)).collect();
     feed.publish("load", batch).await.unwrap();
     published
 }

@@ -434,12 +434,12 @@ fn run_batch(
         let (ours, our_fuel) = run(live, wanted);
         let (theirs, their_fuel) = run(candidate, shadowed);
         let mut lane = LaneShadow::new(1, &[1]);
-        lane.observe(0, 0, change, &ours, our_fuel, &theirs, their_fuel);
+        lane.observe(0, change, &ours, our_fuel, &theirs, their_fuel);
         let tally = lane.tallies.pop();
         let difference = lane
             .diffs
             .pop()
-            .map(|(_, _, difference)| Replayed::Difference {
+            .map(|(_, difference)| Replayed::Difference {
                 processor: live.plugin().manifest().name.clone(),
                 live_version: live.plugin().version().to_string(),
                 candidate_version: candidate.plugin().version().to_string(),

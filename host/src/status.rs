@@ -315,28 +315,13 @@ pub fn render(statuses: &[PillowStatus]) -> String {
                 p.on_disk
             );
             for c in &p.shadows {
-                let t = &c.tally;
-                let (live_fuel, candidate_fuel) = t.fuel_per_change();
-                let failed: Vec<String> =
-                    t.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
                 let processes: Vec<String> = c.processes.iter().map(u32::to_string).collect();
                 let _ = writeln!(
                     out,
-                    "    SHADOW {} (process {}): {} changes compared: {} agree, {} differ, {} failed{}; {} hungrier; fuel per change {:.0} live, {:.0} candidate; see `pillowtop plugin diff {}`",
+                    "    SHADOW {} (process {}): {}; see `pillowtop plugin diff {}`",
                     c.version,
                     processes.join(", "),
-                    t.changes(),
-                    t.agree,
-                    t.differ,
-                    t.failures(),
-                    if failed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", failed.join(", "))
-                    },
-                    t.hungrier,
-                    live_fuel,
-                    candidate_fuel,
+                    c.tally,
                     p.processor
                 );
             }

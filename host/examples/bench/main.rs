@@ -364,6 +364,24 @@ fn write_case_search_plugin(dir: &Path) {
     std::fs::write(plugin_dir.join("plugin.toml"), manifest).unwrap();
 }
 
+/// A config in `dir` for pillow `case-search` (the plugin of
+/// [`write_case_search_plugin`], written there too) over topic case-sql of
+/// an embedded feed, with a SQLite store.
+fn embedded_case_search(dir: &Path, chunk_size: usize, threads: usize) -> PathBuf {
+    write_case_search_plugin(dir);
+    let config = dir.join("pillowtop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
+             [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [\"plugin/plugin.toml\"]\nchunk_size = {chunk_size}\nmax_wait_ms = 100\ntransform_threads = {threads}\n",
+            root().join("data/compile-cache")
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// `pillowtop gen --count n --seed 42 --domains 3 | pillowtop publish` to
 /// topic case-sql (4 partitions) of `config`'s feed.
 fn publish_generated(config: &str, n: usize) {
@@ -408,17 +426,7 @@ fn end_to_end_bench(n: usize) {
     println!("|---:|---:|---:|---:|---:|");
     for (chunk_size, threads) in [(500usize, 1usize), (2000, 1), (2000, 2)] {
         let dir = tempfile::tempdir().unwrap();
-        write_case_search_plugin(dir.path());
-        let config = dir.path().join("pillowtop.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
-                 [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [\"plugin/plugin.toml\"]\nchunk_size = {chunk_size}\nmax_wait_ms = 100\ntransform_threads = {threads}\n",
-                root().join("data/compile-cache")
-            ),
-        )
-        .unwrap();
+        let config = embedded_case_search(dir.path(), chunk_size, threads);
         let config = config.to_str().unwrap();
         publish_generated(config, n);
         let (wall, cpu, rss, out) = run_child(

@@ -3,7 +3,7 @@
 //! change runs twice, the candidate's actions compared and dropped),
 //! against the same run without, one after the other.
 
-use crate::{pillowtop_cmd, publish_generated, root, run_child, write_case_search_plugin};
+use crate::{embedded_case_search, pillowtop_cmd, publish_generated, run_child};
 
 pub fn shadow_bench(n: usize) {
     println!(
@@ -20,23 +20,13 @@ pub fn shadow_bench(n: usize) {
         let mut without = 0.0;
         for shadow in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            write_case_search_plugin(dir.path());
+            let config = embedded_case_search(dir.path(), 2000, threads);
             let live = std::fs::read_to_string(dir.path().join("plugin/plugin.toml")).unwrap();
             let candidate = dir.path().join("candidate");
             std::fs::create_dir_all(&candidate).unwrap();
             std::fs::write(
                 candidate.join("plugin.toml"),
                 live.replacen("version = \"0.1.0\"", "version = \"0.1.0-candidate\"", 1),
-            )
-            .unwrap();
-            let config = dir.path().join("pillowtop.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n[runtime]\ncompile_cache_dir = {:?}\n\
-                     [[pillows]]\nname = \"case-search\"\ntopics = [\"case-sql\"]\nprocessors = [\"plugin/plugin.toml\"]\nchunk_size = 2000\nmax_wait_ms = 100\ntransform_threads = {threads}\n",
-                    root().join("data/compile-cache")
-                ),
             )
             .unwrap();
             let config = config.to_str().unwrap();

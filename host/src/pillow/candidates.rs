@@ -73,12 +73,12 @@ impl Candidates {
             let live = lane.live[j].plugin();
             let processor = live.manifest().name.clone();
             let candidate_version = candidate.plugin().version().to_string();
-            let mut found: Vec<_> = diffs
+            // Lanes are joined in chunk order, so these are in change order.
+            let found: Vec<_> = diffs
                 .iter()
-                .filter(|(k, _, _)| *k == j)
-                .map(|(_, position, d)| (*position, d.clone()))
+                .filter(|(k, _)| *k == j)
+                .map(|(_, d)| d.clone())
                 .collect();
-            found.sort_by_key(|(position, _)| *position);
             self.sent[j] += found.len() as u32;
             let labels = |outcome: &str| {
                 [
@@ -128,7 +128,7 @@ impl Candidates {
                 live_version: live.version().to_string(),
                 candidate_version,
                 tally,
-                diffs: found.into_iter().map(|(_, d)| d).collect(),
+                diffs: found,
                 keep_diffs: follower.slot().policy().keep_diffs,
             });
         }

@@ -389,15 +389,9 @@ fn run_lane(
                 } else {
                     (Ok(Vec::new()), 0)
                 };
-                outcome.shadow.observe(
-                    j,
-                    origin.change,
-                    change,
-                    &result,
-                    fuel,
-                    &theirs,
-                    their_fuel,
-                );
+                outcome
+                    .shadow
+                    .observe(j, change, &result, fuel, &theirs, their_fuel);
             }
             if !wanted {
                 continue;

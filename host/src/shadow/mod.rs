@@ -89,6 +89,36 @@ impl Tally {
     }
 }
 
+impl std::fmt::Display for Tally {
+    /// `compared N: A agree, D differ, F failed (kinds); H hungrier; fuel
+    /// per change L live, C candidate`: one wording for status, `plugin
+    /// diff` and `replay`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (live, candidate) = self.fuel_per_change();
+        write!(
+            f,
+            "compared {}: {} agree, {} differ, {} failed",
+            self.changes(),
+            self.agree,
+            self.differ,
+            self.failures()
+        )?;
+        if !self.failed.is_empty() {
+            let kinds: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            write!(f, " ({})", kinds.join(", "))?;
+        }
+        write!(
+            f,
+            "; {} hungrier; fuel per change {live:.0} live, {candidate:.0} candidate",
+            self.hungrier
+        )
+    }
+}
+
 /// One change on which the versions differ (or the candidate failed),
 /// kept for `pillowtop plugin diff`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,8 +167,8 @@ pub struct ShadowRecord {
 pub struct LaneShadow {
     /// Per processor (empty tallies for processors without a candidate).
     pub tallies: Vec<Tally>,
-    /// Differences found, as (processor, position in the chunk, difference).
-    pub diffs: Vec<(usize, u32, Difference)>,
+    /// Differences found, as (processor, difference), in change order.
+    pub diffs: Vec<(usize, Difference)>,
     /// Per processor, how many more differences to describe.
     room: Vec<usize>,
 }
@@ -158,12 +188,10 @@ impl LaneShadow {
     }
 
     /// Count (and when different, describe) processor `j`'s candidate's
-    /// result on `change`, the chunk's change at `position`.
-    #[allow(clippy::too_many_arguments)]
+    /// result on `change`.
     pub fn observe(
         &mut self,
         j: usize,
-        position: u32,
         change: &Change,
         live: &CallResult,
         live_fuel: u64,
@@ -181,7 +209,6 @@ impl LaneShadow {
         let diff = compare::describe(&live, &candidate);
         self.diffs.push((
             j,
-            position,
             Difference {
                 doc_id: change.id.clone(),
                 topic: change.topic.to_string(),
@@ -200,5 +227,28 @@ impl LaneShadow {
             mine.add(theirs);
         }
         self.diffs.extend(other.diffs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_reads_the_same_everywhere() {
+        let mut t = Tally {
+            agree: 7,
+            differ: 2,
+            hungrier: 1,
+            live_fuel: 1000,
+            candidate_fuel: 1500,
+            ..Tally::default()
+        };
+        t.failed.insert(ErrorKind::Fuel, 1);
+        assert_eq!(t.changes(), 10);
+        assert_eq!(
+            t.to_string(),
+            "compared 10: 7 agree, 2 differ, 1 failed (fuel 1); 1 hungrier; fuel per change 100 live, 150 candidate"
+        );
     }
 }

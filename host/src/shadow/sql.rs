@@ -16,54 +16,55 @@ use std::collections::BTreeMap;
 pub async fn record(tx: &mut Tx, records: &[ShadowRecord]) -> Result<(), sqlx::Error> {
     let now = crate::time::now_ms();
     for r in records {
-        let found: Option<(i64, i64, String, i64, i64, i64)> = on_tx!(&mut *tx, t => {
-            sqlx::query_as(
-                "SELECT agree, differ, failed, hungrier, live_fuel, candidate_fuel FROM shadow_runs
-                 WHERE pillow = $1 AND process_num = $2 AND processor = $3 AND candidate_version = $4 AND live_version = $5",
-            )
-            .bind(&r.pillow)
-            .bind(i64::from(r.process_num))
-            .bind(&r.processor)
-            .bind(&r.candidate_version)
-            .bind(&r.live_version)
-            .fetch_optional(&mut **t)
-            .await?
-        });
-        let mut tally = r.tally.clone();
-        if let Some((agree, differ, failed, hungrier, live_fuel, candidate_fuel)) = found {
-            tally.agree += agree as u64;
-            tally.differ += differ as u64;
-            tally.hungrier += hungrier as u64;
-            tally.live_fuel += live_fuel as u64;
-            tally.candidate_fuel += candidate_fuel as u64;
-            for (kind, n) in parse_failed(&failed) {
-                *tally.failed.entry(kind).or_default() += n;
+        // The counts add up in the upsert; the failures by kind (JSON) are
+        // read and merged only when this chunk has some.
+        let mut failed = r.tally.failed.clone();
+        if !failed.is_empty() {
+            let stored: Option<String> = on_tx!(&mut *tx, t => {
+                sqlx::query_scalar(
+                    "SELECT failed FROM shadow_runs
+                     WHERE pillow = $1 AND process_num = $2 AND processor = $3 AND candidate_version = $4 AND live_version = $5",
+                )
+                .bind(&r.pillow)
+                .bind(i64::from(r.process_num))
+                .bind(&r.processor)
+                .bind(&r.candidate_version)
+                .bind(&r.live_version)
+                .fetch_optional(&mut **t)
+                .await?
+            });
+            for (kind, n) in parse_failed(stored.as_deref().unwrap_or("{}")) {
+                *failed.entry(kind).or_default() += n;
             }
         }
-        let failed = failed_json(&tally.failed);
-        on_tx!(&mut *tx, t => {
+        let t = &r.tally;
+        on_tx!(&mut *tx, q => {
             sqlx::query(
                 "INSERT INTO shadow_runs (pillow, process_num, processor, candidate_version, live_version,
                      agree, differ, failed, hungrier, live_fuel, candidate_fuel, started_at_ms, updated_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
                  ON CONFLICT (pillow, process_num, processor, candidate_version, live_version) DO UPDATE SET
-                     agree = excluded.agree, differ = excluded.differ, failed = excluded.failed,
-                     hungrier = excluded.hungrier, live_fuel = excluded.live_fuel,
-                     candidate_fuel = excluded.candidate_fuel, updated_at_ms = excluded.updated_at_ms",
+                     agree = shadow_runs.agree + excluded.agree,
+                     differ = shadow_runs.differ + excluded.differ,
+                     failed = CASE WHEN excluded.failed = '{}' THEN shadow_runs.failed ELSE excluded.failed END,
+                     hungrier = shadow_runs.hungrier + excluded.hungrier,
+                     live_fuel = shadow_runs.live_fuel + excluded.live_fuel,
+                     candidate_fuel = shadow_runs.candidate_fuel + excluded.candidate_fuel,
+                     updated_at_ms = excluded.updated_at_ms",
             )
             .bind(&r.pillow)
             .bind(i64::from(r.process_num))
             .bind(&r.processor)
             .bind(&r.candidate_version)
             .bind(&r.live_version)
-            .bind(tally.agree as i64)
-            .bind(tally.differ as i64)
-            .bind(&failed)
-            .bind(tally.hungrier as i64)
-            .bind(tally.live_fuel as i64)
-            .bind(tally.candidate_fuel as i64)
+            .bind(t.agree as i64)
+            .bind(t.differ as i64)
+            .bind(failed_json(&failed))
+            .bind(t.hungrier as i64)
+            .bind(t.live_fuel as i64)
+            .bind(t.candidate_fuel as i64)
             .bind(now)
-            .execute(&mut **t)
+            .execute(&mut **q)
             .await
             .map(|_| ())
         })?;

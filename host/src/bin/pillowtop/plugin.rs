@@ -285,24 +285,9 @@ async fn diff(config: &HostConfig, name: &str, version: Option<&str>, json: bool
     }
     println!("plugin {name}, candidate {candidate}");
     for r in &runs {
-        let t = &r.tally;
-        let (live_fuel, candidate_fuel) = t.fuel_per_change();
-        let failed: Vec<String> = t.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!(
-            "  pillow {} process {} beside {}: {} compared, {} agree, {} differ, {} failed{}, {} hungrier; fuel per change {live_fuel:.0} live, {candidate_fuel:.0} candidate",
-            r.pillow,
-            r.process_num,
-            r.live_version,
-            t.changes(),
-            t.agree,
-            t.differ,
-            t.failures(),
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", failed.join(", "))
-            },
-            t.hungrier,
+            "  pillow {} process {} beside {}: {}",
+            r.pillow, r.process_num, r.live_version, r.tally
         );
     }
     if diffs.is_empty() {

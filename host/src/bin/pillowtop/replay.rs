@@ -137,15 +137,7 @@ async fn run(config: &HostConfig, request: &ReplayRequest, json: bool) -> Result
             }
         );
         if let Some(t) = &summary.tally {
-            let (live, candidate) = t.fuel_per_change();
-            eprintln!(
-                "compared {}: {} agree, {} differ, {} candidate failures; {} hungrier; fuel per change {live:.0} live, {candidate:.0} candidate",
-                t.changes(),
-                t.agree,
-                t.differ,
-                t.failures(),
-                t.hungrier
-            );
+            eprintln!("{t}");
         }
     }
     Ok(summary)
