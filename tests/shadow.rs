@@ -493,3 +493,85 @@ async fn replay_prints_a_range_and_compares_a_candidate_without_writing() {
         .unwrap();
     assert_eq!(errors, 0);
 }
+
+/// `[reload] shadow = true` with `promote_after = 100`: a version written
+/// over the live one's files runs as a candidate first; one that writes
+/// the same rows is promoted by the policy, one that differs stays a
+/// candidate and never writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_candidate_that_agrees_is_promoted_by_the_policy_and_one_that_differs_is_not() {
+    let InProcessHost {
+        _dir,
+        plugin,
+        feed,
+        store,
+        stop: host_stop,
+        run,
+    } = InProcessHost::start_with(Setup::with(true, 4, "shadow = true\npromote_after = 100").await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_typed_load(feed.clone(), stop.clone());
+    wait_until(&store, "v1 writing", async |s| tagged(s, "v1").await >= 100).await;
+
+    // v2 writes what v1 writes: shadowed, then promoted by the policy.
+    plugin.write(2, "v1", "v1", "");
+    let events = wait_for_events(&store, "v2 promoted", |e| {
+        has(e, PluginEventKind::Live, "2.0.0")
+    })
+    .await;
+    assert!(
+        has(&events, PluginEventKind::Shadow, "2.0.0"),
+        "v2 ran as a candidate first: {events:#?}"
+    );
+    let promoted = first(&events, PluginEventKind::Live, "2.0.0").unwrap();
+    assert_eq!(promoted.reason.as_deref(), Some("promoted from shadow"));
+    let v2 = promoted.version.clone().unwrap();
+    let before = tally_of(&store, &v2).await;
+    assert!(
+        before.agree >= 100 && before.differ == 0 && before.failures() == 0,
+        "{before:?}"
+    );
+
+    // v3 tags everything v3: it differs on every change and stays a
+    // candidate however many it sees.
+    plugin.write(3, "v3", "v3", "");
+    let events = wait_for_events(&store, "v3 shadowed", |e| {
+        has(e, PluginEventKind::Shadow, "3.0.0")
+    })
+    .await;
+    let v3 = first(&events, PluginEventKind::Shadow, "3.0.0")
+        .and_then(|e| e.version.clone())
+        .unwrap();
+    wait_until(&store, "v3 to differ 300 times", async |s| {
+        tally_of(s, &v3).await.differ >= 300
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let published = load.await.unwrap();
+    wait_until(&store, "catching up", async |s| {
+        rows(s).await.len() >= published.len()
+    })
+    .await;
+    assert!(!run.is_finished(), "the host exited");
+    host_stop.request();
+    let summary = run.await.unwrap().unwrap();
+    assert!(summary.failed.is_none(), "{:?}", summary.failed);
+
+    let events = store.plugin_events("tagged").await.unwrap();
+    let live: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .filter(|e| e.event == PluginEventKind::Live)
+        .map(|e| (&e.version.as_deref().unwrap()[..5], e.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        live,
+        [("1.0.0", None), ("2.0.0", Some("promoted from shadow"))],
+        "v3 never went live: {events:#?}"
+    );
+    let v3_tally = tally_of(&store, &v3).await;
+    assert_eq!(v3_tally.agree, 0, "{v3_tally:?}");
+    // Every row written once, by v1 or v2, and none by the candidate.
+    let rows = rows(&store).await;
+    assert_eq!(rows.len(), published.len());
+    assert!(rows.iter().all(|r| r.1 == "v1"), "a row not tagged v1");
+}

@@ -118,7 +118,16 @@ pub(crate) async fn wait_for_events(
 }
 
 pub(crate) fn has(events: &[PluginEvent], kind: PluginEventKind, version_prefix: &str) -> bool {
-    events.iter().any(|e| {
+    first(events, kind, version_prefix).is_some()
+}
+
+/// The first event of `kind` for a version starting with `version_prefix`.
+pub(crate) fn first<'a>(
+    events: &'a [PluginEvent],
+    kind: PluginEventKind,
+    version_prefix: &str,
+) -> Option<&'a PluginEvent> {
+    events.iter().find(|e| {
         e.event == kind
             && e.version
                 .as_deref()
