@@ -6,6 +6,7 @@
 #   Kafka-protocol broker  tansu (crates.io), sqlite engine   PILLOWTOP_KAFKA_BROKERS  127.0.0.1:19092
 #   PostgreSQL             Debian's package if absent         PILLOWTOP_PG_URL         postgres://postgres@127.0.0.1:5432/pillowtop_test
 #   Elasticsearch API      osmem-server (PyPI), in memory     PILLOWTOP_ES_URL         http://127.0.0.1:19200
+#   Headless browser       Debian's chromium package          PILLOWTOP_CHROMIUM       /usr/bin/chromium
 #
 # Logs and pid files go to $STATE (default ~/.cache/pillowtop/services).
 # tansu runs its sqlite engine: its memory engine reports a partition's end
@@ -22,6 +23,7 @@ OSMEM_VERSION="${OSMEM_VERSION:-0.1.6}"
 KAFKA="${PILLOWTOP_KAFKA_BROKERS:-127.0.0.1:19092}"
 PG_URL="${PILLOWTOP_PG_URL:-postgres://postgres@127.0.0.1:5432/pillowtop_test}"
 ES_URL="${PILLOWTOP_ES_URL:-http://127.0.0.1:19200}"
+CHROMIUM="${PILLOWTOP_CHROMIUM:-/usr/bin/chromium}"
 mkdir -p "$TOOLS" "$STATE"
 
 say() { echo "services: $*" >&2; }
@@ -108,10 +110,21 @@ else
   wait_for "$es_addr" 30 osmem-server "$STATE/osmem.log"
 fi
 
+# --- Headless browser for the status page tests: Debian's chromium ------------
+if [ ! -x "$CHROMIUM" ]; then
+  say "installing chromium from Debian's packages (for the status page tests)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  CHROMIUM=/usr/bin/chromium
+fi
+say "Chromium ready: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
+
 cat <<EOF
 services ready:
   PILLOWTOP_KAFKA_BROKERS=$KAFKA
   PILLOWTOP_PG_URL=$PG_URL
   PILLOWTOP_ES_URL=$ES_URL
   PILLOWTOP_TANSU=$tansu_bin
+  PILLOWTOP_CHROMIUM=$CHROMIUM
 EOF

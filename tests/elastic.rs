@@ -70,7 +70,7 @@ async fn snapshot(es: &ElasticSink, ids: &[String]) -> BTreeMap<String, Option<S
 /// A TCP proxy in front of the test Elasticsearch server, a sink through
 /// it and one straight to the server (to observe), both with index prefix
 /// `name`.
-async fn es_proxy(name: &str) -> (Proxy, ElasticSink, ElasticSink) {
+pub(crate) async fn es_proxy(name: &str) -> (Proxy, ElasticSink, ElasticSink) {
     let direct: std::net::SocketAddr = es_url()
         .trim_start_matches("http://")
         .split('/')
@@ -85,7 +85,7 @@ async fn es_proxy(name: &str) -> (Proxy, ElasticSink, ElasticSink) {
 }
 
 /// `n` patient case changes with ids `{prefix}{i}` and names `n{i}`.
-fn patients(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn patients(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             change(
@@ -504,14 +504,16 @@ async fn an_elasticsearch_outage_holds_the_chunk_and_resumes_by_itself() {
         checkpointed <= during,
         "checkpoints cover {checkpointed} changes but only {during} documents landed"
     );
-    let status = pillowtop::status::render(&[pillowtop::status::pillow_status(
-        &config,
-        &env.feed(),
-        &env.store,
-        pillowtop::wasm::DEFAULT_MAX_COMPONENT_BYTES,
-    )
-    .await
-    .unwrap()]);
+    let status = pillowtop::status::render(
+        &pillowtop::status::gather(
+            &[&config],
+            &env.feed(),
+            &env.store,
+            pillowtop::wasm::DEFAULT_MAX_COMPONENT_BYTES,
+        )
+        .await
+        .unwrap(),
+    );
     assert!(status.contains("WAITING for elasticsearch"), "{status}");
 
     proxy.up().await;
@@ -611,112 +613,4 @@ async fn a_pillow_started_before_elasticsearch_waits_for_it() {
     assert_eq!(summary.messages, n as u64);
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert_eq!(count(&observer).await, n as u64);
-}
-
-/// One series' value in Prometheus text: the line of `name` whose labels
-/// include `label` (`key="value"`).
-fn series(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
-        })
-        .filter(|l| l.contains(label))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// Scrape `/metrics` until `done` holds for it (60 s at most).
-async fn scrape_until(admin: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = pillowtop::admin::get(admin, "/metrics").await
-            && done(&text)
-        {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The whole host, run in this process: while Elasticsearch is cut off,
-/// `/metrics` says so (`pillowtop_sink_down` is 1 and
-/// `pillowtop_sink_retries_total` grows); once it is back, 0 again, and
-/// every document is written.
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_show_a_sink_outage_while_it_lasts() {
-    let (mut proxy, _through_proxy, observer) = es_proxy("metrics").await;
-    let prefix = observer.index_name("");
-    let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let path = dir.path().join("pillowtop.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[feed]\ntype = \"embedded\"\npath = \"feed.db\"\n[store]\nurl = \"sqlite://store.db\"\n\
-             [elasticsearch]\nurl = \"http://{}\"\nindex_prefix = {prefix:?}\n\
-             [runtime]\ncompile_cache_dir = {:?}\n[admin]\nlisten_address = {admin:?}\n[reload]\nwatch = false\n\
-             [[pillows]]\nname = \"es-metrics\"\ntopics = [\"case-sql\"]\nprocessors = [{:?}]\nchunk_size = 20\nmax_wait_ms = 20\ncheckpoint_every = 1\n",
-            proxy.addr,
-            cache_dir(),
-            case_search_manifest()
-        ),
-    )
-    .unwrap();
-    let feed = pillowtop::feed::embedded::EmbeddedFeed::open(&dir.path().join("feed.db"))
-        .await
-        .unwrap();
-    feed.create_topic("case-sql", Some(2)).await.unwrap();
-    let config = pillowtop::config::HostConfig::load(&path).unwrap();
-    let stop = pillowtop::process::Stop::new();
-    let run = {
-        let stop = stop.clone();
-        tokio::spawn(
-            async move { pillowtop::process::run(&config, Default::default(), &stop).await },
-        )
-    };
-    let admin = format!("http://{admin}");
-    // Up once /metrics answers (the index was created before it listens).
-    scrape_until(&admin, "the admin endpoint", |_| true).await;
-
-    proxy.down().await;
-    let n = 100;
-    let lines = patients("m", n);
-    let messages = lines
-        .iter()
-        .map(|l| {
-            let id = serde_json::from_str::<Value>(l).unwrap()["document_id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            (Some(id.into_bytes()), l.clone().into_bytes())
-        })
-        .collect();
-    feed.publish("case-sql", messages).await.unwrap();
-    let down = r#"sink="elasticsearch""#;
-    let text = scrape_until(&admin, "sink_down = 1", |t| {
-        series(t, "pillowtop_sink_down", down) == Some(1.0)
-    })
-    .await;
-    let retries = series(&text, "pillowtop_sink_retries_total", down).unwrap();
-    scrape_until(&admin, "more retries", |t| {
-        series(t, "pillowtop_sink_retries_total", down).is_some_and(|r| r > retries)
-    })
-    .await;
-    assert_eq!(count(&observer).await, 0, "nothing lands while down");
-
-    proxy.up().await;
-    scrape_until(&admin, "sink_down = 0", |t| {
-        series(t, "pillowtop_sink_down", down) == Some(0.0)
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&observer).await < n as u64 {
-        assert!(Instant::now() < deadline, "the held chunks never landed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.request();
-    let summary = run.await.unwrap().unwrap();
-    assert!(summary.failed.is_none(), "{:?}", summary.failed);
-    assert_eq!(summary.pillows[0].messages, n as u64);
 }

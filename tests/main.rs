@@ -12,6 +12,7 @@ mod languages;
 mod limits;
 mod loading;
 mod lookups;
+mod observe;
 mod pipeline;
 mod postgres;
 mod recovery;

@@ -489,7 +489,7 @@ async fn two_processes_share_a_postgres_store_and_status_shows_the_owners() {
         String::from_utf8_lossy(&out.stderr)
     );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let pillow = &status[0];
+    let pillow = &status["pillows"][0];
     assert_eq!(pillow["need_processing"], 0, "{pillow:#}");
     let partitions = pillow["partitions"].as_array().unwrap();
     assert_eq!(partitions.len(), 4);

@@ -406,7 +406,7 @@ async fn reload_on_request_by_cli_and_sighup_with_status_and_metrics() {
     // Status: v2 live in process 0, v3 refused with the reason.
     let out = cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let p = &status[0]["plugins"][0];
+    let p = &status["pillows"][0]["plugins"][0];
     assert!(
         p["live"][0][1].as_str().unwrap().starts_with("2.0.0+"),
         "{p}"
@@ -419,7 +419,7 @@ async fn reload_on_request_by_cli_and_sighup_with_status_and_metrics() {
             .contains("golden fixtures fail"),
         "{p}"
     );
-    assert_eq!(status[0]["processes"][0]["state"], "running");
+    assert_eq!(status["pillows"][0]["processes"][0]["state"], "running");
     let text = String::from_utf8_lossy(&cli(&["status"]).stdout).to_string();
     assert!(text.contains("REFUSED 3.0.0+"), "{text}");
 
@@ -428,7 +428,10 @@ async fn reload_on_request_by_cli_and_sighup_with_status_and_metrics() {
         .admin_url
         .clone()
         .unwrap();
-    let metrics = pillowtop::admin::get(&url, "/metrics").await.unwrap();
+    let metrics = pillowtop::admin::Client::default()
+        .get(&url, "/metrics")
+        .await
+        .unwrap();
     let v2 = p["live"][0][1].as_str().unwrap();
     assert!(
         metrics.contains(&format!(

@@ -80,7 +80,8 @@ async fn tagged(store: &Store, tag: &str) -> usize {
 }
 
 async fn deploy(store: &Store, command: Deploy) -> DeployOutcome {
-    let mut answers = admin::deploy_running(store, "tagger", &command)
+    let mut answers = admin::Client::default()
+        .deploy_running(store, "tagger", &command)
         .await
         .unwrap();
     assert_eq!(answers.len(), 1, "one host process: {answers:?}");
@@ -129,14 +130,15 @@ async fn a_candidate_is_compared_under_load_then_promoted_and_rolled_back() {
 
     // While it runs: status and metrics show it.
     let config = pillowtop::config::HostConfig::load(&_dir.path().join("pillowtop.toml")).unwrap();
-    let status = pillowtop::status::pillow_status(
-        &config.pillows[0],
+    let gathered = pillowtop::status::gather(
+        &[&config.pillows[0]],
         &pillowtop::feed::Feed::Embedded(feed.clone()),
         &store,
         config.runtime.max_component_bytes(),
     )
     .await
     .unwrap();
+    let status = &gathered.pillows[0];
     let shadows = &status.plugins[0].shadows;
     assert_eq!(shadows.len(), 1, "{status:?}");
     assert_eq!(shadows[0].version, v2);
@@ -144,13 +146,16 @@ async fn a_candidate_is_compared_under_load_then_promoted_and_rolled_back() {
         shadows[0].tally.differ >= 60 && shadows[0].tally.agree >= 120,
         "{shadows:?}"
     );
-    let text = pillowtop::status::render(std::slice::from_ref(&status));
+    let text = pillowtop::status::render(&gathered);
     assert!(text.contains(&format!("SHADOW {v2}")), "{text}");
     let url = store.processes().await.unwrap()[0]
         .admin_url
         .clone()
         .unwrap();
-    let metrics = admin::get(&url, "/metrics").await.unwrap();
+    let metrics = admin::Client::default()
+        .get(&url, "/metrics")
+        .await
+        .unwrap();
     assert!(
         metric(
             &metrics,
@@ -200,7 +205,10 @@ async fn a_candidate_is_compared_under_load_then_promoted_and_rolled_back() {
         rows(s).await.len() >= published.len()
     })
     .await;
-    let metrics = admin::get(&url, "/metrics").await.unwrap();
+    let metrics = admin::Client::default()
+        .get(&url, "/metrics")
+        .await
+        .unwrap();
     // The same host did all of it.
     assert!(!run.is_finished(), "the host exited");
     host_stop.request();

@@ -274,7 +274,9 @@ pub fn bin() -> std::process::Command {
         .env_remove("PILLOWTOP_STORE_URL")
         .env_remove("PILLOWTOP_FEED_PATH")
         .env_remove("PILLOWTOP_KAFKA_BROKERS")
-        .env_remove("PILLOWTOP_ES_URL");
+        .env_remove("PILLOWTOP_ES_URL")
+        .env_remove("PILLOWTOP_ADMIN_TOKEN")
+        .env_remove("PILLOWTOP_LOG_FORMAT");
     c
 }
 

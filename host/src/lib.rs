@@ -23,8 +23,8 @@
 //! | [`ucr`] | `pillowtop ucr eval` (a data source, expression or filter on one document, through the plugin) and `ucr rebuild` (one data source's table anew from the feed) |
 //! | [`process`] | the whole host as one call: open, start, supervise every task, stop |
 //! | [`replay`] | a plugin version over a range of a pillow's feed, read-only (`pillowtop replay`, `plugin check --against-feed`) |
-//! | [`admin`] | the admin HTTP endpoint (metrics, plugins, reloads) and its client |
-//! | [`status`] | what `pillowtop status` shows |
+//! | [`admin`] | the admin HTTP endpoint (the firefighting page, status, health, metrics, plugins, reloads), its token, and its client |
+//! | [`status`] | what operators see: one status for `pillowtop status`, `/status`, the page, `/healthz` and the gauges of `/metrics` |
 //! | [`triage`] | operator tools for pillow errors: list, show, re-queue, purge, make a fixture |
 //! | [`conformance`] | `pillowtop plugin check`: load, declaration, fixtures, fuel |
 //! | [`pillow`] | a pillow and its run loop: startup, chunks, the hot-reload swap |

@@ -300,6 +300,66 @@ pub struct AdminConfig {
     /// file changes only).
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Bearer token every request must carry (`Authorization: Bearer
+    /// TOKEN`) except on `open_routes` and the page itself. Required when
+    /// `listen_address` is not loopback; at least 16 characters. The
+    /// environment variable `PILLOWTOP_ADMIN_TOKEN` overrides it (keep it
+    /// out of the file).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Routes served without the token (exact paths): by default what a
+    /// load balancer and Prometheus need.
+    #[serde(default = "default_open_routes")]
+    pub open_routes: Vec<String>,
+    /// When `/healthz` reports unhealthy.
+    #[serde(default)]
+    pub health: HealthRules,
+}
+
+/// The environment variable that sets (and overrides) `[admin] token`.
+pub const ADMIN_TOKEN_ENV: &str = "PILLOWTOP_ADMIN_TOKEN";
+
+impl AdminConfig {
+    /// The token requests must carry, if any.
+    pub fn token(&self) -> Option<String> {
+        self.token.clone()
+    }
+}
+
+/// When `GET /healthz` answers 503 (`[admin.health]`). A stopped or
+/// unresponsive pillow process with nothing running in its place is
+/// always unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthRules {
+    /// A sink (store, Elasticsearch) unreachable this long. Shorter
+    /// outages are waited out: the chunk is held and retried.
+    #[serde(default = "default_sink_down_seconds")]
+    pub sink_down_seconds: u64,
+    /// Changes wait and no checkpoint of the partition has moved this long
+    /// (a pillow saves at least every `checkpoint_max_delay_seconds` while
+    /// it processes, 300 s by default).
+    #[serde(default = "default_checkpoint_stalled_seconds")]
+    pub checkpoint_stalled_seconds: u64,
+}
+
+fn default_sink_down_seconds() -> u64 {
+    300
+}
+fn default_checkpoint_stalled_seconds() -> u64 {
+    900
+}
+fn default_open_routes() -> Vec<String> {
+    vec!["/healthz".into(), "/metrics".into()]
+}
+
+impl Default for HealthRules {
+    fn default() -> Self {
+        HealthRules {
+            sink_down_seconds: default_sink_down_seconds(),
+            checkpoint_stalled_seconds: default_checkpoint_stalled_seconds(),
+        }
+    }
 }
 
 fn default_admin_listen_address() -> String {
@@ -314,6 +374,9 @@ impl Default for AdminConfig {
         AdminConfig {
             listen_address: default_admin_listen_address(),
             enabled: true,
+            token: None,
+            open_routes: default_open_routes(),
+            health: HealthRules::default(),
         }
     }
 }
@@ -688,20 +751,50 @@ impl HostConfig {
         if let Some(es) = &elasticsearch {
             validate_elastic(es).map_err(|(key, message)| invalid(key, message))?;
         }
-        if raw.admin.enabled
-            && raw
+        if let Some(token) = env(ADMIN_TOKEN_ENV).filter(|t| !t.is_empty()) {
+            raw.admin.token = Some(token);
+        }
+        if raw.admin.enabled {
+            let address = raw
                 .admin
                 .listen_address
                 .parse::<std::net::SocketAddr>()
-                .is_err()
+                .map_err(|_| {
+                    invalid(
+                        "admin.listen_address",
+                        format!(
+                            "{:?} is not IP:PORT; e.g. \"127.0.0.1:9180\", or \"127.0.0.1:0\" for any free port",
+                            raw.admin.listen_address
+                        ),
+                    )
+                })?;
+            if !address.ip().is_loopback() && raw.admin.token.is_none() {
+                return Err(invalid(
+                    "admin.listen_address",
+                    format!(
+                        "{address} is not a loopback address, and anyone who can reach it could reload, shadow and promote plugins; set [admin] token (or {ADMIN_TOKEN_ENV}) to require a bearer token, or listen on 127.0.0.1"
+                    ),
+                ));
+            }
+        }
+        if let Some(token) = &raw.admin.token
+            && token.chars().count() < 16
         {
             return Err(invalid(
-                "admin.listen_address",
+                "admin.token",
                 format!(
-                    "{:?} is not IP:PORT; e.g. \"127.0.0.1:9180\", or \"127.0.0.1:0\" for any free port",
-                    raw.admin.listen_address
+                    "is {} characters; use at least 16 (e.g. `openssl rand -hex 16`)",
+                    token.chars().count()
                 ),
             ));
+        }
+        for route in &raw.admin.open_routes {
+            if !route.starts_with('/') {
+                return Err(invalid(
+                    "admin.open_routes",
+                    format!("{route:?} is not a path; write it as \"/healthz\""),
+                ));
+            }
         }
         if !(10..=60_000).contains(&raw.reload.poll_interval_ms) {
             return Err(invalid(
@@ -1151,6 +1244,31 @@ mod tests {
                 "[store]",
                 "[admin]\nlisten_address = \"localhost\"\n[store]",
                 &["key `admin.listen_address`", "IP:PORT", "127.0.0.1:0"],
+            ),
+            (
+                "[store]",
+                "[admin]\nlisten_address = \"0.0.0.0:9180\"\n[store]",
+                &[
+                    "key `admin.listen_address`",
+                    "not a loopback",
+                    "set [admin] token",
+                    "PILLOWTOP_ADMIN_TOKEN",
+                ],
+            ),
+            (
+                "[store]",
+                "[admin]\ntoken = \"short\"\n[store]",
+                &["key `admin.token`", "5 characters", "at least 16"],
+            ),
+            (
+                "[store]",
+                "[admin]\nopen_routes = [\"healthz\"]\n[store]",
+                &["key `admin.open_routes`", "\"/healthz\""],
+            ),
+            (
+                "[store]",
+                "[admin.health]\nsink_down_minutes = 5\n[store]",
+                &["unknown field `sink_down_minutes`", "sink_down_seconds"],
             ),
             (
                 "[store]",

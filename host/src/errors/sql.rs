@@ -431,23 +431,62 @@ pub async fn recent(db: &Db, pillow: &str, limit: u32) -> Result<Vec<PillowError
     rows.into_iter().map(PillowError::try_from).collect()
 }
 
-/// Pillow error counts of `pillow` by kind (every state).
+/// Pillow error counts of `pillow` by state and kind.
 ///
 /// # Errors
 ///
-/// When the database fails, or holds a kind this version does not know.
-pub async fn counts(db: &Db, pillow: &str) -> Result<Vec<(ErrorKind, u64)>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = on_db!(db, pool => {
+/// When the database fails, or holds a kind or state this version does
+/// not know.
+pub async fn counts(
+    db: &Db,
+    pillow: &str,
+) -> Result<Vec<(ErrorState, ErrorKind, u64)>, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> = on_db!(db, pool => {
         sqlx::query_as(
-            "SELECT kind, COUNT(*) FROM pillow_errors WHERE pillow = $1 GROUP BY kind ORDER BY kind",
+            "SELECT state, kind, COUNT(*) FROM pillow_errors WHERE pillow = $1 GROUP BY state, kind ORDER BY state, kind",
         )
         .bind(pillow)
         .fetch_all(pool)
         .await?
     });
     rows.into_iter()
-        .map(|(kind, n)| Ok((parse_kind(&kind)?, n as u64)))
+        .map(|(state, kind, n)| Ok((parse_state(&state)?, parse_kind(&kind)?, n as u64)))
         .collect()
+}
+
+/// The retry queue of a pillow at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueSummary {
+    /// Errors waiting for an attempt.
+    pub pending: u64,
+    /// Of those, due now.
+    pub due: u64,
+    /// When the earliest is due, epoch ms.
+    pub next_attempt_ms: Option<i64>,
+}
+
+/// `pillow`'s retry queue at `now_ms` (served by the partial index on due
+/// errors).
+///
+/// # Errors
+///
+/// When the database fails.
+pub async fn queue(db: &Db, pillow: &str, now_ms: i64) -> Result<QueueSummary, sqlx::Error> {
+    let (pending, due, next): (i64, Option<i64>, Option<i64>) = on_db!(db, pool => {
+        sqlx::query_as(
+            "SELECT COUNT(*), SUM(CASE WHEN next_attempt_ms <= $2 THEN 1 ELSE 0 END), MIN(next_attempt_ms)
+             FROM pillow_errors WHERE pillow = $1 AND next_attempt_ms IS NOT NULL",
+        )
+        .bind(pillow)
+        .bind(now_ms)
+        .fetch_one(pool)
+        .await?
+    });
+    Ok(QueueSummary {
+        pending: pending as u64,
+        due: due.unwrap_or(0) as u64,
+        next_attempt_ms: next,
+    })
 }
 
 /// A stored pillow error, as its row ([`COLUMNS`]).
@@ -482,12 +521,7 @@ impl TryFrom<Row> for PillowError {
         Ok(PillowError {
             id: r.id,
             kind: parse_kind(&r.kind)?,
-            state: ErrorState::parse(&r.state).ok_or_else(|| {
-                decode_error(format!(
-                    "pillow_errors.state {:?} is not a state this pillowtop knows; upgrade it",
-                    r.state
-                ))
-            })?,
+            state: parse_state(&r.state)?,
             doc_id: r.doc_id,
             pillow: r.pillow,
             processor: r.processor,
@@ -513,6 +547,14 @@ pub(super) fn parse_kind(kind: &str) -> Result<ErrorKind, sqlx::Error> {
     ErrorKind::parse(kind).ok_or_else(|| {
         decode_error(format!(
             "pillow_errors.kind {kind:?} is not a kind this pillowtop knows; upgrade it"
+        ))
+    })
+}
+
+fn parse_state(state: &str) -> Result<ErrorState, sqlx::Error> {
+    ErrorState::parse(state).ok_or_else(|| {
+        decode_error(format!(
+            "pillow_errors.state {state:?} is not a state this pillowtop knows; upgrade it"
         ))
     })
 }

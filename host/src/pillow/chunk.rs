@@ -10,7 +10,7 @@ use crate::change::{self, Change};
 use crate::errors::sql::Passed;
 use crate::errors::{ErrorKind, PillowError};
 use crate::feed::{FeedError, FeedReader, Message, TopicPartition};
-use crate::metrics::{Metric, Metrics};
+use crate::metrics::{Buckets, FUEL, Metric, Metrics};
 use crate::shadow::LaneShadow;
 use crate::sink::{Origin, Sources, VersionedAction};
 use crate::wasm::{Failure, Processor};
@@ -133,11 +133,24 @@ pub(super) struct ChunkOutcome {
 }
 
 /// What one processor did in one chunk, for metrics.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub(super) struct ProcessorStats {
     ok: u64,
     failed: BTreeMap<ErrorKind, u64>,
     fuel: u64,
+    /// Fuel per call.
+    fuel_calls: Buckets,
+}
+
+impl Default for ProcessorStats {
+    fn default() -> Self {
+        ProcessorStats {
+            ok: 0,
+            failed: BTreeMap::new(),
+            fuel: 0,
+            fuel_calls: Buckets::new(FUEL),
+        }
+    }
 }
 
 impl ProcessorStats {
@@ -145,6 +158,7 @@ impl ProcessorStats {
     fn add(&mut self, other: ProcessorStats) {
         self.ok += other.ok;
         self.fuel += other.fuel;
+        self.fuel_calls.merge(&other.fuel_calls);
         for (kind, n) in other.failed {
             *self.failed.entry(kind).or_default() += n;
         }
@@ -397,6 +411,7 @@ fn run_lane(
                 continue;
             }
             stats.fuel += fuel;
+            stats.fuel_calls.observe(fuel as f64);
             match result {
                 Ok(actions) => {
                     stats.ok += 1;
@@ -484,6 +499,11 @@ pub(super) fn report(
                 s.fuel as f64,
             );
         }
+        metrics.merge(
+            Metric::FuelPerCall,
+            &[("pillow", pillow), ("processor", processor)],
+            &s.fuel_calls,
+        );
     }
 }
 

@@ -34,13 +34,14 @@ mod lanes;
 mod prefetch;
 mod startup;
 mod swap;
+mod telemetry;
 
 use crate::action::PluginInfo;
 use crate::checkpoint::{CheckpointPolicy, CheckpointTracker};
 use crate::config::PillowConfig;
 use crate::errors::ErrorKind;
 use crate::feed::{Feed, FeedError, TopicPartition};
-use crate::metrics::{Metric, Metrics};
+use crate::metrics::Metrics;
 use crate::partition::AssignmentError;
 use crate::reload::Follower;
 use crate::resource::Resources;
@@ -407,6 +408,7 @@ impl Pillow {
             targets,
         } = start;
         let mut next: HashMap<TopicPartition, u64> = positions.iter().cloned().collect();
+        telemetry::positions(&metrics, &name, &next, &HashMap::new());
         let mut committed = next.clone();
         let reader = feed.reader(positions).map_err(feed_err)?;
         let chunk_size = config.chunk_size;
@@ -464,6 +466,7 @@ impl Pillow {
         let mut in_flight: Option<InFlight> = None;
         let mut reader = Some(reader);
         let mut polling: Option<chunk::Polling> = None;
+        let mut poll_started_ms = crate::time::now_ms();
         loop {
             if options.until_caught_up && targets.iter().all(|(tp, t)| next[tp] >= *t) {
                 break;
@@ -475,11 +478,14 @@ impl Pillow {
             // checkpointed, so the next run reads it again.
             let poll = match polling.take() {
                 Some(poll) => poll,
-                None => chunk::spawn_poll(
-                    reader.take().expect("the reader is home when no poll runs"),
-                    chunk_size,
-                    max_wait,
-                ),
+                None => {
+                    poll_started_ms = crate::time::now_ms();
+                    chunk::spawn_poll(
+                        reader.take().expect("the reader is home when no poll runs"),
+                        chunk_size,
+                        max_wait,
+                    )
+                }
             };
             let t_read = Instant::now();
             let (back, polled) = tokio::select! {
@@ -487,7 +493,11 @@ impl Pillow {
                 joined = poll => joined.map_err(|e| RunError::Worker { pillow: name.clone(), message: e.to_string() })?,
             };
             let polled = polled.map_err(feed_err)?;
+            // Everything published before this poll started was read by
+            // it or an earlier one.
+            let read_up_to_ms = poll_started_ms;
             polling = Some(chunk::spawn_poll(back, chunk_size, max_wait));
+            poll_started_ms = crate::time::now_ms();
             // A chunk boundary: the last chunk is fully processed, the next
             // not started. New plugin versions take over here, for every
             // partition at once.
@@ -511,6 +521,7 @@ impl Pillow {
             }
             if polled.messages.is_empty() {
                 finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary).await?;
+                telemetry::caught_up(&metrics, &name, &next, read_up_to_ms);
                 if !own_tables.is_empty() && idle_hold_check.elapsed() >= IDLE_HOLD_CHECK {
                     // Idle, everything delivered: a table a rebuild holds
                     // may be taken back where the pillow stands.
@@ -539,6 +550,13 @@ impl Pillow {
             let n = polled.messages.len() as u64;
             summary.messages += n;
             summary.decode_time += polled.decode_time;
+            telemetry::stage(
+                &metrics,
+                &name,
+                telemetry::Stage::Decode,
+                polled.decode_time,
+            );
+            let published = telemetry::last_published(&polled.messages);
             // Where to stop if a source or lookup resource is down and
             // the process stops before this chunk is processed.
             let before_chunk = (source.is_some() || lookups.is_some()).then(|| next.clone());
@@ -595,6 +613,7 @@ impl Pillow {
                 })?;
                 lanes = back;
                 summary.transform_time += t1.elapsed();
+                telemetry::stage(&metrics, &name, telemetry::Stage::Transform, t1.elapsed());
                 let last = rest.is_empty();
 
                 let t2 = Instant::now();
@@ -660,11 +679,15 @@ impl Pillow {
                 let delivery = delivery.clone();
                 let sources = outcome.sources;
                 let pillow = name.clone();
+                let metrics = metrics.clone();
                 in_flight = Some(tokio::spawn(async move {
-                    delivery
+                    let started = Instant::now();
+                    let delivered = delivery
                         .deliver(commit, sources)
                         .await
-                        .map_err(|e| RunError::delivery(pillow, e))
+                        .map_err(|e| RunError::delivery(pillow.clone(), e))?;
+                    telemetry::stage(&metrics, &pillow, telemetry::Stage::Load, started.elapsed());
+                    Ok(delivered)
                 }));
                 summary.load_time += t2.elapsed();
                 if last {
@@ -672,14 +695,7 @@ impl Pillow {
                 }
                 pending = rest;
             }
-            for (tp, n) in &next {
-                let tp = tp.to_string();
-                metrics.set(
-                    Metric::ProcessedOffset,
-                    &[("pillow", name.as_str()), ("partition", tp.as_str())],
-                    *n as f64,
-                );
-            }
+            telemetry::positions(&metrics, &name, &next, &published);
             summary.chunks += 1;
             bar.inc(n);
         }

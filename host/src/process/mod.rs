@@ -21,7 +21,7 @@ mod retry;
 pub use report::Report;
 pub use retry::retry;
 
-use crate::admin::{Admin, BindError};
+use crate::admin::{Admin, BindError, Context};
 use crate::config::{HostConfig, PillowConfig, StoreLocation};
 use crate::feed::{Feed, FeedError};
 use crate::metrics::Metrics;
@@ -284,12 +284,20 @@ pub async fn run(
     let side = CancellationToken::new();
     let mut tasks: JoinSet<Task> = JoinSet::new();
     let admin_url = if config.admin.enabled {
-        let admin = Admin::bind(&config.admin.listen_address).await?;
+        let admin = Admin::bind(&config.admin).await?;
         let url = admin.url().to_owned();
-        tracing::info!(%url, "admin endpoint: /metrics, /plugins, POST /plugins/NAME/reload");
-        let (plugins, side) = (plugins.clone(), side.clone());
+        tracing::info!(%url, "admin endpoint: / (firefighting page), /status, /healthz, /metrics, /plugins");
+        let context = Context {
+            plugins: plugins.clone(),
+            pillows: pillows.iter().map(|p| (*p).clone()).collect(),
+            feed: feed.clone(),
+            store: store.clone(),
+            process_num: options.run.process_num,
+            config: Arc::new(config.clone()),
+        };
+        let side = side.clone();
         tasks.spawn(async move {
-            admin.serve(plugins, side).await;
+            admin.serve(context, side).await;
             Task::Side("admin endpoint")
         });
         Some(url)

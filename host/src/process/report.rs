@@ -45,14 +45,15 @@ pub(super) async fn report(
     }
     for s in summaries {
         if let Some(p) = config.pillow(&s.pillow) {
-            let st = crate::status::pillow_status(
-                p,
+            let status = crate::status::gather(
+                &[p],
                 feed,
                 &sinks.store,
                 config.runtime.max_component_bytes(),
             )
             .await?;
-            let errors: u64 = st.errors.iter().map(|(_, n)| n).sum();
+            let st = &status.pillows[0];
+            let errors = st.error_total();
             report.lag.push((
                 s.pillow.clone(),
                 st.need_processing,

@@ -155,6 +155,7 @@ impl OutageRetry {
                     if let Some(since) = down_since {
                         tracing::info!(pillow = %self.pillow, sink = location, down_seconds = since.elapsed().as_secs_f64(), attempts = attempt, "sink reachable again; the held chunk is written");
                         self.metrics.set(Metric::SinkDown, &labels, 0.0);
+                        self.metrics.set(Metric::SinkDownSince, &labels, 0.0);
                         self.waiting(None).await;
                     }
                     return Ok(v);
@@ -164,6 +165,11 @@ impl OutageRetry {
                         down_since = Some(Instant::now());
                         tracing::warn!(pillow = %self.pillow, sink = location, error = %e, "sink unavailable; holding this chunk and retrying with backoff (nothing is lost, lag grows)");
                         self.metrics.set(Metric::SinkDown, &labels, 1.0);
+                        self.metrics.set(
+                            Metric::SinkDownSince,
+                            &labels,
+                            crate::time::now_ms() as f64 / 1000.0,
+                        );
                         // Recorded for `status` through the store, which
                         // cannot work when the store itself is down.
                         if sink != "store" {
@@ -226,7 +232,7 @@ impl FailureLog {
         if dropped > 0 {
             tracing::warn!(pillow = %e.pillow, processor = %e.processor, dropped, "more changes failed than are logged (all are recorded as pillow errors)");
         }
-        tracing::warn!(pillow = %e.pillow, tp = %e.tp, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
+        tracing::warn!(pillow = %e.pillow, topic = %e.tp.topic, partition = e.tp.partition, offset = e.offset, doc_id = %e.doc_id, processor = %e.processor, kind = %e.kind, error = %e.message, "change failed; recorded as a pillow error");
     }
 }
 

@@ -6,6 +6,7 @@ mod checkpoint;
 mod errors;
 mod plugin;
 mod replay;
+mod status;
 mod ucr;
 
 use anyhow::Result;
@@ -13,10 +14,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pillowtop::config::{FeedConfig, HostConfig};
 use pillowtop::feed::Feed;
 use pillowtop::feed::kafka::KafkaFeed;
+use pillowtop::generate;
 use pillowtop::pillow::RunOptions;
-use pillowtop::process::{self, ProcessOptions, Stop, selected};
+use pillowtop::process::{self, ProcessOptions, Stop};
 use pillowtop::store::Store;
-use pillowtop::{generate, status};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +43,18 @@ struct Cli {
     /// Log filter (e.g. `info`, `pillowtop=debug`).
     #[arg(long, global = true, env = "PILLOWTOP_LOG", default_value = "info")]
     log: String,
+
+    /// Log lines as text, or as one JSON object per line (for a log
+    /// pipeline: every field is a key, e.g. pillow, topic, partition,
+    /// offset, doc_id on a line about a change).
+    #[arg(
+        long,
+        global = true,
+        env = "PILLOWTOP_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -102,8 +115,10 @@ enum Command {
         #[arg(long)]
         partitions: Option<u32>,
     },
-    /// Show checkpoints, end offsets, need-processing, checkpoint age,
-    /// errors and plugin versions per pillow and partition.
+    /// Show checkpoints, positions processed, end offsets,
+    /// need-processing, change lag, checkpoint age, errors, the retry
+    /// queue, processes, sinks and plugin versions per pillow and
+    /// partition (the structure `GET /status` serves).
     Status {
         /// Only this pillow.
         #[arg(long)]
@@ -111,6 +126,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Redraw every 2 seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// Show or move checkpoints (after a retention gap, to skip a backlog,
     /// or to reprocess). Moving refuses while the pillow runs.
@@ -155,6 +173,14 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum GenKind {
     /// CommCareCase changes (topic case-sql in CommCare).
     Case,
@@ -164,13 +190,16 @@ enum GenKind {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -272,22 +301,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             };
             publish(&feed, &topic, partitions).await
         }
-        Command::Status { pillow, json } => {
-            let config = config()?;
-            let feed = Feed::open(&config.feed).await?;
-            let store = Store::connect(&config.store).await?;
-            let mut statuses = Vec::new();
-            for p in selected(&config, pillow.as_deref())? {
-                let max = config.runtime.max_component_bytes();
-                statuses.push(status::pillow_status(p, &feed, &store, max).await?);
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
-            } else {
-                print!("{}", status::render(&statuses));
-            }
-            Ok(())
-        }
+        Command::Status {
+            pillow,
+            json,
+            watch,
+        } => status::status_command(&config()?, pillow.as_deref(), json, watch).await,
         Command::Run {
             pillow,
             until_caught_up,

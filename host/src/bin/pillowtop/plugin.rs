@@ -224,7 +224,10 @@ fn plugin_new(name: &str, lang: LangArg, dir: Option<PathBuf>, sdk: Option<PathB
 async fn plugin_reload(config: &HostConfig, name: Option<&str>) -> Result<()> {
     let store = Store::connect(&config.store).await?;
     let mut refused = 0;
-    for (url, outcomes) in admin::reload_running(&store, name).await? {
+    for (url, outcomes) in admin::Client::for_config(&config.admin)
+        .reload_running(&store, name)
+        .await?
+    {
         if outcomes.is_empty() {
             println!("{url}: no plugins loaded");
         }
@@ -246,7 +249,10 @@ async fn plugin_reload(config: &HostConfig, name: Option<&str>) -> Result<()> {
 async fn deploy(config: &HostConfig, name: &str, command: &Deploy) -> Result<()> {
     let store = Store::connect(&config.store).await?;
     let mut failed = 0;
-    for (url, outcomes) in admin::deploy_running(&store, name, command).await? {
+    for (url, outcomes) in admin::Client::for_config(&config.admin)
+        .deploy_running(&store, name, command)
+        .await?
+    {
         for o in outcomes {
             if !o.succeeded() {
                 failed += 1;

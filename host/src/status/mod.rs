@@ -1,21 +1,47 @@
-//! What `pillowtop status` shows: per pillow and partition the checkpoint,
-//! the feed's end offset, need-processing (lag in changes), seconds since
-//! the last checkpoint and the owning process; error counts, recent errors
-//! and plugin versions. One screen for the firefighting guide.
+//! What an operator sees of running pillows: per pillow and partition the
+//! checkpoint, the position processed, the feed's end offset,
+//! need-processing, change lag, checkpoint age and the owning process;
+//! errors by state and kind, the retry queue, recent errors, plugin
+//! versions, processes and the sinks they wait for.
+//!
+//! One structure, [`Status`], for every view: `pillowtop status` (text,
+//! `--json`, `--watch`), the admin endpoint's `GET /status` and the
+//! firefighting page that polls it, `/healthz` ([`health`]) and the gauges
+//! of `/metrics`. It is gathered from the feed and the store
+//! ([`gather`]); the positions processes hold in memory ahead of their
+//! checkpoints are laid over it ([`Status::overlay`] with each process's
+//! [`Live`] positions), so need-processing and lag are current, not as
+//! old as the last checkpoint.
+
+mod health;
+mod render;
+
+pub use crate::config::HealthRules;
+pub use health::health;
+pub use render::render;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::PillowConfig;
-use crate::errors::{ErrorKind, PillowError};
+use crate::errors::sql::QueueSummary;
+use crate::errors::{ErrorKind, ErrorState, PillowError};
 use crate::feed::{Feed, FeedError};
 use crate::manifest::Manifest;
 use crate::partition;
 use crate::shadow::Tally;
 use crate::store::{PluginEvent, PluginEventKind, ShadowRun, Store, StoreError, Waiting};
-use serde::Serialize;
-use std::fmt::Write as _;
+use serde::{Deserialize, Serialize};
+
+/// Every pillow asked about, at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// When it was gathered, epoch ms.
+    pub at_ms: i64,
+    /// The pillows.
+    pub pillows: Vec<PillowStatus>,
+}
 
 /// One partition's state.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PartitionStatus {
     /// `topic:partition`.
     pub partition: String,
@@ -25,10 +51,18 @@ pub struct PartitionStatus {
     pub checkpoint: Option<u64>,
     /// The feed's end offset (next offset to be written).
     pub end_offset: u64,
-    /// `end_offset - checkpoint`.
+    /// The next offset its process will read, when a running process
+    /// reported it (ahead of the checkpoint by up to a checkpoint's worth).
+    pub processed: Option<u64>,
+    /// `end_offset` minus `processed` (or the checkpoint when no process
+    /// reported).
     pub need_processing: u64,
     /// Seconds since the checkpoint was saved.
     pub seconds_since_checkpoint: Option<i64>,
+    /// Seconds from the publish time of the last change processed (or the
+    /// last time the process found nothing to read) to now; 0 when no
+    /// change waits; `None` when no running process reported.
+    pub change_lag_seconds: Option<f64>,
 }
 
 /// One pillow's state.
@@ -42,15 +76,87 @@ pub struct PillowStatus {
     pub partitions: Vec<PartitionStatus>,
     /// Total need-processing.
     pub need_processing: u64,
-    /// Pillow errors by kind.
-    pub errors: Vec<(ErrorKind, u64)>,
-    /// The latest errors.
-    #[serde(skip)]
-    pub recent_errors: Vec<PillowError>,
+    /// Pillow errors by state and kind.
+    pub errors: Vec<ErrorCount>,
+    /// The retry queue.
+    pub retry_queue: QueueSummary,
+    /// The latest errors, newest first.
+    pub recent_errors: Vec<ErrorSummary>,
     /// Processors: what runs, what is on disk, what was refused.
     pub plugins: Vec<PluginStatus>,
     /// Host processes that ran this pillow.
     pub processes: Vec<ProcessStatus>,
+}
+
+/// Pillow errors of one state and kind.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ErrorCount {
+    /// Pending, parked or resolved.
+    pub state: ErrorState,
+    /// The kind.
+    pub kind: ErrorKind,
+    /// How many.
+    pub count: u64,
+}
+
+/// A pillow error, as a status line shows it (the change itself is left
+/// out: `pillowtop errors show ID` or `GET /errors/ID` has it).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ErrorSummary {
+    /// Its id.
+    pub id: i64,
+    /// Pending, parked or resolved.
+    pub state: ErrorState,
+    /// The kind.
+    pub kind: ErrorKind,
+    /// `topic:partition`.
+    pub partition: String,
+    /// The change's offset.
+    pub offset: u64,
+    /// The document.
+    pub doc_id: String,
+    /// The processor (empty for a change that could not be decoded).
+    pub processor: String,
+    /// The plugin version that failed, if one ran.
+    pub plugin_version: Option<String>,
+    /// Attempts in all.
+    pub attempts: u32,
+    /// When it last failed, epoch ms.
+    pub at_ms: i64,
+    /// The message, clipped to 300 characters on one line.
+    pub message: String,
+}
+
+impl From<&PillowError> for ErrorSummary {
+    fn from(e: &PillowError) -> ErrorSummary {
+        ErrorSummary {
+            id: e.id,
+            state: e.state,
+            kind: e.kind,
+            partition: e.tp.to_string(),
+            offset: e.offset,
+            doc_id: e.doc_id.clone(),
+            processor: e.processor.clone(),
+            plugin_version: e.plugin_version.clone(),
+            attempts: e.total_attempts,
+            at_ms: e.at_ms,
+            message: crate::wasm::check::clip(&e.message.replace('\n', " "), 300),
+        }
+    }
+}
+
+/// The position a running process holds for one partition, ahead of its
+/// checkpoint (from its metrics); `GET /status/live` answers these.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Live {
+    /// The pillow.
+    pub pillow: String,
+    /// `topic:partition`.
+    pub partition: String,
+    /// The next offset it will read.
+    pub processed: u64,
+    /// Publish time of the last change it processed, epoch ms.
+    pub last_published_ms: Option<i64>,
 }
 
 /// One processor of a pillow.
@@ -135,12 +241,79 @@ pub enum StatusError {
     Assignment(#[from] partition::AssignmentError),
 }
 
-/// Gather one pillow's status.
+/// Gather the status of `pillows`.
 ///
 /// # Errors
 ///
 /// When the feed or store cannot be read.
-pub async fn pillow_status(
+pub async fn gather(
+    pillows: &[&PillowConfig],
+    feed: &Feed,
+    store: &Store,
+    max_component_bytes: u64,
+) -> Result<Status, StatusError> {
+    let mut out = Vec::with_capacity(pillows.len());
+    for p in pillows {
+        out.push(pillow_status(p, feed, store, max_component_bytes).await?);
+    }
+    Ok(Status {
+        at_ms: crate::time::now_ms(),
+        pillows: out,
+    })
+}
+
+impl Status {
+    /// Lay the positions running processes hold over the checkpoints:
+    /// need-processing from the position processed, and the change lag.
+    pub fn overlay(&mut self, live: &[Live]) {
+        for p in &mut self.pillows {
+            for part in &mut p.partitions {
+                // The furthest any process reported: after a handover the
+                // old owner's last figure may linger.
+                let Some(l) = live
+                    .iter()
+                    .filter(|l| l.pillow == p.pillow && l.partition == part.partition)
+                    .max_by_key(|l| l.processed)
+                else {
+                    continue;
+                };
+                let processed = l.processed.max(part.checkpoint.unwrap_or(0));
+                part.processed = Some(processed);
+                part.need_processing = part.end_offset.saturating_sub(processed);
+                part.change_lag_seconds = if part.need_processing == 0 {
+                    Some(0.0)
+                } else {
+                    l.last_published_ms
+                        .map(|ms| (self.at_ms - ms).max(0) as f64 / 1000.0)
+                };
+            }
+            p.need_processing = p.partitions.iter().map(|x| x.need_processing).sum();
+        }
+    }
+}
+
+impl PillowStatus {
+    /// Pillow errors in every state.
+    pub fn error_total(&self) -> u64 {
+        self.errors.iter().map(|e| e.count).sum()
+    }
+
+    /// Pillow errors by kind, every state together.
+    pub fn errors_by_kind(&self) -> Vec<(ErrorKind, u64)> {
+        let mut out: Vec<(ErrorKind, u64)> = Vec::new();
+        for e in &self.errors {
+            match out.iter_mut().find(|(k, _)| *k == e.kind) {
+                Some((_, n)) => *n += e.count,
+                None => out.push((e.kind, e.count)),
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Gather one pillow's status.
+async fn pillow_status(
     config: &PillowConfig,
     feed: &Feed,
     store: &Store,
@@ -162,8 +335,10 @@ pub async fn pillow_status(
                 partition: p.partition.to_string(),
                 checkpoint: p.checkpoint,
                 end_offset: p.end_offset,
+                processed: None,
                 need_processing: p.need_processing(),
                 seconds_since_checkpoint: p.saved_at_ms.map(|at| (now - at).max(0) / 1000),
+                change_lag_seconds: None,
             })
             .collect();
     partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
@@ -214,10 +389,19 @@ pub async fn pillow_status(
         partitions,
         errors: crate::errors::sql::counts(store.db(), &config.name)
             .await
+            .map_err(errors_err)?
+            .into_iter()
+            .map(|(state, kind, count)| ErrorCount { state, kind, count })
+            .collect(),
+        retry_queue: crate::errors::sql::queue(store.db(), &config.name, now)
+            .await
             .map_err(errors_err)?,
         recent_errors: crate::errors::sql::recent(store.db(), &config.name, 5)
             .await
-            .map_err(errors_err)?,
+            .map_err(errors_err)?
+            .iter()
+            .map(ErrorSummary::from)
+            .collect(),
         plugins,
         processes,
     })
@@ -286,127 +470,4 @@ fn plugin_status(
         refused,
         shadows,
     }
-}
-
-/// Render statuses as text.
-pub fn render(statuses: &[PillowStatus]) -> String {
-    let mut out = String::new();
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "pillow {} (checkpoint id {}): need-processing {}",
-            s.pillow, s.checkpoint_id, s.need_processing
-        );
-        for p in &s.plugins {
-            let live: Vec<String> = p
-                .live
-                .iter()
-                .map(|(n, v, _)| format!("{v} (process {n})"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "  processor {}: live {}; on disk {}",
-                p.processor,
-                if live.is_empty() {
-                    "never run".into()
-                } else {
-                    live.join(", ")
-                },
-                p.on_disk
-            );
-            for c in &p.shadows {
-                let processes: Vec<String> = c.processes.iter().map(u32::to_string).collect();
-                let _ = writeln!(
-                    out,
-                    "    SHADOW {} (process {}): {}; see `pillowtop plugin diff {}`",
-                    c.version,
-                    processes.join(", "),
-                    c.tally,
-                    p.processor
-                );
-            }
-            if let Some(r) = &p.refused {
-                let _ = writeln!(
-                    out,
-                    "    REFUSED {} ({}s ago): {}",
-                    r.version.as_deref().unwrap_or("new files"),
-                    (crate::time::now_ms() - r.at_ms).max(0) / 1000,
-                    crate::wasm::check::clip(&r.reason.replace('\n', " "), 300)
-                );
-            }
-        }
-        for p in &s.processes {
-            let _ = writeln!(
-                out,
-                "  process {} pid {} on {}: {} (heartbeat {}s ago){}",
-                p.process_num,
-                p.pid,
-                p.host,
-                p.state,
-                p.seconds_since_heartbeat,
-                p.admin_url
-                    .as_deref()
-                    .map(|u| format!(", admin {u}"))
-                    .unwrap_or_default()
-            );
-            if let Some(w) = &p.waiting {
-                let _ = writeln!(
-                    out,
-                    "    WAITING for {}: unavailable for {}s, chunk held and retried (lag grows, nothing is lost): {}",
-                    w.sink,
-                    (crate::time::now_ms() - w.since_ms).max(0) / 1000,
-                    crate::wasm::check::clip(&w.error.replace('\n', " "), 300)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "  {:<24} {:>7} {:>12} {:>12} {:>15} {:>14}",
-            "partition", "process", "checkpoint", "end offset", "need-processing", "checkpoint age"
-        );
-        for p in &s.partitions {
-            let _ = writeln!(
-                out,
-                "  {:<24} {:>7} {:>12} {:>12} {:>15} {:>14}",
-                p.partition,
-                p.process,
-                p.checkpoint.map_or("-".into(), |c| c.to_string()),
-                p.end_offset,
-                p.need_processing,
-                p.seconds_since_checkpoint
-                    .map_or("never".into(), |s| format!("{s}s")),
-            );
-        }
-        let total: u64 = s.errors.iter().map(|(_, n)| n).sum();
-        if total == 0 {
-            let _ = writeln!(out, "  errors: none");
-        } else {
-            let kinds: Vec<_> = s.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            let _ = writeln!(out, "  errors: {total} ({})", kinds.join(", "));
-            for e in &s.recent_errors {
-                let _ = writeln!(
-                    out,
-                    "    #{} {} {} {}@{} doc {} [{}{}] attempts {}: {}",
-                    e.id,
-                    e.state,
-                    e.kind,
-                    e.tp,
-                    e.offset,
-                    e.doc_id,
-                    if e.processor.is_empty() {
-                        "decode"
-                    } else {
-                        &e.processor
-                    },
-                    e.plugin_version
-                        .as_deref()
-                        .map(|v| format!(" {v}"))
-                        .unwrap_or_default(),
-                    e.total_attempts,
-                    crate::wasm::check::clip(&e.message.replace('\n', " "), 200),
-                );
-            }
-        }
-    }
-    out
 }
