@@ -596,3 +596,54 @@ fn operators_list_show_requeue_and_turn_errors_into_fixtures() {
             .starts_with("0 resolved pillow errors deleted")
     );
 }
+
+/// `--log-format json`: one JSON object per line, and the line about a
+/// change that failed names its pillow, topic, partition, offset and
+/// document.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_name_the_change_a_line_is_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 50);
+    let feed = pillowtop::feed::embedded::EmbeddedFeed::open(&dir.path().join("feed.db"))
+        .await
+        .unwrap();
+    feed.create_topic("case-sql", Some(1)).await.unwrap();
+    let good = change("c1", serde_json::json!({"_id": "c1", "type": "patient"}));
+    feed.publish(
+        "case-sql",
+        vec![
+            (Some(b"c1".to_vec()), good.into_bytes()),
+            (Some(b"bad1".to_vec()), b"{not json".to_vec()),
+        ],
+    )
+    .await
+    .unwrap();
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "run",
+            "--until-caught-up",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "change failed; recorded as a pillow error")
+        .unwrap_or_else(|| panic!("no line about the failed change:\n{stderr}"));
+    assert_eq!(failed["pillow"], "case-search", "{failed}");
+    assert_eq!(failed["topic"], "case-sql", "{failed}");
+    assert_eq!(failed["partition"], 0, "{failed}");
+    assert_eq!(failed["offset"], 1, "{failed}");
+    assert_eq!(failed["doc_id"], "bad1", "{failed}");
+    assert_eq!(failed["level"], "WARN", "{failed}");
+}

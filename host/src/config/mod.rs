@@ -318,6 +318,8 @@ pub struct AdminConfig {
 
 /// The environment variable that sets (and overrides) `[admin] token`.
 pub const ADMIN_TOKEN_ENV: &str = "PILLOWTOP_ADMIN_TOKEN";
+/// The environment variable that overrides `[admin] listen_address`.
+pub const ADMIN_ADDRESS_ENV: &str = "PILLOWTOP_ADMIN_ADDRESS";
 
 impl AdminConfig {
     /// The token requests must carry, if any.
@@ -754,6 +756,10 @@ impl HostConfig {
         if let Some(token) = env(ADMIN_TOKEN_ENV).filter(|t| !t.is_empty()) {
             raw.admin.token = Some(token);
         }
+        // A second process of a config with a fixed port needs its own.
+        if let Some(address) = env(ADMIN_ADDRESS_ENV).filter(|a| !a.is_empty()) {
+            raw.admin.listen_address = address;
+        }
         if raw.admin.enabled {
             let address = raw
                 .admin
@@ -1115,7 +1121,32 @@ mod tests {
             full.store.to_string(),
             "postgres store 127.0.0.1:5432/pillowtop_test (schema pillowtop)"
         );
-        assert_eq!(full.pillows[0].num_processes, 2);
+        // CommCare's two pillows, two processes each, its checkpoint frequency.
+        let shape: Vec<_> = full
+            .pillows
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.processors.len(),
+                    p.num_processes,
+                    p.checkpoint_every,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [("case-pillow", 3, 2, 1000), ("xform-pillow", 2, 2, 1000)]
+        );
+        for p in &full.pillows {
+            for m in &p.processors {
+                assert!(m.exists(), "{} names {}", p.name, m.display());
+            }
+        }
+        assert_eq!(
+            full.lookups.keys().collect::<Vec<_>>(),
+            ["cases", "phone-numbers", "users", "users-index"]
+        );
         let es = full
             .elasticsearch
             .expect("full-stack.toml names Elasticsearch");
@@ -1125,6 +1156,20 @@ mod tests {
             embedded.elasticsearch.is_none(),
             "the embedded default needs no servers"
         );
+    }
+
+    #[test]
+    fn the_admin_address_from_the_environment_wins() {
+        let env = |k: &str| (k == ADMIN_ADDRESS_ENV).then(|| "127.0.0.1:9181".to_owned());
+        let text = GOOD.replace(
+            "[store]",
+            "[admin]\nlisten_address = \"127.0.0.1:9180\"\n[store]",
+        );
+        let c = HostConfig::parse(&text, Path::new("/etc/pt/pillowtop.toml"), env).unwrap();
+        assert_eq!(c.admin.listen_address, "127.0.0.1:9181");
+        let bad = |k: &str| (k == ADMIN_ADDRESS_ENV).then(|| "0.0.0.0:9181".to_owned());
+        let err = HostConfig::parse(&text, Path::new("/etc/pt/pillowtop.toml"), bad).unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
     }
 
     #[test]

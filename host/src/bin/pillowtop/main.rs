@@ -6,6 +6,7 @@ mod checkpoint;
 mod errors;
 mod plugin;
 mod replay;
+mod sample;
 mod status;
 mod ucr;
 
@@ -14,11 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pillowtop::config::{FeedConfig, HostConfig};
 use pillowtop::feed::Feed;
 use pillowtop::feed::kafka::KafkaFeed;
-use pillowtop::generate;
 use pillowtop::pillow::RunOptions;
 use pillowtop::process::{self, ProcessOptions, Stop};
 use pillowtop::store::Store;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -169,6 +168,14 @@ enum Command {
         /// Number of domains to spread changes over.
         #[arg(long, default_value_t = 4)]
         domains: u32,
+        /// With `--kind related`: the folder to write `case-sql.jsonl`,
+        /// `form-sql.jsonl` and `primary.sql` to (created if missing).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// With `--kind related`: the PostgreSQL schema `primary.sql`
+        /// loads the known users and the cases into.
+        #[arg(long, default_value = "commcarehq")]
+        primary_schema: String,
     },
 }
 
@@ -186,6 +193,10 @@ enum GenKind {
     Case,
     /// XFormInstance changes (topic form-sql in CommCare).
     Form,
+    /// Forms and the cases they create and update, with known and
+    /// unknown users, valid and invalid phone numbers and repeat groups,
+    /// for the full stack (needs --out; --count counts submissions).
+    Related,
 }
 
 fn main() {
@@ -243,7 +254,20 @@ async fn dispatch(cli: Cli) -> Result<()> {
             count,
             seed,
             domains,
-        } => generate_changes(kind, count, seed, domains),
+            out,
+            primary_schema,
+        } => match (kind, out) {
+            (GenKind::Related, Some(out)) => {
+                sample::related(&out, count, seed, domains, &primary_schema)
+            }
+            (GenKind::Related, None) => Err(anyhow::anyhow!(
+                "--kind related writes three files (case and form changes, the primary database's SQL): give the folder with --out DIR"
+            )),
+            (_, Some(_)) => Err(anyhow::anyhow!(
+                "--out is for --kind related; case and form changes go to stdout (redirect it)"
+            )),
+            (kind, None) => sample::changes(kind, count, seed, domains),
+        },
         Command::Replay(args) => replay::replay_command(&config()?, args).await,
         Command::Plugin { command } => plugin::plugin_command(command, || Ok(config()?)).await,
         Command::Migrate => {
@@ -377,35 +401,6 @@ fn stop_on_signals(stop: Stop, grace_seconds: u64) {
             }
         }
     });
-}
-
-fn generate_changes(kind: GenKind, count: u64, seed: u64, domains: u32) -> Result<()> {
-    let kind = match kind {
-        GenKind::Case => generate::Kind::Case,
-        GenKind::Form => generate::Kind::Form,
-    };
-    let mut g = generate::Generator::new(generate::GenOptions {
-        seed,
-        domains,
-        kind,
-    });
-    let bar = indicatif::ProgressBar::new(count);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("gen [{bar:40}] {pos}/{len} ({per_sec})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    for i in 0..count {
-        out.write_all(g.next_line().as_bytes())?;
-        out.write_all(b"\n")?;
-        if i % 1000 == 999 {
-            bar.inc(1000);
-        }
-    }
-    out.flush()?;
-    bar.finish_and_clear();
-    Ok(())
 }
 
 async fn publish(feed: &Feed, topic: &str, partitions: Option<u32>) -> Result<()> {

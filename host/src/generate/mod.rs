@@ -4,7 +4,10 @@
 //! per case (about 1.5 KB per document); updates of earlier cases, closed
 //! cases and deletions. Forms: XForm submissions whose `meta.userID` is
 //! sometimes a user nobody has seen. The same seed always gives the same
-//! output, byte for byte.
+//! output, byte for byte. [`related`]: forms and the cases they create and
+//! update, for the full stack.
+
+pub mod related;
 
 use serde_json::{Map, Value, json};
 
@@ -68,7 +71,7 @@ pub struct GenOptions {
     pub kind: Kind,
 }
 
-const CASE_TYPES: &[&str] = &[
+pub(crate) const CASE_TYPES: &[&str] = &[
     "patient",
     "household",
     "pregnancy",
@@ -76,12 +79,12 @@ const CASE_TYPES: &[&str] = &[
     "referral",
     "visit",
 ];
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
     "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
     "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
 ];
-const PROPERTIES: &[&str] = &[
+pub(crate) const PROPERTIES: &[&str] = &[
     "age",
     "dob",
     "sex",
@@ -144,12 +147,12 @@ const PROPERTIES: &[&str] = &[
     "follow_up",
 ];
 
-fn date(rng: &mut Rng, base_days: i64) -> String {
+pub(crate) fn date(rng: &mut Rng, base_days: i64) -> String {
     crate::time::format_rfc3339_ms((base_days + rng.below(900) as i64) * 86_400_000)[..10]
         .to_owned()
 }
 
-fn property_value(rng: &mut Rng) -> String {
+pub(crate) fn property_value(rng: &mut Rng) -> String {
     match rng.below(5) {
         0 => rng.below(120).to_string(),
         1 => date(rng, 19_000),
@@ -157,6 +160,26 @@ fn property_value(rng: &mut Rng) -> String {
         3 => format!("+2547{:08}", rng.below(100_000_000)),
         _ => rng.pick(WORDS).to_string(),
     }
+}
+
+/// A change message as CommCare's `ChangeMeta` (from its SQL data source),
+/// with the document inline when there is one.
+pub(crate) fn change_meta(
+    id: &str,
+    (doc_type, subtype): (&str, &str),
+    domain: &str,
+    published: &str,
+    document: Option<Value>,
+) -> Value {
+    let mut m = json!({
+        "document_id": id, "data_source_type": "sql", "data_source_name": "commcarehq",
+        "document_type": doc_type, "document_subtype": subtype, "domain": domain,
+        "is_deletion": document.is_none(), "publish_timestamp": published, "attempts": 0,
+    });
+    if let Some(d) = document {
+        m["document"] = d;
+    }
+    m
 }
 
 /// Produces change messages (ChangeMeta JSON with the document inline).
@@ -171,7 +194,7 @@ pub struct Generator {
 }
 
 /// First publish time: 2026-01-01T00:00:00Z.
-const BASE_MS: i64 = 1_767_225_600_000;
+pub(crate) const BASE_MS: i64 = 1_767_225_600_000;
 
 impl Generator {
     /// A generator.
@@ -222,19 +245,17 @@ impl Generator {
             c
         };
         let published = crate::time::format_rfc3339_ms(published_ms);
-        let meta = |document: Option<Value>, is_deletion: bool| {
-            let mut m = json!({
-                "document_id": id, "data_source_type": "sql", "data_source_name": "commcarehq",
-                "document_type": "CommCareCase", "document_subtype": case_type, "domain": domain,
-                "is_deletion": is_deletion, "publish_timestamp": published, "attempts": 0,
-            });
-            if let Some(d) = document {
-                m["document"] = d;
-            }
-            m
+        let meta = |document: Option<Value>| {
+            change_meta(
+                &id,
+                ("CommCareCase", &case_type),
+                &domain,
+                &published,
+                document,
+            )
         };
         if existing && roll >= 96 {
-            return meta(None, true);
+            return meta(None);
         }
         let closed = existing && (90..96).contains(&roll);
         let mut props = Map::new();
@@ -266,7 +287,7 @@ impl Generator {
             "indices": [],
             "case_json": props,
         });
-        meta(Some(doc), false)
+        meta(Some(doc))
     }
 
     fn form_change(&mut self, published_ms: i64) -> Value {
@@ -292,13 +313,17 @@ impl Generator {
             json!({"userID": user, "username": format!("{}.{}", rng.pick(WORDS), rng.below(1000)), "deviceID": format!("device-{}", rng.below(500)),
                    "timeStart": published, "timeEnd": published, "instanceID": id}),
         );
-        json!({
-            "document_id": id, "data_source_type": "sql", "data_source_name": "commcarehq",
-            "document_type": "XFormInstance", "document_subtype": "http://openrosa.org/formdesigner/visit", "domain": domain,
-            "is_deletion": false, "publish_timestamp": published, "attempts": 0,
-            "document": {"_id": id, "doc_type": "XFormInstance", "domain": domain, "xmlns": "http://openrosa.org/formdesigner/visit",
-                         "received_on": published, "form": fields},
-        })
+        let xmlns = "http://openrosa.org/formdesigner/visit";
+        change_meta(
+            &id,
+            ("XFormInstance", xmlns),
+            &domain,
+            &published,
+            Some(
+                json!({"_id": id, "doc_type": "XFormInstance", "domain": domain, "xmlns": xmlns,
+                        "received_on": published, "form": fields}),
+            ),
+        )
     }
 }
 
