@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod elastic;
+mod fullstack;
 mod kafka;
 mod languages;
 mod limits;

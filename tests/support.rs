@@ -276,6 +276,8 @@ pub fn bin() -> std::process::Command {
         .env_remove("PILLOWTOP_KAFKA_BROKERS")
         .env_remove("PILLOWTOP_ES_URL")
         .env_remove("PILLOWTOP_ADMIN_TOKEN")
+        .env_remove("PILLOWTOP_ADMIN_ADDRESS")
+        .env_remove("PILLOWTOP_STORE_SCHEMA")
         .env_remove("PILLOWTOP_LOG_FORMAT");
     c
 }
@@ -393,6 +395,73 @@ pub fn tansu_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A tansu broker on its own port and storage, restartable (for tests
+/// that stop it, or that need the shipped topic names to themselves).
+pub struct Broker {
+    dir: tempfile::TempDir,
+    pub addr: String,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let mut b = Broker {
+            dir: tempfile::tempdir().unwrap(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        };
+        b.up();
+        b
+    }
+
+    pub fn up(&mut self) {
+        let url = format!("tcp://{}", self.addr);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = std::process::Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not start on {}: {}",
+                self.addr,
+                std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A loopback port nothing listens on right now.
