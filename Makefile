@@ -16,7 +16,7 @@ JS_PLUGIN := plugins/examples/js-case-search
 MAPPINGS := plugins/case-search/mappings.json
 RUN_CASES ?= 20000
 
-.PHONY: run test bench plugins rust-plugins case-search-plugin build wasm-target services clean
+.PHONY: run run-full test bench plugins rust-plugins case-search-plugin build wasm-target services clean
 
 ## Build the Wasm target if missing (idempotent).
 wasm-target:
@@ -87,6 +87,12 @@ run: case-search-plugin build
 ## broker (tansu), PostgreSQL, an Elasticsearch-API server. Idempotent.
 services:
 	TOOLS=$(TOOLS) bash scripts/services.sh
+
+## The full stack (config/full-stack.toml): CommCare's case and form pillows,
+## two processes each, over Kafka, PostgreSQL and Elasticsearch, on a sample
+## of FULL_SUBMISSIONS (10000) forms and their cases; keeps running until Ctrl-C.
+run-full: services plugins build
+	PILLOWTOP=$(PILLOWTOP) bash scripts/run-full.sh
 
 ## Everything: unit tests, plugin tests, integration tests against real components and servers.
 test: plugins services
