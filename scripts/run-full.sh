@@ -40,7 +40,7 @@ P0=$!
 PILLOWTOP_ADMIN_ADDRESS=127.0.0.1:9181 "${PT[@]}" run --process-num 1 > "$OUT/process-1.log" 2>&1 &
 P1=$!
 stop() { kill -TERM "$P0" "$P1" 2>/dev/null || true; wait "$P0" "$P1" 2>/dev/null || true; }
-trap 'echo; echo "stopping the pillows"; stop; exit 0' INT TERM
+trap 'trap - INT TERM; echo; echo "stopping the pillows"; stop; exit 0' INT TERM
 
 while :; do
   sleep 1

@@ -162,6 +162,21 @@ pub(crate) fn property_value(rng: &mut Rng) -> String {
     }
 }
 
+/// 30 to 60 dynamic case properties (a run of [`PROPERTIES`] from a random
+/// start), about 1.5 KB of case as JSON.
+pub(crate) fn case_properties(rng: &mut Rng) -> Map<String, Value> {
+    let mut props = Map::new();
+    let count = 30 + rng.below(31) as usize;
+    let start = rng.below(PROPERTIES.len() as u64) as usize;
+    for i in 0..count {
+        props.insert(
+            PROPERTIES[(start + i) % PROPERTIES.len()].to_owned(),
+            Value::String(property_value(rng)),
+        );
+    }
+    props
+}
+
 /// A change message as CommCare's `ChangeMeta` (from its SQL data source),
 /// with the document inline when there is one.
 pub(crate) fn change_meta(
@@ -258,15 +273,7 @@ impl Generator {
             return meta(None);
         }
         let closed = existing && (90..96).contains(&roll);
-        let mut props = Map::new();
-        let count = 30 + rng.below(31) as usize;
-        let start = rng.below(PROPERTIES.len() as u64) as usize;
-        for i in 0..count {
-            props.insert(
-                PROPERTIES[(start + i) % PROPERTIES.len()].to_owned(),
-                Value::String(property_value(rng)),
-            );
-        }
+        let props = case_properties(rng);
         let opened = date(rng, 19_500);
         let doc = json!({
             "_id": id,

@@ -22,7 +22,9 @@
 //!   known users and every case as it ends up, which the full stack's
 //!   lookups read.
 
-use super::{BASE_MS, CASE_TYPES, PROPERTIES, Rng, WORDS, change_meta, date, property_value};
+use super::{
+    BASE_MS, CASE_TYPES, PROPERTIES, Rng, WORDS, case_properties, change_meta, date, property_value,
+};
 use serde_json::{Map, Value, json};
 
 /// The registration form's namespace.
@@ -195,15 +197,7 @@ impl Related {
             } else {
                 *rng.pick(CASE_TYPES)
             };
-            let mut properties = Map::new();
-            let count = 30 + rng.below(31) as usize;
-            let start = rng.below(PROPERTIES.len() as u64) as usize;
-            for i in 0..count {
-                properties.insert(
-                    PROPERTIES[(start + i) % PROPERTIES.len()].to_owned(),
-                    Value::String(property_value(rng)),
-                );
-            }
+            let mut properties = case_properties(rng);
             match rng.below(20) {
                 0..=11 => {
                     self.phones += 1;
