@@ -57,6 +57,16 @@ fn full_stack_config(
     path
 }
 
+/// `out`, once its command succeeded; otherwise a failure with its stderr.
+fn succeeded(what: &str, out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -121,15 +131,7 @@ async fn the_case_and_form_pillows_fill_every_sink_of_the_full_stack() {
     let broker = Broker::start();
     let config = full_stack_config(dir.path(), &broker.addr, &schema, &prefix, &primary);
     let sample = dir.path().join("sample");
-    let run = |args: &[&str]| {
-        let out = bin().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "pillowtop {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    let run = |args: &[&str]| succeeded(&format!("{args:?}"), bin().args(args).output().unwrap());
     run(&[
         "gen",
         "--kind",
@@ -150,7 +152,9 @@ async fn the_case_and_form_pillows_fill_every_sink_of_the_full_stack() {
         .await
         .unwrap();
     for topic in ["case-sql", "form-sql"] {
-        let out = bin()
+        let file = std::fs::File::open(sample.join(format!("{topic}.jsonl"))).unwrap();
+        let mut publish = bin();
+        publish
             .args([
                 "--config",
                 config.to_str().unwrap(),
@@ -158,14 +162,8 @@ async fn the_case_and_form_pillows_fill_every_sink_of_the_full_stack() {
                 "--topic",
                 topic,
             ])
-            .stdin(std::fs::File::open(sample.join(format!("{topic}.jsonl"))).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .stdin(file);
+        succeeded(topic, publish.output().unwrap());
     }
 
     // Two processes, each with its half of both pillows' partitions.
@@ -186,13 +184,8 @@ async fn the_case_and_form_pillows_fill_every_sink_of_the_full_stack() {
                 .unwrap()
         })
         .collect();
-    for p in processes {
-        let out = p.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (n, p) in processes.into_iter().enumerate() {
+        succeeded(&format!("process {n}"), p.wait_with_output().unwrap());
     }
 
     // What the sample says should be where.

@@ -18,7 +18,7 @@
 //!   readings and a `medications` repeat group, which CommCare's form JSON
 //!   holds as a list of items, or a single object for one item (the UCR
 //!   sources' work, with `related_doc` back to the case);
-//! - the primary database's view of it all ([`Sample::primary_sql`]): the
+//! - the primary database's view of it all ([`Related::primary_sql`]): the
 //!   known users and every case as it ends up, which the full stack's
 //!   lookups read.
 

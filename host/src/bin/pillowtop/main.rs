@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pillowtop::config::{FeedConfig, HostConfig};
 use pillowtop::feed::Feed;
 use pillowtop::feed::kafka::KafkaFeed;
+use pillowtop::generate;
 use pillowtop::pillow::RunOptions;
 use pillowtop::process::{self, ProcessOptions, Stop};
 use pillowtop::store::Store;
@@ -266,7 +267,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             (_, Some(_)) => Err(anyhow::anyhow!(
                 "--out is for --kind related; case and form changes go to stdout (redirect it)"
             )),
-            (kind, None) => sample::changes(kind, count, seed, domains),
+            (GenKind::Case, None) => sample::changes(generate::Kind::Case, count, seed, domains),
+            (GenKind::Form, None) => sample::changes(generate::Kind::Form, count, seed, domains),
         },
         Command::Replay(args) => replay::replay_command(&config()?, args).await,
         Command::Plugin { command } => plugin::plugin_command(command, || Ok(config()?)).await,

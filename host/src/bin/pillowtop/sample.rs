@@ -1,6 +1,5 @@
 //! `pillowtop gen`: synthetic changes for trying and benchmarking.
 
-use crate::GenKind;
 use anyhow::{Context, Result};
 use pillowtop::generate::{self, related};
 use std::io::Write;
@@ -16,11 +15,7 @@ fn bar(count: u64) -> indicatif::ProgressBar {
 }
 
 /// `count` case or form changes as JSON lines on stdout.
-pub fn changes(kind: GenKind, count: u64, seed: u64, domains: u32) -> Result<()> {
-    let kind = match kind {
-        GenKind::Case => generate::Kind::Case,
-        GenKind::Form | GenKind::Related => generate::Kind::Form,
-    };
+pub fn changes(kind: generate::Kind, count: u64, seed: u64, domains: u32) -> Result<()> {
     let mut g = generate::Generator::new(generate::GenOptions {
         seed,
         domains,
