@@ -23,10 +23,16 @@
 //!     the Wasm component with fuel (`BENCH_ONLY=ucr`).
 //! 12. Shadow: the embedded pipeline with a candidate beside the live
 //!     plugin, against without (`BENCH_ONLY=shadow`).
+//! 13. The full stack: both of CommCare's pillows with all four
+//!     processors, against osmem-server and against a cost-free
+//!     Elasticsearch endpoint, with and without scraping
+//!     (`BENCH_ONLY=full`; see its module).
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
 
+mod free_es;
+mod fullstack;
 mod lookups;
 mod retry;
 mod servers;
@@ -507,6 +513,9 @@ fn main() {
     }
     if wanted("shadow") {
         shadow::shadow_bench(n);
+    }
+    if wanted("full") {
+        fullstack::full_stack_bench();
     }
 }
 
