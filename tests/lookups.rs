@@ -173,6 +173,9 @@ async fn resources_answer_through_a_cache_within_the_deadline() {
                 source = {{ type = "elasticsearch", url = {es:?}, index = "{prefix}users" }}
                 [phones]
                 source = {{ type = "table", table = "phones", key = "phone_number" }}
+                [fresh]
+                ttl_seconds = 0
+                source = {{ type = "postgres", url = {url:?}, query = "SELECT id, doc FROM fetch_docs($1)" }}
                 [short]
                 ttl_seconds = 1
                 source = {{ type = "postgres", url = {url:?}, query = "SELECT id, doc FROM fetch_docs($1)" }}
@@ -195,7 +198,10 @@ async fn resources_answer_through_a_cache_within_the_deadline() {
     assert_eq!(json_of(&found)["username"], "pg");
     assert_eq!(get(&r, "users", "nobody", long).await, Ok(None));
     // Both answers are kept: asked again, nothing is queried.
-    assert_eq!(get(&r, "users", "u-pg", long).await, Ok(Some(found)));
+    assert_eq!(
+        get(&r, "users", "u-pg", long).await,
+        Ok(Some(found.clone()))
+    );
     assert_eq!(get(&r, "users", "nobody", long).await, Ok(None));
     assert_eq!(stats(&r, "users"), (4, 2, 2, 0));
     assert_eq!(db.calls().await, (2, 2), "(queries, keys) PostgreSQL saw");
@@ -206,6 +212,34 @@ async fn resources_answer_through_a_cache_within_the_deadline() {
         assert_eq!(get(&r, "users", k, long).await, Ok(None));
     }
     assert_eq!(stats(&r, "users"), (6, 4, 3, 0));
+
+    // Without a cache (TTL 0, as for a table the pillow writes): a
+    // chunk's prefetch holds its answers until the chunk lets them go; a
+    // second chunk holding a key shares it; then calls query again.
+    assert!(r.holds("fresh") && !r.holds("users"));
+    let first = r.prefetch("fresh", &["u-pg", "a", "u-pg"]).await.unwrap();
+    assert_eq!(first, ["a", "u-pg"]);
+    assert_eq!(db.calls().await, (4, 6), "one query for both keys");
+    let second = r.prefetch("fresh", &["u-pg"]).await.unwrap();
+    assert_eq!(second, ["u-pg"]);
+    assert_eq!(
+        get(&r, "fresh", "u-pg", long).await,
+        Ok(Some(found.clone()))
+    );
+    assert_eq!(get(&r, "fresh", "a", long).await, Ok(None));
+    assert_eq!(db.calls().await, (4, 6), "held answers need no query");
+    r.release("fresh", &first);
+    assert_eq!(
+        get(&r, "fresh", "u-pg", long).await,
+        Ok(Some(found.clone()))
+    );
+    assert_eq!(db.calls().await, (4, 6), "still held by the second chunk");
+    get(&r, "fresh", "a", long).await.unwrap();
+    assert_eq!(db.calls().await, (5, 7), "let go by its only chunk");
+    r.release("fresh", &second);
+    get(&r, "fresh", "u-pg", long).await.unwrap();
+    assert_eq!(db.calls().await, (6, 8), "let go by both");
+    assert_eq!(stats(&r, "fresh"), (5, 3, 3, 0));
 
     let user = get(&r, "users-index", "u-es", long)
         .await

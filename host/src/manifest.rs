@@ -32,6 +32,8 @@
 //! [prefetch]          # per granted lookup: JSON pointers into the document
 //! # users = ["/form/meta/userID"]   # whose values the plugin will look up;
 //!                       # the host reads a chunk's keys in one query first
+//! # phone-numbers = [{ pointer = "/case_json/phone", keep = "digits" }]
+//!                       # a key made of the value's digits only
 //!
 //! [retry]             # CommCare's schedule: 5, 20, 45 minutes, then parked
 //! enabled = true
@@ -251,13 +253,101 @@ struct RawManifest {
     #[serde(default)]
     capabilities: Capabilities,
     #[serde(default)]
-    prefetch: BTreeMap<String, Vec<String>>,
+    prefetch: BTreeMap<String, Vec<RawPrefetch>>,
     #[serde(default)]
     retry: RetryPolicy,
     #[serde(default)]
     config: toml::Table,
     #[serde(default)]
     config_files: BTreeMap<String, Vec<PathBuf>>,
+}
+
+/// One `[prefetch]` entry as written: a pointer, or a table with how
+/// its value becomes a key.
+#[derive(Debug)]
+enum RawPrefetch {
+    Pointer(String),
+    Keyed(RawKeyed),
+}
+
+impl<'de> Deserialize<'de> for RawPrefetch {
+    // By hand rather than `untagged`, so that a bad table says what is
+    // wrong in it (an unknown `keep`, a missing `pointer`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawPrefetch, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawPrefetch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a JSON pointer such as \"/form/meta/userID\", or a table such as { pointer = \"/case_json/phone\", keep = \"digits\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPrefetch, E> {
+                Ok(RawPrefetch::Pointer(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawPrefetch, A::Error> {
+                RawKeyed::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawPrefetch::Keyed)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyed {
+    pointer: String,
+    #[serde(default)]
+    keep: Keep,
+}
+
+impl RawPrefetch {
+    fn pointer(&self) -> &str {
+        match self {
+            RawPrefetch::Pointer(p) => p,
+            RawPrefetch::Keyed(k) => &k.pointer,
+        }
+    }
+}
+
+impl From<RawPrefetch> for PrefetchKey {
+    fn from(raw: RawPrefetch) -> PrefetchKey {
+        match raw {
+            RawPrefetch::Pointer(pointer) => PrefetchKey {
+                pointer,
+                keep: Keep::Whole,
+            },
+            RawPrefetch::Keyed(RawKeyed { pointer, keep }) => PrefetchKey { pointer, keep },
+        }
+    }
+}
+
+/// Where a prefetched key is: `"/pointer"` or `{ pointer = "/pointer",
+/// keep = "digits" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchKey {
+    /// A JSON pointer into the change's document.
+    pub pointer: String,
+    /// What of the value makes the key.
+    pub keep: Keep,
+}
+
+/// What of a value at a prefetch pointer is the key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// The value as it is (a string's text, a number as written).
+    #[default]
+    Whole,
+    /// Its ASCII digits only: a phone number as a plugin normalises it
+    /// (`+254 (712) 345-678` -> `254712345678`). A value with other
+    /// characters gives a key the plugin never asks for, which costs one
+    /// key in the query and nothing else.
+    Digits,
 }
 
 /// A validated manifest. Paths are resolved against the manifest's folder.
@@ -279,10 +369,10 @@ pub struct Manifest {
     pub subscription: Subscription,
     /// What it may touch.
     pub capabilities: Capabilities,
-    /// Per granted lookup resource: JSON pointers into a change's
-    /// document whose values are keys the plugin will ask for (read for a
-    /// whole chunk in one query before the plugin runs).
-    pub prefetch: BTreeMap<String, Vec<String>>,
+    /// Per granted lookup resource: where in a change's document the
+    /// keys the plugin will ask for are (read for a whole chunk in one
+    /// query before the plugin runs).
+    pub prefetch: BTreeMap<String, Vec<PrefetchKey>>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// `[config]` as JSON text, as handed to `init`, with the
@@ -423,7 +513,11 @@ impl Manifest {
                     ),
                 ));
             }
-            if let Some(bad) = pointers.iter().find(|p| !p.starts_with('/')) {
+            if let Some(bad) = pointers
+                .iter()
+                .map(RawPrefetch::pointer)
+                .find(|p| !p.starts_with('/'))
+            {
                 return Err(invalid(
                     &key,
                     format!(
@@ -464,7 +558,13 @@ impl Manifest {
             limits: l,
             subscription: raw.subscription,
             capabilities: raw.capabilities,
-            prefetch: raw.prefetch,
+            prefetch: raw
+                .prefetch
+                .into_iter()
+                .map(|(resource, keys)| {
+                    (resource, keys.into_iter().map(PrefetchKey::from).collect())
+                })
+                .collect(),
             retry: raw.retry,
             config_json,
             config_files,
@@ -531,6 +631,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(text, Path::new("plugins/x/plugin.toml"))
+    }
+
+    #[test]
+    fn prefetch_keys_are_pointers_or_tables_saying_what_to_keep() {
+        let m = parse(
+            "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[capabilities]\nlookups = [\"users\", \"numbers\"]\n\
+             [prefetch]\nusers = [\"/form/meta/userID\"]\nnumbers = [{ pointer = \"/case_json/phone\", keep = \"digits\" }, { pointer = \"/phone\" }]",
+        )
+        .unwrap();
+        let key = |pointer: &str, keep| PrefetchKey {
+            pointer: pointer.into(),
+            keep,
+        };
+        assert_eq!(m.prefetch["users"], [key("/form/meta/userID", Keep::Whole)]);
+        assert_eq!(
+            m.prefetch["numbers"],
+            [
+                key("/case_json/phone", Keep::Digits),
+                key("/phone", Keep::Whole)
+            ]
+        );
     }
 
     #[test]
@@ -695,6 +816,14 @@ mod tests {
             (
                 "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[capabilities]\nlookups = [\"users\"]\n[prefetch]\nusers = [\"form.meta.userID\"]",
                 vec!["key `prefetch.users`", "not a JSON pointer"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[capabilities]\nlookups = [\"n\"]\n[prefetch]\nn = [{ pointer = \"phone\", keep = \"digits\" }]",
+                vec!["key `prefetch.n`", "\"phone\" is not a JSON pointer"],
+            ),
+            (
+                "name = \"a\"\nversion = \"1\"\ncomponent = \"a.wasm\"\n[capabilities]\nlookups = [\"n\"]\n[prefetch]\nn = [{ pointer = \"/phone\", keep = \"letters\" }]",
+                vec!["unknown variant `letters`", "expected `whole` or `digits`"],
             ),
         ];
         for (text, needles) in cases {

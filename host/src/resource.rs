@@ -111,7 +111,19 @@ enum Backend {
 struct Resource {
     backend: Backend,
     cache: Cache,
+    /// Without a cache (`ttl_seconds = 0`): the answers prefetched for
+    /// chunks in progress, each with how many chunks hold it, dropped
+    /// when the last of them has run (see [`Resources::release`]).
+    held: std::sync::Mutex<HashMap<String, (Option<String>, u32)>>,
     stats: Stats,
+}
+
+impl Resource {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<String>, u32)>> {
+        // A poisoned lock only means a thread panicked mid-update; the
+        // entries are whole values either way.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The host's lookup resources.
@@ -171,6 +183,7 @@ impl Resources {
                 Resource {
                     backend,
                     cache,
+                    held: Default::default(),
                     stats: Stats::default(),
                 },
             );
@@ -204,43 +217,102 @@ impl Resources {
         }
     }
 
-    /// Read the answers for those of `keys` the cache does not hold, in
-    /// one query, and keep them (absent keys too). An unknown resource or
-    /// one without a cache does nothing: the calls report what they need.
+    /// Read the answers for `keys` the cache lacks in one query. A
+    /// resource without a cache (`ttl_seconds` or `cache_entries` 0: a
+    /// table the pillow writes, say) holds them instead for the chunk that asked, so its
+    /// calls still hit memory and see the resource as it was when the
+    /// chunk started, as their own queries would: the keys it holds come
+    /// back, to [`Resources::release`] once the chunk has run.
     ///
     /// # Errors
     ///
     /// When the resource fails; [`FetchError::outage`] says whether to
     /// wait and try again.
-    pub async fn prefetch(&self, resource: &str, keys: &[&str]) -> Result<(), FetchError> {
+    pub async fn prefetch(&self, resource: &str, keys: &[&str]) -> Result<Vec<String>, FetchError> {
         let Some(r) = self.by_name.get(resource) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let holds = !r.cache.enabled();
         let now = Instant::now();
-        let mut missing: Vec<&str> = keys
-            .iter()
-            .copied()
-            .filter(|k| !r.cache.has(k, now))
-            .collect();
+        let mut missing: Vec<&str> = if holds {
+            let held = r.held();
+            keys.iter()
+                .copied()
+                .filter(|k| !held.contains_key(*k))
+                .collect()
+        } else {
+            keys.iter()
+                .copied()
+                .filter(|k| !r.cache.has(k, now))
+                .collect()
+        };
         missing.sort_unstable();
         missing.dedup();
-        if missing.is_empty() || !r.cache.enabled() {
-            return Ok(());
+        let mut answers = if missing.is_empty() {
+            Answers::new()
+        } else {
+            let started = Instant::now();
+            let read = r.backend.fetch(&missing).await;
+            r.stats.queried(started.elapsed());
+            read.inspect_err(|_| Stats::bump(&r.stats.errors))?
+        };
+        if !holds {
+            let now = Instant::now();
+            for key in missing {
+                match answers.remove(key) {
+                    None => r.cache.put(key, None, now),
+                    Some(Ok(value)) => r.cache.put(key, Some(value), now),
+                    // Not kept: the call that asks for it reports it.
+                    Some(Err(_)) => {}
+                }
+            }
+            return Ok(Vec::new());
         }
-        let started = Instant::now();
-        let read = r.backend.fetch(&missing).await;
-        r.stats.queried(started.elapsed());
-        let mut answers = read.inspect_err(|_| Stats::bump(&r.stats.errors))?;
-        let now = Instant::now();
-        for key in missing {
-            match answers.remove(key) {
-                None => r.cache.put(key, None, now),
-                Some(Ok(value)) => r.cache.put(key, Some(value), now),
-                // Not kept: the call that asks for it reports it.
-                Some(Err(_)) => {}
+        let mut all: Vec<&str> = keys.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        let mut held = r.held();
+        let mut holding = Vec::with_capacity(all.len());
+        for key in all {
+            let entry = match held.get_mut(key) {
+                Some(entry) => entry,
+                None => match answers.remove(key) {
+                    None => held.entry(key.to_owned()).or_insert((None, 0)),
+                    Some(Ok(value)) => held.entry(key.to_owned()).or_insert((Some(value), 0)),
+                    // Not held: the call that asks for it queries and
+                    // reports it.
+                    Some(Err(_)) => continue,
+                },
+            };
+            entry.1 += 1;
+            holding.push(key.to_owned());
+        }
+        Ok(holding)
+    }
+
+    /// Whether prefetching `resource` holds its answers for a chunk (it
+    /// has no cache) rather than caching them.
+    pub fn holds(&self, resource: &str) -> bool {
+        self.by_name
+            .get(resource)
+            .is_some_and(|r| !r.cache.enabled())
+    }
+
+    /// The chunk that prefetched `keys` of `resource` has run: drop the
+    /// answers no other chunk holds.
+    pub fn release(&self, resource: &str, keys: &[String]) {
+        let Some(r) = self.by_name.get(resource) else {
+            return;
+        };
+        let mut held = r.held();
+        for key in keys {
+            if let Some(entry) = held.get_mut(key) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    held.remove(key);
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -261,6 +333,12 @@ impl Lookups for Resources {
             )));
         };
         Stats::bump(&r.stats.calls);
+        if !r.cache.enabled()
+            && let Some((answer, _)) = r.held().get(key)
+        {
+            Stats::bump(&r.stats.hits);
+            return Ok(answer.clone());
+        }
         let now = Instant::now();
         if let Some(answer) = r.cache.get(key, now) {
             Stats::bump(&r.stats.hits);

@@ -583,12 +583,25 @@ impl Pillow {
                     }
                 }
             }
+            // Answers held for this chunk, let go once it has run.
+            let mut held = None;
             if let Some(resources) = &lookups {
                 let keys = prefetch::keys(&lanes[0].live, &changes);
-                if !keys.is_empty() && !prefetch::warm(&name, resources, keys, &shutdown).await {
-                    // Stopped while a lookup resource was down: as above.
-                    next = before_chunk.expect("taken with lookups");
-                    break;
+                if prefetch::holds(resources, &keys) {
+                    // Read as of after the previous chunk's writes, which
+                    // a table the pillow writes may hold.
+                    finish_commit(&mut in_flight, &mut committed, &mut tracker, &mut summary)
+                        .await?;
+                }
+                if !keys.is_empty() {
+                    match prefetch::warm(&name, resources, keys, &shutdown).await {
+                        Some(h) => held = Some(h),
+                        None => {
+                            // Stopped while a lookup resource was down: as above.
+                            next = before_chunk.expect("taken with lookups");
+                            break;
+                        }
+                    }
                 }
             }
             summary.deduplicated += skipped;
@@ -695,6 +708,7 @@ impl Pillow {
                 }
                 pending = rest;
             }
+            drop(held);
             telemetry::positions(&metrics, &name, &next, &published);
             summary.chunks += 1;
             bar.inc(n);

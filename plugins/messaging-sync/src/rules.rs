@@ -168,13 +168,75 @@ pub fn valid_number(number: &str) -> bool {
     !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// A case property: in `case_json` (how SQL cases serialise their
-/// dynamic properties), else at the top level (Couch-era documents).
-fn property<'a>(case: &Value<'a>, name: &str) -> Option<Value<'a>> {
-    case.get_last("case_json")
-        .filter(|c| c.kind() == Kind::Object)
-        .and_then(|c| c.get_last(name))
-        .or_else(|| case.get_last(name))
+/// What `decide` reads of a case, each the last member of its name (as
+/// Python's `json` reads a repeated key), found in one pass over the
+/// case's members and one over its `case_json`.
+#[derive(Default)]
+struct Read<'a> {
+    doc_type: Option<Value<'a>>,
+    deleted: Option<Value<'a>>,
+    closed: Option<Value<'a>>,
+    server_modified_on: Option<Value<'a>>,
+    domain: Option<Value<'a>>,
+    /// The four configured properties (phone, verified, backend, IVR
+    /// backend): in `case_json` (how SQL cases serialise their dynamic
+    /// properties), else at the top level (Couch-era documents).
+    properties: [Option<Value<'a>>; 4],
+}
+
+impl<'a> Read<'a> {
+    fn case(case: &Value<'a>, config: &Config) -> Read<'a> {
+        let names = [
+            config.phone_property.as_str(),
+            &config.verified_property,
+            &config.backend_property,
+            &config.ivr_backend_property,
+        ];
+        let mut read = Read::default();
+        let mut case_json = None;
+        for (key, value) in case.members() {
+            let slot = if key.is("doc_type") {
+                Some(&mut read.doc_type)
+            } else if key.is("deleted") {
+                Some(&mut read.deleted)
+            } else if key.is("closed") {
+                Some(&mut read.closed)
+            } else if key.is("server_modified_on") {
+                Some(&mut read.server_modified_on)
+            } else if key.is("domain") {
+                Some(&mut read.domain)
+            } else if key.is("case_json") {
+                Some(&mut case_json)
+            } else {
+                None
+            };
+            if let Some(slot) = slot {
+                *slot = Some(value);
+            }
+            // A configured property may share a name with the above.
+            for (name, slot) in names.iter().zip(read.properties.iter_mut()) {
+                if key.is(name) {
+                    *slot = Some(value);
+                }
+            }
+        }
+        if let Some(case_json) = case_json.filter(|c| c.kind() == Kind::Object) {
+            let mut inner: [Option<Value<'a>>; 4] = Default::default();
+            for (key, value) in case_json.members() {
+                for (name, slot) in names.iter().zip(inner.iter_mut()) {
+                    if key.is(name) {
+                        *slot = Some(value);
+                    }
+                }
+            }
+            for (top, inner) in read.properties.iter_mut().zip(inner) {
+                if inner.is_some() {
+                    *top = inner;
+                }
+            }
+        }
+        read
+    }
 }
 
 /// A text property's value; `null` and absent are none, other JSON is
@@ -215,7 +277,8 @@ pub fn decide(
     if case.kind() != Kind::Object {
         return Err("case document is not a JSON object".into());
     }
-    let doc_type = case.get_last("doc_type").and_then(|t| t.as_str());
+    let read = Read::case(&case, config);
+    let doc_type = read.doc_type.and_then(|t| t.as_str());
     if let Some(t) = &doc_type {
         if t.ends_with("-Deleted") {
             return Ok(Decision::Delete);
@@ -224,27 +287,27 @@ pub fn decide(
             return Ok(Decision::Skip);
         }
     }
-    let flag = |name: &str| case.get_last(name).is_some_and(|v| v.truthy());
-    if flag("deleted") || flag("closed") {
+    let flag = |v: Option<Value<'_>>| v.is_some_and(|v| v.truthy());
+    if flag(read.deleted) || flag(read.closed) {
         return Ok(Decision::Delete);
     }
-    let number = apply_leniency(property(&case, &config.phone_property).as_ref());
+    let [phone, verified, backend, ivr_backend] = read.properties;
+    let number = apply_leniency(phone.as_ref());
     let Some(number) = number.filter(|n| valid_number(n) && n != "0") else {
         return Ok(Decision::Delete);
     };
-    let verified = property(&case, &config.verified_property).is_some_and(|v| v.truthy());
-    let wants_two_way = number.len() > 3 && verified;
-    let modified = case
-        .get_last("server_modified_on")
+    let wants_two_way = number.len() > 3 && flag(verified);
+    let modified = read
+        .server_modified_on
         .and_then(|v| v.as_str().map(|s| s.into_owned()))
         .filter(|t| usable_time(t));
     Ok(Decision::Entry {
         row: PhoneRow {
             case_id: case_id.to_owned(),
-            domain: text(case.get_last("domain")),
+            domain: text(read.domain),
             phone_number: number,
-            backend_id: text(property(&case, &config.backend_property)),
-            ivr_backend_id: text(property(&case, &config.ivr_backend_property)),
+            backend_id: text(backend),
+            ivr_backend_id: text(ivr_backend),
             two_way: false,
             contact_last_modified: modified,
             created_on: format_rfc3339_ms(processing_time_ms),
@@ -319,6 +382,59 @@ mod tests {
         assert_eq!(lenient("[1]"), None);
         assert!(!valid_number("+1555") && !valid_number("") && !valid_number("12a"));
         assert!(valid_number("0123"));
+    }
+
+    fn entry(config: &Config, case: &str) -> (PhoneRow, bool) {
+        match decide(config, "c1", false, Some(case), 0).unwrap() {
+            Decision::Entry { row, wants_two_way } => (row, wants_two_way),
+            other => panic!("expected an entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn properties_come_from_case_json_else_the_top_level_the_last_of_a_repeated_key() {
+        let config = Config::parse("{}").unwrap();
+        let (row, two_way) = entry(
+            &config,
+            r#"{"doc_type": "CommCareCase", "domain": "d0", "domain": "d1",
+                "contact_phone_number": "999", "contact_backend_id": "top-backend",
+                "contact_ivr_backend_id": "top-ivr",
+                "case_json": {"contact_phone_number": "+1 555", "contact_phone_number": "+1 (555) 123-4567",
+                              "contact_phone_number_is_verified": "yes", "contact_ivr_backend_id": "ivr"},
+                "server_modified_on": "2026-11-01T10:00:00.000000Z"}"#,
+        );
+        assert_eq!(row.domain.as_deref(), Some("d1"));
+        assert_eq!(row.phone_number, "15551234567");
+        assert!(two_way);
+        assert_eq!(row.backend_id.as_deref(), Some("top-backend"));
+        assert_eq!(row.ivr_backend_id.as_deref(), Some("ivr"));
+        assert_eq!(
+            row.contact_last_modified.as_deref(),
+            Some("2026-11-01T10:00:00.000000Z")
+        );
+
+        // case_json that is not an object: the top level; a property named
+        // like a field the rules read too.
+        let config = Config::parse(r#"{"backend_property": "domain"}"#).unwrap();
+        let (row, two_way) = entry(
+            &config,
+            r#"{"domain": "d2", "case_json": "none", "contact_phone_number": "0712 345"}"#,
+        );
+        assert_eq!(row.phone_number, "0712345");
+        assert!(!two_way);
+        assert_eq!(row.backend_id.as_deref(), Some("d2"));
+        assert_eq!(row.domain.as_deref(), Some("d2"));
+        assert_eq!(
+            decide(
+                &config,
+                "c1",
+                false,
+                Some(r#"{"closed": true, "contact_phone_number": "0712"}"#),
+                0
+            )
+            .unwrap(),
+            Decision::Delete
+        );
     }
 
     #[test]
