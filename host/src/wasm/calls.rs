@@ -11,6 +11,7 @@
 //! round trips and a clock read: the slot's buffers are reused, so nothing
 //! is allocated per call.
 
+use super::epoch::Ticker;
 use crate::change::Change;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -71,9 +72,20 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct Calls {
     slots: Mutex<Vec<Weak<Mutex<Slot>>>>,
+    /// Told when calls start and end, so it ticks only while one runs.
+    ticker: Option<Arc<Ticker>>,
 }
 
 impl Calls {
+    /// The calls of a runtime whose epoch `ticker` must run while any of
+    /// them does.
+    pub fn with_ticker(ticker: Arc<Ticker>) -> Calls {
+        Calls {
+            slots: Mutex::default(),
+            ticker: Some(ticker),
+        }
+    }
+
     /// A slot for one processor of `plugin` (`name@version`).
     pub fn slot(&self, plugin: Arc<str>) -> CallSlot {
         let slot = Arc::new(Mutex::new(Slot {
@@ -89,7 +101,7 @@ impl Calls {
         let mut slots = lock(&self.slots);
         slots.retain(|w| w.strong_count() > 0);
         slots.push(Arc::downgrade(&slot));
-        CallSlot(slot)
+        CallSlot(slot, self.ticker.clone())
     }
 
     /// Every call running now, longest first.
@@ -121,11 +133,14 @@ impl Calls {
 
 /// One processor's mark of what it is running.
 #[derive(Debug)]
-pub struct CallSlot(Arc<Mutex<Slot>>);
+pub struct CallSlot(Arc<Mutex<Slot>>, Option<Arc<Ticker>>);
 
 impl CallSlot {
     /// A `process-change` call of `change` starts.
     pub fn begin_change(&self, change: &Change) {
+        if let Some(t) = &self.1 {
+            t.begin();
+        }
         let mut s = lock(&self.0);
         s.call = Some("process-change");
         s.has_change = true;
@@ -141,6 +156,9 @@ impl CallSlot {
 
     /// An `init` call (of a fresh instance) starts.
     pub fn begin_init(&self) {
+        if let Some(t) = &self.1 {
+            t.begin();
+        }
         let mut s = lock(&self.0);
         s.call = Some("init");
         s.has_change = false;
@@ -149,7 +167,12 @@ impl CallSlot {
 
     /// The call ended.
     pub fn end(&self) {
-        lock(&self.0).call = None;
+        let mut s = lock(&self.0);
+        if s.call.take().is_some()
+            && let Some(t) = &self.1
+        {
+            t.end();
+        }
     }
 }
 

@@ -30,6 +30,7 @@
 pub mod cache;
 pub mod calls;
 pub mod check;
+pub mod epoch;
 mod imports;
 mod overrides;
 pub mod sandbox;
@@ -42,12 +43,12 @@ use crate::manifest::{Limits, Manifest};
 use cache::{CacheOutcome, CompileCache};
 use calls::{CallInProgress, CallSlot, Calls};
 use check::Declared;
+use epoch::{EPOCH_TICK, Ticker};
 pub use imports::HostState;
 use sandbox::{GuestLog, GuestOutput, MemoryLimiter};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
@@ -66,7 +67,6 @@ pub mod bindings {
 use bindings::pillowtop::processor::types as wit;
 
 /// How often the epoch advances; `timeout_ms` is counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Runtime settings.
 #[derive(Clone)]
@@ -224,13 +224,13 @@ pub struct Runtime {
     linker: Arc<Linker<HostState>>,
     cache: CompileCache,
     options: RuntimeOptions,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     calls: Arc<Calls>,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -274,27 +274,15 @@ impl Runtime {
         linker.allow_shadowing(false);
         bindings::Processor::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        {
-            let engine = engine.clone();
-            let stop = ticker_stop.clone();
-            std::thread::Builder::new()
-                .name("pillowtop-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })?;
-        }
+        let ticker = Ticker::start(engine.clone())?;
         let cache = CompileCache::new(&engine, options.compile_cache_dir.clone());
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
             options,
-            ticker_stop,
-            calls: Arc::default(),
+            calls: Arc::new(Calls::with_ticker(ticker.clone())),
+            ticker,
         })
     }
 
