@@ -1,7 +1,7 @@
 //! Section 13: the full stack (`config/full-stack.toml`: CommCare's case
 //! pillow and form pillow, all four processors, two OS processes) on a
 //! sample from `pillowtop gen --kind related`, over a tansu broker of its
-//! own (memory engine) and PostgreSQL (store, UCR and messaging tables,
+//! own (sqlite engine, which reports partition ends exactly) and PostgreSQL (store, UCR and messaging tables,
 //! the primary database the lookups read).
 //!
 //! 1. Every server local: documents into osmem-server (PILLOWTOP_ES_URL,
@@ -40,7 +40,7 @@ struct Sample {
 
 impl Sample {
     fn prepare(submissions: usize, seed: u64) -> Sample {
-        let broker = Broker::start();
+        let broker = Broker::start_exact();
         let dir = tempfile::tempdir().unwrap();
         let primary = unique("bench_primary");
         let out = dir.path().join("sample");
@@ -72,6 +72,7 @@ impl Sample {
             .collect();
         for (topic, l) in &lines {
             super::servers::publish(&broker.brokers(), topic, l);
+            wait_for_end(&broker.brokers(), topic, l.len() as u64);
         }
         Sample {
             broker,
@@ -138,6 +139,34 @@ impl Sample {
     }
 }
 
+/// Wait until the broker reports `count` messages in `topic`: a
+/// `--until-caught-up` run stops at the end it is told.
+fn wait_for_end(brokers: &str, topic: &str, count: u64) {
+    use pillowtop::feed::kafka::KafkaFeed;
+    use pillowtop::feed::{Feed, TopicPartition};
+    let feed = Feed::Kafka(KafkaFeed::connect(brokers).unwrap());
+    let started = Instant::now();
+    runtime().block_on(async {
+        loop {
+            let mut end = 0;
+            for p in 0..4 {
+                end += feed
+                    .watermarks(&TopicPartition::new(topic, p))
+                    .await
+                    .map_or(0, |w| w.high);
+            }
+            if end >= count {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{topic}: the broker reports {end} of the {count} messages published"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
 fn succeeded(what: &str, out: std::process::Output) -> std::process::Output {
     assert!(
         out.status.success(),
@@ -192,17 +221,22 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Scrape `/metrics` and `/status` of every port each second, as a
-/// Prometheus server and an open status page would, until stopped.
-/// Returns the number of scrapes that answered 200.
-fn scraper(ports: Vec<u16>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// Prometheus server and an open status page would (each request on its
+/// own thread, so a slow answer does not delay the next second's), until
+/// stopped. Returns the scrapes answered with 200 and their mean time.
+fn scraper(ports: Vec<u16>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, f64)> {
     std::thread::spawn(move || {
-        let mut ok = 0;
+        let mut requests = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             for port in &ports {
                 for path in ["/metrics", "/status"] {
-                    if get(*port, path).is_some_and(|(s, _)| s == 200) {
-                        ok += 1;
-                    }
+                    let port = *port;
+                    requests.push(std::thread::spawn(move || {
+                        let t = Instant::now();
+                        get(port, path)
+                            .is_some_and(|(s, _)| s == 200)
+                            .then(|| t.elapsed().as_secs_f64())
+                    }));
                 }
             }
             let t = Instant::now();
@@ -210,7 +244,12 @@ fn scraper(ports: Vec<u16>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u6
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        ok
+        let answered: Vec<f64> = requests
+            .into_iter()
+            .filter_map(|r| r.join().unwrap())
+            .collect();
+        let mean = answered.iter().sum::<f64>() / answered.len().max(1) as f64;
+        (answered.len() as u64, mean)
     })
 }
 
@@ -218,7 +257,8 @@ struct CatchUp {
     wall: f64,
     cpu: f64,
     read: usize,
-    scrapes: u64,
+    /// Scrapes answered, and their mean time in seconds.
+    scrapes: (u64, f64),
 }
 
 /// Both processes from start to caught up; CPU is theirs alone (the
@@ -243,7 +283,7 @@ fn catch_up(config: &Path, scrape: bool, label: &str) -> CatchUp {
     let wall = t.elapsed().as_secs_f64();
     let cpu = children_cpu() - cpu0;
     stop.store(true, Ordering::Relaxed);
-    let scrapes = scraping.map_or(0, |h| h.join().unwrap());
+    let scrapes = scraping.map_or((0, 0.0), |h| h.join().unwrap());
     CatchUp {
         wall,
         cpu,
@@ -431,9 +471,9 @@ fn submissions(var: &str, default: usize) -> usize {
 /// Section 13.
 pub fn full_stack_bench() {
     let real = Sample::prepare(submissions("BENCH_FULL_SUBMISSIONS_ES", 3_000), 42);
-    let free = Sample::prepare(submissions("BENCH_FULL_SUBMISSIONS", 25_000), 43);
+    let free = Sample::prepare(submissions("BENCH_FULL_SUBMISSIONS", 100_000), 43);
     println!(
-        "\n## 13. The full stack: case pillow + form pillow, all four processors, two processes (tansu memory engine, PostgreSQL, Elasticsearch)\n"
+        "\n## 13. The full stack: case pillow + form pillow, all four processors, two processes (tansu with its sqlite engine, PostgreSQL, Elasticsearch)\n"
     );
     println!(
         "| Elasticsearch | changes (cases + forms) | scraped every second | changes/s (wall incl. start) | changes/s (start excluded) | pillow CPU µs/change (user+sys, both processes) | start excluded | start + stop alone: wall, CPU |"
@@ -454,7 +494,11 @@ pub fn full_stack_bench() {
             s.count("case-sql"),
             s.count("form-sql"),
             if scraped {
-                format!("yes ({} scrapes)", r.scrapes)
+                format!(
+                    "yes ({} answered, {:.0} ms each)",
+                    r.scrapes.0,
+                    r.scrapes.1 * 1e3
+                )
             } else {
                 "no".into()
             },
@@ -475,7 +519,7 @@ pub fn full_stack_bench() {
     let osmem_live = live(&real, &config, 0.5 * osmem.read as f64 / osmem.wall);
 
     let endpoint = FreeEs::start();
-    let rounds = submissions("BENCH_FULL_ROUNDS", 2);
+    let rounds = submissions("BENCH_FULL_ROUNDS", 3);
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut last_config = None;

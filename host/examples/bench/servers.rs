@@ -30,11 +30,11 @@ fn reachable(addr: &str) -> bool {
 pub(crate) enum Broker {
     /// `BENCH_KAFKA_BROKERS`, run by someone else.
     External(String),
-    /// A tansu with the memory engine on a free port, killed on drop. The
-    /// shared broker of `make services` keeps the sqlite engine because
-    /// tests need exact end offsets, which the memory engine can report
-    /// late; this section reads whole topics and needs no exact offsets.
-    Memory {
+    /// A tansu of the bench's own on a free port, killed on drop: the
+    /// memory engine for section 6 (fast; it can report a partition's end
+    /// late, and section 6 checks it read every change), the sqlite
+    /// engine where a run must stop exactly at the end.
+    Own {
         addr: String,
         child: std::process::Child,
         _dir: tempfile::TempDir,
@@ -43,6 +43,17 @@ pub(crate) enum Broker {
 
 impl Broker {
     pub(crate) fn start() -> Broker {
+        Broker::start_on(None)
+    }
+
+    /// A tansu with the sqlite engine in a temporary directory, which
+    /// reports every partition's end exactly (the memory engine can
+    /// report it a batch late, for good).
+    pub(crate) fn start_exact() -> Broker {
+        Broker::start_on(Some("sqlite"))
+    }
+
+    fn start_on(engine: Option<&str>) -> Broker {
         if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
             let first = brokers.split(',').next().unwrap_or_default();
             assert!(
@@ -80,7 +91,14 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args([
+                "--storage-engine",
+                &match engine {
+                    // Relative to the broker's directory (its current one).
+                    Some("sqlite") => "sqlite://tansu.db".to_owned(),
+                    _ => "memory://tansu/".to_owned(),
+                },
+            ])
             .current_dir(dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -95,7 +113,7 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker::Memory {
+        Broker::Own {
             addr,
             child,
             _dir: dir,
@@ -105,23 +123,21 @@ impl Broker {
     pub(crate) fn brokers(&self) -> String {
         match self {
             Broker::External(b) => b.clone(),
-            Broker::Memory { addr, .. } => addr.clone(),
+            Broker::Own { addr, .. } => addr.clone(),
         }
     }
 
     pub(crate) fn describe(&self) -> String {
         match self {
             Broker::External(b) => format!("the broker at {b}"),
-            Broker::Memory { .. } => {
-                "tansu with its memory engine, started for this section".into()
-            }
+            Broker::Own { .. } => "tansu, started for this section".into(),
         }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Broker::Memory { child, .. } = self {
+        if let Broker::Own { child, .. } = self {
             let _ = child.kill();
             let _ = child.wait();
         }
