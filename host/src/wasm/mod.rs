@@ -66,8 +66,6 @@ pub mod bindings {
 
 use bindings::pillowtop::processor::types as wit;
 
-/// How often the epoch advances; `timeout_ms` is counted in these ticks.
-
 /// Runtime settings.
 #[derive(Clone)]
 pub struct RuntimeOptions {
