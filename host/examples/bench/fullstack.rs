@@ -18,7 +18,7 @@
 
 use super::free_es::FreeEs;
 use super::servers::{Broker, pg_url, runtime, unique};
-use super::{children_cpu, pillowtop_cmd, root};
+use super::{children_cpu, pillowtop_cmd, root, stat_cpu};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -300,16 +300,7 @@ fn changes_read(line: &str) -> Option<usize> {
 
 /// CPU seconds (user + sys) of a running process.
 fn pid_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15; the slice starts at field 3.
-    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
-    (ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)) / 100.0
+    stat_cpu(&pid.to_string(), 14)
 }
 
 /// The gauges of one scrape of `/metrics`, summed or maxed over series.

@@ -281,7 +281,12 @@ fn startup_bench() {
 /// (1-based): 14 for this process's user + system time, 16 for its
 /// waited-for children's.
 fn proc_cpu(first: usize) -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu("self", first)
+}
+
+/// As [`proc_cpu`], for the process `/proc/{pid}` (`self` or a number).
+fn stat_cpu(pid: &str, first: usize) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
