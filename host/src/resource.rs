@@ -119,6 +119,11 @@ struct Resource {
 }
 
 impl Resource {
+    /// Without a cache, prefetched answers are held for their chunk.
+    fn holds(&self) -> bool {
+        !self.cache.enabled()
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<String>, u32)>> {
         // A poisoned lock only means a thread panicked mid-update; the
         // entries are whole values either way.
@@ -219,10 +224,11 @@ impl Resources {
 
     /// Read the answers for `keys` the cache lacks in one query. A
     /// resource without a cache (`ttl_seconds` or `cache_entries` 0: a
-    /// table the pillow writes, say) holds them instead for the chunk that asked, so its
-    /// calls still hit memory and see the resource as it was when the
-    /// chunk started, as their own queries would: the keys it holds come
-    /// back, to [`Resources::release`] once the chunk has run.
+    /// table the pillow writes, say) holds them instead for the chunk
+    /// that asked, so its calls still hit memory and see the resource as
+    /// it was when the chunk started, as their own queries would: the
+    /// keys it holds come back, to [`Resources::release`] once the chunk
+    /// has run.
     ///
     /// # Errors
     ///
@@ -232,9 +238,12 @@ impl Resources {
         let Some(r) = self.by_name.get(resource) else {
             return Ok(Vec::new());
         };
-        let holds = !r.cache.enabled();
+        let holds = r.holds();
+        let mut keys: Vec<&str> = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
         let now = Instant::now();
-        let mut missing: Vec<&str> = if holds {
+        let missing: Vec<&str> = if holds {
             let held = r.held();
             keys.iter()
                 .copied()
@@ -246,8 +255,6 @@ impl Resources {
                 .filter(|k| !r.cache.has(k, now))
                 .collect()
         };
-        missing.sort_unstable();
-        missing.dedup();
         let mut answers = if missing.is_empty() {
             Answers::new()
         } else {
@@ -268,12 +275,9 @@ impl Resources {
             }
             return Ok(Vec::new());
         }
-        let mut all: Vec<&str> = keys.to_vec();
-        all.sort_unstable();
-        all.dedup();
         let mut held = r.held();
-        let mut holding = Vec::with_capacity(all.len());
-        for key in all {
+        let mut holding = Vec::with_capacity(keys.len());
+        for key in keys {
             let entry = match held.get_mut(key) {
                 Some(entry) => entry,
                 None => match answers.remove(key) {
@@ -293,9 +297,7 @@ impl Resources {
     /// Whether prefetching `resource` holds its answers for a chunk (it
     /// has no cache) rather than caching them.
     pub fn holds(&self, resource: &str) -> bool {
-        self.by_name
-            .get(resource)
-            .is_some_and(|r| !r.cache.enabled())
+        self.by_name.get(resource).is_some_and(Resource::holds)
     }
 
     /// The chunk that prefetched `keys` of `resource` has run: drop the
@@ -333,7 +335,7 @@ impl Lookups for Resources {
             )));
         };
         Stats::bump(&r.stats.calls);
-        if !r.cache.enabled()
+        if r.holds()
             && let Some((answer, _)) = r.held().get(key)
         {
             Stats::bump(&r.stats.hits);

@@ -202,7 +202,9 @@ fn bulk(state: &State, body: &[u8]) -> Response {
         if n > 0 {
             out.push(',');
         }
-        out.push_str(&format!(r#"{{"{op}":{{"status":201}}}}"#));
+        out.push_str("{\"");
+        out.push_str(op);
+        out.push_str("\":{\"status\":201}}");
         n += 1;
     }
     out.push_str("]}");

@@ -17,7 +17,7 @@
 //! every change of both pillows (forms and cases).
 
 use super::free_es::FreeEs;
-use super::servers::{Broker, pg_url, runtime, unique};
+use super::servers::{Broker, es_url, free_port, pg_url, runtime, unique};
 use super::{children_cpu, pillowtop_cmd, root, stat_cpu};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -95,7 +95,7 @@ impl Sample {
 
     /// The shipped config on this sample's broker and primary schema, a
     /// new store schema, documents and the users-index lookup at `es`.
-    fn config(&self, es: &str, name: &str) -> (PathBuf, String) {
+    fn config(&self, es: &str, name: &str) -> PathBuf {
         let schema = unique("bench_full");
         let prefix = format!("{}-", unique("bench-full").replace('_', "-"));
         let shipped = root().join("config/full-stack.toml");
@@ -135,7 +135,7 @@ impl Sample {
         }
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, toml::to_string(&c).unwrap()).unwrap();
-        (path, schema)
+        path
     }
 }
 
@@ -174,14 +174,6 @@ fn succeeded(what: &str, out: std::process::Output) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Both processes of the full stack, each with its own admin port.
@@ -248,7 +240,8 @@ fn scraper(ports: Vec<u16>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u
             .into_iter()
             .filter_map(|r| r.join().unwrap())
             .collect();
-        let mean = answered.iter().sum::<f64>() / answered.len().max(1) as f64;
+        // (An empty `sum` of floats is -0.0.)
+        let mean = answered.iter().fold(0.0, |a, b| a + b) / answered.len().max(1) as f64;
         (answered.len() as u64, mean)
     })
 }
@@ -448,10 +441,6 @@ fn paced_publish(
     })
 }
 
-fn es_url() -> String {
-    std::env::var("PILLOWTOP_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".into())
-}
-
 fn submissions(var: &str, default: usize) -> usize {
     std::env::var(var)
         .ok()
@@ -503,7 +492,7 @@ pub fn full_stack_bench() {
     };
 
     let es = es_url();
-    let (config, _) = real.config(&es, "osmem");
+    let config = real.config(&es, "osmem");
     let osmem = catch_up(&config, false, "osmem");
     let start = catch_up(&config, false, "osmem, nothing to read");
     row("osmem-server (local)", &real, false, &osmem, &start);
@@ -516,7 +505,7 @@ pub fn full_stack_bench() {
     let mut last_config = None;
     for _ in 0..rounds {
         for scrape in [false, true] {
-            let (config, _) = free.config(endpoint.url(), if scrape { "scraped" } else { "plain" });
+            let config = free.config(endpoint.url(), if scrape { "scraped" } else { "plain" });
             let r = catch_up(
                 &config,
                 scrape,

@@ -43,17 +43,20 @@ pub(crate) enum Broker {
 
 impl Broker {
     pub(crate) fn start() -> Broker {
-        Broker::start_on(None)
+        Broker::start_on("memory://tansu/")
     }
 
     /// A tansu with the sqlite engine in a temporary directory, which
     /// reports every partition's end exactly (the memory engine can
     /// report it a batch late, for good).
     pub(crate) fn start_exact() -> Broker {
-        Broker::start_on(Some("sqlite"))
+        // Relative to the broker's directory (its current one).
+        Broker::start_on("sqlite://tansu.db")
     }
 
-    fn start_on(engine: Option<&str>) -> Broker {
+    /// A tansu with `--storage-engine storage`, unless BENCH_KAFKA_BROKERS
+    /// names one to use instead.
+    fn start_on(storage: &str) -> Broker {
         if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
             let first = brokers.split(',').next().unwrap_or_default();
             assert!(
@@ -74,12 +77,7 @@ impl Broker {
             "tansu is missing at {}: run `make services`, or set PILLOWTOP_TANSU",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
         let url = format!("tcp://{addr}");
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
@@ -91,14 +89,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args([
-                "--storage-engine",
-                &match engine {
-                    // Relative to the broker's directory (its current one).
-                    Some("sqlite") => "sqlite://tansu.db".to_owned(),
-                    _ => "memory://tansu/".to_owned(),
-                },
-            ])
+            .args(["--storage-engine", storage])
             .current_dir(dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -142,6 +133,20 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// A loopback port nothing listens on now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// osmem-server, as `make services` starts it.
+pub(crate) fn es_url() -> String {
+    std::env::var("PILLOWTOP_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".into())
 }
 
 pub fn pg_url() -> String {
@@ -516,7 +521,7 @@ pub fn es_sink_bench(changes: &[pillowtop::change::Change]) {
     use pillowtop::action::IndexSpec;
     use pillowtop::config::ElasticConfig;
     use pillowtop::sink::elastic::ElasticSink;
-    let url = std::env::var("PILLOWTOP_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".into());
+    let url = es_url();
     // osmem-server indexes case-search documents (about 50 nested
     // properties each) at a few hundred per second; a subset keeps the
     // section to minutes.
