@@ -157,9 +157,9 @@ async fn documents_land_with_offsets_as_versions_and_a_replay_changes_nothing() 
     for p in 0..3 {
         ends += env
             .feed()
-            .watermarks(&TopicPartition::new("case-sql", p))
+            .watermarks(&[TopicPartition::new("case-sql", p)])
             .await
-            .unwrap()
+            .unwrap()[0]
             .high;
     }
     assert!(versions.iter().all(|v| *v < ends), "{versions:?}");

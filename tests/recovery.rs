@@ -92,7 +92,7 @@ async fn read_all(feed: &Feed, topic: &str) -> Vec<(u32, u64, String, bool)> {
     let partitions = feed.partitions(&[topic.to_owned()]).await.unwrap();
     let mut total = 0;
     for tp in &partitions {
-        total += feed.watermarks(tp).await.unwrap().high;
+        total += feed.watermarks(std::slice::from_ref(tp)).await.unwrap()[0].high;
     }
     let mut reader = feed
         .reader(partitions.into_iter().map(|tp| (tp, 0)).collect())
@@ -339,7 +339,7 @@ async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
     let feed = Feed::Kafka(KafkaFeed::connect(&brokers).unwrap());
     let saved = checkpoints(&store).await;
     for tp in feed.partitions(std::slice::from_ref(&topic)).await.unwrap() {
-        let high = feed.watermarks(&tp).await.unwrap().high;
+        let high = feed.watermarks(std::slice::from_ref(&tp)).await.unwrap()[0].high;
         assert_eq!(saved.get(&tp).copied(), Some(high), "{tp} checkpoint");
     }
     let high: u64 = saved.values().sum();
@@ -429,7 +429,7 @@ async fn two_processes_share_a_postgres_store_and_status_shows_the_owners() {
     assert_eq!(partitions.len(), 4);
     for (i, p) in partitions.iter().enumerate() {
         let tp = TopicPartition::new(&topic, i as u32);
-        let high = feed.watermarks(&tp).await.unwrap().high;
+        let high = feed.watermarks(std::slice::from_ref(&tp)).await.unwrap()[0].high;
         assert_eq!(p["partition"], tp.to_string());
         assert_eq!(p["process"], i % 2, "pairs[k::2] owns {tp}");
         assert_eq!(p["end_offset"], high);

@@ -80,9 +80,9 @@ pub async fn positions(
     pairs: &[TopicPartition],
 ) -> Result<Vec<PartitionPosition>, CheckpointError> {
     let saved = store.checkpoints(checkpoint_id).await?;
+    let watermarks = feed.watermarks(pairs).await?;
     let mut out = Vec::with_capacity(pairs.len());
-    for tp in pairs {
-        let w = feed.watermarks(tp).await?;
+    for (tp, w) in pairs.iter().zip(watermarks) {
         let checkpoint = saved.iter().find(|c| &c.tp == tp);
         out.push(PartitionPosition {
             partition: tp.clone(),

@@ -319,9 +319,9 @@ async fn ranges(
         }
         pairs = vec![only.clone()];
     }
+    let watermarks = feed.watermarks(&pairs).await?;
     let mut out = Vec::new();
-    for tp in pairs {
-        let w = feed.watermarks(&tp).await?;
+    for (tp, w) in pairs.into_iter().zip(watermarks) {
         let to = range.to.map_or(w.high, |t| t.min(w.high));
         let from = match (range.last, range.from) {
             (Some(last), _) => to.saturating_sub(last).max(w.low),

@@ -151,9 +151,9 @@ fn wait_for_end(brokers: &str, topic: &str, count: u64) {
             let mut end = 0;
             for p in 0..4 {
                 end += feed
-                    .watermarks(&TopicPartition::new(topic, p))
+                    .watermarks(&[TopicPartition::new(topic, p)])
                     .await
-                    .map_or(0, |w| w.high);
+                    .map_or(0, |w| w[0].high);
             }
             if end >= count {
                 return;
@@ -402,6 +402,71 @@ fn live(sample: &Sample, config: &Path, rate: f64) -> Live {
     }
 }
 
+/// CPU seconds the whole machine has been busy (every process: the
+/// pillows, PostgreSQL, the broker), from the first line of /proc/stat.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    (ticks.iter().take(8).sum::<f64>() - idle) / 100.0
+}
+
+/// CPU seconds per second, both pillow processes and the whole machine.
+#[derive(Clone, Copy)]
+struct Busy {
+    pillows: f64,
+    machine: f64,
+}
+
+/// What scraping costs by itself: both processes of `config` started
+/// caught up, their CPU (user + sys) and the machine's over `seconds` left
+/// alone and over `seconds` scraped every second as [`scraper`] does.
+fn scrape_cost(config: &Path, seconds: u64) -> (Busy, Busy) {
+    let processes = start(config, false);
+    let ports: Vec<u16> = processes.iter().map(|p| p.1).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ports.iter().any(|p| gauges(*p).is_none()) {
+        assert!(Instant::now() < deadline, "the pillows did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let pids: Vec<u32> = processes.iter().map(|p| p.0.id()).collect();
+    let cpu = || pids.iter().map(|p| pid_cpu(*p)).sum::<f64>();
+    let window = |scrape: bool| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let scraping = scrape.then(|| scraper(ports.clone(), stop.clone()));
+        let (c0, m0, t) = (cpu(), machine_busy(), Instant::now());
+        std::thread::sleep(Duration::from_secs(seconds));
+        let elapsed = t.elapsed().as_secs_f64();
+        let used = Busy {
+            pillows: (cpu() - c0) / elapsed,
+            machine: (machine_busy() - m0) / elapsed,
+        };
+        stop.store(true, Ordering::Relaxed);
+        if let Some(h) = scraping {
+            h.join().unwrap();
+        }
+        used
+    };
+    let alone = window(false);
+    let scraped = window(true);
+    for (mut child, _) in processes {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    (alone, scraped)
+}
+
 /// `pillowtop publish` fed `lines` at `per_second`; the thread returns
 /// the seconds publishing took.
 fn paced_publish(
@@ -502,6 +567,7 @@ pub fn full_stack_bench() {
     let rounds = submissions("BENCH_FULL_ROUNDS", 3);
     let mut without = Vec::new();
     let mut with = Vec::new();
+    let mut busiest = Vec::new();
     let mut last_config = None;
     for _ in 0..rounds {
         for scrape in [false, true] {
@@ -514,6 +580,7 @@ pub fn full_stack_bench() {
             let start = catch_up(&config, false, "free, nothing to read");
             row("cost-free endpoint (bench)", &free, scrape, &r, &start);
             let rate = r.read as f64 / r.wall;
+            busiest.push(r.cpu / r.wall);
             if scrape {
                 with.push(rate);
             } else {
@@ -524,12 +591,27 @@ pub fn full_stack_bench() {
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let free_live = live(&free, last_config.as_ref().unwrap(), 0.5 * best(&without));
+    let (alone, scraped) = scrape_cost(last_config.as_ref().unwrap(), 20);
+    let busiest = busiest.iter().copied().fold(0.0, f64::max);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let (bulks, ops, other) = endpoint.requests();
     println!(
         "\nScraped against not, best of {rounds} rounds each, alternated: {:.0} / {:.0} changes/s = **{:.3}x**. The cost-free endpoint answered {bulks} bulk requests of {ops} operations and {other} other requests (index checks, multi-gets) in all.\n",
         best(&with),
         best(&without),
         best(&with) / best(&without)
+    );
+    println!(
+        "Scraping alone, both processes caught up, 20 s left alone then 20 s scraped every second: the pillows' CPU (`/proc/PID/stat`) {:.1} -> {:.1} ms per second, **+{:.1} ms** ({:.2}% of the {:.0} ms per second both spend at full load, the busiest round above); the whole machine's (`/proc/stat`: the pillows, PostgreSQL answering status queries, the broker answering offset requests) {:.1} -> {:.1} ms per second, **+{:.1} ms** ({:.2}% of its {cores} cores).\n",
+        alone.pillows * 1e3,
+        scraped.pillows * 1e3,
+        (scraped.pillows - alone.pillows) * 1e3,
+        100.0 * (scraped.pillows - alone.pillows) / busiest,
+        busiest * 1e3,
+        alone.machine * 1e3,
+        scraped.machine * 1e3,
+        (scraped.machine - alone.machine) * 1e3,
+        100.0 * (scraped.machine - alone.machine) / cores,
     );
     println!(
         "| live stream (the sample published again at half the catch-up rate) | published changes/s | change lag p50 | p99 | max | caught up after the last publish | pillow CPU µs/change |"

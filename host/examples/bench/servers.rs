@@ -305,9 +305,9 @@ pub fn kafka_bench(lines: &[String]) {
                 let mut high = 0;
                 for p in 0..4 {
                     high += feed
-                        .watermarks(&TopicPartition::new(&topic_name, p))
+                        .watermarks(&[TopicPartition::new(&topic_name, p)])
                         .await
-                        .map(|w| w.high)
+                        .map(|w| w[0].high)
                         .unwrap_or(0);
                 }
                 max_lag_seen = max_lag_seen.max(high.saturating_sub(checkpointed(&store).await));

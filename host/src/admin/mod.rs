@@ -28,6 +28,7 @@ mod client;
 mod observe;
 
 pub use client::{Client, ClientError, ReloadRequestError, running_urls};
+pub use observe::Gathered;
 
 use crate::config::{AdminConfig, HostConfig, PillowConfig};
 use crate::feed::Feed;
@@ -81,6 +82,9 @@ pub struct Context {
     pub process_num: u32,
     /// The host config (health rules, component size bound).
     pub config: Arc<HostConfig>,
+    /// The latest status gathered, shared by the requests that read it
+    /// (start with `Gathered::default()`).
+    pub gathered: Gathered,
 }
 
 /// A bound, not yet serving, admin endpoint.

@@ -1,9 +1,11 @@
 //! The read-only routes: `/status`, `/status/live`, `/healthz`, `/metrics`
 //! and `/errors/{id}`.
 //!
-//! Status is gathered from the feed and the store on each request (a few
-//! small queries per pillow), with the positions this process holds in
-//! memory laid over it. `/metrics` refreshes the gauges that come from
+//! Status is gathered from the feed and the store (a few small queries per
+//! pillow and two offset requests per topic) at most once per
+//! [`FRESH_FOR`]: requests that arrive meanwhile, or while a gather runs,
+//! share it. The positions this process holds in memory are laid over it
+//! on every request, so need-processing and lag stay current. `/metrics` refreshes the gauges that come from
 //! status before it renders: the partitions this process owns, and (on
 //! process 0 only, so that a sum over processes is right) the pillow's
 //! errors and retry queue.
@@ -16,6 +18,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a gathered status answers requests: a page polling and a
+/// scraper every second cost one gather between them, however many ask.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The latest status gathered and when; the lock is held while a gather
+/// runs, so requests that arrive then wait for it instead of gathering too.
+#[derive(Default)]
+pub struct Gathered(tokio::sync::Mutex<Option<(Instant, Status)>>);
 
 /// The positions this process holds ahead of its checkpoints, from its
 /// metrics (`pillowtop_processed_offset` and the publish time beside it).
@@ -45,16 +57,26 @@ pub(super) fn live_positions(metrics: &Metrics) -> Vec<Live> {
         .collect()
 }
 
-/// Status of this process's pillows, its own positions laid over.
+/// Status of this process's pillows (gathered at most once per
+/// [`FRESH_FOR`]), its own positions laid over.
 async fn gather(context: &Context) -> Result<Status, StatusError> {
-    let pillows: Vec<_> = context.pillows.iter().collect();
-    let mut status = status::gather(
-        &pillows,
-        &context.feed,
-        &context.store,
-        context.config.runtime.max_component_bytes(),
-    )
-    .await?;
+    let mut latest = context.gathered.0.lock().await;
+    let mut status = match &*latest {
+        Some((at, status)) if at.elapsed() < FRESH_FOR => status.clone(),
+        _ => {
+            let pillows: Vec<_> = context.pillows.iter().collect();
+            let status = status::gather(
+                &pillows,
+                &context.feed,
+                &context.store,
+                context.config.runtime.max_component_bytes(),
+            )
+            .await?;
+            *latest = Some((Instant::now(), status.clone()));
+            status
+        }
+    };
+    drop(latest);
     status.overlay(&live_positions(context.plugins.metrics()));
     Ok(status)
 }

@@ -122,22 +122,31 @@ impl KafkaFeed {
         .await
     }
 
-    /// Low and high watermarks of one partition.
+    /// Low and high watermarks of `partitions`, in the order given: two
+    /// ListOffsets requests per leader for all of them (asking one
+    /// partition at a time costs two round trips each, which a busy broker
+    /// turns into seconds for a status page).
     ///
     /// # Errors
     ///
-    /// When the brokers cannot be reached.
-    pub async fn watermarks(&self, tp: &TopicPartition) -> Result<Watermarks, FeedError> {
-        let tp = tp.clone();
+    /// When the brokers cannot be reached or refuse a partition.
+    pub async fn watermarks(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Watermarks>, FeedError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partitions = partitions.to_vec();
         let brokers = self.brokers.clone();
         self.blocking(move |c| {
-            let (low, high) = c
-                .fetch_watermarks(&tp.topic, tp.partition as i32, REQUEST_TIMEOUT)
-                .map_err(|e| kafka_error(&brokers, &format!("watermarks of {tp}"), e))?;
-            Ok(Watermarks {
-                low: low.max(0) as u64,
-                high: high.max(0) as u64,
-            })
+            let low = list_offsets(c, &brokers, &partitions, Offset::Beginning)?;
+            let high = list_offsets(c, &brokers, &partitions, Offset::End)?;
+            Ok(low
+                .into_iter()
+                .zip(high)
+                .map(|(low, high)| Watermarks { low, high })
+                .collect())
         })
         .await
     }
@@ -423,6 +432,55 @@ fn poll_blocking(
         }
     }
     Ok(out)
+}
+
+/// One offset per partition, in the order given, from a ListOffsets
+/// request per leader: `Offset::Beginning` asks for the first offset held,
+/// `Offset::End` for the next to be written.
+fn list_offsets(
+    c: &BaseConsumer,
+    brokers: &str,
+    partitions: &[TopicPartition],
+    which: Offset,
+) -> Result<Vec<u64>, FeedError> {
+    let what = || {
+        format!(
+            "offsets of {}",
+            partitions
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        tpl.add_partition_offset(&tp.topic, tp.partition as i32, which)
+            .map_err(|e| kafka_error(brokers, &what(), e))?;
+    }
+    let found = c
+        .offsets_for_times(tpl, REQUEST_TIMEOUT)
+        .map_err(|e| kafka_error(brokers, &what(), e))?;
+    partitions
+        .iter()
+        .map(|tp| {
+            let elem = found
+                .find_partition(&tp.topic, tp.partition as i32)
+                .ok_or_else(|| FeedError::Kafka {
+                    brokers: brokers.to_owned(),
+                    message: format!("offsets of {tp}: missing from the broker's answer"),
+                })?;
+            elem.error()
+                .map_err(|e| kafka_error(brokers, &format!("offsets of {tp}"), e))?;
+            match elem.offset() {
+                Offset::Offset(o) => Ok(o.max(0) as u64),
+                other => Err(FeedError::Kafka {
+                    brokers: brokers.to_owned(),
+                    message: format!("offsets of {tp}: the broker answered {other:?}"),
+                }),
+            }
+        })
+        .collect()
 }
 
 fn is_transient(e: &KafkaError) -> bool {

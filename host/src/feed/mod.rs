@@ -209,15 +209,24 @@ impl Feed {
         }
     }
 
-    /// Watermarks of one partition.
+    /// Watermarks of `partitions`, in the order given.
     ///
     /// # Errors
     ///
     /// When the feed is unreachable.
-    pub async fn watermarks(&self, tp: &TopicPartition) -> Result<Watermarks, FeedError> {
+    pub async fn watermarks(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Watermarks>, FeedError> {
         match self {
-            Feed::Embedded(f) => f.watermarks(tp).await,
-            Feed::Kafka(f) => f.watermarks(tp).await,
+            Feed::Embedded(f) => {
+                let mut out = Vec::with_capacity(partitions.len());
+                for tp in partitions {
+                    out.push(f.watermarks(tp).await?);
+                }
+                Ok(out)
+            }
+            Feed::Kafka(f) => f.watermarks(partitions).await,
         }
     }
 

@@ -294,6 +294,7 @@ pub async fn run(
             store: store.clone(),
             process_num: options.run.process_num,
             config: Arc::new(config.clone()),
+            gathered: Default::default(),
         };
         let side = side.clone();
         tasks.spawn(async move {

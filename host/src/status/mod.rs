@@ -353,19 +353,20 @@ async fn pillow_status(
         .into_iter()
         .filter(|r| r.pillow == config.name)
         .collect();
-    let plugins = config
-        .processors
-        .iter()
-        .map(|path| {
-            let (processor, on_disk) = match Manifest::load(path) {
-                Ok(m) => match crate::wasm::plugin_version(&m, max_component_bytes) {
-                    Ok(v) => (m.name, v.to_string()),
-                    Err(e) => (m.name, format!("component unreadable: {e}")),
-                },
-                Err(e) => (path.display().to_string(), format!("manifest error: {e}")),
-            };
-            plugin_status(processor, on_disk, &events, &runs)
-        })
+    // Reading and hashing the components touches the disk: not on the
+    // async workers.
+    let processors = config.processors.clone();
+    let on_disk = tokio::task::spawn_blocking(move || {
+        processors
+            .iter()
+            .map(|path| on_disk(path, max_component_bytes))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let plugins = on_disk
+        .into_iter()
+        .map(|(processor, on_disk)| plugin_status(processor, on_disk, &events, &runs))
         .collect();
     let processes = store
         .processes()
@@ -405,6 +406,21 @@ async fn pillow_status(
         plugins,
         processes,
     })
+}
+
+/// A processor's name and the version of its files on disk (or why they
+/// cannot be read).
+fn on_disk(manifest: &std::path::Path, max_component_bytes: u64) -> (String, String) {
+    match Manifest::load(manifest) {
+        Ok(m) => match crate::wasm::plugin_version(&m, max_component_bytes) {
+            Ok(v) => (m.name, v.to_string()),
+            Err(e) => (m.name, format!("component unreadable: {e}")),
+        },
+        Err(e) => (
+            manifest.display().to_string(),
+            format!("manifest error: {e}"),
+        ),
+    }
 }
 
 /// Fold a pillow's plugin events (oldest first) into one processor's
