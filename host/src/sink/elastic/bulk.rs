@@ -117,9 +117,12 @@ pub enum ItemOutcome {
 pub enum Reply {
     /// The request was read; one outcome per op, in order.
     Items(Vec<ItemOutcome>),
-    /// The request as a whole was refused for a data reason (400, 413,
-    /// ...): send its ops one at a time to find the bad one.
+    /// The request as a whole was refused for a data reason (400, ...):
+    /// send its ops one at a time to find the bad one.
     Refused(String),
+    /// The request was larger than the server takes (413): send it again
+    /// in halves.
+    TooLarge(String),
     /// The server is overloaded or down (429, 5xx, an unreadable answer):
     /// retry the same request later.
     Retry(String),
@@ -187,6 +190,7 @@ pub fn classify(status: u16, body: &[u8], expected: usize) -> Reply {
         200..=299 => {}
         429 | 500..=599 => return Reply::Retry(format!("HTTP {status}: {}", reason(body))),
         401 | 403 => return Reply::Fatal(format!("HTTP {status}: {}", reason(body))),
+        413 => return Reply::TooLarge(format!("HTTP {status}: {}", reason(body))),
         _ => return Reply::Refused(format!("HTTP {status}: {}", reason(body))),
     }
     let parsed: Response = match serde_json::from_slice(body) {
@@ -269,19 +273,25 @@ pub async fn deliver<S: Sender>(
         }
         Ok(())
     };
-    for range in batches(ops, max_bytes) {
+    // Ranges still to send, the next on top.
+    let mut pending = batches(ops, max_bytes);
+    pending.reverse();
+    while let Some(range) = pending.pop() {
         match sender.send(&ops[range.clone()]).await.map_err(Stop::Send)? {
             Reply::Items(items) => take(range.start, items, &mut refused)?,
+            Reply::Refused(why) | Reply::TooLarge(why) if range.len() == 1 => {
+                refused.push((range.start, why))
+            }
+            Reply::TooLarge(why) => {
+                let bytes: usize = ops[range.clone()].iter().map(Op::size).sum();
+                tracing::warn!(writes = range.len(), bytes, reason = %why, "bulk request too large for the server; sending it in halves (set [elasticsearch] bulk_max_bytes below the server's http.max_content_length)");
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
             Reply::Refused(why) => {
                 tracing::warn!(writes = range.len(), reason = %why, "bulk request refused as a whole; writing its documents one at a time");
-                for at in range {
-                    match sender.send(&ops[at..=at]).await.map_err(Stop::Send)? {
-                        Reply::Items(items) => take(at, items, &mut refused)?,
-                        Reply::Refused(reason) => refused.push((at, reason)),
-                        Reply::Retry(why) => return Err(Stop::Retry(why)),
-                        Reply::Fatal(why) => return Err(Stop::Fatal(why)),
-                    }
-                }
+                pending.extend(range.rev().map(|at| at..at + 1));
             }
             Reply::Retry(why) => return Err(Stop::Retry(why)),
             Reply::Fatal(why) => return Err(Stop::Fatal(why)),
@@ -456,7 +466,7 @@ mod tests {
             answer: |_, run| match run {
                 [one] if one.id == "bad" => Reply::Refused("HTTP 400: bad".into()),
                 [_] => Reply::Items(vec![ItemOutcome::Done]),
-                _ => Reply::Refused("HTTP 413: too large".into()),
+                _ => Reply::Refused("HTTP 400: bad request".into()),
             },
         };
         let refused = deliver(&ops, 1 << 20, &mut server).await.unwrap();
@@ -469,6 +479,38 @@ mod tests {
                 vec!["bad"],
                 vec!["c"],
                 vec!["d"]
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_too_large_is_sent_again_in_halves() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let ops: Vec<Op> = ids.iter().map(|id| op(id, Some("{}"), 1)).collect();
+        let mut server = Scripted {
+            requests: Vec::new(),
+            // Takes at most two ops a request, and none holding "e" (too
+            // large even alone).
+            answer: |_, run| {
+                if run.len() <= 2 && run.iter().all(|o| o.id != "e") {
+                    Reply::Items(vec![ItemOutcome::Done; run.len()])
+                } else {
+                    Reply::TooLarge("HTTP 413: too large".into())
+                }
+            },
+        };
+        let refused = deliver(&ops, 1 << 20, &mut server).await.unwrap();
+        assert_eq!(refused, vec![(4, "HTTP 413: too large".to_owned())]);
+        assert_eq!(
+            server.requests,
+            vec![
+                vec!["a", "b", "c", "d", "e"],
+                vec!["a", "b"],
+                vec!["c", "d", "e"],
+                vec!["c"],
+                vec!["d", "e"],
+                vec!["d"],
+                vec!["e"],
             ]
         );
     }
@@ -516,7 +558,7 @@ mod tests {
             classify(400, error, 1),
             Reply::Refused("HTTP 400: illegal_argument_exception: The bulk request must be terminated by a newline".into())
         );
-        assert!(matches!(classify(413, b"", 1), Reply::Refused(m) if m.contains("413")));
+        assert!(matches!(classify(413, b"", 1), Reply::TooLarge(m) if m.contains("413")));
         assert!(
             matches!(classify(503, b"<html>down</html>", 1), Reply::Retry(m) if m.contains("down"))
         );

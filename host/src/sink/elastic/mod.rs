@@ -13,9 +13,10 @@
 //!   delete of a missing document is done too.
 //! - **Per-item failures** map back to the change that produced the write
 //!   ([`Rejection`]), which becomes a pillow error for that change only.
-//!   A request refused as a whole for a data reason (400, 413) is retried
+//!   A request refused as a whole for a data reason (400) is retried
 //!   one document at a time, so one bad document cannot hold back its
-//!   chunk.
+//!   chunk; one larger than the server takes (413) is sent again in
+//!   halves, down to single documents.
 //! - **Outages** (connection refused, timeouts, 429, 5xx) are
 //!   [`ElasticError::Unavailable`]: the caller retries the same writes
 //!   later; nothing becomes a pillow error. Retrying is safe because of
