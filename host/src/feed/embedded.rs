@@ -3,10 +3,14 @@
 //! Offsets are dense and start at 0 per partition. Appends take SQLite's
 //! write lock (`BEGIN IMMEDIATE`), so concurrent publishers serialize and
 //! offsets never collide. Readers poll; the file is in WAL mode so reads
-//! never block the writer.
+//! never block the writer. An idle reader does not read the log again
+//! until SQLite's `data_version` of its own connection says another
+//! connection committed: one cheap pragma per poll interval instead of a
+//! query per partition.
 
 use super::{FeedError, Message, TopicPartition, Watermarks, partition_for_key};
 use crate::db::sqlite::Database;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +21,9 @@ use tokio::time::Instant;
 /// Messages appended per transaction by [`EmbeddedFeed::publish`] (5
 /// bound values each, well under SQLite's 32766-variable limit).
 const PUBLISH_BATCH: usize = 2000;
-/// How long an idle reader sleeps between polls of the log.
-const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How long an idle reader sleeps between looks at the log's
+/// `data_version`: the most a new change waits before it is read.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// The embedded feed.
 #[derive(Clone)]
@@ -235,6 +240,7 @@ impl EmbeddedFeed {
             feed: self.clone(),
             positions,
             next_partition: 0,
+            watch: None,
         }
     }
 }
@@ -248,6 +254,9 @@ pub struct EmbeddedReader {
     positions: Vec<(TopicPartition, u64)>,
     /// Round-robin start, so no partition is starved when chunks fill up.
     next_partition: usize,
+    /// A connection of its own (out of the pool, which hands out any of
+    /// its connections) whose `data_version` tells when others commit.
+    watch: Option<SqliteConnection>,
 }
 
 impl EmbeddedReader {
@@ -263,16 +272,40 @@ impl EmbeddedReader {
     ) -> Result<Vec<Message>, FeedError> {
         let deadline = Instant::now() + max_wait;
         loop {
+            // Taken before the read: a commit after this point changes it,
+            // so nothing committed after the read began is waited past.
+            let version = self.data_version().await?;
             let out = self.read_once(max).await?;
             if !out.is_empty() || self.positions.is_empty() {
                 return Ok(out);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(out);
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(out);
+                }
+                tokio::time::sleep(IDLE_POLL.min(deadline - now)).await;
+                if self.data_version().await? != version {
+                    break;
+                }
             }
-            tokio::time::sleep(IDLE_POLL.min(deadline - now)).await;
         }
+    }
+
+    /// SQLite's `data_version` on this reader's own connection: it changes
+    /// whenever another connection (of any process) commits to the file.
+    async fn data_version(&mut self) -> Result<i64, FeedError> {
+        let err = db_error(&self.feed.path);
+        let conn = match &mut self.watch {
+            Some(c) => c,
+            None => self
+                .watch
+                .insert(self.feed.db.pool.acquire().await.map_err(&err)?.detach()),
+        };
+        sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(conn)
+            .await
+            .map_err(err)
     }
 
     async fn read_once(&mut self, max: usize) -> Result<Vec<Message>, FeedError> {
