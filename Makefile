@@ -11,6 +11,10 @@ COMPONENTIZE_PY_VERSION := 0.25.1
 COMPONENTIZE_JS_VERSION := 0.23.0
 PY_STAMP := $(TOOLS)/py/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 JS_STAMP := $(TOOLS)/js/.componentize-js-$(COMPONENTIZE_JS_VERSION)
+# The bench's Python reference pillow (host/examples/bench/reference_pillow.py).
+CONFLUENT_KAFKA_VERSION := 2.16.2
+PSYCOPG_VERSION := 3.3.9
+BENCH_PY_STAMP := $(TOOLS)/bench-py/.reference-$(CONFLUENT_KAFKA_VERSION)-$(PSYCOPG_VERSION)
 PY_PLUGIN := plugins/examples/python-case-search
 JS_PLUGIN := plugins/examples/js-case-search
 MAPPINGS := plugins/case-search/mappings.json
@@ -50,6 +54,11 @@ $(PY_STAMP):
 	$(TOOLS)/py/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
 	touch $@
 
+$(BENCH_PY_STAMP):
+	python3 -m venv $(TOOLS)/bench-py
+	$(TOOLS)/bench-py/bin/pip install --quiet --disable-pip-version-check confluent-kafka==$(CONFLUENT_KAFKA_VERSION) 'psycopg[binary]==$(PSYCOPG_VERSION)'
+	touch $@
+
 $(JS_STAMP):
 	command -v npm >/dev/null || { echo "npm is missing: install Node.js 20+ (Debian: apt-get install nodejs npm)" >&2; exit 1; }
 	mkdir -p $(TOOLS)/js
@@ -59,9 +68,9 @@ $(JS_STAMP):
 
 # Each example builds in a scratch dir with its generated mappings module, so
 # the index mappings are the Rust plugin's, byte for byte.
-$(TARGET_DIR)/py-case-search/case_search_py.wasm: $(PY_PLUGIN)/app.py $(MAPPINGS) wit/processor.wit $(PY_STAMP)
+$(TARGET_DIR)/py-case-search/case_search_py.wasm: $(PY_PLUGIN)/app.py $(PY_PLUGIN)/case_search.py $(MAPPINGS) wit/processor.wit $(PY_STAMP)
 	rm -rf $(TARGET_DIR)/py-case-search && mkdir -p $(TARGET_DIR)/py-case-search
-	cp $(PY_PLUGIN)/app.py $(TARGET_DIR)/py-case-search/
+	cp $(PY_PLUGIN)/app.py $(PY_PLUGIN)/case_search.py $(TARGET_DIR)/py-case-search/
 	python3 -c 'import sys; print("MAPPINGS = " + repr(open(sys.argv[1]).read()))' $(MAPPINGS) > $(TARGET_DIR)/py-case-search/mappings.py
 	cd $(TARGET_DIR)/py-case-search && $(TOOLS)/py/bin/componentize-py -d $(CURDIR)/wit -w processor componentize app -o case_search_py.wasm
 
@@ -99,8 +108,8 @@ test: plugins services
 	PILLOWTOP_TOOLS=$(TOOLS) $(CARGO) test --workspace --release
 
 ## Benchmarks; results go to docs/BENCHMARKS.md by hand with the command used.
-bench: plugins build
-	$(CARGO) run --release -p pillowtop --example bench
+bench: plugins build $(BENCH_PY_STAMP)
+	PILLOWTOP_BENCH_PYTHON=$(TOOLS)/bench-py/bin/python $(CARGO) run --release -p pillowtop --example bench
 
 clean:
 	rm -rf data

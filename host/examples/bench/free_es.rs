@@ -33,6 +33,8 @@ pub struct FreeEs {
     state: Arc<State>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The serving thread under /proc: "PID/task/TID".
+    task: String,
 }
 
 impl FreeEs {
@@ -44,14 +46,24 @@ impl FreeEs {
         let state = Arc::new(State::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = state.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
+            // "PID/task/TID"
+            let _ = tid_tx.send(std::fs::read_link("/proc/thread-self").unwrap_or_default());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new().fallback(answer).with_state(served);
+                // Elasticsearch takes bodies up to http.max_content_length
+                // (100 MB by default); axum's own default of 2 MB answered
+                // a chunk's bulk with 413, which the sink then wrote one
+                // document at a time.
+                let app = axum::Router::new()
+                    .fallback(answer)
+                    .layer(axum::extract::DefaultBodyLimit::max(100 << 20))
+                    .with_state(served);
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;
@@ -60,11 +72,13 @@ impl FreeEs {
                     .unwrap();
             });
         });
+        let task = tid_rx.recv().unwrap();
         FreeEs {
             url,
             state,
             stop: Some(stop),
             thread: Some(thread),
+            task: task.display().to_string(),
         }
     }
 
@@ -80,6 +94,14 @@ impl FreeEs {
             self.state.operations.load(Ordering::Relaxed),
             self.state.other.load(Ordering::Relaxed),
         )
+    }
+}
+
+impl FreeEs {
+    /// CPU seconds (user + system) the serving thread has used so far:
+    /// how close the endpoint comes to being a bottleneck.
+    pub fn cpu_seconds(&self) -> f64 {
+        super::stat_cpu(&self.task, 14)
     }
 }
 

@@ -27,13 +27,20 @@
 //!     processors, against osmem-server and against a cost-free
 //!     Elasticsearch endpoint, with and without scraping
 //!     (`BENCH_ONLY=full`; see its module).
+//! 14. Idle: a caught-up pillow's CPU on the embedded feed and on Kafka,
+//!     and the time it takes to pick up a new change (`BENCH_ONLY=idle`).
+//! 15. Kafka -> case-search -> Elasticsearch bulk with PostgreSQL
+//!     checkpoints, against a Python pillow of CommCare's shape on the
+//!     same topic (`BENCH_ONLY=reference`; `reference_pillow.py`).
 //!
 //! Needs `make plugins` and `make build` first (make bench does both). Sizes can be set with
 //! BENCH_CHANGES (default 50000).
 
 mod free_es;
 mod fullstack;
+mod idle;
 mod lookups;
+mod reference;
 mod retry;
 mod servers;
 mod shadow;
@@ -311,19 +318,27 @@ fn children_cpu() -> f64 {
 /// Run the real `pillowtop` binary; returns (wall seconds, child CPU seconds,
 /// peak RSS MiB sampled from /proc while it runs, stdout).
 fn run_child(args: &[&str], stdin: Option<std::process::Stdio>) -> (f64, f64, f64, String) {
-    let bin = pillowtop_bin();
-    let cpu0 = children_cpu();
-    let started = Instant::now();
     let mut cmd = pillowtop_cmd();
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+    cmd.args(args);
     if let Some(s) = stdin {
         cmd.stdin(s);
     }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make build`", bin.display()));
+    measure_child(cmd)
+}
+
+/// Run `cmd` to its end with its stdout captured and its stderr dropped;
+/// returns what [`run_child`] does.
+fn measure_child(mut cmd: std::process::Command) -> (f64, f64, f64, String) {
+    let cpu0 = children_cpu();
+    let started = Instant::now();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `make build`",
+            Path::new(cmd.get_program()).display()
+        )
+    });
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0.0f64;
     loop {
@@ -336,7 +351,12 @@ fn run_child(args: &[&str], stdin: Option<std::process::Stdio>) -> (f64, f64, f6
         {
             peak_kb = peak_kb.max(kb);
         }
-        if child.try_wait().unwrap().is_some() {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{} exited with {status}",
+                Path::new(cmd.get_program()).display()
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -521,6 +541,12 @@ fn main() {
     }
     if wanted("full") {
         fullstack::full_stack_bench();
+    }
+    if wanted("idle") {
+        idle::idle_bench(&lines);
+    }
+    if wanted("reference") {
+        reference::reference_bench(&lines);
     }
 }
 
