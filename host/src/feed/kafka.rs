@@ -252,9 +252,12 @@ impl KafkaFeed {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
-            // Fetches return as soon as data is there; without this they
-            // wait for fetch.min.bytes and crawl (seen with tansu).
-            .set("fetch.wait.max.ms", "10")
+            // How long the broker may hold a fetch open for data. Kafka
+            // answers as soon as data is there, so this only paces an idle
+            // consumer's fetches (10 a second). tansu 0.6 holds every fetch
+            // the whole wait even when it has data: 100 ms still lets it
+            // hand over 1 MiB per partition per fetch.
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .set("queued.max.messages.kbytes", "65536")
             .create()
             .map_err(|e| kafka_error(&self.brokers, "creating a consumer", e))?;
@@ -276,6 +279,9 @@ impl KafkaFeed {
         })
     }
 }
+
+/// `fetch.wait.max.ms` of the pillows' consumers.
+const FETCH_WAIT_MS: &str = "100";
 
 fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
