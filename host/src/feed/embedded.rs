@@ -5,8 +5,8 @@
 //! offsets never collide. Readers poll; the file is in WAL mode so reads
 //! never block the writer. An idle reader does not read the log again
 //! until SQLite's `data_version` of its own connection says another
-//! connection committed: one cheap pragma every 100 ms instead of a query
-//! per partition.
+//! connection committed: one cheap pragma per `max_wait_ms` (at most
+//! every 500 ms) instead of a query per partition.
 
 use super::{FeedError, Message, TopicPartition, Watermarks, partition_for_key};
 use crate::db::sqlite::Database;
@@ -21,9 +21,10 @@ use tokio::time::Instant;
 /// Messages appended per transaction by [`EmbeddedFeed::publish`] (5
 /// bound values each, well under SQLite's 32766-variable limit).
 const PUBLISH_BATCH: usize = 2000;
-/// How long an idle reader sleeps between looks at the log's
-/// `data_version`: the most a new change waits before it is read.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The longest an idle reader sleeps between looks at the log's
+/// `data_version`. It also looks at the end of every poll's wait, so with
+/// a pillow's `max_wait_ms` below this a new change waits at most that.
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// The embedded feed.
 #[derive(Clone)]
@@ -295,6 +296,10 @@ impl EmbeddedReader {
                     return Ok(Vec::new());
                 }
                 tokio::time::sleep(IDLE_POLL.min(deadline - now)).await;
+                // At the deadline the next poll looks first thing.
+                if Instant::now() >= deadline {
+                    return Ok(Vec::new());
+                }
                 if self.data_version().await? != version {
                     break;
                 }

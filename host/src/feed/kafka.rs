@@ -2,18 +2,20 @@
 //!
 //! Partitions are assigned manually (no consumer group, no offsets committed
 //! to Kafka): checkpoints live in pillowtop's store, and a reader seeks to
-//! them. Reads use a `BaseConsumer` on a blocking thread (librdkafka's poll
-//! blocks); metadata and watermark calls too.
+//! them. Reads use a `StreamConsumer`, woken by librdkafka when messages
+//! arrive; metadata and watermark calls use a `BaseConsumer` on a blocking
+//! thread.
 //!
 //! `auto.offset.reset = error`: a position the broker no longer holds (the
 //! retention gap) stops the partition with CommCare's message instead of
 //! silently skipping to another offset.
 
 use super::{FeedError, Message, TopicPartition, Watermarks};
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -246,7 +248,7 @@ impl KafkaFeed {
     ///
     /// When the consumer cannot be created or assigned.
     pub fn reader(&self, positions: Vec<(TopicPartition, u64)>) -> Result<KafkaReader, FeedError> {
-        let consumer: BaseConsumer = base_config(&self.brokers)
+        let consumer: StreamConsumer = base_config(&self.brokers)
             // Checkpoints live in our store; Kafka's group offsets are unused.
             .set("group.id", "pillowtop")
             .set("enable.auto.commit", "false")
@@ -275,7 +277,7 @@ impl KafkaFeed {
             .map_err(|e| kafka_error(&self.brokers, "assigning partitions", e))?;
         Ok(KafkaReader {
             brokers: self.brokers.clone(),
-            consumer: Some(consumer),
+            consumer,
         })
     }
 }
@@ -361,10 +363,13 @@ impl KafkaPublisher {
 }
 
 /// Reads assigned partitions from their positions.
+///
+/// A `StreamConsumer`: librdkafka tells the async runtime when its queue
+/// turns non-empty, so an idle reader waits on a timer alone (a blocking
+/// `poll` spun through the last millisecond of every wait).
 pub struct KafkaReader {
     brokers: Arc<str>,
-    /// Moved to a blocking thread for each poll.
-    consumer: Option<BaseConsumer>,
+    consumer: StreamConsumer,
 }
 
 impl KafkaReader {
@@ -378,66 +383,56 @@ impl KafkaReader {
         max: usize,
         max_wait: Duration,
     ) -> Result<Vec<Message>, FeedError> {
-        let consumer = self
-            .consumer
-            .take()
-            .ok_or_else(|| FeedError::Invalid("a previous poll of this reader failed".into()))?;
-        let brokers = self.brokers.clone();
-        let (consumer, result) = tokio::task::spawn_blocking(move || {
-            let result = poll_blocking(&consumer, &brokers, max, max_wait);
-            (consumer, result)
-        })
-        .await
-        .map_err(|e| FeedError::Invalid(format!("kafka poll thread failed: {e}")))?;
-        self.consumer = Some(consumer);
-        result
-    }
-}
-
-fn poll_blocking(
-    consumer: &BaseConsumer,
-    brokers: &str,
-    max: usize,
-    max_wait: Duration,
-) -> Result<Vec<Message>, FeedError> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + max_wait;
-    while out.len() < max {
-        // Wait for the first message up to max_wait; after that take only
-        // what is already fetched.
-        let timeout = if out.is_empty() {
-            deadline.saturating_duration_since(Instant::now())
-        } else {
-            Duration::ZERO
-        };
-        match consumer.poll(timeout) {
-            None => break,
-            Some(Ok(m)) => out.push(Message {
-                tp: TopicPartition::new(m.topic(), m.partition() as u32),
-                offset: m.offset() as u64,
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                timestamp_ms: m.timestamp().to_millis(),
-            }),
-            Some(Err(KafkaError::PartitionEOF(_))) => continue,
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
-                return Err(FeedError::OffsetOutOfRange {
-                    brokers: brokers.into(),
-                    message: e.to_string(),
-                });
-            }
-            // Transport errors (broker down, connection reset) are retried
-            // by librdkafka itself; they surface here as information.
-            Some(Err(e)) if is_transient(&e) => {
-                tracing::warn!(%brokers, error = %e, "kafka: transient error; librdkafka retries");
-                if out.is_empty() && Instant::now() >= deadline {
-                    break;
+        let brokers = &*self.brokers;
+        let mut stream = self.consumer.stream();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + max_wait;
+        while out.len() < max {
+            // Wait for the first message up to max_wait; after that take only
+            // what is already fetched.
+            let next = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
                 }
+            } else {
+                match stream.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(m)) => out.push(Message {
+                    tp: TopicPartition::new(m.topic(), m.partition() as u32),
+                    offset: m.offset() as u64,
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                }),
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) =>
+                {
+                    return Err(FeedError::OffsetOutOfRange {
+                        brokers: brokers.into(),
+                        message: e.to_string(),
+                    });
+                }
+                // Transport errors (broker down, connection reset) are
+                // retried by librdkafka itself; they surface here as
+                // information.
+                Some(Err(e)) if is_transient(&e) => {
+                    tracing::warn!(%brokers, error = %e, "kafka: transient error; librdkafka retries");
+                    if out.is_empty() && tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(kafka_error(brokers, "reading", e)),
             }
-            Some(Err(e)) => return Err(kafka_error(brokers, "reading", e)),
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// One offset per partition, in the order given, from a ListOffsets
