@@ -302,14 +302,14 @@ pub fn kafka_bench(lines: &[String]) {
             let mut max_lag_seen = 0u64;
             let feed = Feed::Kafka(KafkaFeed::connect(&sampler_brokers).unwrap());
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut high = 0;
-                for p in 0..4 {
-                    high += feed
-                        .watermarks(&[TopicPartition::new(&topic_name, p)])
-                        .await
-                        .map(|w| w[0].high)
-                        .unwrap_or(0);
-                }
+                let partitions: Vec<_> = (0..4)
+                    .map(|p| TopicPartition::new(&topic_name, p))
+                    .collect();
+                let high: u64 = feed
+                    .watermarks(&partitions)
+                    .await
+                    .map(|w| w.iter().map(|w| w.high).sum())
+                    .unwrap_or(0);
                 max_lag_seen = max_lag_seen.max(high.saturating_sub(checkpointed(&store).await));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
