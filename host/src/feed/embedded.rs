@@ -291,11 +291,7 @@ impl EmbeddedReader {
                 self.found_nothing_at = Some(version);
             }
             loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(Vec::new());
-                }
-                tokio::time::sleep(IDLE_POLL.min(deadline - now)).await;
+                tokio::time::sleep_until(deadline.min(Instant::now() + IDLE_POLL)).await;
                 // At the deadline the next poll looks first thing.
                 if Instant::now() >= deadline {
                     return Ok(Vec::new());

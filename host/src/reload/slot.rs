@@ -3,7 +3,7 @@
 //! pillow's view of them ([`Follower`]).
 
 use super::Refusal;
-use super::watch::Fingerprint;
+use super::watch::{Fingerprint, Targets};
 use crate::metrics::{Metric, Metrics};
 use crate::shadow::Tally;
 use crate::wasm::{Plugin, Processor};
@@ -70,6 +70,8 @@ pub struct PluginSlot {
     pub(super) refusals: AtomicU64,
     /// The files as of the last load attempt.
     pub(super) seen: Mutex<Fingerprint>,
+    /// The files the manifest names, kept by the watcher between polls.
+    pub(super) watched: Mutex<Targets>,
     /// Serialises reloads of this slot.
     pub(super) reloading: Mutex<()>,
     pub(super) policy: ShadowPolicy,
@@ -100,6 +102,7 @@ impl PluginSlot {
             shadow_generation: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             seen: Mutex::new(seen),
+            watched: Mutex::default(),
             reloading: Mutex::new(()),
             policy,
             metrics,

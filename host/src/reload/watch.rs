@@ -5,7 +5,6 @@
 use super::Plugins;
 use super::slot::lock;
 use crate::manifest::Manifest;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +20,7 @@ pub(super) struct Fingerprint(Vec<FileStamp>);
 
 /// The files a manifest names, read once per version of the manifest:
 /// each with whether it may be a folder whose files count too.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(super) struct Targets {
     manifest: Stamp,
     paths: Vec<(PathBuf, bool)>,
@@ -91,9 +90,6 @@ impl Plugins {
     /// slot whose files changed and then held still for one interval.
     pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let mut pending: Vec<(PathBuf, Fingerprint)> = Vec::new();
-        // What each manifest names, kept between polls (a poll then only
-        // stats files; it parses a manifest only when that changed).
-        let mut known: HashMap<PathBuf, Targets> = HashMap::new();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -103,18 +99,14 @@ impl Plugins {
             }
             let this = self.clone();
             let previous = std::mem::take(&mut pending);
-            let mut targets = std::mem::take(&mut known);
             // Stat calls and manifest parsing touch the disk: not on the
             // async workers.
             let work = tokio::task::spawn_blocking(move || {
                 let mut still_pending = Vec::new();
-                let slots = this.slots();
-                targets.retain(|path, _| slots.iter().any(|s| s.manifest_path == *path));
-                for slot in slots {
-                    let now = Fingerprint::now(
-                        &slot.manifest_path,
-                        targets.entry(slot.manifest_path.clone()).or_default(),
-                    );
+                for slot in this.slots() {
+                    // A poll only stats files; it parses a manifest only
+                    // when that changed.
+                    let now = Fingerprint::now(&slot.manifest_path, &mut lock(&slot.watched));
                     if *lock(&slot.seen) == now {
                         continue;
                     }
@@ -131,9 +123,9 @@ impl Plugins {
                         still_pending.push((slot.manifest_path.clone(), now));
                     }
                 }
-                (still_pending, targets)
+                still_pending
             });
-            (pending, known) = work.await.unwrap_or_default();
+            pending = work.await.unwrap_or_default();
         }
     }
 }
