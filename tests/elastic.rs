@@ -153,15 +153,15 @@ async fn documents_land_with_offsets_as_versions_and_a_replay_changes_nothing() 
     assert!(live > 100, "too few live cases to mean anything: {live}");
     assert_eq!(count(&es).await, live);
     // Versions are feed offsets: below the end offset of the largest partition.
-    let mut ends = 0;
-    for p in 0..3 {
-        ends += env
-            .feed()
-            .watermarks(&[TopicPartition::new("case-sql", p)])
-            .await
-            .unwrap()[0]
-            .high;
-    }
+    let partitions: Vec<_> = (0..3).map(|p| TopicPartition::new("case-sql", p)).collect();
+    let ends: u64 = env
+        .feed()
+        .watermarks(&partitions)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.high)
+        .sum();
     assert!(versions.iter().all(|v| *v < ends), "{versions:?}");
 
     // Rewind and replay everything.

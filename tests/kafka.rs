@@ -95,10 +95,14 @@ pub fn publish_lines(brokers: &str, topic: &str, partitions: u32, lines: &[Strin
 pub async fn wait_for_end_offsets(feed: &Feed, topic: &str, total: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut sum = 0;
-        for tp in feed.partitions(&[topic.to_owned()]).await.unwrap() {
-            sum += feed.watermarks(std::slice::from_ref(&tp)).await.unwrap()[0].high;
-        }
+        let partitions = feed.partitions(&[topic.to_owned()]).await.unwrap();
+        let sum: u64 = feed
+            .watermarks(&partitions)
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| w.high)
+            .sum();
         if sum >= total {
             assert_eq!(sum, total, "more messages than published in {topic}");
             return;
@@ -217,9 +221,8 @@ async fn two_processes_split_an_eight_partition_topic_exactly() {
         "a change was processed twice"
     );
     let mut expected = BTreeSet::new();
-    for tp in &all {
-        let high = feed.watermarks(std::slice::from_ref(tp)).await.unwrap()[0].high;
-        expected.extend((0..high).map(|o| (tp.partition, o)));
+    for (tp, w) in all.iter().zip(feed.watermarks(&all).await.unwrap()) {
+        expected.extend((0..w.high).map(|o| (tp.partition, o)));
     }
     assert_eq!(
         seen.keys().copied().collect::<BTreeSet<_>>(),

@@ -66,13 +66,10 @@ async fn checkpoints(env: &Env, id: &str) -> HashMap<TopicPartition, u64> {
 
 async fn assert_checkpoints_at_end(env: &Env, id: &str, topic: &str) {
     let saved = checkpoints(env, id).await;
-    for tp in env.feed().partitions(&[topic.to_string()]).await.unwrap() {
-        let end = env
-            .feed()
-            .watermarks(std::slice::from_ref(&tp))
-            .await
-            .unwrap()[0]
-            .high;
+    let partitions = env.feed().partitions(&[topic.to_string()]).await.unwrap();
+    let ends = env.feed().watermarks(&partitions).await.unwrap();
+    for (tp, w) in partitions.into_iter().zip(ends) {
+        let end = w.high;
         assert_eq!(
             saved.get(&tp).copied().unwrap_or(0),
             end,

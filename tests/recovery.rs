@@ -90,10 +90,13 @@ async fn checkpoints(store: &Store) -> HashMap<TopicPartition, u64> {
 /// read back from the broker.
 async fn read_all(feed: &Feed, topic: &str) -> Vec<(u32, u64, String, bool)> {
     let partitions = feed.partitions(&[topic.to_owned()]).await.unwrap();
-    let mut total = 0;
-    for tp in &partitions {
-        total += feed.watermarks(std::slice::from_ref(tp)).await.unwrap()[0].high;
-    }
+    let total: u64 = feed
+        .watermarks(&partitions)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.high)
+        .sum();
     let mut reader = feed
         .reader(partitions.into_iter().map(|tp| (tp, 0)).collect())
         .unwrap();
@@ -338,8 +341,10 @@ async fn a_broker_restart_mid_run_is_survived_without_operator_action() {
     terminate(child);
     let feed = Feed::Kafka(KafkaFeed::connect(&brokers).unwrap());
     let saved = checkpoints(&store).await;
-    for tp in feed.partitions(std::slice::from_ref(&topic)).await.unwrap() {
-        let high = feed.watermarks(std::slice::from_ref(&tp)).await.unwrap()[0].high;
+    let partitions = feed.partitions(std::slice::from_ref(&topic)).await.unwrap();
+    let ends = feed.watermarks(&partitions).await.unwrap();
+    for (tp, w) in partitions.into_iter().zip(ends) {
+        let high = w.high;
         assert_eq!(saved.get(&tp).copied(), Some(high), "{tp} checkpoint");
     }
     let high: u64 = saved.values().sum();

@@ -86,6 +86,12 @@ impl FreeEs {
         &self.url
     }
 
+    /// CPU seconds (user + system) the serving thread has used so far:
+    /// how close the endpoint comes to being a bottleneck.
+    pub fn cpu_seconds(&self) -> f64 {
+        super::stat_cpu(&self.task, 14)
+    }
+
     /// (bulk requests, operations in them, other requests) answered so
     /// far.
     pub fn requests(&self) -> (u64, u64, u64) {
@@ -94,14 +100,6 @@ impl FreeEs {
             self.state.operations.load(Ordering::Relaxed),
             self.state.other.load(Ordering::Relaxed),
         )
-    }
-}
-
-impl FreeEs {
-    /// CPU seconds (user + system) the serving thread has used so far:
-    /// how close the endpoint comes to being a bottleneck.
-    pub fn cpu_seconds(&self) -> f64 {
-        super::stat_cpu(&self.task, 14)
     }
 }
 

@@ -17,9 +17,9 @@
 //! every change of both pillows (forms and cases).
 
 use super::free_es::FreeEs;
-use super::servers::{Broker, es_url, free_port, pg_url, runtime, unique};
-use super::{children_cpu, pillowtop_cmd, root, stat_cpu};
-use std::io::{Read, Write};
+use super::servers::{Broker, admin_get, es_url, free_port, pg_url, runtime, topic_end, unique};
+use super::{children_cpu, env_or, pillowtop_cmd, root, stat_cpu};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -142,19 +142,13 @@ impl Sample {
 /// Wait until the broker reports `count` messages in `topic`: a
 /// `--until-caught-up` run stops at the end it is told.
 fn wait_for_end(brokers: &str, topic: &str, count: u64) {
+    use pillowtop::feed::Feed;
     use pillowtop::feed::kafka::KafkaFeed;
-    use pillowtop::feed::{Feed, TopicPartition};
     let feed = Feed::Kafka(KafkaFeed::connect(brokers).unwrap());
     let started = Instant::now();
     runtime().block_on(async {
         loop {
-            let mut end = 0;
-            for p in 0..4 {
-                end += feed
-                    .watermarks(&[TopicPartition::new(topic, p)])
-                    .await
-                    .map_or(0, |w| w[0].high);
-            }
+            let end = topic_end(&feed, topic).await;
             if end >= count {
                 return;
             }
@@ -196,22 +190,6 @@ fn start(config: &Path, until_caught_up: bool) -> Vec<(Child, u16)> {
         .collect()
 }
 
-/// `GET path` from the admin listener on `port`: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_owned()))
-}
-
 /// Scrape `/metrics` and `/status` of every port each second, as a
 /// Prometheus server and an open status page would (each request on its
 /// own thread, so a slow answer does not delay the next second's), until
@@ -225,7 +203,7 @@ fn scraper(ports: Vec<u16>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u
                     let port = *port;
                     requests.push(std::thread::spawn(move || {
                         let t = Instant::now();
-                        get(port, path)
+                        admin_get(port, path)
                             .is_some_and(|(s, _)| s == 200)
                             .then(|| t.elapsed().as_secs_f64())
                     }));
@@ -304,7 +282,7 @@ struct Gauges {
 }
 
 fn gauges(port: u16) -> Option<Gauges> {
-    let (status, body) = get(port, "/metrics")?;
+    let (status, body) = admin_get(port, "/metrics")?;
     if status != 200 {
         return None;
     }
@@ -506,17 +484,10 @@ fn paced_publish(
     })
 }
 
-fn submissions(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Section 13.
 pub fn full_stack_bench() {
-    let real = Sample::prepare(submissions("BENCH_FULL_SUBMISSIONS_ES", 3_000), 42);
-    let free = Sample::prepare(submissions("BENCH_FULL_SUBMISSIONS", 100_000), 43);
+    let real = Sample::prepare(env_or("BENCH_FULL_SUBMISSIONS_ES", 3_000), 42);
+    let free = Sample::prepare(env_or("BENCH_FULL_SUBMISSIONS", 100_000), 43);
     println!(
         "\n## 13. The full stack: case pillow + form pillow, all four processors, two processes (tansu with its sqlite engine, PostgreSQL, Elasticsearch)\n"
     );
@@ -564,7 +535,7 @@ pub fn full_stack_bench() {
     let osmem_live = live(&real, &config, 0.5 * osmem.read as f64 / osmem.wall);
 
     let endpoint = FreeEs::start();
-    let rounds = submissions("BENCH_FULL_ROUNDS", 3);
+    let rounds = env_or("BENCH_FULL_ROUNDS", 3);
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut busiest = Vec::new();

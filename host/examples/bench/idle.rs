@@ -11,13 +11,12 @@
 //! change processed is taken: an upper bound of the pickup latency, which
 //! includes the transform and the write.
 
-use super::servers::{Broker, free_port, pg_url, runtime, unique};
-use super::{pillowtop_cmd, root, stat_cpu, write_case_search_plugin};
+use super::servers::{Broker, admin_get, free_port, pg_url, runtime, unique};
+use super::{env_or, pillowtop_cmd, root, stat_cpu, write_case_search_plugin};
 use pillowtop::feed::Feed;
 use pillowtop::feed::embedded::EmbeddedFeed;
 use pillowtop::feed::kafka::KafkaFeed;
-use pillowtop::feed::publish::Publisher;
-use std::io::{Read, Write};
+use pillowtop::feed::publish::publish_lines;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -29,17 +28,8 @@ const PICKUPS: usize = 20;
 
 /// `GET /status/live` on `port`: the sum of the processed positions.
 fn processed(port: u16) -> Option<u64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /status/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    let live: Vec<serde_json::Value> = serde_json::from_str(body).ok()?;
+    let (_, body) = admin_get(port, "/status/live")?;
+    let live: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
     Some(live.iter().filter_map(|l| l["processed"].as_u64()).sum())
 }
 
@@ -74,19 +64,11 @@ struct Idle {
 /// then time single changes.
 fn measure(config: &Path, feed: &Feed, topic: &str, lines: &[String], seconds: u64) -> Idle {
     let rt = runtime();
-    let publisher = Publisher::new(feed).unwrap();
     let publish = |lines: &[String]| {
-        let batch = lines
-            .iter()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                let key = v["document_id"].as_str().map(|k| k.as_bytes().to_vec());
-                (key, l.as_bytes().to_vec())
-            })
-            .collect();
-        rt.block_on(publisher.send(topic, batch)).unwrap();
+        let text = lines.join("\n");
+        rt.block_on(publish_lines(feed, topic, Some(4), text.as_bytes(), |_| {}))
+            .unwrap();
     };
-    rt.block_on(feed.create_topic(topic, Some(4))).unwrap();
     publish(lines);
     let port = free_port();
     let log = config.with_file_name("host.log");
@@ -140,10 +122,7 @@ fn config(dir: &Path, feed_and_store: &str, topic: &str) -> std::path::PathBuf {
 }
 
 pub fn idle_bench(lines: &[String]) {
-    let seconds: u64 = std::env::var("BENCH_IDLE_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let seconds: u64 = env_or("BENCH_IDLE_SECONDS", 60);
     let lines = &lines[..lines.len().min(1000)];
     println!(
         "\n## 14. Idle: a caught-up pillow's CPU, and the time to pick up a new change\n\n\

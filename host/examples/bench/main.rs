@@ -61,6 +61,28 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
+/// The environment variable `var` parsed, or `default` when it is unset
+/// or does not parse.
+fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A tool `make` installs under ~/.cache/pillowtop/tools (`relative`
+/// there), or the path in the environment variable `var`.
+fn tool(var: &str, relative: &str) -> PathBuf {
+    std::env::var_os(var).map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/pillowtop/tools")
+                .join(relative)
+        },
+        PathBuf::from,
+    )
+}
+
 /// The `pillowtop` binary `make build` made (honours CARGO_TARGET_DIR).
 fn pillowtop_bin() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -486,10 +508,7 @@ fn end_to_end_bench(n: usize) {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_CHANGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let n = env_or("BENCH_CHANGES", 50_000);
     let lines = cases(n);
     println!(
         "# pillowtop benchmarks\n\nMachine: {} cores; `nproc` = {}.",

@@ -19,7 +19,7 @@
 
 use super::free_es::FreeEs;
 use super::servers::{Broker, pg_url, publish, unique};
-use super::{measure_child, pillowtop_cmd, root, write_case_search_plugin};
+use super::{env_or, measure_child, pillowtop_cmd, root, tool, write_case_search_plugin};
 use std::path::PathBuf;
 
 /// Rounds of each pillow, alternated (BENCH_ROUNDS overrides).
@@ -28,13 +28,7 @@ const ROUNDS: usize = 3;
 /// The Python the reference pillow runs on: `make bench` installs it
 /// with its packages (PILLOWTOP_BENCH_PYTHON).
 fn python() -> PathBuf {
-    let path = std::env::var_os("PILLOWTOP_BENCH_PYTHON").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/pillowtop/tools/bench-py/bin/python")
-        },
-        PathBuf::from,
-    );
+    let path = tool("PILLOWTOP_BENCH_PYTHON", "bench-py/bin/python");
     assert!(
         path.exists(),
         "the reference pillow's Python is missing at {}: run `make bench` (it installs \
@@ -125,10 +119,7 @@ pub fn reference_bench(lines: &[String]) {
     // run before has it.
     timed(pillowtop_round(&unique("bench_ref_warm")), "changes read");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let rounds = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(ROUNDS);
+    let rounds = env_or("BENCH_ROUNDS", ROUNDS);
     for _ in 0..rounds {
         ours.push(timed(
             pillowtop_round(&unique("bench_ref")),

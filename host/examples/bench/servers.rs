@@ -65,13 +65,7 @@ impl Broker {
             );
             return Broker::External(brokers);
         }
-        let bin = std::env::var_os("PILLOWTOP_TANSU").map_or_else(
-            || {
-                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/pillowtop/tools/bin/tansu")
-            },
-            std::path::PathBuf::from,
-        );
+        let bin = super::tool("PILLOWTOP_TANSU", "bin/tansu");
         assert!(
             bin.exists(),
             "tansu is missing at {}: run `make services`, or set PILLOWTOP_TANSU",
@@ -133,6 +127,32 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// The messages in partitions 0-3 of `topic` (the end offsets summed;
+/// 0 while the broker cannot say).
+pub(crate) async fn topic_end(feed: &Feed, topic: &str) -> u64 {
+    let partitions: Vec<_> = (0..4).map(|p| TopicPartition::new(topic, p)).collect();
+    feed.watermarks(&partitions)
+        .await
+        .map_or(0, |w| w.iter().map(|w| w.high).sum())
+}
+
+/// `GET path` from the admin listener on `port`: (status, body).
+pub(crate) fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
 }
 
 /// A loopback port nothing listens on now.
@@ -302,14 +322,7 @@ pub fn kafka_bench(lines: &[String]) {
             let mut max_lag_seen = 0u64;
             let feed = Feed::Kafka(KafkaFeed::connect(&sampler_brokers).unwrap());
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let partitions: Vec<_> = (0..4)
-                    .map(|p| TopicPartition::new(&topic_name, p))
-                    .collect();
-                let high: u64 = feed
-                    .watermarks(&partitions)
-                    .await
-                    .map(|w| w.iter().map(|w| w.high).sum())
-                    .unwrap_or(0);
+                let high = topic_end(&feed, &topic_name).await;
                 max_lag_seen = max_lag_seen.max(high.saturating_sub(checkpointed(&store).await));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
