@@ -16,7 +16,7 @@ use super::{env_or, pillowtop_cmd, root, stat_cpu, write_case_search_plugin};
 use pillowtop::feed::Feed;
 use pillowtop::feed::embedded::EmbeddedFeed;
 use pillowtop::feed::kafka::KafkaFeed;
-use pillowtop::feed::publish::publish_lines;
+use pillowtop::feed::publish::Publisher;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -64,11 +64,22 @@ struct Idle {
 /// then time single changes.
 fn measure(config: &Path, feed: &Feed, topic: &str, lines: &[String], seconds: u64) -> Idle {
     let rt = runtime();
+    // One publisher for the run, so the time from a publish acknowledged
+    // to the change processed does not include shutting a producer down
+    // (`publish_lines` makes one per call).
+    let publisher = Publisher::new(feed).unwrap();
     let publish = |lines: &[String]| {
-        let text = lines.join("\n");
-        rt.block_on(publish_lines(feed, topic, Some(4), text.as_bytes(), |_| {}))
-            .unwrap();
+        let batch = lines
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let key = v["document_id"].as_str().map(|k| k.as_bytes().to_vec());
+                (key, l.as_bytes().to_vec())
+            })
+            .collect();
+        rt.block_on(publisher.send(topic, batch)).unwrap();
     };
+    rt.block_on(feed.create_topic(topic, Some(4))).unwrap();
     publish(lines);
     let port = free_port();
     let log = config.with_file_name("host.log");
