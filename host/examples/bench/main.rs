@@ -90,12 +90,38 @@ fn pillowtop_bin() -> PathBuf {
         .join("release/pillowtop")
 }
 
+/// BENCH_BASELINE: another `pillowtop` binary (say, one built at an
+/// earlier commit) that the end-to-end and reference sections run beside
+/// this build, round for round, so a change is measured before and after
+/// in one run on the same machine.
+fn baseline_bin() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("BENCH_BASELINE")?);
+    assert!(
+        path.is_file(),
+        "BENCH_BASELINE={} is not a file: point it at a pillowtop binary",
+        path.display()
+    );
+    Some(path)
+}
+
+/// The binaries a section compares: this build, then the baseline if set.
+fn binaries() -> Vec<(&'static str, PathBuf)> {
+    let mut out = vec![("this build", pillowtop_bin())];
+    out.extend(baseline_bin().map(|b| ("baseline", b)));
+    out
+}
+
 /// The pillowtop binary as a command that runs on the config file the
 /// benchmark wrote and nothing else: the environment overrides `make
 /// services` prints (PILLOWTOP_ES_URL, PILLOWTOP_KAFKA_BROKERS, ...) would
 /// otherwise reroute a section's feed or sinks to another server.
 fn pillowtop_cmd() -> std::process::Command {
-    let mut cmd = std::process::Command::new(pillowtop_bin());
+    pillowtop_cmd_of(&pillowtop_bin())
+}
+
+/// [`pillowtop_cmd`] of another pillowtop binary.
+fn pillowtop_cmd_of(bin: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
     for key in [
         "PILLOWTOP_FEED_PATH",
         "PILLOWTOP_KAFKA_BROKERS",
@@ -466,6 +492,17 @@ fn publish_generated(config: &str, n: usize) {
     generator.wait().unwrap();
 }
 
+/// Echo to stderr the summary lines a `pillowtop run` printed (changes
+/// read, time by stage), labelled.
+fn echo_summary(out: &str, label: &str) {
+    for line in out
+        .lines()
+        .filter(|l| l.contains("changes read") || l.contains("time:"))
+    {
+        eprintln!("  {label}: {}", line.trim());
+    }
+}
+
 fn end_to_end_bench(n: usize) {
     println!(
         "\n## 3. Embedded end to end ({n} changes: SQLite feed -> case-search -> SQLite store, checkpoints)\n"
@@ -474,35 +511,36 @@ fn end_to_end_bench(n: usize) {
         "Measured on the real `pillowtop run --until-caught-up` process (every domain enabled, so every case is written).\n"
     );
     println!(
-        "| chunk_size | transform_threads | changes/s (wall, whole run incl. start) | pillow process CPU µs/change (user+sys) | peak RSS of the pillow process |"
+        "| chunk_size | transform_threads | binary | changes/s (wall, whole run incl. start) | pillow process CPU µs/change (user+sys) | peak RSS of the pillow process |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|");
     for (chunk_size, threads) in [(500usize, 1usize), (2000, 1), (2000, 2)] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = embedded_case_search(dir.path(), chunk_size, threads);
-        let config = config.to_str().unwrap();
-        publish_generated(config, n);
-        let (wall, cpu, rss, out) = run_child(
-            &[
+        // With a baseline, each binary gets its own copy of the same feed,
+        // one right after the other.
+        for (name, bin) in binaries() {
+            let dir = tempfile::tempdir().unwrap();
+            let config = embedded_case_search(dir.path(), chunk_size, threads);
+            let config = config.to_str().unwrap();
+            publish_generated(config, n);
+            let mut cmd = pillowtop_cmd_of(&bin);
+            cmd.args([
                 "--config",
                 config,
                 "--log",
                 "warn",
                 "run",
                 "--until-caught-up",
-            ],
-            None,
-        );
-        println!(
-            "| {chunk_size} | {threads} | {:.0} | {:.1} | {rss:.0} MiB |",
-            n as f64 / wall,
-            cpu * 1e6 / n as f64
-        );
-        for line in out
-            .lines()
-            .filter(|l| l.contains("changes read") || l.contains("time:"))
-        {
-            eprintln!("  chunk {chunk_size}, {threads} thread(s): {}", line.trim());
+            ]);
+            let (wall, cpu, rss, out) = measure_child(cmd);
+            println!(
+                "| {chunk_size} | {threads} | {name} | {:.0} | {:.1} | {rss:.0} MiB |",
+                n as f64 / wall,
+                cpu * 1e6 / n as f64
+            );
+            echo_summary(
+                &out,
+                &format!("chunk {chunk_size}, {threads} thread(s), {name}"),
+            );
         }
     }
 }

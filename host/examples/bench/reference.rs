@@ -19,7 +19,9 @@
 
 use super::free_es::FreeEs;
 use super::servers::{Broker, pg_url, publish, unique};
-use super::{env_or, measure_child, pillowtop_cmd, root, tool, write_case_search_plugin};
+use super::{
+    binaries, env_or, measure_child, pillowtop_cmd_of, root, tool, write_case_search_plugin,
+};
 use std::path::PathBuf;
 
 /// Rounds of each pillow, alternated (BENCH_ROUNDS overrides).
@@ -60,7 +62,7 @@ pub fn reference_bench(lines: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     write_case_search_plugin(dir.path());
     let index = "case-search-bench";
-    let pillowtop_round = |schema: &str| {
+    let pillowtop_round = |bin: &std::path::Path, schema: &str| {
         let config = dir.path().join("pillowtop.toml");
         std::fs::write(
             &config,
@@ -74,7 +76,7 @@ pub fn reference_bench(lines: &[String]) {
             ),
         )
         .unwrap();
-        let mut cmd = pillowtop_cmd();
+        let mut cmd = pillowtop_cmd_of(bin);
         cmd.arg("--config")
             .arg(&config)
             .args(["--log", "warn", "run", "--until-caught-up"]);
@@ -117,14 +119,28 @@ pub fn reference_bench(lines: &[String]) {
     };
     // A first pillowtop run fills the compile cache, as a host that has
     // run before has it.
-    timed(pillowtop_round(&unique("bench_ref_warm")), "changes read");
+    let binaries = binaries();
+    for (_, bin) in &binaries {
+        timed(
+            pillowtop_round(bin, &unique("bench_ref_warm")),
+            "changes read",
+        );
+    }
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut baseline = Vec::new();
     let rounds = env_or("BENCH_ROUNDS", ROUNDS);
     for _ in 0..rounds {
-        ours.push(timed(
-            pillowtop_round(&unique("bench_ref")),
-            &format!(": {n} changes read"),
-        ));
+        for (k, (_, bin)) in binaries.iter().enumerate() {
+            let r = timed(
+                pillowtop_round(bin, &unique("bench_ref")),
+                &format!(": {n} changes read"),
+            );
+            if k == 0 {
+                ours.push(r)
+            } else {
+                baseline.push(r)
+            }
+        }
         theirs.push(timed(
             reference_round(&unique("bench_ref_py")),
             &format!("{n} changes, 0 bulk errors"),
@@ -144,6 +160,9 @@ pub fn reference_bench(lines: &[String]) {
     };
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         row("pillowtop", i, a);
+        if let Some(c) = baseline.get(i) {
+            row("pillowtop baseline (BENCH_BASELINE)", i, c);
+        }
         row("Python reference", i, b);
     }
     let best = |rounds: &[Round]| {
@@ -157,4 +176,11 @@ pub fn reference_bench(lines: &[String]) {
         "\nBest CPU per change: pillowtop {a:.1} µs, Python reference {b:.1} µs: {:.1}x less.",
         b / a
     );
+    if !baseline.is_empty() {
+        let c = best(&baseline);
+        println!(
+            "Baseline pillowtop {c:.1} µs: this build {:+.1}%.",
+            (a - c) * 100.0 / c
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! on PILLOWTOP_PG_URL and osmem-server on PILLOWTOP_ES_URL are the ones
 //! `make services` starts.
 
-use super::{pillowtop_cmd, proc_cpu, root, run_child, write_case_search_plugin};
+use super::{echo_summary, pillowtop_cmd, proc_cpu, root, run_child, write_case_search_plugin};
 use pillowtop::action::{Action, Cell, Column, ColumnType, PluginInfo, TableSpec};
 use pillowtop::config::StoreLocation;
 use pillowtop::feed::kafka::KafkaFeed;
@@ -281,12 +281,7 @@ pub fn kafka_bench(lines: &[String]) {
         n as f64 / wall,
         cpu * 1e6 / n as f64
     );
-    for line in out
-        .lines()
-        .filter(|l| l.contains("changes read") || l.contains("time:"))
-    {
-        eprintln!("  kafka catch-up: {}", line.trim());
-    }
+    echo_summary(&out, "kafka catch-up");
     // The memory engine can report a partition's end a batch late; a
     // catch-up that stopped short would overstate the rate.
     assert!(
