@@ -154,14 +154,7 @@ async fn documents_land_with_offsets_as_versions_and_a_replay_changes_nothing() 
     assert_eq!(count(&es).await, live);
     // Versions are feed offsets: below the end offset of the largest partition.
     let partitions: Vec<_> = (0..3).map(|p| TopicPartition::new("case-sql", p)).collect();
-    let ends: u64 = env
-        .feed()
-        .watermarks(&partitions)
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.high)
-        .sum();
+    let ends = end_total(&env.feed(), &partitions).await;
     assert!(versions.iter().all(|v| *v < ends), "{versions:?}");
 
     // Rewind and replay everything.

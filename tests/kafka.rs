@@ -96,13 +96,7 @@ pub async fn wait_for_end_offsets(feed: &Feed, topic: &str, total: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let partitions = feed.partitions(&[topic.to_owned()]).await.unwrap();
-        let sum: u64 = feed
-            .watermarks(&partitions)
-            .await
-            .unwrap()
-            .iter()
-            .map(|w| w.high)
-            .sum();
+        let sum = end_total(feed, &partitions).await;
         if sum >= total {
             assert_eq!(sum, total, "more messages than published in {topic}");
             return;

@@ -90,13 +90,7 @@ async fn checkpoints(store: &Store) -> HashMap<TopicPartition, u64> {
 /// read back from the broker.
 async fn read_all(feed: &Feed, topic: &str) -> Vec<(u32, u64, String, bool)> {
     let partitions = feed.partitions(&[topic.to_owned()]).await.unwrap();
-    let total: u64 = feed
-        .watermarks(&partitions)
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.high)
-        .sum();
+    let total = end_total(feed, &partitions).await;
     let mut reader = feed
         .reader(partitions.into_iter().map(|tp| (tp, 0)).collect())
         .unwrap();

@@ -196,6 +196,17 @@ pub async fn recent_errors(
     pillowtop::errors::sql::recent(store.db(), pillow, limit).await
 }
 
+/// The sum of `partitions`' end offsets (high watermarks), asked in one
+/// call: the number of messages ever written to them.
+pub async fn end_total(feed: &Feed, partitions: &[pillowtop::feed::TopicPartition]) -> u64 {
+    feed.watermarks(partitions)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.high)
+        .sum()
+}
+
 /// Changes covered by `store`'s saved checkpoints of `checkpoint_id`.
 pub async fn checkpointed(store: &Store, checkpoint_id: &str) -> u64 {
     store
