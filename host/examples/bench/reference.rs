@@ -126,20 +126,16 @@ pub fn reference_bench(lines: &[String]) {
             "changes read",
         );
     }
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut baseline = Vec::new();
+    // Rounds per binary (this build, then the baseline if any).
+    let mut pillows: Vec<Vec<Round>> = binaries.iter().map(|_| Vec::new()).collect();
+    let mut theirs = Vec::new();
     let rounds = env_or("BENCH_ROUNDS", ROUNDS);
     for _ in 0..rounds {
-        for (k, (_, bin)) in binaries.iter().enumerate() {
-            let r = timed(
+        for ((_, bin), done) in binaries.iter().zip(&mut pillows) {
+            done.push(timed(
                 pillowtop_round(bin, &unique("bench_ref")),
                 &format!(": {n} changes read"),
-            );
-            if k == 0 {
-                ours.push(r)
-            } else {
-                baseline.push(r)
-            }
+            ));
         }
         theirs.push(timed(
             reference_round(&unique("bench_ref_py")),
@@ -158,10 +154,9 @@ pub fn reference_bench(lines: &[String]) {
             r.endpoint_cpu * 100.0 / r.wall
         );
     };
-    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        row("pillowtop", i, a);
-        if let Some(c) = baseline.get(i) {
-            row("pillowtop baseline (BENCH_BASELINE)", i, c);
+    for (i, b) in theirs.iter().enumerate() {
+        for ((name, _), done) in binaries.iter().zip(&pillows) {
+            row(&format!("pillowtop, {name}"), i, &done[i]);
         }
         row("Python reference", i, b);
     }
@@ -171,13 +166,13 @@ pub fn reference_bench(lines: &[String]) {
             .map(|r| r.cpu * 1e6 / n as f64)
             .fold(f64::INFINITY, f64::min)
     };
-    let (a, b) = (best(&ours), best(&theirs));
+    let (a, b) = (best(&pillows[0]), best(&theirs));
     println!(
         "\nBest CPU per change: pillowtop {a:.1} µs, Python reference {b:.1} µs: {:.1}x less.",
         b / a
     );
-    if !baseline.is_empty() {
-        let c = best(&baseline);
+    if let Some(baseline) = pillows.get(1) {
+        let c = best(baseline);
         println!(
             "Baseline pillowtop {c:.1} µs: this build {:+.1}%.",
             (a - c) * 100.0 / c
