@@ -237,7 +237,7 @@ fn stored(pillow: &str, doc: &str, domain: &str, offset: u64, backoff: Backoff) 
         tp: TopicPartition::new("t", 0),
         offset,
         key: Some(doc.as_bytes().to_vec()),
-        value: raw.clone().into_bytes(),
+        value: raw.into_bytes(),
         timestamp_ms: None,
     })
     .unwrap();
@@ -248,7 +248,7 @@ fn stored(pillow: &str, doc: &str, domain: &str, offset: u64, backoff: Backoff) 
     };
     PillowError::of_change(
         pillow,
-        (&change, raw.as_bytes()),
+        &change,
         &processor,
         ErrorKind::Retryable,
         "not yet".into(),

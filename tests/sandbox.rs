@@ -9,20 +9,10 @@ use pillowtop::wasm::Processor;
 use std::sync::Arc;
 
 fn change(id: &str, offset: u64, document: serde_json::Value) -> Change {
-    Change {
-        id: id.into(),
-        topic: Arc::from("hostile-topic"),
-        partition: 0,
-        offset,
-        domain: Some("demo".into()),
-        document_type: Some("CommCareCase".into()),
-        document_subtype: None,
-        is_deletion: false,
-        publish_time_ms: None,
-        attempts: 0,
-        processing_time_ms: 0,
-        document: Some(document.to_string()),
-    }
+    let mut c = Change::new(id, "hostile-topic", 0, offset).with_document(document.to_string());
+    c.domain = Some("demo".into());
+    c.document_type = Some("CommCareCase".into());
+    c
 }
 
 fn hostile(mode: &str, id: &str) -> Change {

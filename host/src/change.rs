@@ -14,6 +14,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One decoded change.
+///
+/// A change read from a feed owns the message value it was decoded from
+/// (the `ChangeMeta` JSON, exactly as the feed held it: what a pillow error
+/// keeps to run it again), and its inline document is a range of that
+/// value rather than a copy of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// `document_id`.
@@ -39,8 +44,90 @@ pub struct Change {
     /// When the host began processing it, in epoch milliseconds (read when
     /// it is decoded; fixtures set their own): CommCare's `@indexed_on`.
     pub processing_time_ms: i64,
-    /// The inline document, JSON text of an object.
-    pub document: Option<String>,
+    /// The feed value (empty for a change made by hand).
+    value: String,
+    /// Where its document is.
+    document: Document,
+}
+
+/// Where a change's document is.
+#[derive(Debug, Clone, PartialEq, Default)]
+enum Document {
+    /// It has none.
+    #[default]
+    None,
+    /// Inline: these bytes of the change's value (whole characters: the
+    /// range of a JSON value within the text).
+    Inline(std::ops::Range<usize>),
+    /// Given apart: read from a document source, or made by hand.
+    Apart(String),
+}
+
+impl Change {
+    /// A change of document `id` at `topic:partition` `offset`, made by
+    /// hand (fixtures, the retry queue's stand-ins, tests): no metadata
+    /// beyond these, no document and no feed value.
+    pub fn new(
+        id: impl Into<String>,
+        topic: impl Into<Arc<str>>,
+        partition: u32,
+        offset: u64,
+    ) -> Change {
+        Change {
+            id: id.into(),
+            topic: topic.into(),
+            partition,
+            offset,
+            domain: None,
+            document_type: None,
+            document_subtype: None,
+            is_deletion: false,
+            publish_time_ms: None,
+            attempts: 0,
+            processing_time_ms: 0,
+            value: String::new(),
+            document: Document::None,
+        }
+    }
+
+    /// The document, JSON text of an object; `None` when the change
+    /// carries none (a deletion, or a change whose document a document
+    /// source reads).
+    pub fn document(&self) -> Option<&str> {
+        match &self.document {
+            Document::None => None,
+            Document::Inline(range) => Some(&self.value[range.clone()]),
+            Document::Apart(text) => Some(text),
+        }
+    }
+
+    /// Give the change its document (JSON text of an object), in place of
+    /// any it had.
+    pub fn set_document(&mut self, document: impl Into<String>) {
+        self.document = Document::Apart(document.into());
+    }
+
+    /// This change with `document` as its document.
+    #[must_use]
+    pub fn with_document(mut self, document: impl Into<String>) -> Change {
+        self.set_document(document);
+        self
+    }
+
+    /// The feed value it was decoded from, as the feed held it (empty for
+    /// a change made by hand).
+    pub fn value(&self) -> &[u8] {
+        self.value.as_bytes()
+    }
+
+    /// Take the feed value out, leaving the change without it (and
+    /// without an inline document, which lived in it).
+    pub fn take_value(&mut self) -> Vec<u8> {
+        if matches!(self.document, Document::Inline(_)) {
+            self.document = Document::None;
+        }
+        std::mem::take(&mut self.value).into_bytes()
+    }
 }
 
 /// Why a message is not a change.
@@ -57,68 +144,147 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// Decode one feed message.
-///
-/// One validating pass over the value with the SDK's JSON reader: the
-/// metadata fields are read where they stand and the inline document is
-/// validated and kept as the slice it is (serde's skipping of it cost
-/// about 1.8 µs for a 1.8 KB case, this whole decode about 1.1 µs).
-/// Unknown fields are validated and ignored; a field given twice takes its
-/// last value; `null` is the same as an absent field.
+/// Decode one feed message, copying its value into the change (see
+/// [`decode_owned`], which takes the message's own buffer).
 ///
 /// # Errors
 ///
-/// Fails when the value is not UTF-8 JSON, lacks a string `document_id`,
-/// has a `document` that is not an object, or a `publish_timestamp` that is
-/// neither RFC 3339 text nor epoch milliseconds.
+/// As [`decode_owned`].
 pub fn decode(message: &Message) -> Result<Change, DecodeError> {
-    let fail = |reason: String| DecodeError {
-        topic: message.tp.topic.clone(),
-        partition: message.tp.partition,
-        offset: message.offset,
-        reason,
+    decode_owned(message.clone()).map_err(|undecodable| undecodable.error)
+}
+
+/// A message that is not a change, given back with why.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Undecodable {
+    /// The message, as it was read.
+    pub message: Message,
+    /// Why it does not decode.
+    pub error: DecodeError,
+}
+
+/// Decode one feed message; the change keeps the message's value buffer
+/// and its inline document is a range of it (no copy of either).
+///
+/// One validating pass over the value with the SDK's JSON reader: the
+/// metadata fields are read where they stand and the inline document is
+/// validated and located in place (serde's skipping of it cost about
+/// 1.8 µs for a 1.8 KB case, this whole decode about 1.1 µs). Unknown
+/// fields are validated and ignored; a field given twice takes its last
+/// value; `null` is the same as an absent field.
+///
+/// # Errors
+///
+/// Fails, giving the message back, when the value is not UTF-8 JSON,
+/// lacks a string `document_id`, has a `document` that is not an object,
+/// or a `publish_timestamp` that is neither RFC 3339 text nor epoch
+/// milliseconds.
+pub fn decode_owned(message: Message) -> Result<Change, Box<Undecodable>> {
+    let Message {
+        tp,
+        offset,
+        key,
+        value,
+        timestamp_ms,
+    } = message;
+    let fail = |reason: String, value: Vec<u8>, tp: crate::feed::TopicPartition| {
+        Box::new(Undecodable {
+            error: DecodeError {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset,
+                reason,
+            },
+            message: Message {
+                tp,
+                offset,
+                key: key.clone(),
+                value,
+                timestamp_ms,
+            },
+        })
     };
-    let text = std::str::from_utf8(&message.value).map_err(|e| {
-        fail(format!(
-            "value is not UTF-8 ({e}); a change is ChangeMeta JSON"
-        ))
-    })?;
-    let wire = Wire::read(text).map_err(|e| match e {
-        WireError::Json(e) => fail(format!(
-            "value is not a ChangeMeta JSON object with a string `document_id`: {e}"
-        )),
-        WireError::Field(reason) => fail(reason),
-    })?;
-    let id = match wire.document_id {
-        None => {
-            return Err(fail(
-                "missing field `document_id`: a change names its document".into(),
-            ));
+    let text = match String::from_utf8(value) {
+        Ok(text) => text,
+        Err(e) => {
+            let reason = format!(
+                "value is not UTF-8 ({}); a change is ChangeMeta JSON",
+                e.utf8_error()
+            );
+            return Err(fail(reason, e.into_bytes(), tp));
         }
-        Some(id) if id.is_empty() => return Err(fail("`document_id` is empty".into())),
-        Some(id) => id.into_owned(),
     };
-    let publish_time_ms = match wire.publish_timestamp {
-        None => None,
-        Some(Timestamp::Millis(ms)) => Some(ms as i64),
-        Some(Timestamp::Text(t)) => Some(crate::time::parse_rfc3339_ms(&t).ok_or_else(|| {
-            fail(format!("`publish_timestamp` {t:?} is not an RFC 3339 time such as 2026-11-22T05:09:00.000000Z"))
-        })?),
-    };
-    Ok(Change {
-        id,
-        topic: message.tp.topic.clone(),
-        partition: message.tp.partition,
-        offset: message.offset,
-        domain: wire.domain.map(Cow::into_owned),
-        document_type: wire.document_type.map(Cow::into_owned),
-        document_subtype: wire.document_subtype.map(Cow::into_owned),
-        is_deletion: wire.is_deletion,
-        publish_time_ms,
-        attempts: wire.attempts,
-        processing_time_ms: crate::time::now_ms(),
-        document: wire.document.map(str::to_owned),
-    })
+    match Fields::read(&text) {
+        Ok(fields) => Ok(Change {
+            id: fields.id,
+            topic: tp.topic,
+            partition: tp.partition,
+            offset,
+            domain: fields.domain,
+            document_type: fields.document_type,
+            document_subtype: fields.document_subtype,
+            is_deletion: fields.is_deletion,
+            publish_time_ms: fields.publish_time_ms,
+            attempts: fields.attempts,
+            processing_time_ms: crate::time::now_ms(),
+            value: text,
+            document: fields.document.map_or(Document::None, Document::Inline),
+        }),
+        Err(reason) => Err(fail(reason, text.into_bytes(), tp)),
+    }
+}
+
+/// A change's metadata, owned, and where its document is in the value.
+struct Fields {
+    id: String,
+    domain: Option<String>,
+    document_type: Option<String>,
+    document_subtype: Option<String>,
+    is_deletion: bool,
+    publish_time_ms: Option<i64>,
+    attempts: u32,
+    document: Option<std::ops::Range<usize>>,
+}
+
+impl Fields {
+    /// Read `text`; why it is not a change, in words that say what a valid
+    /// one looks like.
+    fn read(text: &str) -> Result<Fields, String> {
+        let wire = Wire::read(text).map_err(|e| match e {
+            WireError::Json(e) => {
+                format!("value is not a ChangeMeta JSON object with a string `document_id`: {e}")
+            }
+            WireError::Field(reason) => reason,
+        })?;
+        let id = match wire.document_id {
+            None => return Err("missing field `document_id`: a change names its document".into()),
+            Some(id) if id.is_empty() => return Err("`document_id` is empty".into()),
+            Some(id) => id.into_owned(),
+        };
+        let publish_time_ms = match wire.publish_timestamp {
+            None => None,
+            Some(Timestamp::Millis(ms)) => Some(ms as i64),
+            Some(Timestamp::Text(t)) => Some(crate::time::parse_rfc3339_ms(&t).ok_or_else(|| {
+                format!("`publish_timestamp` {t:?} is not an RFC 3339 time such as 2026-11-22T05:09:00.000000Z")
+            })?),
+        };
+        // The document is a slice of `text`: its place in it.
+        let document = wire.document.map(|doc| {
+            let start = doc.as_ptr() as usize - text.as_ptr() as usize;
+            start..start + doc.len()
+        });
+        Ok(Fields {
+            id,
+            domain: wire.domain.map(Cow::into_owned),
+            document_type: wire.document_type.map(Cow::into_owned),
+            document_subtype: wire.document_subtype.map(Cow::into_owned),
+            is_deletion: wire.is_deletion,
+            publish_time_ms,
+            attempts: wire.attempts,
+            document,
+        })
+    }
 }
 
 enum Timestamp<'a> {
@@ -136,7 +302,7 @@ struct Wire<'a> {
     is_deletion: bool,
     publish_timestamp: Option<Timestamp<'a>>,
     attempts: u32,
-    /// The document object's text.
+    /// The document object's text, a slice of the value.
     document: Option<&'a str>,
 }
 
@@ -235,10 +401,7 @@ mod tests {
         assert_eq!(c.document_subtype.as_deref(), Some("patient"));
         assert_eq!(c.publish_time_ms, Some(1_614_834_367_000));
         assert_eq!(c.attempts, 2);
-        assert_eq!(
-            c.document.as_deref(),
-            Some(r#"{"_id":"abc","case_json":{}}"#)
-        );
+        assert_eq!(c.document(), Some(r#"{"_id":"abc","case_json":{}}"#));
     }
 
     #[test]
@@ -254,7 +417,7 @@ mod tests {
         assert_eq!(c.publish_time_ms, Some(1_614_834_367_000));
         assert_eq!(c.attempts, 0);
         assert_eq!(
-            c.document.as_deref(),
+            c.document(),
             Some(r#"{"_id":"a\"b\u00e9","s":"}"}"#),
             "the document is kept as written"
         );
@@ -268,7 +431,7 @@ mod tests {
             r#"{"document_id":"x","is_deletion":true,"document":null}"#,
         ))
         .unwrap();
-        assert!(c.is_deletion && c.document.is_none() && c.domain.is_none());
+        assert!(c.is_deletion && c.document().is_none() && c.domain.is_none());
     }
 
     #[test]
@@ -326,5 +489,44 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.reason.contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_change_keeps_its_value_and_finds_its_document_in_it() {
+        let value =
+            r#"{"document_id":"é1","document":{"_id":"é1","n":[1,{"x":"}"}]},"domain":"d"}"#;
+        let c = decode_owned(message(value)).unwrap();
+        assert_eq!(c.value(), value.as_bytes(), "the value as the feed held it");
+        assert_eq!(c.document(), Some(r#"{"_id":"é1","n":[1,{"x":"}"}]}"#));
+        let mut c2 = c.clone();
+        assert_eq!(c2.take_value(), value.as_bytes());
+        assert_eq!(
+            c2.document(),
+            None,
+            "the inline document went with the value"
+        );
+        let mut apart = c.with_document(r#"{"a":1}"#);
+        assert_eq!(apart.document(), Some(r#"{"a":1}"#));
+        assert_eq!(apart.take_value(), value.as_bytes());
+        assert_eq!(
+            apart.document(),
+            Some(r#"{"a":1}"#),
+            "a document given apart stays"
+        );
+    }
+
+    #[test]
+    fn an_undecodable_message_is_given_back_whole() {
+        for value in [&b"not json"[..], &[0xff, 0xfe][..]] {
+            let m = Message {
+                key: Some(b"k".to_vec()),
+                timestamp_ms: Some(5),
+                value: value.to_vec(),
+                ..message("")
+            };
+            let back = decode_owned(m.clone()).unwrap_err();
+            assert_eq!(back.message, m);
+            assert_eq!(back.error, decode(&m).unwrap_err());
+        }
     }
 }

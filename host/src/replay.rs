@@ -247,11 +247,16 @@ pub async fn replay(
                 continue;
             }
             *pos = m.offset + 1;
-            match change::decode(&m) {
+            match change::decode_owned(m) {
                 Ok(c) => changes.push(c),
-                Err(e) => {
+                Err(undecodable) => {
+                    let change::Undecodable { message: m, error } = *undecodable;
                     summary.skipped += 1;
-                    out(skipped(&m.tp, m.offset, format!("does not decode: {e}")));
+                    out(skipped(
+                        &m.tp,
+                        m.offset,
+                        format!("does not decode: {error}"),
+                    ));
                 }
             }
         }

@@ -267,7 +267,7 @@ impl DocumentSource {
 /// Whether `change` needs its document read: it carries none and is not a
 /// deletion.
 pub fn needs_document(change: &Change) -> bool {
-    change.document.is_none() && !change.is_deletion
+    change.document().is_none() && !change.is_deletion
 }
 
 /// Give `change` its document from `documents` (what the source returned
@@ -279,7 +279,7 @@ pub fn attach(change: &mut Change, documents: &Documents) -> Option<Unavailable>
     }
     match documents.get(&change.id) {
         Some(Ok(doc)) => {
-            change.document = Some(doc.clone());
+            change.set_document(doc.clone());
             None
         }
         Some(Err(why)) => Some(Unavailable::Invalid(why.clone())),

@@ -187,20 +187,12 @@ fn change_of(doc: &RawValue) -> Result<Change, String> {
     let fields: Map<String, Value> = serde_json::from_str(doc.get())
         .map_err(|_| "the document must be a JSON object".to_string())?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
-    Ok(Change {
-        id: text("_id").unwrap_or_else(|| "doc".into()),
-        topic: "eval".into(),
-        partition: 0,
-        offset: 0,
-        domain: text("domain"),
-        document_type: text("doc_type"),
-        document_subtype: None,
-        is_deletion: false,
-        publish_time_ms: None,
-        attempts: 0,
-        processing_time_ms: crate::time::now_ms(),
-        document: Some(doc.get().to_owned()),
-    })
+    let mut change = Change::new(text("_id").unwrap_or_else(|| "doc".into()), "eval", 0, 0)
+        .with_document(doc.get());
+    change.domain = text("domain");
+    change.document_type = text("doc_type");
+    change.processing_time_ms = crate::time::now_ms();
+    Ok(change)
 }
 
 fn rows_output(tables: &[TableSpec], actions: Vec<Action>) -> Result<EvalOutput, EvalError> {

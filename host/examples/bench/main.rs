@@ -155,8 +155,8 @@ fn decoded(lines: &[String]) -> Vec<Change> {
             value: l.clone().into_bytes(),
             timestamp_ms: None,
         })
-        .map(|m| change::decode(&m).unwrap())
-        .filter(|c| c.document.is_some())
+        .map(|m| change::decode_owned(m).unwrap())
+        .filter(|c| c.document().is_some())
         .collect()
 }
 
@@ -181,7 +181,7 @@ fn case_search_document(c: &Change) -> String {
     let mut out = String::new();
     case_search::transform::case_search_document(
         &c.id,
-        c.document.as_deref().unwrap(),
+        c.document().unwrap(),
         c.processing_time_ms,
         &mut out,
     )
@@ -202,7 +202,7 @@ fn transform_bench(changes: &[Change]) {
     let n = changes.len();
     let avg = changes
         .iter()
-        .map(|c| c.document.as_ref().unwrap().len())
+        .map(|c| c.document().unwrap().len())
         .sum::<usize>()
         / n;
     println!("\n## 1. case-search transform, one core ({n} cases, average {avg} bytes)\n");

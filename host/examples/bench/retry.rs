@@ -33,13 +33,13 @@ fn due_errors(n: usize) -> Vec<PillowError> {
                 tp: TopicPartition::new("case-sql", (i % 4) as u32),
                 offset: i as u64,
                 key: None,
-                value: line.clone().into_bytes(),
+                value: line.into_bytes(),
                 timestamp_ms: None,
             })
             .unwrap();
             let mut e = PillowError::of_change(
                 "case-search",
-                (&c, line.as_bytes()),
+                &c,
                 &processor,
                 ErrorKind::Retryable,
                 "lookup not ready yet".into(),

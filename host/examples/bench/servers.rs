@@ -402,8 +402,8 @@ fn consumer_bench(brokers: &str, topic: &str, total: u64) {
                 if batch.is_empty() {
                     continue;
                 }
-                for m in &batch {
-                    std::hint::black_box(pillowtop::change::decode(m).ok());
+                for m in batch {
+                    std::hint::black_box(pillowtop::change::decode_owned(m).ok());
                     count += 1;
                 }
                 started.get_or_insert_with(|| (Instant::now(), count));

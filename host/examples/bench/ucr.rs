@@ -22,10 +22,7 @@ pub fn ucr_bench(changes: &[Change]) {
         .filter(|c| c.domain.as_deref() == Some("demo-0"))
         .take(20_000)
         .collect();
-    let bytes: usize = docs
-        .iter()
-        .map(|c| c.document.as_ref().unwrap().len())
-        .sum();
+    let bytes: usize = docs.iter().map(|c| c.document().unwrap().len()).sum();
 
     let native = Processor::from_config(&config).expect("the bench data source parses");
     let mut rows = 0usize;
@@ -37,7 +34,7 @@ pub fn ucr_bench(changes: &[Change]) {
                 domain: c.domain.as_deref(),
                 doc_type: c.document_type.as_deref(),
                 is_deletion: c.is_deletion,
-                document: c.document.as_deref(),
+                document: c.document(),
                 processing_time_ms: c.processing_time_ms,
             };
             let actions = native.process(&view, &|_, _| Ok(None)).unwrap();

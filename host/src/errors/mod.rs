@@ -284,12 +284,12 @@ impl PillowError {
         }
     }
 
-    /// A new failure of `change` (its raw feed value `raw`) in `pillow`
+    /// A new failure of `change` (stored with its feed value) in `pillow`
     /// through `processor`, at `at_ms`. Its message is cut to
     /// [`MAX_MESSAGE_BYTES`].
     pub fn of_change(
         pillow: &str,
-        (change, raw): (&Change, &[u8]),
+        change: &Change,
         processor: &ProcessorRef,
         kind: ErrorKind,
         message: String,
@@ -299,7 +299,14 @@ impl PillowError {
             processor: processor.name.clone(),
             plugin_version: Some(processor.version.clone()),
             backoff: processor.backoff,
-            ..PillowError::without_document(pillow, change, raw.to_vec(), kind, message, at_ms)
+            ..PillowError::without_document(
+                pillow,
+                change,
+                change.value().to_vec(),
+                kind,
+                message,
+                at_ms,
+            )
         }
     }
 

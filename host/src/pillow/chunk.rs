@@ -9,7 +9,7 @@ use super::lanes::Lane;
 use crate::change::{self, Change};
 use crate::errors::sql::Passed;
 use crate::errors::{ErrorKind, PillowError};
-use crate::feed::{FeedError, FeedReader, Message, TopicPartition};
+use crate::feed::{FeedError, FeedReader, TopicPartition};
 use crate::metrics::{Buckets, FUEL, Metric, Metrics};
 use crate::shadow::LaneShadow;
 use crate::sink::{Origin, Sources, VersionedAction};
@@ -18,10 +18,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// What one poll read: each message with its decoded change (or why it
-/// does not decode), in feed order.
+/// What one poll read: each message decoded into its change (which owns
+/// the message's value), or given back with why it does not decode, in
+/// feed order.
 pub(super) struct Polled {
-    pub(super) messages: Vec<(Message, Result<Change, change::DecodeError>)>,
+    pub(super) messages: Vec<Result<Change, Box<change::Undecodable>>>,
+    /// Per partition, the feed's time of its latest message read.
+    pub(super) published: HashMap<TopicPartition, i64>,
     /// CPU time the decoding took (beside the previous chunk's transform).
     pub(super) decode_time: Duration,
 }
@@ -35,22 +38,19 @@ pub(super) fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration)
         let result = match reader.poll(max, max_wait).await {
             Ok(messages) if messages.is_empty() => Ok(Polled {
                 messages: Vec::new(),
+                published: HashMap::new(),
                 decode_time: Duration::ZERO,
             }),
             // Decoding parses every message's JSON (about 1 µs for a 1.8 KB
             // case): on a blocking thread, so it overlaps the previous
             // chunk's transform without holding up the runtime.
             Ok(messages) => tokio::task::spawn_blocking(move || {
+                let published = super::telemetry::last_published(&messages);
                 let started = Instant::now();
-                let messages = messages
-                    .into_iter()
-                    .map(|m| {
-                        let decoded = change::decode(&m);
-                        (m, decoded)
-                    })
-                    .collect();
+                let messages = messages.into_iter().map(change::decode_owned).collect();
                 Polled {
                     messages,
+                    published,
                     decode_time: started.elapsed(),
                 }
             })
@@ -62,25 +62,38 @@ pub(super) fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration)
     })
 }
 
-/// Decode messages, advance positions, and keep only the last change of
-/// each document. Returns (changes with their raw values, decode errors,
-/// changes skipped by dedupe).
-#[allow(clippy::type_complexity)]
+/// Advance positions past decoded messages, and keep only the last change
+/// of each document. Returns (changes, decode errors, changes skipped by
+/// dedupe).
 pub(super) fn decode_chunk(
     pillow: &str,
-    messages: Vec<(Message, Result<Change, change::DecodeError>)>,
+    messages: Vec<Result<Change, Box<change::Undecodable>>>,
     next: &mut HashMap<TopicPartition, u64>,
-) -> (Vec<(Change, Vec<u8>)>, Vec<PillowError>, u64) {
+) -> (Changes, Vec<PillowError>, u64) {
     let now = crate::time::now_ms();
     let mut changes = Vec::with_capacity(messages.len());
     let mut errors = Vec::new();
-    for (m, decoded) in messages {
-        if let Some(pos) = next.get_mut(&m.tp) {
-            *pos = (*pos).max(m.offset + 1);
+    let mut advance = |topic: &std::sync::Arc<str>, partition: u32, offset: u64| {
+        let tp = TopicPartition {
+            topic: topic.clone(),
+            partition,
+        };
+        if let Some(pos) = next.get_mut(&tp) {
+            *pos = (*pos).max(offset + 1);
         }
+    };
+    for decoded in messages {
         match decoded {
-            Ok(c) => changes.push((c, m.value)),
-            Err(e) => {
+            Ok(c) => {
+                advance(&c.topic, c.partition, c.offset);
+                changes.push(c);
+            }
+            Err(undecodable) => {
+                let change::Undecodable {
+                    message: m,
+                    error: e,
+                } = *undecodable;
+                advance(&m.tp.topic, m.tp.partition, m.offset);
                 let doc_id = m
                     .key
                     .as_deref()
@@ -104,7 +117,7 @@ pub(super) fn decode_chunk(
     let mut keep = vec![false; before];
     {
         let mut seen = HashSet::with_capacity(before);
-        for (i, (c, _)) in changes.iter().enumerate().rev() {
+        for (i, c) in changes.iter().enumerate().rev() {
             keep[i] = seen.insert(c.id.as_str());
         }
     }
@@ -198,8 +211,8 @@ impl ActionBudget {
     }
 }
 
-/// A chunk's changes, with the raw feed value of each.
-pub(super) type Changes = Vec<(Change, Vec<u8>)>;
+/// A chunk's changes (each with the feed value it was decoded from).
+pub(super) type Changes = Vec<Change>;
 
 /// Run a chunk through the processors (on a blocking thread: Wasm is
 /// CPU-bound). With several lanes the chunk is split into contiguous runs,
@@ -356,7 +369,7 @@ fn split_processed<T>(changes: Vec<T>, processed: &[std::ops::Range<usize>]) -> 
 /// spent.
 fn run_lane(
     lane: &mut Lane,
-    changes: &[(Change, Vec<u8>)],
+    changes: &[Change],
     first: usize,
     budget: &ActionBudget,
     diff_room: &[usize],
@@ -370,7 +383,7 @@ fn run_lane(
         stats: vec![ProcessorStats::default(); processors],
         done: 0,
     };
-    for (i, (change, _)) in changes.iter().enumerate() {
+    for (i, change) in changes.iter().enumerate() {
         if budget.spent() {
             break;
         }
@@ -452,7 +465,7 @@ fn passed_by_processor(sources: &Sources, passed: &[Origin]) -> Vec<Passed> {
         })
         .collect();
     for o in passed {
-        let (c, _) = &sources.changes[o.change as usize];
+        let c = &sources.changes[o.change as usize];
         out[usize::from(o.processor)].changes.push((
             c.id.clone(),
             TopicPartition {
@@ -510,21 +523,20 @@ pub(super) fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::Message;
 
     fn message(
         offset: u64,
         key: Option<&str>,
         value: &str,
-    ) -> (Message, Result<Change, change::DecodeError>) {
-        let m = Message {
+    ) -> Result<Change, Box<change::Undecodable>> {
+        change::decode_owned(Message {
             tp: TopicPartition::new("t", 0),
             offset,
             key: key.map(|k| k.as_bytes().to_vec()),
             value: value.as_bytes().to_vec(),
             timestamp_ms: None,
-        };
-        let decoded = change::decode(&m);
-        (m, decoded)
+        })
     }
 
     fn doc(id: &str, n: u32) -> String {
@@ -542,10 +554,7 @@ mod tests {
             message(3, Some("c"), &doc("c", 1)),
         ];
         let (changes, errors, skipped) = decode_chunk("p", messages, &mut next);
-        let kept: Vec<(&str, u64)> = changes
-            .iter()
-            .map(|(c, _)| (c.id.as_str(), c.offset))
-            .collect();
+        let kept: Vec<(&str, u64)> = changes.iter().map(|c| (c.id.as_str(), c.offset)).collect();
         assert_eq!(kept, vec![("b", 1), ("a", 2), ("c", 3)]);
         assert_eq!(skipped, 1);
         assert!(errors.is_empty());

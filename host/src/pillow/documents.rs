@@ -23,12 +23,11 @@ use tokio_util::sync::CancellationToken;
 pub(super) async fn fill(
     pillow: &str,
     source: &DocumentSource,
-    changes: &mut Vec<(Change, Vec<u8>)>,
+    changes: &mut Vec<Change>,
     shutdown: &CancellationToken,
 ) -> Result<Option<Vec<PillowError>>, SourceError> {
     let ids: Vec<&str> = changes
         .iter()
-        .map(|(c, _)| c)
         .filter(|c| needs_document(c))
         .map(|c| c.id.as_str())
         .collect();
@@ -40,17 +39,13 @@ pub(super) async fn fill(
     let documents = fetched?;
     let now = crate::time::now_ms();
     let mut errors = Vec::new();
-    changes.retain_mut(|(change, raw)| match attach(change, &documents) {
+    changes.retain_mut(|change| match attach(change, &documents) {
         None => true,
         Some(why) => {
             let (kind, message) = why.describe(&change.id);
+            let raw = change.take_value();
             errors.push(PillowError::without_document(
-                pillow,
-                change,
-                std::mem::take(raw),
-                kind,
-                message,
-                now,
+                pillow, change, raw, kind, message, now,
             ));
             false
         }

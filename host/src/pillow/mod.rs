@@ -556,7 +556,7 @@ impl Pillow {
                 telemetry::Stage::Decode,
                 polled.decode_time,
             );
-            let published = telemetry::last_published(&polled.messages);
+            let published = polled.published;
             // Where to stop if a source or lookup resource is down and
             // the process stops before this chunk is processed.
             let before_chunk = (source.is_some() || lookups.is_some()).then(|| next.clone());

@@ -18,10 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// Per resource, the keys `changes` will ask for through `processors`
 /// (each change only for the processors that want it). Read before any
 /// await: processors stay on this thread.
-pub(super) fn keys(
-    processors: &[Processor],
-    changes: &[(Change, Vec<u8>)],
-) -> BTreeMap<String, Vec<String>> {
+pub(super) fn keys(processors: &[Processor], changes: &[Change]) -> BTreeMap<String, Vec<String>> {
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let prefetching: Vec<&Processor> = processors
         .iter()
@@ -30,8 +27,8 @@ pub(super) fn keys(
     if prefetching.is_empty() {
         return keys;
     }
-    for (change, _) in changes {
-        let Some(text) = change.document.as_deref() else {
+    for change in changes {
+        let Some(text) = change.document() else {
             continue;
         };
         // Validated once per change, only when some processor wants it;

@@ -42,9 +42,9 @@ pub(super) fn stage(metrics: &Metrics, pillow: &str, stage: Stage, took: Duratio
 
 /// The publish time (epoch ms) of the latest message of each partition in
 /// a chunk, for messages that carry one.
-pub(super) fn last_published<T>(messages: &[(Message, T)]) -> HashMap<TopicPartition, i64> {
+pub(super) fn last_published(messages: &[Message]) -> HashMap<TopicPartition, i64> {
     let mut last: HashMap<TopicPartition, (u64, i64)> = HashMap::new();
-    for (m, _) in messages {
+    for m in messages {
         let Some(at) = m.timestamp_ms else { continue };
         match last.get_mut(&m.tp) {
             Some(seen) if seen.0 >= m.offset => {}
@@ -97,17 +97,14 @@ pub(super) fn caught_up(
 mod tests {
     use super::*;
 
-    fn message(partition: u32, offset: u64, at: Option<i64>) -> (Message, ()) {
-        (
-            Message {
-                tp: TopicPartition::new("t", partition),
-                offset,
-                key: None,
-                value: Vec::new(),
-                timestamp_ms: at,
-            },
-            (),
-        )
+    fn message(partition: u32, offset: u64, at: Option<i64>) -> Message {
+        Message {
+            tp: TopicPartition::new("t", partition),
+            offset,
+            key: None,
+            value: Vec::new(),
+            timestamp_ms: at,
+        }
     }
 
     #[test]

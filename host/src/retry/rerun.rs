@@ -27,7 +27,7 @@ pub enum Tried {
 /// The stored change of `e` with `attempts` set to the failures so far
 /// (WIT `change.attempts`: a plugin may act differently on a retry).
 fn stored_change(e: &PillowError) -> Result<Change, change::DecodeError> {
-    let mut c = change::decode(&e.feed_message())?;
+    let mut c = change::decode_owned(e.feed_message()).map_err(|u| u.error)?;
     c.attempts = e.total_attempts;
     Ok(c)
 }
@@ -103,12 +103,7 @@ pub fn rerun(
                     match p.process(c) {
                         Ok(out) => actions.extend(versioned(out, c, origin)),
                         Err(f) => commit.errors.push(PillowError::of_change(
-                            pillow,
-                            (c, &e.change),
-                            &refs[j],
-                            f.kind,
-                            f.message,
-                            at_ms,
+                            pillow, c, &refs[j], f.kind, f.message, at_ms,
                         )),
                     }
                 }
@@ -152,9 +147,9 @@ pub fn rerun(
         };
         // A change that does not decode has no `Change`; its position in
         // the sources is never pointed at (no writes), so a placeholder
-        // keeps positions aligned.
+        // (without the stored value) keeps positions aligned.
         let change = decoded.unwrap_or_else(|_| placeholder(&e));
-        sources.changes.push((change, e.change.clone()));
+        sources.changes.push(change);
         tried.push((e.clone(), outcome));
         commit.retries.push((
             position,
@@ -182,18 +177,15 @@ fn versioned(
 }
 
 fn placeholder(e: &PillowError) -> Change {
-    Change {
-        id: e.doc_id.clone(),
-        topic: e.tp.topic.clone(),
-        partition: e.tp.partition,
-        offset: e.offset,
-        domain: e.domain.clone(),
-        document_type: e.document_type.clone(),
-        document_subtype: None,
-        is_deletion: false,
-        publish_time_ms: None,
-        attempts: e.total_attempts,
-        processing_time_ms: crate::time::now_ms(),
-        document: None,
-    }
+    let mut c = Change::new(
+        e.doc_id.clone(),
+        e.tp.topic.clone(),
+        e.tp.partition,
+        e.offset,
+    );
+    c.domain = e.domain.clone();
+    c.document_type = e.document_type.clone();
+    c.attempts = e.total_attempts;
+    c.processing_time_ms = crate::time::now_ms();
+    c
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The changes (with their raw feed values) and processors that the
+/// The changes (each with its feed value) and processors that the
 /// [`Origin`]s of a chunk's actions point into, so a refused write becomes
 /// a pillow error for exactly its change and processor.
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ pub struct Sources {
     /// Pillow name.
     pub pillow: String,
     /// The chunk's changes, by position.
-    pub changes: Vec<(Change, Vec<u8>)>,
+    pub changes: Vec<Change>,
     /// The pillow's processors, by position.
     pub processors: Vec<ProcessorRef>,
 }
@@ -45,22 +45,20 @@ pub struct Sources {
 impl Sources {
     /// The partition of the change at position `change`.
     pub fn partition_of(&self, change: u32) -> Option<TopicPartition> {
-        self.changes
-            .get(change as usize)
-            .map(|(c, _)| TopicPartition {
-                topic: c.topic.clone(),
-                partition: c.partition,
-            })
+        self.changes.get(change as usize).map(|c| TopicPartition {
+            topic: c.topic.clone(),
+            partition: c.partition,
+        })
     }
 
     /// A pillow error for the change and processor at `origin` (its
     /// message cut to the bound every pillow error has).
     pub fn record(&self, origin: Origin, kind: ErrorKind, message: String) -> PillowError {
-        let (change, raw) = &self.changes[origin.change as usize];
+        let change = &self.changes[origin.change as usize];
         let processor = &self.processors[usize::from(origin.processor)];
         PillowError::of_change(
             &self.pillow,
-            (change, raw),
+            change,
             processor,
             kind,
             message,

@@ -186,20 +186,7 @@ mod tests {
     use super::*;
 
     fn change(id: &str, offset: u64) -> Change {
-        Change {
-            id: id.into(),
-            topic: Arc::from("case-sql"),
-            partition: 2,
-            offset,
-            domain: None,
-            document_type: None,
-            document_subtype: None,
-            is_deletion: false,
-            publish_time_ms: None,
-            attempts: 0,
-            processing_time_ms: 0,
-            document: None,
-        }
+        Change::new(id, "case-sql", 2, offset)
     }
 
     #[test]

@@ -733,7 +733,7 @@ impl Processor {
             publish_time_ms: change.publish_time_ms,
             attempts: change.attempts,
             processing_time_ms: change.processing_time_ms,
-            document: change.document.as_deref(),
+            document: change.document(),
         };
         let result = instance
             .bindings
