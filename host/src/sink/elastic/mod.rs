@@ -36,13 +36,14 @@ use crate::config::ElasticConfig;
 use bulk::{Op, Reply};
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
-use elasticsearch::http::Url;
+use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::{Method, Url};
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesExistsParts, IndicesGetAliasParts, IndicesGetMappingParts,
     IndicesPutAliasParts, IndicesPutMappingParts, IndicesRefreshParts,
 };
-use elasticsearch::{BulkParts, CountParts, GetParts, MgetParts};
+use elasticsearch::{CountParts, GetParts, MgetParts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -506,12 +507,22 @@ impl ElasticSink {
         for op in ops {
             bulk::append(&mut body, op);
         }
+        // The request the bulk API's builder makes, sent as is: its body
+        // type writes every line into a fresh buffer that starts at 1 KiB
+        // and doubles, so a bulk of 500 case documents (1.4 MB) was copied
+        // about twice more and grew through freshly mapped pages on every
+        // request; a `Bytes` body goes to the connection without a copy.
+        let query = [("filter_path", bulk::FILTER_PATH.join(","))];
         let sent = self
             .client
-            .bulk(BulkParts::None)
-            .filter_path(bulk::FILTER_PATH)
-            .body(vec![bytes::Bytes::from(body)])
-            .send()
+            .send(
+                Method::Post,
+                "/_bulk",
+                HeaderMap::new(),
+                Some(&query),
+                Some(bytes::Bytes::from(body)),
+                None,
+            )
             .await;
         let (status, body) = self.read(sent).await?;
         Ok(bulk::classify(status, &body, ops.len()))
