@@ -169,10 +169,11 @@ pub struct Undecodable {
 ///
 /// One validating pass over the value with the SDK's JSON reader: the
 /// metadata fields are read where they stand and the inline document is
-/// validated and located in place (serde's skipping of it cost about
-/// 1.8 µs for a 1.8 KB case, this whole decode about 1.1 µs). Unknown
-/// fields are validated and ignored; a field given twice takes its last
-/// value; `null` is the same as an absent field.
+/// validated and located in place, taken whole by the reader's 64-byte
+/// block validator on x86-64 (about 17k instructions per 1.8 KB case in
+/// the pillow, against 22k byte by byte).
+/// Unknown fields are validated and ignored; a field given twice takes its
+/// last value; `null` is the same as an absent field.
 ///
 /// # Errors
 ///

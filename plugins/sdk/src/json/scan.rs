@@ -9,6 +9,11 @@ pub(super) struct Scanner<'a> {
     pub(super) text: &'a str,
     pub(super) bytes: &'a [u8],
     pub(super) pos: usize,
+    /// Whether to try taking a whole object or array with the block
+    /// validator first; off after its first refusal, so invalid text is
+    /// tried that way once, not once per level.
+    #[cfg(target_arch = "x86_64")]
+    blocks: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -17,6 +22,19 @@ impl<'a> Scanner<'a> {
             text,
             bytes: text.as_bytes(),
             pos: 0,
+            #[cfg(target_arch = "x86_64")]
+            blocks: true,
+        }
+    }
+
+    /// A scanner that never takes a container with the block validator:
+    /// the reference the tests hold the fast path to.
+    #[cfg(test)]
+    pub(super) fn byte_by_byte(text: &'a str) -> Self {
+        Scanner {
+            #[cfg(target_arch = "x86_64")]
+            blocks: false,
+            ..Scanner::new(text)
         }
     }
 
@@ -41,11 +59,15 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         let kind = match self.peek() {
             Some(b'{') => {
-                self.object(depth + 1)?;
+                if !self.took_container(depth) {
+                    self.object(depth + 1)?;
+                }
                 Kind::Object
             }
             Some(b'[') => {
-                self.array(depth + 1)?;
+                if !self.took_container(depth) {
+                    self.array(depth + 1)?;
+                }
                 Kind::Array
             }
             Some(b'"') => {
@@ -75,6 +97,26 @@ impl<'a> Scanner<'a> {
             raw: &self.text[start..self.pos],
             kind,
         })
+    }
+
+    /// At a `{` or `[` inside `depth` containers: take the whole object or
+    /// array with the x86-64 block validator when it is valid and the
+    /// text holds at least one block (64 bytes) from here; `false` leaves
+    /// it to the byte-at-a-time path, which says why it is invalid.
+    #[inline]
+    fn took_container(&mut self, depth: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.blocks && self.bytes.len() - self.pos >= 64 {
+            match super::blocks::quick_container_end(&self.bytes[self.pos..], depth) {
+                Some(end) => {
+                    self.pos += end;
+                    return true;
+                }
+                None => self.blocks = false,
+            }
+        }
+        let _ = depth;
+        false
     }
 
     pub(super) fn literal(&mut self, word: &'static str) -> Result<(), Error> {

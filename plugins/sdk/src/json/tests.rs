@@ -1,6 +1,6 @@
 //! Tests of the JSON helpers, across their parts.
 
-use super::scan::{special_mask16, string_special_mask};
+use super::scan::{self, special_mask16, string_special_mask};
 use super::validate::quick_validate;
 use super::*;
 use std::borrow::Cow;
@@ -100,6 +100,88 @@ fn validate_agrees_with_parse() {
     assert!(
         accepted > 2_500 && rejected > 25_000,
         "{accepted} accepted, {rejected} rejected"
+    );
+}
+
+/// [`Value::parse`] byte by byte, never taking a container with the block
+/// validator.
+fn parse_byte_by_byte(text: &str) -> Result<Value<'_>, Error> {
+    Value::parse_with(scan::Scanner::byte_by_byte(text))
+}
+
+/// Taking objects and arrays whole with the block validator changes no
+/// answer of the scanner: the same values, the same errors at the same
+/// offsets, on valid text and on its random corruptions.
+#[test]
+fn containers_taken_whole_change_no_answer() {
+    let cases = sample_texts();
+    let mut checked = 0;
+    for_corruptions(&cases, 100_000, |text| {
+        let reference = parse_byte_by_byte(text);
+        assert_eq!(Value::parse(text), reference, "{text:?}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let t = text.trim_start_matches([' ', '\t', '\r', '\n']);
+            let bytewise = scan::Scanner::byte_by_byte(t).value(0).ok();
+            let end = blocks::quick_container_end(t.as_bytes(), 0);
+            if let Some(end) = end {
+                // Accepted: exactly the container the scanner reads.
+                assert_eq!(Some(end), bytewise.map(|v| v.raw().len()), "{t:?}");
+                checked += 1;
+            } else if reference.is_ok() && matches!(t.as_bytes()[0], b'{' | b'[') {
+                panic!("a valid container was refused: {t:?}");
+            }
+        }
+    });
+    #[cfg(target_arch = "x86_64")]
+    assert!(checked > 2_500, "{checked} containers taken whole");
+    for s in &cases {
+        assert_eq!(Value::parse(s), parse_byte_by_byte(s), "{s}");
+    }
+}
+
+/// The block validator counts the containers a value sits in toward the
+/// nesting limit, and does not read past the container.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_container_taken_whole_keeps_the_nesting_limit_and_ignores_what_follows() {
+    let nested = "[".repeat(3) + &" ".repeat(64) + &"]".repeat(3);
+    assert_eq!(
+        blocks::quick_container_end(nested.as_bytes(), MAX_DEPTH - 3),
+        Some(nested.len())
+    );
+    assert_eq!(
+        blocks::quick_container_end(nested.as_bytes(), MAX_DEPTH - 2),
+        None
+    );
+    let mut s = scan::Scanner::byte_by_byte(&nested);
+    assert_eq!(
+        s.value(MAX_DEPTH - 2).unwrap_err().reason,
+        "nesting too deep"
+    );
+    let followed = format!("{{\"a\":[1,2,\"{}\"]}}, ] not json at all", "x".repeat(64));
+    let end = followed.find(", ]").unwrap();
+    assert_eq!(
+        blocks::quick_container_end(followed.as_bytes(), 0),
+        Some(end)
+    );
+    // A byte no JSON text may hold, in the container's last block: refused
+    // (the caller then reads the container byte by byte).
+    assert_eq!(
+        blocks::quick_container_end(format!("{followed}\u{1}").as_bytes(), 0),
+        None
+    );
+    assert_eq!(
+        blocks::quick_container_end(b"\"a string, not a container\"", 0),
+        None
+    );
+    // Invalid text is tried whole once, then read byte by byte, which
+    // says where it fails.
+    let bad = format!("{{\"a\":{{\"b\":[{}tru]}}}}", "1,".repeat(40));
+    assert_eq!(Value::parse(&bad), parse_byte_by_byte(&bad));
+    assert_eq!(
+        Value::parse(&bad).unwrap_err().reason,
+        "expected true, false or null"
     );
 }
 

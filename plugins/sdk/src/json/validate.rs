@@ -101,6 +101,17 @@ pub(super) struct Containers {
 }
 
 impl Containers {
+    /// Inside `depth` containers already open (their kinds unknown: only
+    /// those opened here are asked about).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) fn at_depth(depth: usize) -> Containers {
+        Containers {
+            depth,
+            ..Containers::default()
+        }
+    }
+
     /// Open an object (`true`) or array; `None` past [`MAX_DEPTH`].
     #[inline(always)]
     pub(super) fn push(&mut self, object: bool) -> Option<()> {

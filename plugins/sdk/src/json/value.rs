@@ -28,7 +28,11 @@ impl<'a> Value<'a> {
     ///
     /// Returns where and why `text` is not a single valid JSON value.
     pub fn parse(text: &'a str) -> Result<Value<'a>, Error> {
-        let mut s = Scanner::new(text);
+        Value::parse_with(Scanner::new(text))
+    }
+
+    /// [`Value::parse`] of the text `s` is at the start of.
+    pub(super) fn parse_with(mut s: Scanner<'a>) -> Result<Value<'a>, Error> {
         s.skip_ws();
         let value = s.value(0)?;
         s.skip_ws();
