@@ -66,7 +66,7 @@ fn every_language_takes_a_list_holding_star_as_every_domain() {
         let text = text.replace("[config]\n", "[config]\ndomains = [\"*\"]\n");
         let manifest = Manifest::parse(&text, &path).unwrap();
         let mut p = runtime().load(&manifest).unwrap().0;
-        let change = pillowtop::change::decode(&pillowtop::feed::Message {
+        let change = pillowtop::change::decode(pillowtop::feed::Message {
             tp: pillowtop::feed::TopicPartition::new("case-sql", 0),
             offset: 1,
             key: None,
@@ -106,7 +106,7 @@ fn every_language_gives_the_same_actions_on_generated_changes() {
             value: line.into_bytes(),
             timestamp_ms: None,
         };
-        let change = change::decode(&message).unwrap();
+        let change = change::decode(message).unwrap();
         let mut results = all.iter_mut().map(|(lang, p)| {
             let out = p.process(&change).map(|actions| {
                 actions

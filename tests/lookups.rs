@@ -108,7 +108,7 @@ fn form(id: &str, user_id: &str, topic: &str) -> pillowtop::change::Change {
     let doc = json!({"_id": id, "domain": "demo", "doc_type": "XFormInstance",
         "form": {"meta": {"userID": user_id, "username": format!("name-{user_id}")}}});
     let line = json!({"document_id": id, "document_type": "XFormInstance", "domain": "demo", "document": doc});
-    pillowtop::change::decode(&pillowtop::feed::Message {
+    pillowtop::change::decode(pillowtop::feed::Message {
         tp: pillowtop::feed::TopicPartition::new(topic, 0),
         offset: 1,
         key: None,

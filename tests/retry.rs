@@ -233,7 +233,7 @@ async fn poison_in(env: Env, refuse: &'static str) {
 fn stored(pillow: &str, doc: &str, domain: &str, offset: u64, backoff: Backoff) -> PillowError {
     let raw = json!({"document_id": doc, "document_type": "CommCareCase", "domain": domain, "document": {"n": offset}})
         .to_string();
-    let change = pillowtop::change::decode(&pillowtop::feed::Message {
+    let change = pillowtop::change::decode(pillowtop::feed::Message {
         tp: TopicPartition::new("t", 0),
         offset,
         key: Some(doc.as_bytes().to_vec()),

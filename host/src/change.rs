@@ -144,16 +144,6 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// Decode one feed message, copying its value into the change (see
-/// [`decode_owned`], which takes the message's own buffer).
-///
-/// # Errors
-///
-/// As [`decode_owned`].
-pub fn decode(message: &Message) -> Result<Change, DecodeError> {
-    decode_owned(message.clone()).map_err(|undecodable| undecodable.error)
-}
-
 /// A message that is not a change, given back with why.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
@@ -181,7 +171,7 @@ pub struct Undecodable {
 /// lacks a string `document_id`, has a `document` that is not an object,
 /// or a `publish_timestamp` that is neither RFC 3339 text nor epoch
 /// milliseconds.
-pub fn decode_owned(message: Message) -> Result<Change, Box<Undecodable>> {
+pub fn decode(message: Message) -> Result<Change, Box<Undecodable>> {
     let Message {
         tp,
         offset,
@@ -252,12 +242,7 @@ impl Fields {
     /// Read `text`; why it is not a change, in words that say what a valid
     /// one looks like.
     fn read(text: &str) -> Result<Fields, String> {
-        let wire = Wire::read(text).map_err(|e| match e {
-            WireError::Json(e) => {
-                format!("value is not a ChangeMeta JSON object with a string `document_id`: {e}")
-            }
-            WireError::Field(reason) => reason,
-        })?;
+        let wire = Wire::read(text)?;
         let id = match wire.document_id {
             None => return Err("missing field `document_id`: a change names its document".into()),
             Some(id) if id.is_empty() => return Err("`document_id` is empty".into()),
@@ -307,24 +292,19 @@ struct Wire<'a> {
     document: Option<&'a str>,
 }
 
-enum WireError {
-    /// The value is not JSON.
-    Json(json::Error),
-    /// A field has the wrong type.
-    Field(String),
-}
-
 impl<'a> Wire<'a> {
-    fn read(text: &'a str) -> Result<Wire<'a>, WireError> {
+    /// Read `text`; why it is not a ChangeMeta, in words for the user.
+    fn read(text: &'a str) -> Result<Wire<'a>, String> {
+        let json = |e: json::Error| {
+            format!("value is not a ChangeMeta JSON object with a string `document_id`: {e}")
+        };
         let mut r = Reader::new(text);
         let mut wire = Wire::default();
-        r.object().map_err(WireError::Json)?;
-        while let Some(key) = r.key().map_err(WireError::Json)? {
-            let value = r.value().map_err(WireError::Json)?;
+        r.object().map_err(json)?;
+        while let Some(key) = r.key().map_err(json)? {
+            let value = r.value().map_err(json)?;
             let key = key.decoded();
-            let wrong = |what: &str| {
-                WireError::Field(format!("`{key}` must be {what}, not {}", value.raw()))
-            };
+            let wrong = |what: &str| format!("`{key}` must be {what}, not {}", value.raw());
             let text = || match value.kind() {
                 Kind::Null => Ok(None),
                 Kind::String => Ok(value.as_str()),
@@ -368,7 +348,7 @@ impl<'a> Wire<'a> {
                 _ => {}
             }
         }
-        r.end().map_err(WireError::Json)?;
+        r.end().map_err(json)?;
         Ok(wire)
     }
 }
@@ -390,7 +370,7 @@ mod tests {
 
     #[test]
     fn decodes_commcare_change_meta() {
-        let c = decode(&message(
+        let c = decode(message(
             r#"{"document_id":"abc","data_source_type":"sql","data_source_name":"case-sql","document_type":"CommCareCase",
                 "document_subtype":"patient","domain":"demo","is_deletion":false,"publish_timestamp":"2021-03-04T05:06:07.000000",
                 "attempts":2,"document":{"_id":"abc","case_json":{}}}"#,
@@ -407,7 +387,7 @@ mod tests {
 
     #[test]
     fn reads_escapes_numbers_and_nulls_and_ignores_unknown_fields() {
-        let c = decode(&message(
+        let c = decode(message(
             r#" {"extra":{"deep":[1,{"document_id":"no"}]},"document_id":"a\"b\u00e9",
                 "domain":null,"publish_timestamp":1614834367000,"attempts":null,
                 "document":{"_id":"a\"b\u00e9","s":"}"}} "#,
@@ -422,13 +402,13 @@ mod tests {
             Some(r#"{"_id":"a\"b\u00e9","s":"}"}"#),
             "the document is kept as written"
         );
-        let twice = decode(&message(r#"{"document_id":"a","document_id":"b"}"#)).unwrap();
+        let twice = decode(message(r#"{"document_id":"a","document_id":"b"}"#)).unwrap();
         assert_eq!(twice.id, "b", "a field given twice takes its last value");
     }
 
     #[test]
     fn minimal_and_deletion() {
-        let c = decode(&message(
+        let c = decode(message(
             r#"{"document_id":"x","is_deletion":true,"document":null}"#,
         ))
         .unwrap();
@@ -477,26 +457,26 @@ mod tests {
             (r#"{"document_id":"a"} {}"#, "not a ChangeMeta JSON object"),
             (r#"["document_id"]"#, "not a ChangeMeta JSON object"),
         ] {
-            let err = decode(&message(value)).unwrap_err();
+            let err = decode(message(value)).unwrap_err();
             assert!(err.to_string().contains(needle), "{value}: {err}");
             assert!(
                 err.to_string().starts_with("case-sql:3 offset 7: "),
                 "{err}"
             );
         }
-        let err = decode(&Message {
+        let err = decode(Message {
             value: vec![0xff, 0xfe],
             ..message("")
         })
         .unwrap_err();
-        assert!(err.reason.contains("not UTF-8"));
+        assert!(err.error.reason.contains("not UTF-8"));
     }
 
     #[test]
     fn a_change_keeps_its_value_and_finds_its_document_in_it() {
         let value =
             r#"{"document_id":"é1","document":{"_id":"é1","n":[1,{"x":"}"}]},"domain":"d"}"#;
-        let c = decode_owned(message(value)).unwrap();
+        let c = decode(message(value)).unwrap();
         assert_eq!(c.value(), value.as_bytes(), "the value as the feed held it");
         assert_eq!(c.document(), Some(r#"{"_id":"é1","n":[1,{"x":"}"}]}"#));
         let mut c2 = c.clone();
@@ -525,9 +505,14 @@ mod tests {
                 value: value.to_vec(),
                 ..message("")
             };
-            let back = decode_owned(m.clone()).unwrap_err();
+            let back = decode(m.clone()).unwrap_err();
             assert_eq!(back.message, m);
-            assert_eq!(back.error, decode(&m).unwrap_err());
+            let at = (&*back.error.topic, back.error.partition, back.error.offset);
+            assert_eq!(
+                at,
+                ("case-sql", 3, 7),
+                "the error says where the message is"
+            );
         }
     }
 }

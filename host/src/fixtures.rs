@@ -223,7 +223,7 @@ pub fn run_times(
         fuel_used,
         memory_bytes: 0,
     };
-    let mut change = match crate::change::decode(&message) {
+    let mut change = match crate::change::decode(message) {
         Ok(c) => c,
         Err(e) => return fail(format!("the fixture's change does not decode: {e}"), 0),
     };

@@ -247,7 +247,7 @@ pub async fn replay(
                 continue;
             }
             *pos = m.offset + 1;
-            match change::decode_owned(m) {
+            match change::decode(m) {
                 Ok(c) => changes.push(c),
                 Err(undecodable) => {
                     let change::Undecodable { message: m, error } = *undecodable;

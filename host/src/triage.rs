@@ -386,8 +386,7 @@ async fn current_result(
         let runtime = Runtime::new(options)
             .map_err(|err| format!("cannot start the WebAssembly runtime: {err:#}"))?;
         let (mut processor, _) = runtime.load(&manifest).map_err(|err| err.to_string())?;
-        let change =
-            crate::change::decode_owned(e.feed_message()).map_err(|u| u.error.to_string())?;
+        let change = crate::change::decode(e.feed_message()).map_err(|u| u.error.to_string())?;
         Ok::<_, String>(processor.process(&change).map_err(|f| f.kind.as_str()))
     })
     .await

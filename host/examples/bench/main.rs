@@ -155,7 +155,7 @@ fn decoded(lines: &[String]) -> Vec<Change> {
             value: l.clone().into_bytes(),
             timestamp_ms: None,
         })
-        .map(|m| change::decode_owned(m).unwrap())
+        .map(|m| change::decode(m).unwrap())
         .filter(|c| c.document().is_some())
         .collect()
 }

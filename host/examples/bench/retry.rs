@@ -29,7 +29,7 @@ fn due_errors(n: usize) -> Vec<PillowError> {
         .enumerate()
         .map(|(i, line)| {
             let line = line.replacen("\"document_id\":\"", &format!("\"document_id\":\"r{i}-"), 1);
-            let c = pillowtop::change::decode(&Message {
+            let c = pillowtop::change::decode(Message {
                 tp: TopicPartition::new("case-sql", (i % 4) as u32),
                 offset: i as u64,
                 key: None,

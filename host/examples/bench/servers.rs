@@ -403,7 +403,7 @@ fn consumer_bench(brokers: &str, topic: &str, total: u64) {
                     continue;
                 }
                 for m in batch {
-                    std::hint::black_box(pillowtop::change::decode_owned(m).ok());
+                    std::hint::black_box(pillowtop::change::decode(m).ok());
                     count += 1;
                 }
                 started.get_or_insert_with(|| (Instant::now(), count));

@@ -403,7 +403,7 @@ mod tests {
                 value: l.clone().into_bytes(),
                 timestamp_ms: None,
             };
-            crate::change::decode(&m).unwrap();
+            crate::change::decode(m).unwrap();
         }
     }
 

@@ -47,7 +47,7 @@ pub(super) fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration)
             Ok(messages) => tokio::task::spawn_blocking(move || {
                 let published = super::telemetry::last_published(&messages);
                 let started = Instant::now();
-                let messages = messages.into_iter().map(change::decode_owned).collect();
+                let messages = messages.into_iter().map(change::decode).collect();
                 Polled {
                     messages,
                     published,
@@ -530,7 +530,7 @@ mod tests {
         key: Option<&str>,
         value: &str,
     ) -> Result<Change, Box<change::Undecodable>> {
-        change::decode_owned(Message {
+        change::decode(Message {
             tp: TopicPartition::new("t", 0),
             offset,
             key: key.map(|k| k.as_bytes().to_vec()),

@@ -27,7 +27,7 @@ pub enum Tried {
 /// The stored change of `e` with `attempts` set to the failures so far
 /// (WIT `change.attempts`: a plugin may act differently on a retry).
 fn stored_change(e: &PillowError) -> Result<Change, change::DecodeError> {
-    let mut c = change::decode_owned(e.feed_message()).map_err(|u| u.error)?;
+    let mut c = change::decode(e.feed_message()).map_err(|u| u.error)?;
     c.attempts = e.total_attempts;
     Ok(c)
 }
