@@ -9,7 +9,7 @@ use super::lanes::Lane;
 use crate::change::{self, Change};
 use crate::errors::sql::Passed;
 use crate::errors::{ErrorKind, PillowError};
-use crate::feed::{FeedError, FeedReader, TopicPartition};
+use crate::feed::{FeedError, FeedReader, Message, TopicPartition};
 use crate::metrics::{Buckets, FUEL, Metric, Metrics};
 use crate::shadow::LaneShadow;
 use crate::sink::{Origin, Sources, VersionedAction};
@@ -23,10 +23,58 @@ use std::time::{Duration, Instant};
 /// feed order.
 pub(super) struct Polled {
     pub(super) messages: Vec<Result<Change, Box<change::Undecodable>>>,
-    /// Per partition, the feed's time of its latest message read.
-    pub(super) published: HashMap<TopicPartition, i64>,
+    /// What was read of each partition.
+    pub(super) read: HashMap<TopicPartition, PartitionRead>,
     /// CPU time the decoding took (beside the previous chunk's transform).
     pub(super) decode_time: Duration,
+}
+
+/// What one poll read of one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct PartitionRead {
+    /// One past the last offset read: where the position moves.
+    pub(super) next: u64,
+    /// The offset and feed time (epoch ms) of the latest message read
+    /// that carries a time.
+    pub(super) published: Option<(u64, i64)>,
+}
+
+impl PartitionRead {
+    /// The feed time of the latest message read that carries one.
+    pub(super) fn published_ms(&self) -> Option<i64> {
+        self.published.map(|(_, at)| at)
+    }
+}
+
+/// Per partition, what `messages` hold, in one pass (before they are
+/// decoded, which takes each message apart).
+fn partitions_read(messages: &[Message]) -> HashMap<TopicPartition, PartitionRead> {
+    let mut read: HashMap<TopicPartition, PartitionRead> = HashMap::new();
+    for m in messages {
+        let r = match read.get_mut(&m.tp) {
+            Some(r) => r,
+            None => read.entry(m.tp.clone()).or_default(),
+        };
+        r.next = r.next.max(m.offset + 1);
+        if let Some(at) = m.timestamp_ms
+            && r.published.is_none_or(|(offset, _)| offset < m.offset)
+        {
+            r.published = Some((m.offset, at));
+        }
+    }
+    read
+}
+
+/// Decode what a poll read, and sum it up per partition.
+fn decode_poll(messages: Vec<Message>) -> Polled {
+    let read = partitions_read(&messages);
+    let started = Instant::now();
+    let messages = messages.into_iter().map(change::decode).collect();
+    Polled {
+        messages,
+        read,
+        decode_time: started.elapsed(),
+    }
 }
 
 /// A feed poll running in the background; gives the reader back with the
@@ -38,22 +86,13 @@ pub(super) fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration)
         let result = match reader.poll(max, max_wait).await {
             Ok(messages) if messages.is_empty() => Ok(Polled {
                 messages: Vec::new(),
-                published: HashMap::new(),
+                read: HashMap::new(),
                 decode_time: Duration::ZERO,
             }),
             // Decoding parses every message's JSON (about 1 µs for a 1.8 KB
             // case): on a blocking thread, so it overlaps the previous
             // chunk's transform without holding up the runtime.
-            Ok(messages) => tokio::task::spawn_blocking(move || {
-                let published = super::telemetry::last_published(&messages);
-                let started = Instant::now();
-                let messages = messages.into_iter().map(change::decode).collect();
-                Polled {
-                    messages,
-                    published,
-                    decode_time: started.elapsed(),
-                }
-            })
+            Ok(messages) => tokio::task::spawn_blocking(move || decode_poll(messages))
             .await
             .map_err(|e| FeedError::Invalid(format!("decoding a chunk of messages failed, a bug in pillowtop (please report it): {e}"))),
             Err(e) => Err(e),
@@ -62,38 +101,31 @@ pub(super) fn spawn_poll(mut reader: FeedReader, max: usize, max_wait: Duration)
     })
 }
 
-/// Advance positions past decoded messages, and keep only the last change
-/// of each document. Returns (changes, decode errors, changes skipped by
-/// dedupe).
+/// Advance positions past what was `read`, turn messages that do not
+/// decode into pillow errors, and keep only the last change of each
+/// document. Returns (changes, decode errors, changes skipped by dedupe).
 pub(super) fn decode_chunk(
     pillow: &str,
     messages: Vec<Result<Change, Box<change::Undecodable>>>,
+    read: &HashMap<TopicPartition, PartitionRead>,
     next: &mut HashMap<TopicPartition, u64>,
 ) -> (Changes, Vec<PillowError>, u64) {
+    for (tp, r) in read {
+        if let Some(pos) = next.get_mut(tp) {
+            *pos = (*pos).max(r.next);
+        }
+    }
     let now = crate::time::now_ms();
     let mut changes = Vec::with_capacity(messages.len());
     let mut errors = Vec::new();
-    let mut advance = |topic: &std::sync::Arc<str>, partition: u32, offset: u64| {
-        let tp = TopicPartition {
-            topic: topic.clone(),
-            partition,
-        };
-        if let Some(pos) = next.get_mut(&tp) {
-            *pos = (*pos).max(offset + 1);
-        }
-    };
     for decoded in messages {
         match decoded {
-            Ok(c) => {
-                advance(&c.topic, c.partition, c.offset);
-                changes.push(c);
-            }
+            Ok(c) => changes.push(c),
             Err(undecodable) => {
                 let change::Undecodable {
                     message: m,
                     error: e,
                 } = *undecodable;
-                advance(&m.tp.topic, m.tp.partition, m.offset);
                 let doc_id = m
                     .key
                     .as_deref()
@@ -523,20 +555,52 @@ pub(super) fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::Message;
 
-    fn message(
-        offset: u64,
-        key: Option<&str>,
-        value: &str,
-    ) -> Result<Change, Box<change::Undecodable>> {
-        change::decode(Message {
+    fn message(offset: u64, key: Option<&str>, value: &str) -> Message {
+        Message {
             tp: TopicPartition::new("t", 0),
             offset,
             key: key.map(|k| k.as_bytes().to_vec()),
             value: value.as_bytes().to_vec(),
             timestamp_ms: None,
-        })
+        }
+    }
+
+    /// `messages` through the poll's decoding and [`decode_chunk`].
+    fn chunk(
+        messages: Vec<Message>,
+        next: &mut HashMap<TopicPartition, u64>,
+    ) -> (Changes, Vec<PillowError>, u64) {
+        let polled = decode_poll(messages);
+        decode_chunk("p", polled.messages, &polled.read, next)
+    }
+
+    fn timed(partition: u32, offset: u64, at: Option<i64>) -> Message {
+        Message {
+            tp: TopicPartition::new("t", partition),
+            timestamp_ms: at,
+            ..message(offset, None, "")
+        }
+    }
+
+    #[test]
+    fn the_latest_offset_of_each_partition_gives_its_publish_time() {
+        let chunk = [
+            timed(0, 5, Some(50)),
+            timed(1, 9, Some(90)),
+            timed(0, 7, Some(70)),
+            timed(0, 6, Some(99)),
+            timed(1, 10, None),
+        ];
+        let read = partitions_read(&chunk);
+        let last = |p| read[&TopicPartition::new("t", p)].published_ms().unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(last(0), 70);
+        assert_eq!(last(1), 90);
+        let next: Vec<u64> = (0..2)
+            .map(|p| read[&TopicPartition::new("t", p)].next)
+            .collect();
+        assert_eq!(next, vec![8, 11], "one past the last offset read");
     }
 
     fn doc(id: &str, n: u32) -> String {
@@ -553,7 +617,7 @@ mod tests {
             message(2, Some("a"), &doc("a", 2)),
             message(3, Some("c"), &doc("c", 1)),
         ];
-        let (changes, errors, skipped) = decode_chunk("p", messages, &mut next);
+        let (changes, errors, skipped) = chunk(messages, &mut next);
         let kept: Vec<(&str, u64)> = changes.iter().map(|c| (c.id.as_str(), c.offset)).collect();
         assert_eq!(kept, vec![("b", 1), ("a", 2), ("c", 3)]);
         assert_eq!(skipped, 1);
@@ -570,7 +634,7 @@ mod tests {
             message(6, None, "{}"),
             message(7, Some("d"), &doc("d", 1)),
         ];
-        let (changes, errors, _) = decode_chunk("p", messages, &mut next);
+        let (changes, errors, _) = chunk(messages, &mut next);
         assert_eq!(changes.len(), 1);
         let ids: Vec<&str> = errors.iter().map(|e| e.doc_id.as_str()).collect();
         assert_eq!(ids, vec!["k1", "t:0:6"], "the key, else where it was");

@@ -556,7 +556,7 @@ impl Pillow {
                 telemetry::Stage::Decode,
                 polled.decode_time,
             );
-            let published = polled.published;
+            let read = polled.read;
             // Where to stop if a source or lookup resource is down and
             // the process stops before this chunk is processed.
             let before_chunk = (source.is_some() || lookups.is_some()).then(|| next.clone());
@@ -564,7 +564,7 @@ impl Pillow {
             // back here.
             let mut starts = positions_of(&next);
             let (mut changes, mut decode_errors, skipped) =
-                chunk::decode_chunk(&name, polled.messages, &mut next);
+                chunk::decode_chunk(&name, polled.messages, &read, &mut next);
             if let Some(source) = &source {
                 let filled = documents::fill(&name, source, &mut changes, &shutdown)
                     .await
@@ -709,7 +709,7 @@ impl Pillow {
                 pending = rest;
             }
             drop(held);
-            telemetry::positions(&metrics, &name, &next, &published);
+            telemetry::positions(&metrics, &name, &next, &read);
             summary.chunks += 1;
             bar.inc(n);
         }

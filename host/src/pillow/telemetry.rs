@@ -4,7 +4,8 @@
 //! lag; when a poll finds nothing, the time it started stands for it), and
 //! how long each stage took.
 
-use crate::feed::{Message, TopicPartition};
+use super::chunk::PartitionRead;
+use crate::feed::TopicPartition;
 use crate::metrics::{Metric, Metrics};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,37 +41,20 @@ pub(super) fn stage(metrics: &Metrics, pillow: &str, stage: Stage, took: Duratio
     );
 }
 
-/// The publish time (epoch ms) of the latest message of each partition in
-/// a chunk, for messages that carry one.
-pub(super) fn last_published(messages: &[Message]) -> HashMap<TopicPartition, i64> {
-    let mut last: HashMap<TopicPartition, (u64, i64)> = HashMap::new();
-    for m in messages {
-        let Some(at) = m.timestamp_ms else { continue };
-        match last.get_mut(&m.tp) {
-            Some(seen) if seen.0 >= m.offset => {}
-            Some(seen) => *seen = (m.offset, at),
-            None => {
-                last.insert(m.tp.clone(), (m.offset, at));
-            }
-        }
-    }
-    last.into_iter().map(|(tp, (_, at))| (tp, at)).collect()
-}
-
 /// Report the positions processed (`next`) and the publish times of the
-/// last changes processed.
+/// last changes processed (from what the chunk `read`).
 pub(super) fn positions(
     metrics: &Metrics,
     pillow: &str,
     next: &HashMap<TopicPartition, u64>,
-    published: &HashMap<TopicPartition, i64>,
+    read: &HashMap<TopicPartition, PartitionRead>,
 ) {
     for (tp, n) in next {
         let tp_label = tp.to_string();
         let labels = [("pillow", pillow), ("partition", tp_label.as_str())];
         metrics.set(Metric::ProcessedOffset, &labels, *n as f64);
-        if let Some(at) = published.get(tp) {
-            metrics.set(Metric::ProcessedPublishTime, &labels, *at as f64 / 1000.0);
+        if let Some(at) = read.get(tp).and_then(PartitionRead::published_ms) {
+            metrics.set(Metric::ProcessedPublishTime, &labels, at as f64 / 1000.0);
         }
     }
 }
@@ -97,31 +81,6 @@ pub(super) fn caught_up(
 mod tests {
     use super::*;
 
-    fn message(partition: u32, offset: u64, at: Option<i64>) -> Message {
-        Message {
-            tp: TopicPartition::new("t", partition),
-            offset,
-            key: None,
-            value: Vec::new(),
-            timestamp_ms: at,
-        }
-    }
-
-    #[test]
-    fn the_latest_offset_of_each_partition_gives_its_publish_time() {
-        let chunk = [
-            message(0, 5, Some(50)),
-            message(1, 9, Some(90)),
-            message(0, 7, Some(70)),
-            message(0, 6, Some(99)),
-            message(1, 10, None),
-        ];
-        let last = last_published(&chunk);
-        assert_eq!(last.len(), 2);
-        assert_eq!(last[&TopicPartition::new("t", 0)], 70);
-        assert_eq!(last[&TopicPartition::new("t", 1)], 90);
-    }
-
     #[test]
     fn positions_set_the_offset_and_publish_time_gauges() {
         let metrics = Metrics::new();
@@ -130,7 +89,13 @@ mod tests {
             &metrics,
             "p",
             &HashMap::from([(tp.clone(), 12)]),
-            &HashMap::from([(tp, 1_500)]),
+            &HashMap::from([(
+                tp,
+                PartitionRead {
+                    next: 12,
+                    published: Some((11, 1_500)),
+                },
+            )]),
         );
         let labels = [("pillow", "p"), ("partition", "t:3")];
         assert_eq!(metrics.get(Metric::ProcessedOffset, &labels), Some(12.0));
