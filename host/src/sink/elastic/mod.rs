@@ -512,7 +512,7 @@ impl ElasticSink {
         // and doubles, so a bulk of 500 case documents (1.4 MB) was copied
         // about twice more and grew through freshly mapped pages on every
         // request; a `Bytes` body goes to the connection without a copy.
-        let query = [("filter_path", bulk::FILTER_PATH.join(","))];
+        let query = [("filter_path", bulk::FILTER_PATH)];
         let sent = self
             .client
             .send(

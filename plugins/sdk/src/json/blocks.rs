@@ -340,10 +340,11 @@ fn walk(b: &[u8], depth: usize, whole: bool) -> Option<(Kind, usize)> {
                 if whole {
                     return tokens.finished().then_some((root, b.len()));
                 }
-                // `i` is at the root's closing bracket; a string or scalar
-                // root would end elsewhere (only containers are asked for).
+                // `i` is at the root's closing bracket (every block up to
+                // it passed); a string or scalar root would end elsewhere
+                // (only containers are asked for).
                 let closed = matches!(root, Kind::Object | Kind::Array);
-                return (closed && !tokens.failed).then_some((root, i + 1));
+                return closed.then_some((root, i + 1));
             }
             i = tokens.next()?;
             let in_object = open.in_object();
